@@ -1,0 +1,179 @@
+"""One ``Evaluator``: metrics of a model on one split, fast enough to run hundreds of times.
+
+Inputs are moved to the device once, at construction; every call then runs batched
+forward passes under ``torch.inference_mode`` and computes accuracy, macro-F1, mean
+cross-entropy loss and any user metric from the collected logits.
+
+With ``subset=n`` a seeded, stratified-by-chance sample of ``n`` examples is used
+instead of the whole split, and every result carries a confidence interval for its
+accuracy (Wilson score interval by default, or a percentile bootstrap) so that a
+decision taken on the subset can be checked against its noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+from torch.nn import functional as F
+
+from prunescope.data.types import Split
+from prunescope.device import resolve_device
+from prunescope.errors import UsageError
+
+Metric = Callable[[torch.Tensor, torch.Tensor], float]
+"""A user metric: ``metric(logits (N, C), labels (N,)) -> float``."""
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Metrics of one evaluation. accuracy and macro_f1 are fractions in [0, 1]; loss in nats."""
+
+    accuracy: float
+    macro_f1: float
+    loss: float
+    n: int
+    accuracy_ci: tuple[float, float]
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def get(self, name: str) -> float:
+        """A metric by name (``accuracy``, ``macro_f1``, ``loss`` or a user metric)."""
+        if name in ("accuracy", "macro_f1", "loss"):
+            return getattr(self, name)
+        if name in self.extra:
+            return self.extra[name]
+        raise UsageError(f"unknown metric {name!r}: use accuracy, macro_f1, loss or one of {sorted(self.extra)}")
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (E. B. Wilson, 1927)."""
+    if n == 0:
+        return (0.0, 1.0)
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_interval(
+    correct: np.ndarray, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``correct`` (0/1 per example)."""
+    if len(correct) == 0:
+        return (0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    means = correct[rng.integers(0, len(correct), size=(resamples, len(correct)))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return (float(low), float(high))
+
+
+def macro_f1(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Unweighted mean F1 over the classes present in labels or predictions (scikit-learn's rule)."""
+    confusion = torch.bincount(labels * num_classes + predictions, minlength=num_classes**2)
+    confusion = confusion.view(num_classes, num_classes).double()
+    true_positive = confusion.diag()
+    support = confusion.sum(1)
+    predicted = confusion.sum(0)
+    present = (support + predicted) > 0
+    f1 = 2 * true_positive / (support + predicted).clamp_min(1)
+    return float(f1[present].mean())
+
+
+class Evaluator:
+    """Evaluate ``model`` on ``split``.
+
+    Args:
+        model: the network; moved to ``device``, put in eval mode during a call and its
+            training flag restored after.
+        split: inputs (N, ...) and labels (N,).
+        device: ``auto``, ``cpu``, ``cuda``…
+        batch_size: examples per forward pass.
+        subset: evaluate a seeded random sample of this many examples (None: all).
+        seed: seed of the subset sample and of the bootstrap.
+        metrics: extra named metrics ``f(logits, labels) -> float``.
+        interval: ``wilson`` or ``bootstrap`` confidence interval of the accuracy.
+        confidence: confidence level of that interval.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        split: Split,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = 1024,
+        subset: int | None = None,
+        seed: int = 0,
+        metrics: Mapping[str, Metric] | None = None,
+        interval: str = "wilson",
+        confidence: float = 0.95,
+    ) -> None:
+        if interval not in ("wilson", "bootstrap"):
+            raise UsageError(f"unknown interval {interval!r}: use wilson or bootstrap")
+        if batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.batch_size = batch_size
+        self.metrics = dict(metrics or {})
+        self.interval = interval
+        self.confidence = confidence
+        self.seed = seed
+        x, y = split.x, split.y
+        if subset is not None:
+            if subset < 1:
+                raise UsageError(f"subset must be a positive number of examples, got {subset}")
+            if subset < len(split):
+                index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:subset]
+                x, y = x[index], y[index]
+        self.x = x.to(self.device)
+        self.y = y.to(self.device)
+        self.num_classes = int(split.y.max()) + 1 if len(split) else 0
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def logits(self) -> torch.Tensor:
+        """Logits (N, C) of the model on the cached inputs."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                batches = range(0, len(self.x), self.batch_size)
+                return torch.cat([self.model(self.x[i : i + self.batch_size]) for i in batches])
+        finally:
+            self.model.train(was_training)
+
+    def __call__(self) -> Metrics:
+        return self.evaluate()
+
+    def evaluate(self) -> Metrics:
+        logits = self.logits()
+        predictions = logits.argmax(dim=1)
+        correct = predictions == self.y
+        successes = int(correct.sum())
+        n = len(self.y)
+        num_classes = max(self.num_classes, logits.shape[1])
+        if self.interval == "wilson":
+            interval = wilson_interval(successes, n, self.confidence)
+        else:
+            interval = bootstrap_interval(correct.cpu().numpy().astype(float), self.confidence, seed=self.seed)
+        return Metrics(
+            accuracy=successes / n if n else 0.0,
+            macro_f1=macro_f1(predictions, self.y, num_classes) if n else 0.0,
+            loss=float(F.cross_entropy(logits.float(), self.y)) if n else 0.0,
+            n=n,
+            accuracy_ci=interval,
+            extra={name: float(metric(logits, self.y)) for name, metric in self.metrics.items()},
+        )

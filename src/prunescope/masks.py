@@ -1,0 +1,138 @@
+"""Apply an allocation ``{target name: sparsity}`` to a model.
+
+Per target exactly ``removed_count(s, n) = round(s · n)`` weights are removed: those with
+the lowest scores (see :mod:`prunescope.criteria`). Masks are boolean tensors of the
+weight's shape, ``True`` where the weight is kept.
+
+Two ways to apply them:
+
+- :func:`applied` zeroes the weights in place for the duration of a ``with`` block and
+  restores the original values bit-exactly afterwards, also when the block raises. Only
+  the pruned tensors are copied, never the model.
+- :func:`apply_permanently` makes the pruning stick, either as a
+  ``torch.nn.utils.prune`` re-parametrisation (``weight = weight_orig * weight_mask``, so
+  fine-tuning keeps pruned weights at zero) or by baking the zeros into the tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from prunescope.criteria import Scores
+from prunescope.errors import UsageError
+from prunescope.targets import Target, by_name, parameter
+
+Allocation = Mapping[str, float]
+Masks = dict[str, torch.Tensor]
+
+
+def removed_count(sparsity: float, numel: int) -> int:
+    """How many of ``numel`` weights a sparsity removes: ``round(sparsity · numel)``."""
+    return round(sparsity * numel)
+
+
+def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
+    """Reject a sparsity outside [0, 1): a fully removed layer disconnects the network."""
+    if not 0.0 <= sparsity < 1.0:
+        raise UsageError(f"{what} {sparsity:g} is outside [0, 1): give a fraction of weights to remove, e.g. 0.9")
+    return float(sparsity)
+
+
+def compute_masks(scores: Scores, allocation: Allocation) -> Masks:
+    """Keep-masks removing the ``round(s · n)`` lowest-scored weights of each allocated target.
+
+    Targets absent from ``allocation`` stay dense and get no mask.
+    """
+    masks = {}
+    for name, sparsity in allocation.items():
+        if name not in scores:
+            raise UsageError(f"unknown layer {name!r} in allocation; known: {', '.join(scores)}")
+        score = scores[name]
+        k = removed_count(check_sparsity(sparsity, f"sparsity of {name}"), score.numel())
+        keep = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
+        if k:
+            keep[torch.topk(score.flatten(), k, largest=False, sorted=False).indices] = False
+        masks[name] = keep.view(score.shape)
+    return masks
+
+
+def _resolve(
+    model: nn.Module, targets: Sequence[Target], masks: Masks
+) -> list[tuple[Target, torch.Tensor, torch.Tensor]]:
+    """(target, live tensor, mask on the tensor's device) for every mask."""
+    named = by_name(targets)
+    unknown = [name for name in masks if name not in named]
+    if unknown:
+        raise UsageError(f"unknown layer {unknown[0]!r}; known: {', '.join(named)}")
+    resolved = []
+    for name, mask in masks.items():
+        tensor = parameter(model, named[name])
+        resolved.append((named[name], tensor, mask.to(tensor.device)))
+    return resolved
+
+
+@contextlib.contextmanager
+def applied(model: nn.Module, targets: Sequence[Target], masks: Masks) -> Iterator[nn.Module]:
+    """Zero the masked-out weights in place; restore them exactly when the block exits."""
+    resolved = _resolve(model, targets, masks)
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for _, tensor, mask in resolved:
+                saved.append((tensor, tensor.detach().clone()))
+                tensor.masked_fill_(~mask, 0)
+        yield model
+    finally:
+        with torch.no_grad():
+            for tensor, original in saved:
+                tensor.copy_(original)
+
+
+def apply_permanently(
+    model: nn.Module, targets: Sequence[Target], masks: Masks, *, reparametrize: bool = True
+) -> nn.Module:
+    """Prune for good.
+
+    ``reparametrize=True`` uses ``torch.nn.utils.prune.custom_from_mask``: the module keeps
+    ``weight_orig`` and a ``weight_mask`` buffer, and pruned weights stay exactly zero
+    through optimiser steps (momentum and weight decay act on ``weight_orig``, whose
+    gradient is masked). A target already pruned this way gets its masks combined.
+    ``reparametrize=False`` writes the zeros into the tensor and leaves plain parameters.
+    """
+    for target, tensor, mask in _resolve(model, targets, masks):
+        if reparametrize:
+            prune.custom_from_mask(model.get_submodule(target.module), target.param, mask)
+        else:
+            with torch.no_grad():
+                tensor.masked_fill_(~mask, 0)
+    return model
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Turn every ``torch.nn.utils.prune`` re-parametrisation into plain zeroed parameters."""
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+    return model
+
+
+def measured_sparsity(model: nn.Module, targets: Sequence[Target]) -> dict[str, float]:
+    """Fraction of exact zeros in each target's effective weight."""
+    result = {}
+    for t in targets:
+        weight = getattr(model.get_submodule(t.module), t.param)
+        result[t.name] = float((weight == 0).sum()) / weight.numel()
+    return result
+
+
+def global_sparsity(allocation: Allocation, targets: Sequence[Target]) -> float:
+    """Removed weights / all weights of ``targets`` (targets absent from the allocation count as dense)."""
+    total = sum(t.numel for t in targets)
+    removed = sum(removed_count(allocation.get(t.name, 0.0), t.numel) for t in targets)
+    return removed / total

@@ -1,0 +1,119 @@
+"""Discover what can be pruned: the weight tensors of Linear, ConvNd, RNN/LSTM/GRU and attention.
+
+A target is one weight tensor, named by its parameter path (``"fc1.weight"``,
+``"rnn.weight_hh_l0"``, ``"attn.in_proj_weight"``). Biases and normalisation parameters
+are never targets: they are few, and removing them rarely saves anything.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunescope.errors import UsageError
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_RNN = (nn.RNNBase,)  # RNN, LSTM and GRU
+
+
+@dataclass(frozen=True)
+class Target:
+    """One prunable weight tensor.
+
+    name: parameter path, e.g. ``"layer1.0.conv1.weight"``.
+    module: path of the owning module (``""`` for the root).
+    param: attribute name on that module (``"weight"``, ``"weight_ih_l0"``, ``"in_proj_weight"``).
+    kind: ``linear``, ``conv``, ``recurrent`` or ``attention``.
+    shape: shape of the tensor.
+    """
+
+    name: str
+    module: str
+    param: str
+    kind: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def _weights_of(module: nn.Module) -> Iterator[tuple[str, str]]:
+    """(param name, kind) of the prunable weights owned directly by ``module``."""
+    if isinstance(module, nn.Linear):
+        yield "weight", "linear"
+    elif isinstance(module, _CONV):
+        yield "weight", "conv"
+    elif isinstance(module, _RNN):
+        for name in module._flat_weights_names:
+            if name.startswith("weight_"):
+                yield name, "recurrent"
+    elif isinstance(module, nn.MultiheadAttention):
+        # out_proj is a Linear submodule and is found on its own.
+        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            if _tensor_or_none(module, name) is not None:
+                yield name, "attention"
+
+
+def _tensor_or_none(module: nn.Module, param: str) -> torch.Tensor | None:
+    # A module pruned with torch.nn.utils.prune keeps the trainable tensor as ``<param>_orig``.
+    orig = module._parameters.get(param + "_orig")
+    if orig is not None:
+        return orig
+    return getattr(module, param, None)
+
+
+def parameter(model: nn.Module, target: Target) -> torch.Tensor:
+    """The live tensor behind ``target`` (``weight_orig`` when pruned with torch.nn.utils.prune)."""
+    tensor = _tensor_or_none(model.get_submodule(target.module), target.param)
+    if tensor is None:
+        raise UsageError(f"model has no tensor {target.name!r}: the target list belongs to another model")
+    return tensor
+
+
+def find_targets(
+    model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[Target]:
+    """All prunable weight tensors of ``model``, in module order.
+
+    ``include`` / ``exclude`` are shell-style globs matched against the target name and
+    its module path (``"conv*"``, ``"layer1.*"``, ``"fc3.weight"``). With ``include`` only
+    matching targets are kept; ``exclude`` then drops matches. A glob that matches no
+    target is an error, since it is almost always a typo.
+    """
+    found = [
+        Target(
+            name=f"{path}.{param}" if path else param,
+            module=path,
+            param=param,
+            kind=kind,
+            shape=tuple(_tensor_or_none(module, param).shape),
+        )
+        for path, module in model.named_modules()
+        for param, kind in _weights_of(module)
+    ]
+    if not found:
+        raise UsageError("model has no prunable layers (Linear, Conv, RNN/LSTM/GRU or MultiheadAttention)")
+
+    def matches(target: Target, pattern: str) -> bool:
+        return fnmatch.fnmatchcase(target.name, pattern) or fnmatch.fnmatchcase(target.module, pattern)
+
+    available = ", ".join(t.name for t in found)
+    for option, patterns in (("--include", include), ("--exclude", exclude)):
+        for pattern in patterns:
+            if not any(matches(t, pattern) for t in found):
+                raise UsageError(f"{option} {pattern!r} matches no prunable layer; available: {available}")
+    if include:
+        found = [t for t in found if any(matches(t, p) for p in include)]
+    return [t for t in found if not any(matches(t, p) for p in exclude)]
+
+
+def by_name(targets: Sequence[Target]) -> dict[str, Target]:
+    return {t.name: t for t in targets}
