@@ -53,7 +53,10 @@ def compute_masks(scores: Scores, allocation: Allocation) -> Masks:
         if name not in scores:
             raise UsageError(f"unknown layer {name!r} in allocation; known: {', '.join(scores)}")
         score = scores[name]
-        k = removed_count(check_sparsity(sparsity, f"sparsity of {name}"), score.numel())
+        # A baseline may remove a whole layer (global magnitude can); the caller decides if that is allowed.
+        if not 0.0 <= sparsity <= 1.0:
+            raise UsageError(f"sparsity of {name} is {sparsity:g}, outside [0, 1]: give a fraction to remove")
+        k = removed_count(sparsity, score.numel())
         keep = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
         if k:
             keep[torch.topk(score.flatten(), k, largest=False, sorted=False).indices] = False

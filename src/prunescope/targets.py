@@ -44,6 +44,9 @@ class Target:
             n *= d
         return n
 
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "numel": self.numel}
+
 
 def _weights_of(module: nn.Module) -> Iterator[tuple[str, str]]:
     """(param name, kind) of the prunable weights owned directly by ``module``."""

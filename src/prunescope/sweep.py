@@ -1,0 +1,145 @@
+"""The sparsity sweep practitioners run first: one-shot prune at each level, evaluate, restore.
+
+For every requested global sparsity the allocation is applied with
+:func:`prunescope.masks.applied` (no copy of the model), the split is evaluated and the
+model measured (non-zero parameters, sparse bytes, effective MACs, latency), and the
+weights are restored exactly before the next level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from prunescope import measure
+from prunescope.criteria import compute_scores
+from prunescope.data.types import Dataset
+from prunescope.device import resolve_device
+from prunescope.evaluate import Evaluator, Metrics
+from prunescope.masks import applied, check_sparsity, compute_masks, measured_sparsity
+from prunescope.pick.baselines import allocate
+from prunescope.targets import Target, find_targets
+
+LATENCY_BATCH = 256
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One sparsity level. Sparsities are fractions of the targets' weights; MACs per sample."""
+
+    sparsity: float
+    achieved_sparsity: float
+    allocation: dict[str, float]
+    metrics: Metrics
+    params_total: int
+    params_nonzero: int
+    bytes_dense: int
+    bytes_sparse: int
+    macs_dense: int
+    macs_effective: int
+    latency_ms: float
+    latency_p10_ms: float
+    latency_p90_ms: float
+    throughput: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    criterion: str
+    allocation: str
+    split: str
+    targets: list[Target]
+    points: list[SweepPoint]
+
+    @property
+    def dense(self) -> SweepPoint:
+        return self.points[0]
+
+    def to_dict(self) -> dict:
+        return {
+            "criterion": self.criterion,
+            "allocation": self.allocation,
+            "split": self.split,
+            "targets": [t.to_dict() for t in self.targets],
+            "points": [p.to_dict() for p in self.points],
+        }
+
+
+def _measure_point(
+    model: nn.Module, data: Dataset, targets: Sequence[Target], evaluator: Evaluator, latency_repeats: int
+) -> dict:
+    params = measure.count_parameters(model)
+    size = measure.model_bytes(model)
+    macs = measure.count_macs(model, data.input_shape)
+    single = measure.measure_latency(model, data.input_shape, device=evaluator.device, repeats=latency_repeats)
+    batched = measure.measure_latency(
+        model, data.input_shape, device=evaluator.device, batch_size=LATENCY_BATCH, repeats=max(3, latency_repeats // 5)
+    )
+    zeros = measured_sparsity(model, targets)
+    total = sum(t.numel for t in targets)
+    return {
+        "achieved_sparsity": sum(zeros[t.name] * t.numel for t in targets) / total,
+        "metrics": evaluator.evaluate(),
+        "params_total": params.total,
+        "params_nonzero": params.nonzero,
+        "bytes_dense": size.dense,
+        "bytes_sparse": size.sparse,
+        "macs_dense": macs.dense,
+        "macs_effective": macs.effective,
+        "latency_ms": single.median_ms,
+        "latency_p10_ms": single.p10_ms,
+        "latency_p90_ms": single.p90_ms,
+        "throughput": batched.throughput,
+    }
+
+
+def sweep(
+    model: nn.Module,
+    data: Dataset,
+    sparsities: Sequence[float],
+    *,
+    criterion: str = "magnitude",
+    allocation: str = "uniform",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    split: str = "val",
+    subset: int | None = None,
+    device: str = "auto",
+    latency_repeats: int = 30,
+    on_point: Callable[[SweepPoint], None] | None = None,
+) -> SweepResult:
+    """Evaluate ``model`` dense and one-shot pruned at each global sparsity.
+
+    Args:
+        sparsities: global sparsities in [0, 1) (fraction of the targets' weights removed).
+        criterion: which weights go first within a target (see :mod:`prunescope.criteria`).
+        allocation: how the global sparsity is split over targets (see :mod:`prunescope.pick.baselines`).
+        include / exclude: globs selecting the targets.
+        split: ``val`` (default) or ``test``; selection should never use ``test``.
+        subset: evaluate on a seeded subset of this many examples.
+        on_point: called after each level (progress bars).
+    """
+    levels = [check_sparsity(s) for s in sparsities]
+    device = resolve_device(device)
+    model.to(device).eval()
+    targets = find_targets(model, include, exclude)
+    scores = compute_scores(model, targets, criterion, data=data.train)
+    evaluator = Evaluator(model, data.split(split), device=device, subset=subset)
+    points = []
+    for sparsity in [0.0, *levels]:
+        per_target = allocate(allocation, model, targets, sparsity)
+        with applied(model, targets, compute_masks(scores, per_target)):
+            point = SweepPoint(
+                sparsity=sparsity,
+                allocation=per_target,
+                **_measure_point(model, data, targets, evaluator, latency_repeats),
+            )
+        points.append(point)
+        if on_point is not None:
+            on_point(point)
+    return SweepResult(criterion=criterion, allocation=allocation, split=split, targets=targets, points=points)
