@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -30,6 +29,8 @@ app = typer.Typer(
     help="How far can each layer, and the whole model, be pruned?",
 )
 console = Console()
+if not console.is_terminal:
+    console.width = max(console.width, 140)  # wide tables stay readable in logs and pipes
 
 Out = Annotated[Path, typer.Option(help="Output directory; rerunning with the same one resumes.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
@@ -187,21 +188,13 @@ def datasets_command(data_dir: DataDir = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: bad input and failures end with one line on stderr, never a traceback."""
-    errors = Console(stderr=True)
+    """Entry point: bad input and failures end with one line on stderr, never a traceback.
+
+    Typer itself reports usage errors (exit code 2) and Ctrl-C; prunescope's own errors
+    are caught here.
+    """
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except click.exceptions.Abort:
-        errors.print("interrupted; rerun the same command to resume")
-        sys.exit(130)
+        app(args=argv)
     except PrunescopeError as error:
-        errors.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        errors.print("interrupted; rerun the same command to resume")
-        sys.exit(130)

@@ -25,7 +25,7 @@ from torch.nn.utils import prune
 
 from prunescope.criteria import Scores
 from prunescope.errors import UsageError
-from prunescope.targets import Target, by_name, parameter
+from prunescope.targets import Target, by_name, effective_weight, parameter
 
 Allocation = Mapping[str, float]
 Masks = dict[str, torch.Tensor]
@@ -129,7 +129,7 @@ def measured_sparsity(model: nn.Module, targets: Sequence[Target]) -> dict[str, 
     """Fraction of exact zeros in each target's effective weight."""
     result = {}
     for t in targets:
-        weight = getattr(model.get_submodule(t.module), t.param)
+        weight = effective_weight(model, t)
         result[t.name] = float((weight == 0).sum()) / weight.numel()
     return result
 

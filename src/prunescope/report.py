@@ -83,24 +83,28 @@ def _si(value: float) -> str:
 
 
 def sweep_table(result: SweepResult, title: str | None = None) -> Table:
+    """One row per sparsity: metrics on the split, with the accuracy's 95% interval, and measurements."""
     dense = result.dense
-    table = Table(title=title or f"{result.split} metrics vs sparsity ({result.allocation}, {result.criterion})")
-    for column in ("sparsity", "accuracy (95% CI)", "Δ acc", "macro-F1", "loss", "non-zero params",
-                   "sparse size", "eff. MACs", "latency b=1", "throughput"):
-        table.add_column(column, justify="right")
+    table = Table(title=title or f"{result.split} metrics vs sparsity ({result.allocation} allocation, "
+                  f"{result.criterion} criterion)")
+    columns = ("sparsity", "accuracy", "95% CI", "Δ pts", "macro-F1", "loss", "non-zero", "KiB",
+               "MACs", "ms b=1", "samples/s")
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
     for p in result.points:
         m = p.metrics
         table.add_row(
             f"{p.achieved_sparsity:.1%}",
-            f"{m.accuracy:.2%} [{m.accuracy_ci[0]:.1%}, {m.accuracy_ci[1]:.1%}]",
+            f"{m.accuracy:.2%}",
+            f"{m.accuracy_ci[0]:.1%}–{m.accuracy_ci[1]:.1%}",
             f"{(m.accuracy - dense.metrics.accuracy) * 100:+.2f}",
             f"{m.macro_f1:.3f}",
             f"{m.loss:.3f}",
-            f"{_si(p.params_nonzero)} / {_si(p.params_total)}",
-            f"{p.bytes_sparse / 1024:.1f} KiB",
+            f"{_si(p.params_nonzero)}/{_si(p.params_total)}",
+            f"{p.bytes_sparse / 1024:.1f}",
             _si(p.macs_effective),
-            f"{p.latency_ms:.3f} ms",
-            f"{_si(p.throughput)}/s",
+            f"{p.latency_ms:.3f}",
+            _si(p.throughput),
         )
     return table
 

@@ -81,6 +81,17 @@ def parameter(model: nn.Module, target: Target) -> torch.Tensor:
     return tensor
 
 
+def effective_weight(model: nn.Module, target: Target) -> torch.Tensor:
+    """The weight the forward pass uses: ``weight_orig * weight_mask`` when pruned with torch.nn.utils.prune.
+
+    Computed here rather than read from ``module.weight``, which prune only refreshes on the next forward.
+    """
+    module = model.get_submodule(target.module)
+    mask = module._buffers.get(target.param + "_mask")
+    tensor = parameter(model, target).detach()
+    return tensor * mask if mask is not None else tensor
+
+
 def find_targets(
     model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> list[Target]:

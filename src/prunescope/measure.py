@@ -1,0 +1,410 @@
+"""What a model costs: parameters, bytes, multiply-accumulates (dense and under sparsity), latency.
+
+Every count here sees a pruned model as it computes: a module pruned with
+``torch.nn.utils.prune`` (parameter ``weight_orig`` plus buffer ``weight_mask``) is counted
+through its effective weight ``weight_orig * weight_mask``, once, under the name ``weight``
+(see :func:`effective_parameters`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.utils.rnn import PackedSequence
+
+from prunescope.errors import UsageError
+
+_ORIG_SUFFIX = "_orig"
+_MASK_SUFFIX = "_mask"
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter entries over the whole model (weights, biases, norm scales, everything).
+
+    total: number of entries; nonzero: entries != 0 in the effective tensors.
+    """
+
+    total: int
+    nonzero: int
+
+
+@dataclass(frozen=True)
+class SizeBytes:
+    """Parameter storage in bytes.
+
+    dense: every entry stored. sparse: an encoding estimate (see :func:`model_bytes`), not a file size.
+    """
+
+    dense: int
+    sparse: int
+
+
+@dataclass(frozen=True)
+class MacCounts:
+    """Multiply-accumulates for ONE input sample (see :func:`count_macs`).
+
+    per_weight maps a weight name (``"fc1.weight"``, or a pseudo-key such as
+    ``"attn.attention"`` for the attention matmuls) to ``(dense MACs, effective MACs)``.
+    """
+
+    dense: int
+    effective: int
+    per_weight: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Wall-clock time of one forward pass on a batch (see :func:`measure_latency`).
+
+    Times in milliseconds per batch; throughput in samples per second (batch_size / median seconds).
+    """
+
+    batch_size: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    throughput: float
+
+
+def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` for every parameter of ``model`` as the forward pass uses it.
+
+    A parameter reparametrised by ``torch.nn.utils.prune`` (``<name>_orig`` with buffer
+    ``<name>_mask``) is yielded once as ``(<name>, orig * mask)``; the mask itself is a buffer
+    and never yielded. Tensors are detached; shared parameters appear once (first name).
+    """
+    for name, param in model.named_parameters():
+        module_name, _, attr = name.rpartition(".")
+        if attr.endswith(_ORIG_SUFFIX):
+            base = attr.removesuffix(_ORIG_SUFFIX)
+            mask = model.get_submodule(module_name)._buffers.get(base + _MASK_SUFFIX)
+            if mask is not None:
+                # Recompute orig * mask rather than read module.<base>: that attribute is only
+                # refreshed by the pruning pre-hook on the next forward, so it can be stale.
+                yield _join(module_name, base), param.detach() * mask
+                continue
+        yield name, param.detach()
+
+
+def count_parameters(model: nn.Module) -> ParamCounts:
+    """Count every parameter entry of ``model`` and how many are nonzero.
+
+    All parameters count (weights, biases, normalisation scales and shifts); buffers such as
+    BatchNorm running statistics or pruning masks do not. A pruned weight counts once, as its
+    effective tensor ``orig * mask``.
+    """
+    total = nonzero = 0
+    for _, tensor in effective_parameters(model):
+        total += tensor.numel()
+        nonzero += int(torch.count_nonzero(tensor))
+    return ParamCounts(total=total, nonzero=nonzero)
+
+
+def model_bytes(model: nn.Module) -> SizeBytes:
+    """Bytes needed to store the parameters, dense and with a sparse encoding.
+
+    dense: sum over parameters of ``numel * element_size``.
+    sparse: per parameter the smaller of its dense bytes and a bitmask encoding,
+    ``nonzero * element_size + ceil(numel / 8)`` (the nonzero values plus one bit per position).
+    This is an encoding estimate, not the size of any file prunescope writes.
+    """
+    dense = sparse = 0
+    for _, tensor in effective_parameters(model):
+        tensor_dense = tensor.numel() * tensor.element_size()
+        bitmask = int(torch.count_nonzero(tensor)) * tensor.element_size() + (tensor.numel() + 7) // 8
+        dense += tensor_dense
+        sparse += min(tensor_dense, bitmask)
+    return SizeBytes(dense=dense, sparse=sparse)
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> MacCounts:
+    """Multiply-accumulates of one forward pass on ONE sample of shape ``input_shape``.
+
+    Counted with forward hooks over a dry run on zeros of shape ``(1, *input_shape)`` (model's
+    device and floating dtype, ``torch.inference_mode``, model temporarily in eval mode).
+    MACs are attributed to weight tensors:
+
+    - ``nn.Linear``: ``in_features * out_features`` per position (product of the input's dims
+      between batch and features; 1 for a plain ``(N, in_features)`` input).
+    - ``nn.Conv1d/2d/3d``: ``weight.numel()`` per output spatial position (groups included,
+      since the weight is ``C_out x C_in/groups x k...``); transposed convs per input position.
+    - ``nn.RNN/LSTM/GRU``: every ``weight_ih_l{k}``, ``weight_hh_l{k}`` (and ``weight_hr_l{k}``,
+      ``_reverse``) costs ``weight.numel()`` per time step.
+    - ``nn.MultiheadAttention``: the q/k/v projections per query/key position, ``out_proj``
+      per query position, and the attention matmuls QK^T and AV (``2 * L * S * embed_dim``)
+      under the pseudo-key ``"<name>.attention"``.
+
+    Effective MACs of a weight are its dense MACs times ``nonzero / numel`` of that weight:
+    what a kernel that skips zero weights (unstructured sparsity) would do; the attention
+    matmuls are data-dependent, so their effective count equals the dense one. Biases,
+    normalisation, activations, pooling and embeddings are not counted, nor is a layer whose
+    weight is used without calling the layer's forward (e.g. ``F.linear(x, layer.weight)``).
+
+    Raises UsageError if ``input_shape`` is invalid or the model cannot run on it.
+    """
+    _check_shape(input_shape)
+    tally = _MacTally(dict(effective_parameters(model)))
+    counted = (nn.Linear, _ConvNd, nn.RNNBase, nn.MultiheadAttention)
+    # MultiheadAttention uses out_proj.weight without calling out_proj's forward; its own
+    # record counts out_proj, so a hook on out_proj could only count it twice.
+    attention_out_projs = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    handles = []
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:
+        for module_name, module in model.named_modules():
+            if isinstance(module, counted) and id(module) not in attention_out_projs:
+                hook = partial(tally.record, module_name)
+                handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        # The fused TransformerEncoderLayer inference path skips its submodules' forwards and so
+        # their hooks; torch >= 2.5 avoids it when hooks are attached, older ones need it off
+        # (pytorch#128413). The unfused path computes the same thing.
+        torch.backends.mha.set_fastpath_enabled(False)
+        with _eval_mode(model), torch.inference_mode():
+            _forward(model, _example_input(model, 1, input_shape, _model_device(model), torch.zeros), input_shape)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        for handle in handles:
+            handle.remove()
+
+    return MacCounts(
+        dense=sum(dense for dense, _ in tally.counts.values()),
+        effective=sum(eff for _, eff in tally.counts.values()),
+        per_weight=tally.counts,
+    )
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1,
+    warmup: int = 5,
+    repeats: int = 30,
+) -> Latency:
+    """Time forward passes of ``model`` on random batches of shape ``(batch_size, *input_shape)``.
+
+    The model runs on ``device`` in eval mode under ``torch.inference_mode``: ``warmup``
+    untimed passes, then ``repeats`` passes timed one by one with ``time.perf_counter``
+    (on CUDA after ``torch.cuda.synchronize``, so queued kernels are inside the timing).
+    Reports the median and 10th/90th percentiles in ms per batch, and throughput in
+    samples/s. The model's device and training flags are restored afterwards.
+
+    Raises UsageError for batch_size < 1, warmup < 0, repeats < 1, an unknown or unavailable
+    device, or an input shape the model cannot run on.
+    """
+    _check_shape(input_shape)
+    for name, value, least in (("batch_size", batch_size, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if value < least:
+            raise UsageError(f"{name} must be at least {least}, got {value}")
+    target = _device(device)
+
+    def sync() -> None:
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+
+    original_device = _model_device(model)
+    model.to(target)
+    try:
+        with _eval_mode(model), torch.inference_mode():
+            batch = _example_input(model, batch_size, input_shape, target, torch.randn)
+            for _ in range(warmup):
+                _forward(model, batch, input_shape)
+            times_ms = []
+            for _ in range(repeats):
+                sync()
+                start = time.perf_counter()
+                _forward(model, batch, input_shape)
+                sync()
+                times_ms.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        model.to(original_device)
+
+    p10, median, p90 = (float(v) for v in np.percentile(times_ms, [10, 50, 90]))
+    return Latency(
+        batch_size=batch_size,
+        median_ms=median,
+        p10_ms=p10,
+        p90_ms=p90,
+        throughput=batch_size / (median / 1000.0),
+    )
+
+
+def measure_all(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    device: torch.device | str = "cpu",
+    batch_sizes: tuple[int, ...] = (1, 64),
+    repeats: int = 30,
+) -> dict[str, Any]:
+    """All measurements as one plain JSON-able dict.
+
+    Keys: ``params_total``, ``params_nonzero``, ``bytes_dense``, ``bytes_sparse``,
+    ``macs_dense``, ``macs_effective`` (per one sample) and ``latency``, which maps each batch
+    size, as a string (JSON object keys are strings), to the fields of :class:`Latency`.
+    """
+    if not batch_sizes:
+        raise UsageError("batch_sizes must name at least one batch size")
+    params = count_parameters(model)
+    size = model_bytes(model)
+    macs = count_macs(model, input_shape)
+    return {
+        "params_total": params.total,
+        "params_nonzero": params.nonzero,
+        "bytes_dense": size.dense,
+        "bytes_sparse": size.sparse,
+        "macs_dense": macs.dense,
+        "macs_effective": macs.effective,
+        "latency": {
+            str(batch): asdict(measure_latency(model, input_shape, device=device, batch_size=batch, repeats=repeats))
+            for batch in dict.fromkeys(batch_sizes)
+        },
+    }
+
+
+class _MacTally:
+    """Accumulates ``(dense, effective)`` MACs per weight name during the dry run of :func:`count_macs`."""
+
+    def __init__(self, effective: dict[str, torch.Tensor]) -> None:
+        self.effective = effective  # effective weights by name, from effective_parameters
+        self.counts: dict[str, tuple[int, int]] = {}
+
+    def charge(self, key: str, dense: int, effective: int) -> None:
+        old_dense, old_effective = self.counts.get(key, (0, 0))
+        self.counts[key] = (old_dense + dense, old_effective + effective)
+
+    def weight(self, module_name: str, module: nn.Module, attr: str, uses: int, rows: slice = slice(None)) -> None:
+        """Charge ``uses`` applications of rows ``rows`` of weight ``<module_name>.<attr>``."""
+        key = _join(module_name, attr)
+        # A weight missing from `effective` (shared, and named there under its first owner) is read directly.
+        tensor = self.effective[key] if key in self.effective else getattr(module, attr).detach()
+        part = tensor[rows]
+        self.charge(key, part.numel() * uses, int(torch.count_nonzero(part)) * uses)
+
+    def record(
+        self, module_name: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        """Forward hook (``with_kwargs=True``, name bound first): charge one call of ``module``."""
+        if isinstance(module, nn.Linear):
+            # Positions = every dim but the last; the dry-run batch is 1.
+            self.weight(module_name, module, "weight", _arg(args, kwargs, 0, "input").numel() // module.in_features)
+        elif isinstance(module, _ConvNd):
+            # A conv gathers one kernel window per output position; a transposed conv scatters
+            # each input position through the kernel.
+            positions = (
+                _arg(args, kwargs, 0, "input").numel() // module.in_channels
+                if module.transposed
+                else output.numel() // module.out_channels
+            )
+            self.weight(module_name, module, "weight", positions)
+        elif isinstance(module, nn.RNNBase):
+            self._rnn(module_name, module, _arg(args, kwargs, 0, "input"))
+        else:
+            self._attention(module_name, module, _arg(args, kwargs, 0, "query"), _arg(args, kwargs, 1, "key"))
+
+    def _rnn(self, module_name: str, rnn: nn.RNNBase, sequence: torch.Tensor | PackedSequence) -> None:
+        """Charge every weight matrix of ``rnn`` once per time step of ``sequence``."""
+        data = sequence.data if isinstance(sequence, PackedSequence) else sequence
+        # Time steps summed over the batch, whatever the layout: (L, N, H), (N, L, H) with
+        # batch_first, unbatched (L, H), or packed (sum of lengths, H).
+        steps = data.numel() // rnn.input_size
+        for attr in rnn._flat_weights_names:
+            if attr.startswith("weight"):
+                self.weight(module_name, rnn, attr, steps)
+
+    def _attention(self, module_name: str, mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor) -> None:
+        """Charge the q/k/v projections, ``out_proj`` and the attention matmuls of one call."""
+        embed = mha.embed_dim
+        if query.dim() == 2:  # unbatched (L, E)
+            batch, q_len, k_len = 1, query.shape[0], key.shape[0]
+        elif mha.batch_first:
+            batch, q_len, k_len = query.shape[0], query.shape[1], key.shape[1]
+        else:
+            batch, q_len, k_len = query.shape[1], query.shape[0], key.shape[0]
+        queries, keys = batch * q_len, batch * k_len
+        if mha.in_proj_weight is not None:  # packed (3E, E): rows for q, then k, then v
+            self.weight(module_name, mha, "in_proj_weight", queries, slice(0, embed))
+            self.weight(module_name, mha, "in_proj_weight", keys, slice(embed, None))
+        else:
+            self.weight(module_name, mha, "q_proj_weight", queries)
+            self.weight(module_name, mha, "k_proj_weight", keys)
+            self.weight(module_name, mha, "v_proj_weight", keys)
+        self.weight(_join(module_name, "out_proj"), mha.out_proj, "weight", queries)
+        # bias_k and add_zero_attn each append one key position after the projections.
+        attended = k_len + (mha.bias_k is not None) + mha.add_zero_attn
+        matmuls = 2 * batch * q_len * attended * embed  # QK^T and AV, summed over heads
+        # Attention weights depend on the data, not on pruned parameters: effective = dense.
+        self.charge(_join(module_name, "attention"), matmuls, matmuls)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
+    """The forward argument at ``index``, or passed by keyword as ``name``."""
+    return args[index] if len(args) > index else kwargs[name]
+
+
+def _check_shape(input_shape: tuple[int, ...]) -> None:
+    if not all(isinstance(d, int) and d >= 1 for d in input_shape):
+        raise UsageError(f"input shape must be positive integers, got {tuple(input_shape)}")
+
+
+def _device(device: torch.device | str) -> torch.device:
+    try:
+        target = torch.device(device)
+    except RuntimeError as err:
+        raise UsageError(f"unknown device {device!r}") from err
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but CUDA is not available")
+    return target
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer; CPU for a model with neither."""
+    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _example_input(
+    model: nn.Module,
+    batch_size: int,
+    input_shape: tuple[int, ...],
+    device: torch.device,
+    fill: Callable[..., torch.Tensor],
+) -> torch.Tensor:
+    """``fill((batch_size, *input_shape))`` in the model's floating dtype (float32 if none)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return fill((batch_size, *input_shape), device=device, dtype=dtype)
+
+
+def _forward(model: nn.Module, batch: torch.Tensor, input_shape: tuple[int, ...]) -> None:
+    try:
+        model(batch)
+    except Exception as err:  # any failure here means the model does not take this input
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"model cannot run on input shape {tuple(input_shape)}: {first_line}") from err
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode, then restore each submodule's own training flag."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

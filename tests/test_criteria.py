@@ -1,0 +1,98 @@
+import pytest
+import torch
+from torch import nn
+
+from prunescope.criteria import compute_scores
+from prunescope.data.types import Split
+from prunescope.errors import UsageError
+from prunescope.targets import find_targets
+
+
+def _single_linear(weight: list[list[float]]) -> nn.Module:
+    model = nn.Sequential(nn.Linear(len(weight[0]), len(weight), bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor(weight))
+    return model
+
+
+def test_magnitude_is_absolute_value():
+    model = _single_linear([[1.0, -3.0], [0.5, -0.25]])
+    scores = compute_scores(model, find_targets(model), "magnitude")["0.weight"]
+    assert torch.equal(scores, torch.tensor([[1.0, 3.0], [0.5, 0.25]]))
+
+
+def test_lamp_matches_its_formula_on_a_hand_checked_case():
+    # Sorted ascending by w²: 0.25²=0.0625, 0.5²=0.25, 1, 9; total 10.3125.
+    model = _single_linear([[1.0, -3.0], [0.5, -0.25]])
+    scores = compute_scores(model, find_targets(model), "lamp")["0.weight"]
+    expected = torch.tensor([[1 / 10.0, 9 / 9.0], [0.25 / 10.25, 0.0625 / 10.3125]])
+    assert torch.allclose(scores, expected)
+
+
+def test_lamp_against_brute_force_formula():
+    torch.manual_seed(1)
+    model = _single_linear(torch.randn(5, 7).tolist())
+    w = model[0].weight.detach().flatten().double()
+    brute = torch.stack([w[u] ** 2 / (w**2)[(w**2) >= w[u] ** 2].sum() for u in range(w.numel())])
+    scores = compute_scores(model, find_targets(model), "lamp")["0.weight"].flatten().double()
+    assert torch.allclose(scores, brute, rtol=1e-6)
+    # The largest weight of a layer always scores 1, so LAMP never empties a layer first.
+    assert scores.max() == pytest.approx(1.0)
+
+
+def _gradient_case():
+    """A linear model whose per-batch loss gradient is computed by hand in the test."""
+    model = _single_linear([[0.5, -1.0], [2.0, 0.25]])
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.3, -0.7], [1.5, 1.0]])
+    y = torch.tensor([0, 1, 1, 0])
+    return model, Split(x, y)
+
+
+def _batch_gradient(model, x, y):
+    weight = model[0].weight.detach().clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(x @ weight.T, y)
+    (grad,) = torch.autograd.grad(loss, weight)
+    return grad
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "fisher"])
+def test_gradient_criteria_follow_their_definitions(criterion):
+    model, data = _gradient_case()
+    # batch_size 4 and one batch: the gradient of the whole (shuffled, same set) batch.
+    scores = compute_scores(model, find_targets(model), criterion, data=data, batches=1, batch_size=4)["0.weight"]
+    g = _batch_gradient(model, data.x, data.y)
+    w = model[0].weight.detach()
+    expected = (g * w) ** 2 if criterion == "taylor" else 0.5 * g**2 * w**2
+    assert torch.allclose(scores, expected, atol=1e-7)
+
+
+def test_taylor_averages_over_batches():
+    model, data = _gradient_case()
+    scores = compute_scores(model, find_targets(model), "taylor", data=data, batches=4, batch_size=1, seed=3)
+    w = model[0].weight.detach()
+    per_sample = [(_batch_gradient(model, data.x[i : i + 1], data.y[i : i + 1]) * w) ** 2 for i in range(4)]
+    assert torch.allclose(scores["0.weight"], torch.stack(per_sample).mean(0), atol=1e-7)
+
+
+def test_gradient_criteria_leave_batchnorm_statistics_alone(tiny_model, tiny_data):
+    before = tiny_model.bn.running_mean.clone()
+    compute_scores(tiny_model, find_targets(tiny_model), "taylor", data=tiny_data.train)
+    assert torch.equal(tiny_model.bn.running_mean, before)
+    assert not tiny_model.training
+
+
+def test_random_is_seeded(tiny_model):
+    targets = find_targets(tiny_model)
+    a = compute_scores(tiny_model, targets, "random", seed=1)
+    b = compute_scores(tiny_model, targets, "random", seed=1)
+    c = compute_scores(tiny_model, targets, "random", seed=2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["fc1.weight"], c["fc1.weight"])
+
+
+def test_unknown_criterion_and_missing_data(tiny_model):
+    targets = find_targets(tiny_model)
+    with pytest.raises(UsageError, match="unknown criterion 'l3'"):
+        compute_scores(tiny_model, targets, "l3")
+    with pytest.raises(UsageError, match="needs training data"):
+        compute_scores(tiny_model, targets, "fisher")
