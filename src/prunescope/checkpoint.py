@@ -15,7 +15,6 @@ every checkpoint loads into the plain, unpruned architecture.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from prunescope.errors import PrunescopeError, UsageError
+from prunescope.io import atomic_write
 from prunescope.models import build_from_spec
 
 FORMAT = "prunescope-checkpoint"
@@ -148,19 +148,8 @@ def save_checkpoint(
         "state_dict": state,
         "extra_state": _plain_data(extra_state or {}, "extra_state", tensors=True),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write a temp file in the same directory, then rename over the target: os.replace is
-    # atomic there, so a crash leaves either the old checkpoint or the new one, never half.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    # Atomic: a crash leaves either the old checkpoint or the new one, never half of one.
+    atomic_write(path, lambda file: torch.save(payload, file))
     return path
 
 

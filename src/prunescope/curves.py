@@ -1,0 +1,69 @@
+"""Sensitivity curves: what a scan produces and what pickers read.
+
+A curve is one target's metric as a function of that target's sparsity, every other
+target dense. Values are the scan's metric (accuracy by default, a fraction in [0, 1];
+higher is better). ``low`` / ``high`` bound each value (subset confidence interval or
+fold spread); without an interval they equal the value.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    sparsity: float
+    value: float
+    low: float
+    high: float
+    n: int  # examples the value was measured on
+
+
+@dataclass
+class Curve:
+    """Metric vs sparsity of one target. ``numel`` weights; ``macs`` per sample when dense."""
+
+    target: str
+    numel: int
+    macs: int
+    points: list[CurvePoint] = field(default_factory=list)
+
+    def sorted_points(self) -> list[CurvePoint]:
+        return sorted(self.points, key=lambda p: p.sparsity)
+
+    def value_at(self, sparsity: float) -> float:
+        """Linear interpolation between measured points (clamped at the ends)."""
+        points = self.sorted_points()
+        if not points:
+            raise ValueError(f"curve of {self.target} has no points")
+        if sparsity <= points[0].sparsity:
+            return points[0].value
+        for left, right in itertools.pairwise(points):
+            if sparsity <= right.sparsity:
+                t = (sparsity - left.sparsity) / (right.sparsity - left.sparsity)
+                return left.value + t * (right.value - left.value)
+        return points[-1].value
+
+
+@dataclass
+class Curves:
+    """All curves of one scan, with the dense model's metric."""
+
+    metric: str
+    criterion: str
+    dense: CurvePoint
+    curves: dict[str, Curve]
+    evaluations: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Curves:
+        curves = {
+            name: Curve(c["target"], c["numel"], c["macs"], [CurvePoint(**p) for p in c["points"]])
+            for name, c in data["curves"].items()
+        }
+        return cls(data["metric"], data["criterion"], CurvePoint(**data["dense"]), curves, data.get("evaluations", 0))
