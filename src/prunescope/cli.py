@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from prunescope import models as zoo
 from prunescope.checkpoint import load_checkpoint
 from prunescope.criteria import CRITERIA
-from prunescope.data import available_datasets, describe_dataset, load_dataset
+from prunescope.data import available_datasets, describe_dataset, load_dataset, load_from_spec
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.pick.baselines import ALLOCATIONS
 from prunescope.pipeline import DEFAULT_SPARSITIES, run, train_model
@@ -149,8 +149,7 @@ def sweep_command(
     _check_choice("--criterion", criterion, list(CRITERIA))
     _check_choice("--allocation", allocation, ALLOCATIONS)
     saved = load_checkpoint(checkpoint)
-    spec = dict(saved.dataset_spec)
-    dataset = load_dataset(spec.pop("name"), **{**spec, **({"data_dir": data_dir} if data_dir else {})})
+    dataset = load_from_spec(saved.dataset_spec, data_dir=data_dir)
     with _progress("sweeping", len(levels) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
