@@ -53,7 +53,7 @@ def test_uniform_plus_keeps_the_last_layer_uniform_when_below_the_cap():
 
 def test_uniform_plus_infeasible_when_first_layer_is_too_large():
     targets = _targets((1000, 1000), (10, 10), (10, 10))
-    with pytest.raises(UsageError, match="uniform\\+ cannot reach 0.5"):
+    with pytest.raises(UsageError, match=r"uniform\+ cannot reach 0\.5"):
         uniform_plus(targets, 0.5)
 
 

@@ -55,7 +55,14 @@ class Curves:
     criterion: str
     dense: CurvePoint
     curves: dict[str, Curve]
-    evaluations: int = 0
+    evaluations: int = 0  # evaluations the curves rest on, the dense ones included: run now + reused
+    reused: int = 0  # of those, read back from the scan's study instead of run again
+    examples: int = 0  # sum of n over those evaluations: cost in examples (n / len(val) of a full evaluation each)
+    dense_by_n: dict[int, CurvePoint] = field(default_factory=dict)  # dense metric on every subset size used
+
+    def dense_at(self, n: int) -> CurvePoint:
+        """The dense reference for a point measured on ``n`` examples (the same seeded subset)."""
+        return self.dense_by_n.get(n, self.dense)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,4 +73,14 @@ class Curves:
             name: Curve(c["target"], c["numel"], c["macs"], [CurvePoint(**p) for p in c["points"]])
             for name, c in data["curves"].items()
         }
-        return cls(data["metric"], data["criterion"], CurvePoint(**data["dense"]), curves, data.get("evaluations", 0))
+        return cls(
+            data["metric"],
+            data["criterion"],
+            CurvePoint(**data["dense"]),
+            curves,
+            data.get("evaluations", 0),
+            data.get("reused", 0),
+            data.get("examples", 0),
+            # JSON turns the integer keys into strings.
+            {int(n): CurvePoint(**p) for n, p in data.get("dense_by_n", {}).items()},
+        )

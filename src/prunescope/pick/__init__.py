@@ -1,5 +1,35 @@
 """Turn sensitivity into per-target sparsities; baselines for comparison."""
 
 from prunescope.pick.baselines import ALLOCATIONS, allocate
+from prunescope.pick.pickers import (
+    PICKERS,
+    SCONCE_LEVELS,
+    BudgetPicker,
+    EnsemblePicker,
+    KneePicker,
+    Pick,
+    Picker,
+    ThresholdPicker,
+    make_picker,
+    predicted_drops,
+)
+from prunescope.pick.verify import Verified, VerifyStep, model_evaluator, verify
 
-__all__ = ["ALLOCATIONS", "allocate"]
+__all__ = [
+    "ALLOCATIONS",
+    "PICKERS",
+    "SCONCE_LEVELS",
+    "BudgetPicker",
+    "EnsemblePicker",
+    "KneePicker",
+    "Pick",
+    "Picker",
+    "ThresholdPicker",
+    "Verified",
+    "VerifyStep",
+    "allocate",
+    "make_picker",
+    "model_evaluator",
+    "predicted_drops",
+    "verify",
+]

@@ -1,0 +1,146 @@
+"""Sensitivity scan: per target, the metric as a function of that target's sparsity, others dense.
+
+Pieces, one job each:
+
+- :mod:`~prunescope.scan.strategy`: planners choosing the sparsities (``grid``, ``adaptive``).
+- :mod:`~prunescope.scan.runner`: the rounds (plan, settle on a subset, evaluate).
+- :mod:`~prunescope.scan.study`: the Optuna study recording every evaluation (resume, sharing).
+- :mod:`~prunescope.scan.executors`: this process or spawned workers draining the study's queue.
+- :mod:`~prunescope.scan.evaluation`: the evaluation of a real model under masks.
+- :mod:`~prunescope.scan.identity`: fingerprints that tie a study to one model and dataset.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from prunescope.criteria import NEEDS_DATA, compute_scores
+from prunescope.curves import Curve, Curves
+from prunescope.data.types import Dataset
+from prunescope.device import resolve_device
+from prunescope.errors import UsageError
+from prunescope.measure import count_macs
+from prunescope.scan.evaluation import ModelEvaluation
+from prunescope.scan.executors import executor
+from prunescope.scan.identity import data_fingerprint, model_fingerprint
+from prunescope.scan.runner import Ladder, Runner
+from prunescope.scan.strategy import SCAN_LEVELS_SCONCE, STRATEGIES, make_planner
+from prunescope.scan.study import DENSE, StudySpec, quiet_optuna
+from prunescope.targets import find_targets
+
+__all__ = ["SCAN_LEVELS_SCONCE", "SCAN_METRICS", "STRATEGIES", "scan"]
+
+SCAN_METRICS = ("accuracy", "macro_f1")  # higher is better, as curves and pickers assume
+
+
+def _check(tolerance: float, metric: str, subset: int | None, workers: int, storage: object, val: int) -> None:
+    if tolerance < 0:
+        raise UsageError(f"tolerance must be at least 0 (a fraction of the metric, e.g. 0.005), got {tolerance:g}")
+    if metric not in SCAN_METRICS:
+        raise UsageError(f"unknown scan metric {metric!r}: use one of {', '.join(SCAN_METRICS)}")
+    if subset is not None and subset < 1:
+        raise UsageError(f"subset must be a positive number of examples, got {subset}")
+    if workers < 1:
+        raise UsageError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and storage is None:
+        raise UsageError("several workers share a study on disk: give a storage (an --out directory or a URL)")
+    if val < 1:
+        raise UsageError("the validation split is empty: a scan evaluates on it")
+
+
+def scan(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    criterion: str = "magnitude",
+    strategy: str = "adaptive",
+    levels: Sequence[float] | None = None,
+    tolerance: float = 0.005,
+    metric: str = "accuracy",
+    subset: int | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    device: str = "auto",
+    storage: str | os.PathLike | None = None,
+    study_name: str = "scan",
+    workers: int = 1,
+    seed: int = 0,
+    on_trial: Callable[[int, int], None] | None = None,
+) -> Curves:
+    """Sensitivity curves of every target of ``model`` on ``data.val``: one target pruned, others dense.
+
+    Args:
+        criterion: which weights of a target go first (see :mod:`prunescope.criteria`);
+            scores are computed once (``taylor`` / ``fisher`` use ``data.train``).
+        strategy: ``grid`` (every level of ``levels``, by default sconce's 0.10, 0.15, …,
+            0.95) or ``adaptive`` (coarse ``levels``, by default 0.5, 0.8, 0.9, 0.95, 0.98,
+            then bisection to 0.01 where a curve crosses ``tolerance``).
+        levels: sparsities in (0, 1) overriding the strategy's levels.
+        tolerance: allowed drop of the metric from dense, a fraction (0.005 = 0.5 accuracy
+            points); signed, an improvement never violates it.
+        metric: ``accuracy`` or ``macro_f1`` (fractions in [0, 1]).
+        subset: evaluate on a seeded subset of this many validation examples; a point whose
+            decision (within tolerance of dense?) falls inside its confidence interval is
+            evaluated again on twice as many, up to the whole split. The dense reference is
+            evaluated on every size used (``Curves.dense_by_n``).
+        include / exclude: globs selecting the targets.
+        device: ``auto``, ``cpu``, ``cuda``…
+        storage: where the Optuna study lives: a journal file path, a database URL
+            (``sqlite:///scan.db``, ``postgresql://…``), or None (in memory, no resume).
+            Finished evaluations found there are reused, so a killed scan resumes.
+        study_name: name of the study in ``storage``.
+        workers: processes evaluating in parallel (needs a persistent ``storage``).
+        seed: seed of the subset sample and of the random / gradient criteria.
+        on_trial: ``on_trial(done, planned)`` after every evaluation (run or reused);
+            ``planned`` grows as the adaptive strategy plans more.
+
+    Returns:
+        :class:`~prunescope.curves.Curves` with one curve per target (one point per
+        sparsity, measured on its final subset size ``n``), the dense point on the first
+        subset size, and the costs (``evaluations``, ``reused``, ``examples``).
+
+    The model's weights are bit-identical afterwards: pruning is applied in place and undone.
+    """
+    planner = make_planner(strategy, levels, tolerance)
+    _check(tolerance, metric, subset, workers, storage, len(data.val))
+    device = resolve_device(device)
+    model.to(device)
+    every_target = find_targets(model)
+    targets = find_targets(model, include, exclude)
+    scores = compute_scores(model, targets, criterion, data=data.train, seed=seed)
+    macs = count_macs(model, data.input_shape).per_weight
+    full = len(data.val)
+    spec = StudySpec.at(storage, study_name, (DENSE, *(t.name for t in every_target)), full, metric)
+    identity = {
+        "model": model_fingerprint(model, every_target),
+        "data": data_fingerprint([data.val, data.train] if criterion in NEEDS_DATA else [data.val]),
+        "criterion": criterion,
+        "metric": metric,
+        "seed": seed,
+    }
+    evaluate = ModelEvaluation(model, data.val, targets, scores, metric=metric, device=device, seed=seed)
+    with quiet_optuna():
+        study = spec.open(identity)
+        with executor(evaluate, spec, workers) as chosen:
+            outcome = Runner(
+                study,
+                planner,
+                [t.name for t in targets],
+                tolerance=tolerance,
+                ladder=Ladder(min(subset or full, full), full),
+                executor=chosen,
+                on_trial=on_trial,
+            ).run()
+    return Curves(
+        metric=metric,
+        criterion=criterion,
+        dense=outcome.dense[min(outcome.dense)],
+        curves={t.name: Curve(t.name, t.numel, macs.get(t.name, (0, 0))[0], outcome.points[t.name]) for t in targets},
+        evaluations=outcome.evaluations,
+        reused=outcome.reused,
+        examples=outcome.examples,
+        dense_by_n=outcome.dense,
+    )

@@ -1,0 +1,125 @@
+"""Level planners: which sparsities of one target to evaluate next.
+
+A planner is a small object with one method, ``ask(drops) -> sparsities``, in the spirit of
+an Optuna sampler: given the drops measured so far for one target (``{sparsity: dense -
+value}``, a fraction of the metric; negative is an improvement), it returns the sparsities
+to evaluate next, or ``[]`` when the curve is complete. Planners keep no state, so a
+resumed scan plans exactly what the interrupted one did.
+
+- :class:`Grid`: fixed levels; by default sconce's 0.10, 0.15, …, 0.95 (18 levels).
+- :class:`Adaptive`: coarse levels, then bisection of every interval where the curve
+  crosses the tolerance, plus one point where the coarse curve bends.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from prunescope.errors import UsageError
+
+SCAN_LEVELS_SCONCE: tuple[float, ...] = tuple(round(0.10 + 0.05 * i, 2) for i in range(18))  # 0.10, …, 0.95
+COARSE_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98)
+_DIGITS = 4  # planned sparsities are rounded to 1e-4, so that the same level is always the same float
+_EPS = 1e-9  # slack for float comparisons (1.0 - 0.98 > 0.02 in floats)
+
+
+class Planner(Protocol):
+    def ask(self, drops: Mapping[float, float]) -> list[float]:
+        """Sparsities to evaluate next, given ``{sparsity: drop}`` measured so far; ``[]`` when done."""
+        ...
+
+
+def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+    """Sorted, de-duplicated levels, each strictly inside (0, 1)."""
+    if not levels:
+        raise UsageError("levels is empty: give sparsities in (0, 1), e.g. 0.5 0.8 0.9")
+    for level in levels:
+        if not 0.0 < level < 1.0:
+            raise UsageError(f"level {level:g} is outside (0, 1): give a fraction of weights to remove, e.g. 0.9")
+    return tuple(sorted({float(level) for level in levels}))
+
+
+def _midpoint(a: float, b: float) -> float:
+    return round((a + b) / 2, _DIGITS)
+
+
+def within(drop: float, tolerance: float) -> bool:
+    """Is ``drop`` (dense - value, signed) at most ``tolerance``? An improvement always is."""
+    return drop <= tolerance + _EPS
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Every level of a fixed grid, all at once."""
+
+    levels: tuple[float, ...] = SCAN_LEVELS_SCONCE
+
+    def ask(self, drops: Mapping[float, float]) -> list[float]:
+        return [s for s in self.levels if s not in drops]
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """Coarse-to-fine: few evaluations, resolution ``resolution`` where the curve crosses ``tolerance``.
+
+    1. The ``coarse`` levels.
+    2. Every interval between neighbouring measured points (the dense model at sparsity 0
+       counts as a point with drop 0) whose ends disagree on "drop <= tolerance" is bisected
+       until it is at most ``resolution`` wide. Monotonicity is not assumed: a violation
+       followed by a higher level within tolerance is an interval like any other, so the
+       dip and the recovery are both bracketed, and the final curve holds the two points
+       that justify every crossing.
+    3. One point in the middle of the coarse segment right after the coarse curve's knee
+       (the largest increase of slope), where the shape of the curve changes most.
+    """
+
+    tolerance: float
+    coarse: tuple[float, ...] = COARSE_LEVELS
+    resolution: float = 0.01
+
+    def ask(self, drops: Mapping[float, float]) -> list[float]:
+        missing = [s for s in self.coarse if s not in drops]
+        if missing:
+            return missing
+        curve = sorted({0.0: 0.0, **drops}.items())
+        planned = {
+            _midpoint(a, b)
+            for (a, drop_a), (b, drop_b) in itertools.pairwise(curve)
+            if within(drop_a, self.tolerance) != within(drop_b, self.tolerance) and b - a > self.resolution + _EPS
+        }
+        bend = self._bend(drops)
+        if bend is not None:
+            planned.add(bend)
+        return sorted(s for s in planned if s not in drops)
+
+    def _bend(self, drops: Mapping[float, float]) -> float | None:
+        # Computed on the coarse levels only, so that it is one fixed point per curve.
+        coarse = [(0.0, 0.0), *((s, drops[s]) for s in self.coarse)]
+        slopes = [(d2 - d1) / (s2 - s1) for (s1, d1), (s2, d2) in itertools.pairwise(coarse)]
+        increases = [right - left for left, right in itertools.pairwise(slopes)]
+        if not increases or max(increases) <= 0:
+            return None
+        knee = increases.index(max(increases)) + 1  # increases[i] is at coarse[i + 1]
+        (a, _), (b, _) = coarse[knee], coarse[knee + 1]
+        return _midpoint(a, b) if b - a > self.resolution + _EPS else None
+
+
+PlannerFactory = Callable[[Sequence[float] | None, float], Planner]
+
+STRATEGIES: dict[str, PlannerFactory] = {
+    "grid": lambda levels, tolerance: Grid(check_levels(levels) if levels is not None else SCAN_LEVELS_SCONCE),
+    "adaptive": lambda levels, tolerance: Adaptive(
+        tolerance, check_levels(levels) if levels is not None else COARSE_LEVELS
+    ),
+}
+"""Planner by strategy name, built from ``(levels or None, tolerance)``: levels are the grid
+for ``grid`` and the coarse levels for ``adaptive``."""
+
+
+def make_planner(strategy: str, levels: Sequence[float] | None, tolerance: float) -> Planner:
+    if strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[strategy](levels, tolerance)
