@@ -13,12 +13,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from prunescope import models as zoo
 from prunescope.checkpoint import load_checkpoint
+from prunescope.compare import METHODS, compare
 from prunescope.criteria import CRITERIA
 from prunescope.data import available_datasets, describe_dataset, load_dataset, load_from_spec
 from prunescope.errors import PrunescopeError, UsageError
+from prunescope.io import write_json
 from prunescope.pick.baselines import ALLOCATIONS
+from prunescope.pick.choose import build_picker, choose
 from prunescope.pipeline import DEFAULT_SPARSITIES, run, train_model
-from prunescope.report import document, listing_table, sweep_table, write_sweep
+from prunescope.report import (
+    choice_table,
+    comparison_table,
+    document,
+    listing_table,
+    scan_table,
+    sweep_table,
+    write_comparison,
+    write_sweep,
+)
+from prunescope.scan import STRATEGIES, scan
+from prunescope.scan.files import JOURNAL_FILE, SCAN_FILE, load_scan, save_scan
 from prunescope.sweep import sweep
 from prunescope.train import TrainConfig
 
@@ -43,6 +57,12 @@ Allocation = Annotated[str, typer.Option(help=f"How the global sparsity is split
 Sparsities = Annotated[str, typer.Option(help="Comma-separated global sparsities in [0, 1).")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 DEFAULT_SPARSITIES_TEXT = ",".join(map(str, DEFAULT_SPARSITIES))
+Points = Annotated[float | None, typer.Option(help="Allowed drop in points of the metric (0.5 = half a point).")]
+Include = Annotated[list[str] | None, typer.Option(help="Glob of layers to prune (repeatable).")]
+Exclude = Annotated[list[str] | None, typer.Option(help="Glob of layers to keep dense (repeatable).")]
+CheckpointOption = Annotated[Path, typer.Option(help="A checkpoint written by prunescope train.")]
+
+
 
 
 def _parse_sparsities(text: str) -> list[float]:
@@ -133,12 +153,12 @@ def train_command(
 
 @app.command("sweep")
 def sweep_command(
-    checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by prunescope train.")],
+    checkpoint: CheckpointOption,
     sparsities: Sparsities = DEFAULT_SPARSITIES_TEXT,
     criterion: Criterion = "magnitude",
     allocation: Allocation = "uniform",
-    include: Annotated[list[str] | None, typer.Option(help="Glob of layers to prune (repeatable).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Glob of layers to keep dense (repeatable).")] = None,
+    include: Include = None,
+    exclude: Exclude = None,
     subset: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset of this many examples.")] = None,
     data_dir: DataDir = None,
     out: Out = Path("prunescope-out"),
@@ -148,8 +168,7 @@ def sweep_command(
     levels = _parse_sparsities(sparsities)
     _check_choice("--criterion", criterion, list(CRITERIA))
     _check_choice("--allocation", allocation, ALLOCATIONS)
-    saved = load_checkpoint(checkpoint)
-    dataset = load_from_spec(saved.dataset_spec, data_dir=data_dir)
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
     with _progress("sweeping", len(levels) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
@@ -161,6 +180,152 @@ def sweep_command(
     write_sweep(out, doc, result)
     console.print(sweep_table(result))
     console.print(f"wrote {out / 'result.json'} and {out / 'sweep.csv'}")
+
+
+def _checkpoint_and_data(checkpoint: Path, data_dir: str | None):
+    saved = load_checkpoint(checkpoint)
+    return saved, load_from_spec(saved.dataset_spec, data_dir=data_dir)
+
+
+def _points(value: float | None) -> float | None:
+    return None if value is None else value / 100
+
+
+@contextmanager
+def _growing_progress(description: str):
+    """A progress bar whose total can grow (adaptive scans plan as they go)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda done, planned: progress.update(task, completed=done, total=planned)
+
+
+@app.command("scan")
+def scan_command(
+    checkpoint: CheckpointOption,
+    out: Out = Path("prunescope-out/scan"),
+    strategy: Annotated[str, typer.Option(help="adaptive (few evaluations) or grid (sconce's 18 levels).")]
+    = "adaptive",
+    criterion: Criterion = "magnitude",
+    tolerance: Annotated[float, typer.Option(help="Allowed drop in points; adaptive refines where curves cross it.")]
+    = 0.5,
+    subset: Annotated[int | None, typer.Option(help="Start on a seeded subset of this many val examples; grown "
+                                                    "where a decision is within noise.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes sharing the study.")] = 1,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: a journal file in OUT).")] = None,
+    include: Include = None,
+    exclude: Exclude = None,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    seed: Seed = 0,
+) -> None:
+    """Sensitivity of every layer: val metric vs that layer's sparsity, others dense. Resumable."""
+    _check_choice("--strategy", strategy, STRATEGIES)
+    _check_choice("--criterion", criterion, list(CRITERIA))
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    settings = {"checkpoint": str(checkpoint), "strategy": strategy, "criterion": criterion,
+                "tolerance": tolerance / 100, "subset": subset, "workers": workers, "include": include or [],
+                "exclude": exclude or [], "seed": seed}
+    with _growing_progress("scanning") as advance:
+        curves = scan(
+            saved.model, dataset, criterion=criterion, strategy=strategy, tolerance=tolerance / 100, subset=subset,
+            include=include or (), exclude=exclude or (), device=device, storage=storage or out / JOURNAL_FILE,
+            workers=workers, seed=seed, on_trial=advance,
+        )
+    save_scan(out, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
+              dataset_spec=saved.dataset_spec, settings=settings)
+    console.print(scan_table(curves, tolerance / 100))
+    console.print(f"{curves.evaluations} evaluations ({curves.reused} reused from the study), "
+                  f"{curves.examples / len(dataset.val):.1f} full-split equivalents; wrote {out / SCAN_FILE}, "
+                  f"{out / 'scan.csv'}, {out / 'plots' / 'curves.png'}")
+
+
+@app.command("pick")
+def pick_command(
+    scan_dir: Annotated[Path, typer.Option("--scan", help="Directory written by prunescope scan.")],
+    picker: Annotated[str, typer.Option(help="threshold, sconce, knee, budget or ensemble.")] = "ensemble",
+    max_drop: Points = None,
+    target_sparsity: Annotated[float | None, typer.Option(help="Budget: fraction of weights to remove.")] = None,
+    target_params: Annotated[int | None, typer.Option(help="Budget: weights to keep, at most.")] = None,
+    target_macs: Annotated[int | None, typer.Option(help="Budget: effective MACs per sample, at most.")] = None,
+    lower_bound: Annotated[bool, typer.Option(help="Threshold on the pessimistic end of each interval.")] = False,
+    vote: Annotated[bool, typer.Option(help="Ensemble by median instead of the most conservative member.")] = False,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to verify on (default: the scanned one).")]
+    = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the pick (default: SCAN/pick.json).")] = None,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+) -> None:
+    """Choose per-layer sparsities from a scan, then verify them jointly on val (backing off if needed)."""
+    chosen = build_picker(picker, max_drop=_points(max_drop), target_sparsity=target_sparsity,
+                          target_params=target_params, target_macs=target_macs, lower_bound=lower_bound, vote=vote)
+    saved_scan = load_scan(scan_dir)
+    source = checkpoint or saved_scan.checkpoint
+    if source is None:
+        raise UsageError(f"the scan in {scan_dir} names no checkpoint: pass --checkpoint")
+    saved, dataset = _checkpoint_and_data(Path(source), data_dir)
+    saved_scan.check_model(saved.model, scan_dir)
+    with _progress("verifying", 1) as done:
+        choice = choose(saved_scan.curves, chosen, saved.model, dataset, max_drop=_points(max_drop), device=device)
+        done()
+    path = out or scan_dir / "pick.json"
+    settings = {"scan": str(scan_dir), "checkpoint": str(source), "picker": picker, "max_drop": _points(max_drop),
+                "target_sparsity": target_sparsity, "target_params": target_params, "target_macs": target_macs,
+                "lower_bound": lower_bound, "vote": vote}
+    write_json(path, document("pick", settings, model=saved.model_spec, dataset=saved.dataset_spec,
+                              **choice.to_dict()))
+    console.print(choice_table(choice))
+    if choice.bound is not None and not choice.verified.within_bound:
+        console.print(f"[yellow]even dense the joint drop exceeds {choice.bound * 100:g} pts[/yellow]")
+    console.print(f"wrote {path}")
+
+
+@app.command("compare")
+def compare_command(
+    checkpoint: CheckpointOption,
+    sparsities: Sparsities = "0.8,0.9,0.95,0.98",
+    allocations: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(METHODS)}.")] = ",".join(METHODS),
+    scan_dir: Annotated[Path | None, typer.Option("--scan", help="Scan for 'ours' (default: scan OUT/scan now).")]
+    = None,
+    criterion: Criterion = "magnitude",
+    include: Include = None,
+    exclude: Exclude = None,
+    test: Annotated[bool, typer.Option(help="Evaluate the test split once per row, after selection.")] = True,
+    out: Out = Path("prunescope-out/compare"),
+    data_dir: DataDir = None,
+    device: Device = "auto",
+) -> None:
+    """One-shot accuracy of our allocation vs uniform, uniform+, global, ERK and LAMP at equal sparsity."""
+    levels = _parse_sparsities(sparsities)
+    methods = [m.strip() for m in allocations.split(",") if m.strip()]
+    for method in methods:
+        _check_choice("allocation", method, METHODS)
+    _check_choice("--criterion", criterion, list(CRITERIA))
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    curves = None
+    if "ours" in methods:
+        if scan_dir is None:
+            scan_dir = out / "scan"
+            with _growing_progress("scanning") as advance:
+                curves = scan(saved.model, dataset, criterion=criterion, include=include or (),
+                              exclude=exclude or (), device=device, storage=scan_dir / JOURNAL_FILE,
+                              on_trial=advance)
+            save_scan(scan_dir, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
+                      dataset_spec=saved.dataset_spec, settings={"criterion": criterion, "tolerance": 0.005})
+        else:
+            saved_scan = load_scan(scan_dir)
+            saved_scan.check_model(saved.model, scan_dir)
+            curves = saved_scan.curves
+    with _progress("comparing", len(levels) * len(methods)) as row_done:
+        comparison = compare(saved.model, dataset, levels, methods, curves=curves, criterion=criterion,
+                             include=include or (), exclude=exclude or (), device=device, test=test, on_row=row_done)
+    settings = {"checkpoint": str(checkpoint), "sparsities": levels, "allocations": methods,
+                "scan": str(scan_dir) if scan_dir else None, "criterion": criterion, "test": test}
+    doc = document("compare", settings, model=saved.model_spec, dataset=saved.dataset_spec,
+                   comparison=comparison.to_dict())
+    write_comparison(out, doc, comparison)
+    console.print(comparison_table(comparison))
+    console.print(f"wrote {out / 'result.json'}, {out / 'compare.csv'} and plots in {out / 'plots'}")
 
 
 @app.command("models")

@@ -27,7 +27,11 @@ from typing import Any
 from rich.table import Table
 
 from prunescope import __version__
+from prunescope.compare import Comparison
+from prunescope.curves import Curves
 from prunescope.io import write_csv, write_json
+from prunescope.pick.choose import Choice
+from prunescope.plots import allocation_plot, metric_vs_sparsity_plot
 from prunescope.sweep import SweepResult
 
 SCHEMA = "prunescope.result"
@@ -122,3 +126,105 @@ def listing_table(title: str, columns: list[str], rows: list[list[str]]) -> Tabl
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def scan_table(curves: Curves, tolerance: float) -> Table:
+    """Per target: points measured, and the highest measured sparsity within ``tolerance`` of dense."""
+    table = Table(title=f"sensitivity of each layer (val {curves.metric}, dense {curves.dense.value:.2%}, "
+                  f"tolerance {tolerance * 100:g} pts)")
+    for column in ("layer", "weights", "points", "highest sparsity within tolerance", "drop there (pts)",
+                   "drop at the highest level (pts)"):
+        table.add_column(column, justify="right" if column != "layer" else "left", no_wrap=True)
+    for name, curve in curves.curves.items():
+        points = curve.sorted_points()
+        within = [p for p in points if curves.dense_at(p.n).value - p.value <= tolerance]
+        best = within[-1] if within else None
+        last = points[-1]
+        table.add_row(
+            name,
+            _si(curve.numel),
+            str(len(points)),
+            f"{best.sparsity:.1%}" if best else "none",
+            f"{(curves.dense_at(best.n).value - best.value) * 100:+.2f}" if best else "-",
+            f"{(curves.dense_at(last.n).value - last.value) * 100:+.2f} at {last.sparsity:.0%}",
+        )
+    return table
+
+
+def choice_table(choice: Choice) -> Table:
+    """The verified allocation per target, who decided it, and the predicted drop there."""
+    drops = choice.pick.details.get("drops", {})
+    table = Table(title=f"{choice.picker} pick: {choice.global_sparsity:.1%} of the weights removed; joint drop "
+                  f"predicted {choice.verified.predicted_drop * 100:+.2f} pts, measured "
+                  f"{choice.verified.measured_drop * 100:+.2f} pts")
+    for column in ("layer", "picked", "verified", "decided by", "predicted drop (pts)"):
+        table.add_column(column, justify="right" if column != "layer" else "left", no_wrap=True)
+    for name, sparsity in choice.verified.allocation.items():
+        table.add_row(
+            name,
+            f"{choice.pick.allocation.get(name, 0.0):.1%}",
+            f"{sparsity:.1%}",
+            choice.pick.decided_by.get(name, choice.picker),
+            f"{drops[name] * 100:+.2f}" if name in drops else "-",
+        )
+    return table
+
+
+def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    rows = []
+    for r in comparison.rows:
+        rows.append({
+            "method": r.method,
+            "sparsity": r.sparsity,
+            "achieved_sparsity": r.achieved,
+            "val_accuracy": r.val.accuracy if r.val else None,
+            "val_macro_f1": r.val.macro_f1 if r.val else None,
+            "test_accuracy": r.test.accuracy if r.test else None,
+            "error": r.error,
+            **{f"sparsity[{name}]": s for name, s in r.allocation.items()},
+        })
+    return rows
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    """Rows: sparsities; columns: methods; cells: val accuracy (test accuracy)."""
+    methods = list(dict.fromkeys(r.method for r in comparison.rows))
+    test = " (test)" if comparison.dense_test else ""
+    dense = f"dense val {comparison.dense_val.accuracy:.2%}"
+    if comparison.dense_test:
+        dense += f", test {comparison.dense_test.accuracy:.2%}"
+    table = Table(title=f"one-shot accuracy, val{test}, by allocation ({comparison.criterion} criterion; {dense})")
+    table.add_column("sparsity", justify="right")
+    for method in methods:
+        table.add_column(method, justify="right", no_wrap=True)
+    for sparsity in dict.fromkeys(r.sparsity for r in comparison.rows):
+        cells = []
+        for method in methods:
+            row = next(r for r in comparison.rows if r.sparsity == sparsity and r.method == method)
+            if row.val is None:
+                cells.append("infeasible")
+            else:
+                cells.append(f"{row.val.accuracy:.2%}" + (f" ({row.test.accuracy:.2%})" if row.test else ""))
+        table.add_row(f"{sparsity:.0%}", *cells)
+    return table
+
+
+def write_comparison(out: Path, doc: dict[str, Any], comparison: Comparison) -> None:
+    """``result.json``, ``compare.csv``, and plots: allocations per sparsity, accuracy vs sparsity per method."""
+    write_json(out / "result.json", doc)
+    write_csv(out / "compare.csv", comparison_rows(comparison))
+    feasible = [r for r in comparison.rows if r.val is not None]
+    for sparsity in dict.fromkeys(r.sparsity for r in feasible):
+        allocations = {r.method: r.allocation for r in feasible if r.sparsity == sparsity}
+        allocation_plot(allocations, out / "plots" / f"allocation_{sparsity:g}.png",
+                        f"per-layer sparsity at {sparsity:.0%} overall")
+    for split in ("val", "test"):
+        series: dict[str, list[tuple[float, float, float]]] = {}
+        for r in feasible:
+            metrics = getattr(r, split)
+            if metrics is not None:
+                low, high = metrics.accuracy_ci
+                series.setdefault(r.method, []).append((r.sparsity, metrics.accuracy, (high - low) / 2))
+        if series:
+            metric_vs_sparsity_plot(series, out / "plots" / f"{split}_accuracy.png", f"{split} accuracy",
+                                    f"one-shot {split} accuracy (bars: 95% CI half-width)")
