@@ -1,0 +1,107 @@
+"""scan → pick → compare from the command line, and one-line errors for their bad input."""
+
+import json
+import shutil
+
+import pytest
+
+from prunescope.cli import main
+
+
+def _run(capsys, *argv):
+    with pytest.raises(SystemExit) as done:
+        main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return done.value.code or 0, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two MLPs trained on digits (different seeds) through the CLI."""
+    paths = []
+    for seed in (0, 1):
+        out = tmp_path_factory.mktemp(f"train{seed}")
+        with pytest.raises(SystemExit) as done:
+            main(["train", "--epochs", "3", "--seed", str(seed), "--out", str(out), "--device", "cpu"])
+        assert (done.value.code or 0) == 0
+        paths.append(out / "model.pt")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def scanned(checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scan")
+    with pytest.raises(SystemExit) as done:
+        main(["scan", "--checkpoint", str(checkpoints[0]), "--out", str(out), "--tolerance", "1", "--device", "cpu"])
+    assert (done.value.code or 0) == 0
+    return out
+
+
+def test_scan_writes_curves_and_resumes_without_evaluating(capsys, checkpoints, scanned, tmp_path):
+    doc = json.loads((scanned / "scan.json").read_text())
+    assert doc["command"] == "scan" and set(doc["curves"]["curves"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert (scanned / "plots" / "curves.png").stat().st_size > 0
+    assert (scanned / "study.journal").exists()
+    copy = tmp_path / "scan"
+    shutil.copytree(scanned, copy)
+    code, out, _ = _run(capsys, "scan", "--checkpoint", checkpoints[0], "--out", copy, "--tolerance", "1",
+                        "--device", "cpu")
+    assert code == 0
+    evaluations = doc["curves"]["evaluations"]
+    assert f"{evaluations} evaluations ({evaluations} reused from the study)" in " ".join(out.split())
+
+
+def test_pick_threshold_and_budget(capsys, scanned, tmp_path):
+    code, out, _ = _run(capsys, "pick", "--scan", scanned, "--picker", "threshold", "--max-drop", "1",
+                        "--out", tmp_path / "threshold.json", "--device", "cpu")
+    assert code == 0 and "threshold pick" in out
+    doc = json.loads((tmp_path / "threshold.json").read_text())
+    assert doc["verified"]["measured_drop"] <= 0.01 or not doc["verified"]["within_bound"]
+    code, _, _ = _run(capsys, "pick", "--scan", scanned, "--picker", "budget", "--target-sparsity", "0.5",
+                      "--out", tmp_path / "budget.json", "--device", "cpu")
+    assert code == 0
+    doc = json.loads((tmp_path / "budget.json").read_text())
+    assert doc["global_sparsity"] == pytest.approx(0.5, abs=3 / 17_000)
+
+
+def test_compare_with_a_scan(capsys, checkpoints, scanned, tmp_path):
+    code, out, _ = _run(capsys, "compare", "--checkpoint", checkpoints[0], "--scan", scanned, "--sparsities",
+                        "0.5,0.8", "--out", tmp_path, "--device", "cpu")
+    assert code == 0 and "ours" in out and "lamp" in out
+    doc = json.loads((tmp_path / "result.json").read_text())
+    rows = doc["comparison"]["rows"]
+    assert {r["method"] for r in rows} == {"ours", "uniform", "uniform+", "global", "erk", "lamp"}
+    assert all(r["achieved"] == pytest.approx(r["sparsity"], abs=3 / 17_000) for r in rows if r["error"] is None)
+    assert all(r["test"] is not None for r in rows if r["error"] is None)
+    assert (tmp_path / "plots" / "val_accuracy.png").exists()
+
+
+BAD = [
+    (lambda c, s, t: ["pick", "--scan", t / "nowhere"], "no scan in"),
+    (lambda c, s, t: ["pick", "--scan", s, "--checkpoint", c[1]], "belongs to another model"),
+    (lambda c, s, t: ["compare", "--checkpoint", c[1], "--scan", s, "--out", t], "belongs to another model"),
+    (lambda c, s, t: ["pick", "--scan", s, "--picker", "budget", "--target-sparsity", "0.9995"], "above what"),
+    (lambda c, s, t: ["pick", "--scan", s, "--picker", "budget", "--target-sparsity", "0.5", "--max-drop", "1"],
+     "--max-drop does not apply"),
+    (lambda c, s, t: ["pick", "--scan", s, "--picker", "threshold", "--target-sparsity", "0.5"],
+     "applies to --picker budget"),
+    (lambda c, s, t: ["pick", "--scan", s, "--picker", "budget"], "budget"),
+    (lambda c, s, t: ["pick", "--scan", s, "--picker", "magic"], "unknown picker"),
+    (lambda c, s, t: ["scan", "--checkpoint", c[1], "--out", s], "belongs to another model"),
+    (lambda c, s, t: ["scan", "--checkpoint", c[0], "--out", t, "--storage", "nosuchdb://x/y"], "storage"),
+    (lambda c, s, t: ["scan", "--checkpoint", c[0], "--out", t, "--strategy", "random"], "--strategy"),
+    (lambda c, s, t: ["scan", "--checkpoint", c[0], "--out", t, "--workers", "0"], "workers"),
+    (lambda c, s, t: ["compare", "--checkpoint", c[0], "--allocations", "ours,magic", "--out", t], "magic"),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), BAD)
+def test_bad_input_is_one_line_and_leaves_the_scan_intact(capsys, checkpoints, scanned, tmp_path, argv, expected):
+    journal = (scanned / "study.journal").read_bytes()
+    scan_json = (scanned / "scan.json").read_bytes()
+    code, _, err = _run(capsys, *argv(checkpoints, scanned, tmp_path))
+    message = err.strip()
+    assert code == 2, message
+    assert message.startswith("error:") and "\n" not in message and expected in message
+    assert (scanned / "study.journal").read_bytes() == journal
+    assert (scanned / "scan.json").read_bytes() == scan_json
