@@ -31,7 +31,7 @@ def test_run_writes_a_result_and_resumes(capsys, tmp_path):
     assert code == 0
     assert "val metrics vs sparsity" in out and "90.0%" in out
     doc = json.loads((tmp_path / "result.json").read_text())
-    assert doc["schema"] == "prunescope.result" and doc["version"] == 1
+    assert doc["schema"] == "prunescope.result" and doc["version"] == 2
     assert [p["sparsity"] for p in doc["sweep"]["points"]] == [0.0, 0.5, 0.9]
     assert len(doc["training"]["history"]) == 3
     rows = (tmp_path / "sweep.csv").read_text().splitlines()

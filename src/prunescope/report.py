@@ -1,8 +1,8 @@
 """Render results: the JSON document, CSV rows and Rich tables. Computes nothing.
 
-``result.json`` schema (version 1)::
+``result.json`` schema (version 2; ``prunescope run``'s sections are in ``docs/result-schema.md``)::
 
-    {"schema": "prunescope.result", "version": 1, "command": "sweep" | "run" | "train",
+    {"schema": "prunescope.result", "version": 2, "command": "sweep" | "scan" | "pick" | "compare" | "run",
      "created": ISO-8601 UTC time, "prunescope_version": "...",
      "settings": {...options of the command...},
      "model": model spec, "dataset": dataset spec,
@@ -35,7 +35,7 @@ from prunescope.plots import allocation_plot, metric_vs_sparsity_plot
 from prunescope.sweep import SweepResult
 
 SCHEMA = "prunescope.result"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def document(command: str, settings: dict[str, Any], **sections: Any) -> dict[str, Any]:
@@ -170,18 +170,20 @@ def choice_table(choice: Choice) -> Table:
     return table
 
 
-def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
+def comparison_rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
+    """One CSV row per method and sparsity of a ``Comparison.to_dict()``."""
     rows = []
-    for r in comparison.rows:
+    for r in comparison["rows"]:
+        val, test = r["val"] or {}, r["test"] or {}
         rows.append({
-            "method": r.method,
-            "sparsity": r.sparsity,
-            "achieved_sparsity": r.achieved,
-            "val_accuracy": r.val.accuracy if r.val else None,
-            "val_macro_f1": r.val.macro_f1 if r.val else None,
-            "test_accuracy": r.test.accuracy if r.test else None,
-            "error": r.error,
-            **{f"sparsity[{name}]": s for name, s in r.allocation.items()},
+            "method": r["method"],
+            "sparsity": r["sparsity"],
+            "achieved_sparsity": r["achieved"],
+            "val_accuracy": val.get("accuracy"),
+            "val_macro_f1": val.get("macro_f1"),
+            "test_accuracy": test.get("accuracy"),
+            "error": r["error"],
+            **{f"sparsity[{name}]": s for name, s in r["allocation"].items()},
         })
     return rows
 
@@ -212,7 +214,7 @@ def comparison_table(comparison: Comparison) -> Table:
 def write_comparison(out: Path, doc: dict[str, Any], comparison: Comparison) -> None:
     """``result.json``, ``compare.csv``, and plots: allocations per sparsity, accuracy vs sparsity per method."""
     write_json(out / "result.json", doc)
-    write_csv(out / "compare.csv", comparison_rows(comparison))
+    write_csv(out / "compare.csv", comparison_rows(comparison.to_dict()))
     feasible = [r for r in comparison.rows if r.val is not None]
     for sparsity in dict.fromkeys(r.sparsity for r in feasible):
         allocations = {r.method: r.allocation for r in feasible if r.sparsity == sparsity}

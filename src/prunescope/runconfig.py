@@ -1,0 +1,103 @@
+"""Settings of ``prunescope run``: defaults, a TOML config file, and command-line overrides.
+
+Every field can be set in the config file (``prunescope run --config run.toml``) or on the
+command line (which wins). An unknown key or a value of the wrong type is a one-line error
+that names the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from prunescope.errors import UsageError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``prunescope run`` does. Sparsities and drops are fractions (0.005 = 0.5 pts)."""
+
+    # what
+    model: str = "mlp"
+    data: str = "digits"
+    data_dir: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    # dense training
+    epochs: int = 30
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    batch_size: int = 64
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    # sensitivity scan
+    criterion: str = "magnitude"
+    strategy: str = "adaptive"
+    tolerance: float = 0.005
+    subset: int | None = None
+    folds: int = 3
+    # pick and compare
+    max_drop: float = 0.005
+    sparsity: float = 0.9
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)
+    methods: tuple[str, ...] = ("ours", "uniform", "global", "erk", "lamp")
+    # recovery
+    finetune_epochs: int = 10
+    finetune_lr: float = 0.01
+    patience: int | None = None
+    scratch: tuple[str, ...] = ("E", "B")
+    scratch_max_factor: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", str(annotation)).replace("NoneType", "none")
+
+
+def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against the field's type; lists become tuples, ints are accepted as floats."""
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, options[0], where)
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(annotation) if a is not Ellipsis}
+        if not isinstance(value, list | tuple):
+            raise UsageError(f"key {key!r} in {where} must be a list of {item.__name__}, got {type(value).__name__}")
+        return tuple(_coerce(key, v, item, where) for v in value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise UsageError(f"key {key!r} in {where} must be {_type_name(annotation)}, got {type(value).__name__}")
+    return value
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """Defaults ← the TOML file at ``path`` (if any) ← ``overrides`` (None values are ignored)."""
+    values: dict[str, Any] = {}
+    hints = typing.get_type_hints(RunConfig)
+    known = {f.name for f in fields(RunConfig)}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"config file {path} not found")
+        try:
+            loaded = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise UsageError(f"{path} is not valid TOML: {error}") from None
+        for key, value in loaded.items():
+            if key not in known:
+                raise UsageError(f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(known))}")
+            values[key] = _coerce(key, value, hints[key], str(path))
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = _coerce(key, value, hints[key], "the command line")
+    return RunConfig(**values)

@@ -1,0 +1,51 @@
+"""Plain-language conclusions of a run, one sentence each, from numbers already measured."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prunescope.curves import Curves
+
+
+def _pts(fraction: float) -> str:
+    return f"{fraction * 100:.1f}"
+
+
+def layer_sentences(curves: Curves, tolerance: float) -> list[str]:
+    """How far each layer can be pruned alone, others dense, within ``tolerance`` on val."""
+    sentences = []
+    for name, curve in curves.curves.items():
+        within = [p for p in curve.sorted_points() if curves.dense_at(p.n).value - p.value <= tolerance]
+        if within:
+            sentences.append(f"layer {name} tolerates {within[-1].sparsity:.0%} sparsity alone "
+                             f"(val drop ≤ {_pts(tolerance)} pts)")
+        else:
+            sentences.append(f"layer {name} is sensitive: every level scanned costs more than {_pts(tolerance)} pts")
+    return sentences
+
+
+def method_sentence(sparsity: float, dense: Mapping[str, Any], methods: list[Mapping[str, Any]]) -> str:
+    """At the compared sparsity: each method's test-accuracy loss after fine-tuning, ± its 95% half-interval."""
+    parts = []
+    for m in methods:
+        if m.get("test") is None:
+            continue
+        low, high = m["test"]["accuracy_ci"]
+        loss = dense["accuracy"] - m["test"]["accuracy"]
+        parts.append(f"{m['method']} loses {_pts(loss)} ± {_pts((high - low) / 2)} pts")
+    if not parts:
+        return f"no method reached {sparsity:.0%}"
+    return f"at {sparsity:.0%} overall after fine-tuning: " + ", ".join(parts) + " of test accuracy"
+
+
+def scratch_sentence(ours: Mapping[str, Any] | None, scratch: list[Mapping[str, Any]]) -> str | None:
+    """Did fine-tuning the pruned model beat training the same sparse architecture from scratch?"""
+    if ours is None or ours.get("test") is None or not scratch:
+        return None
+    comparisons = []
+    for run in scratch:
+        difference = ours["test"]["accuracy"] - run["test"]["accuracy"]
+        word = "beat" if difference > 0 else "trailed"
+        comparisons.append(f"{word} scratch-{run['mode']} ({run['epochs']} epochs) by {_pts(abs(difference))} pts")
+    return "fine-tuning ours " + "; ".join(comparisons)

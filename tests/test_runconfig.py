@@ -1,0 +1,38 @@
+import pytest
+
+from prunescope.errors import UsageError
+from prunescope.runconfig import RunConfig, load_config
+
+
+def test_file_then_command_line(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('model = "lenet5"\nepochs = 3\nlr = 1\nsparsities = [0.5, 0.9]\nsubset = 200\n')
+    config = load_config(path, {"epochs": 5, "seed": None})
+    assert config.model == "lenet5" and config.epochs == 5 and config.seed == 0
+    assert config.lr == 1.0 and isinstance(config.lr, float)
+    assert config.sparsities == (0.5, 0.9) and config.subset == 200
+    assert load_config(None, {}) == RunConfig()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("epoch = 3\n", "unknown key 'epoch'"),
+        ('epochs = "3"\n', "key 'epochs' in .* must be int, got str"),
+        ("sparsities = 0.9\n", "key 'sparsities' in .* must be a list of float"),
+        ('methods = ["ours", 3]\n', "key 'methods' in .* must be str, got int"),
+        ("folds = true\n", "key 'folds' in .* must be int, got bool"),
+        ("epochs = [\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key_and_type(tmp_path, text, message):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=message) as error:
+        load_config(path, {})
+    assert "\n" not in str(error.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        load_config(tmp_path / "nope.toml", {})
