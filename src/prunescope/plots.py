@@ -1,24 +1,44 @@
-"""PNG plots of results (matplotlib, headless). Draws what it is given; computes nothing."""
+"""PNG plots of results (matplotlib, headless). Draws what it is given; computes nothing.
+
+Each plot has a ``*_figure`` function that builds a :class:`~matplotlib.figure.Figure` and a
+``*_plot`` function that writes it to a PNG file; :func:`png_bytes` renders a figure to PNG
+bytes in memory (for pages that embed their plots).
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # Figure objects without pyplot: no global state and no display needed on servers and CI.
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from prunescope.curves import Curves
 from prunescope.io import atomic_write
 
+DPI = 110
+
+# (sparsity, value, low, high): a point with an asymmetric interval (a Wilson interval, a fold spread).
+IntervalPoint = tuple[float, float, float, float]
+
 
 def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
-    atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=110))
+    atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=DPI))
     return path
 
 
-def curves_plot(curves: Curves, path: Path, tolerance: float | None = None) -> Path:
+def png_bytes(figure: Figure) -> bytes:
+    """The figure as PNG bytes, laid out as the ``*_plot`` functions save it."""
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def curves_figure(curves: Curves, tolerance: float | None = None) -> Figure:
     """One line per target: metric vs that target's sparsity, others dense; interval as a band."""
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
@@ -35,30 +55,44 @@ def curves_plot(curves: Curves, path: Path, tolerance: float | None = None) -> P
     axes.set_ylabel(f"val {curves.metric}")
     axes.set_title(f"sensitivity ({curves.criterion})")
     axes.legend(fontsize="small", ncol=2)
-    return _save(figure, path)
+    return figure
 
 
-def allocation_plot(allocations: Mapping[str, Mapping[str, float]], path: Path, title: str) -> Path:
+def curves_plot(curves: Curves, path: Path, tolerance: float | None = None) -> Path:
+    """:func:`curves_figure` as a PNG file."""
+    return _save(curves_figure(curves, tolerance), path)
+
+
+def allocation_figure(allocations: Mapping[str, Mapping[str, float]], title: str) -> Figure:
     """Grouped bars: per target, the sparsity each method gives it."""
     methods = list(allocations)
     targets = list(next(iter(allocations.values())))
     width = 0.8 / max(len(methods), 1)
-    figure = Figure(figsize=(max(6, 1.2 * len(targets)), 4))
+    # Wide enough for the labels, but never wider than a page: many targets get vertical labels.
+    figure = Figure(figsize=(min(max(6, 1.2 * len(targets)), 16), 4.5 if len(targets) > 12 else 4))
     axes = figure.subplots()
     for i, method in enumerate(methods):
         xs = [t + (i - (len(methods) - 1) / 2) * width for t in range(len(targets))]
         axes.bar(xs, [allocations[method].get(name, 0.0) for name in targets], width, label=method)
-    axes.set_xticks(range(len(targets)), targets, rotation=30, ha="right", fontsize="small")
+    if len(targets) > 12:
+        axes.set_xticks(range(len(targets)), targets, rotation=90, fontsize="x-small")
+    else:
+        axes.set_xticks(range(len(targets)), targets, rotation=30, ha="right", fontsize="small")
     axes.set_ylabel("sparsity")
     axes.set_ylim(0, 1)
     axes.set_title(title)
-    axes.legend(fontsize="small")
-    return _save(figure, path)
+    # Beside the bars, never over them: the bars reach the top of the axes.
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    return figure
 
 
-def metric_vs_sparsity_plot(
-    series: Mapping[str, Sequence[tuple[float, float, float]]], path: Path, ylabel: str, title: str
-) -> Path:
+def allocation_plot(allocations: Mapping[str, Mapping[str, float]], path: Path, title: str) -> Path:
+    """:func:`allocation_figure` as a PNG file."""
+    return _save(allocation_figure(allocations, title), path)
+
+
+def metric_vs_sparsity_figure(series: Mapping[str, Sequence[tuple[float, float, float]]], ylabel: str,
+                              title: str) -> Figure:
     """One line per method; each point (sparsity, mean, spread) drawn with an error bar."""
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
@@ -70,4 +104,131 @@ def metric_vs_sparsity_plot(
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.legend(fontsize="small")
-    return _save(figure, path)
+    return figure
+
+
+def metric_vs_sparsity_plot(
+    series: Mapping[str, Sequence[tuple[float, float, float]]], path: Path, ylabel: str, title: str
+) -> Path:
+    """:func:`metric_vs_sparsity_figure` as a PNG file."""
+    return _save(metric_vs_sparsity_figure(series, ylabel, title), path)
+
+
+def interval_panels_figure(
+    panels: Sequence[tuple[str, Mapping[str, Sequence[IntervalPoint]], tuple[float, float, float] | None]],
+    ylabel: str,
+) -> Figure:
+    """Side-by-side panels of metric vs global sparsity, one line per method with interval error bars.
+
+    ``panels``: ``(title, {method: [(sparsity, value, low, high)]}, reference)``; ``reference``
+    ``(value, low, high)`` (the dense model) is drawn as a black line with a grey band. A method
+    keeps its colour in every panel; methods at the same sparsity are drawn a little apart so
+    that their bars do not hide each other. Each panel has its own y scale.
+    """
+    methods = list(dict.fromkeys(method for _, series, _ in panels for method in series))
+    colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
+    xs = sorted({p[0] for _, series, _ in panels for points in series.values() for p in points})
+    span = (xs[-1] - xs[0]) if len(xs) > 1 else 0.0
+    step = max(span, 0.1) * 0.03
+    figure = Figure(figsize=(max(3.7 * len(panels), 6), 4.2))
+    axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axes, (title, series, reference) in zip(axes_list, panels, strict=True):
+        if reference is not None:
+            value, low, high = reference
+            axes.axhline(value, color="black", linewidth=0.9, label="dense")
+            axes.axhspan(low, high, color="black", alpha=0.07)
+        for method, points in series.items():
+            points = sorted(points)
+            offset = (methods.index(method) - (len(methods) - 1) / 2) * step
+            axes.errorbar([p[0] + offset for p in points], [p[1] for p in points],
+                          yerr=[[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]],
+                          marker="o", capsize=3, color=colours[method], label=method)
+        if xs:
+            margin = max(span * 0.08, 0.04)
+            axes.set_xlim(max(xs[0] - margin, -0.02), min(xs[-1] + margin, 1.02))
+            axes.set_xticks(xs, [f"{x:.0%}" for x in xs])
+        axes.set_xlabel("global sparsity")
+        axes.set_ylabel(ylabel)
+        axes.set_title(title, fontsize="medium")
+        axes.legend(fontsize="small")
+    return figure
+
+
+def interval_panels_plot(
+    panels: Sequence[tuple[str, Mapping[str, Sequence[IntervalPoint]], tuple[float, float, float] | None]],
+    path: Path,
+    ylabel: str,
+) -> Path:
+    """:func:`interval_panels_figure` as a PNG file."""
+    return _save(interval_panels_figure(panels, ylabel), path)
+
+
+def training_figure(history: Sequence[Mapping[str, float | None]], title: str) -> Figure:
+    """A training run per epoch: val accuracy (left axis) and train / val loss (right axis).
+
+    ``history``: epoch records ``{"epoch", "train_loss", "val_accuracy", "val_loss", ...}``;
+    a missing or null value leaves a gap.
+    """
+    figure = Figure(figsize=(7, 4))
+    accuracy_axes = figure.subplots()
+    loss_axes = accuracy_axes.twinx()
+    epochs = [record.get("epoch", i + 1) for i, record in enumerate(history)]
+
+    def values(key: str) -> list[float]:
+        return [float("nan") if record.get(key) is None else record[key] for record in history]
+
+    lines = accuracy_axes.plot(epochs, values("val_accuracy"), marker="o", color="C0", label="val accuracy")
+    lines += loss_axes.plot(epochs, values("train_loss"), linestyle="--", color="C1", label="train loss")
+    lines += loss_axes.plot(epochs, values("val_loss"), linestyle=":", color="C3", label="val loss")
+    accuracy_axes.set_xlabel("epoch")
+    accuracy_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    accuracy_axes.set_ylabel("val accuracy")
+    loss_axes.set_ylabel("loss (nats)")
+    accuracy_axes.set_title(title)
+    accuracy_axes.legend(lines, [line.get_label() for line in lines], fontsize="small", loc="center right")
+    return figure
+
+
+def training_plot(history: Sequence[Mapping[str, float | None]], path: Path, title: str) -> Path:
+    """:func:`training_figure` as a PNG file."""
+    return _save(training_figure(history, title), path)
+
+
+def epoch_curves_figure(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    ylabel: str,
+    title: str,
+    reference: float | None = None,
+    reference_label: str = "dense",
+    dashed: Sequence[str] = (),
+) -> Figure:
+    """One line per run: ``(epoch, value)`` points, e.g. val accuracy while fine-tuning each method.
+
+    ``reference`` is drawn as a black horizontal line; runs named in ``dashed`` are dashed.
+    """
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
+    for name, points in series.items():
+        points = sorted(points)
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
+                  linestyle="--" if name in dashed else "-", label=name)
+    if reference is not None:
+        axes.axhline(reference, color="black", linewidth=0.9, label=reference_label)
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def epoch_curves_plot(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    path: Path,
+    ylabel: str,
+    title: str,
+    reference: float | None = None,
+    reference_label: str = "dense",
+) -> Path:
+    """:func:`epoch_curves_figure` as a PNG file."""
+    return _save(epoch_curves_figure(series, ylabel, title, reference, reference_label), path)

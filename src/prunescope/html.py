@@ -1,0 +1,709 @@
+"""One self-contained HTML page of a ``prunescope run`` result (``result.json``, schema v2).
+
+The page embeds its plots as base64 PNG ``data:`` URIs and its CSS inline; it has no
+JavaScript and references nothing outside itself (a Content-Security-Policy forbids it
+too), so it can be mailed, archived or printed as one file. Every string that comes from
+the document (layer names, settings, model names, verdict text) is HTML-escaped.
+
+Like :mod:`prunescope.report` this renders; it computes nothing beyond differences of the
+numbers it shows. Each section appears only when its data is in the document.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from prunescope.curves import Curves
+from prunescope.errors import UsageError
+from prunescope.io import write_text
+from prunescope.plots import (
+    allocation_figure,
+    curves_figure,
+    epoch_curves_figure,
+    interval_panels_figure,
+    png_bytes,
+    training_figure,
+)
+
+RESULT_SCHEMA = "prunescope.result"
+RESULT_VERSION = 2
+RESULT_FILE = "result.json"
+REPORT_FILE = "report.html"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and checking the document
+
+
+def check_result(doc: Any, source: str = "the document") -> None:
+    """Raise a one-line :class:`UsageError` unless ``doc`` is a ``prunescope run`` result of schema v2."""
+    if not isinstance(doc, dict):
+        raise UsageError(f"{source} is not a prunescope run result (a JSON {type(doc).__name__}, not an object); "
+                         "re-run prunescope run")
+    schema, version, command = doc.get("schema"), doc.get("version"), doc.get("command", "run")
+    if schema != RESULT_SCHEMA or version != RESULT_VERSION or command != "run":
+        found = f"schema {schema!r} version {version!r}"
+        if command != "run":
+            found += f", command {command!r}"
+        raise UsageError(f"{source} is not a prunescope run result ({found}; this prunescope reads "
+                         f"{RESULT_SCHEMA!r} version {RESULT_VERSION}); re-run prunescope run")
+
+
+def load_result(out_dir: str | Path) -> dict[str, Any]:
+    """The checked ``result.json`` of ``out_dir`` (the ``--out`` directory of ``prunescope run``).
+
+    ``out_dir`` may also name the JSON file itself. Missing, unreadable, corrupt or foreign
+    files are one-line :class:`UsageError`\\ s.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        raise UsageError(f"{out_dir} does not exist: give the --out directory of prunescope run")
+    path = out_dir if out_dir.is_file() else out_dir / RESULT_FILE
+    if not path.is_file():
+        raise UsageError(f"no {RESULT_FILE} in {out_dir}: give the --out directory of a finished prunescope run")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text, so not a prunescope run result; re-run prunescope run") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+                         "re-run prunescope run") from None
+    check_result(doc, str(path))
+    return doc
+
+
+def write_html(out_dir: str | Path, doc: dict[str, Any]) -> Path:
+    """Write :func:`render_html` of ``doc`` to ``out_dir/report.html`` atomically; return its path."""
+    return write_text(Path(out_dir) / REPORT_FILE, render_html(doc))
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+class Markup(str):
+    """HTML that is already safe: built here from escaped parts, never from document text."""
+
+
+def _e(value: Any) -> Markup:
+    """``value`` as escaped HTML text (Markup passes through)."""
+    if isinstance(value, Markup):
+        return value
+    return Markup(escape(str(value), quote=True))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+def _pct(value: Any, digits: int = 2) -> str:
+    number = _number(value)
+    return "–" if number is None else f"{number * 100:.{digits}f}%"
+
+
+def _pts(delta: float | None) -> str:
+    return "–" if delta is None else f"{delta * 100:+.2f}"
+
+
+def _si(value: Any) -> str:
+    number = _number(value)
+    if number is None:
+        return "–"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(number) >= scale:
+            return f"{number / scale:.2f} {unit}"
+    return f"{number:.0f}"
+
+
+def _bytes(value: Any) -> str:
+    number = _number(value)
+    if number is None:
+        return "–"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(number) >= scale:
+            return f"{number / scale:.2f} {unit}"
+    return f"{number:.0f} B"
+
+
+def _count(value: Any) -> str:
+    number = _number(value)
+    return "–" if number is None else f"{number:,.0f}"
+
+
+def _fixed(value: Any, digits: int = 4) -> str:
+    number = _number(value)
+    return "–" if number is None else f"{number:.{digits}f}"
+
+
+def _ms(value: Any) -> str:
+    number = _number(value)
+    return "–" if number is None else f"{number:.3f} ms"
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "–"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _accuracy(metrics: Any) -> float | None:
+    return _number(metrics.get("accuracy")) if isinstance(metrics, Mapping) else None
+
+
+def _ci(metrics: Any) -> tuple[float, float] | None:
+    if not isinstance(metrics, Mapping):
+        return None
+    ci = metrics.get("accuracy_ci")
+    if isinstance(ci, Sequence) and len(ci) == 2 and all(_number(v) is not None for v in ci):
+        return float(ci[0]), float(ci[1])
+    return None
+
+
+def _acc_ci(metrics: Any) -> Markup:
+    """Accuracy with its 95% interval underneath, small."""
+    accuracy, ci = _accuracy(metrics), _ci(metrics)
+    if accuracy is None:
+        return _e("–")
+    text = _e(_pct(accuracy))
+    if ci is not None:
+        text = Markup(f'{text} <span class="ci">{_e(_pct(ci[0], 1))}–{_e(_pct(ci[1], 1))}</span>')
+    return text
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _latency(measure: Mapping[str, Any], batch: str = "1") -> Mapping[str, Any]:
+    latency = measure.get("latency")
+    entry = latency.get(batch) if isinstance(latency, Mapping) else None
+    return entry if isinstance(entry, Mapping) else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML pieces
+
+
+def _table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], *, caption: Any = None,
+           left: int = 1, css: str = "") -> Markup:
+    """A table; the first ``left`` columns are text (left-aligned), the others numbers."""
+    parts = [f'<table class="{_e(css)}">' if css else "<table>"]
+    if caption is not None:
+        parts.append(f"<caption>{_e(caption)}</caption>")
+    parts.append("<thead><tr>" + "".join(
+        f'<th scope="col"{"" if i < left else " class=num"}>{_e(h)}</th>' for i, h in enumerate(headers)
+    ) + "</tr></thead><tbody>")
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            if i == 0:
+                cells.append(f'<th scope="row">{_e(cell)}</th>')
+            else:
+                cells.append(f"<td{'' if i < left else ' class=num'}>{_e(cell)}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
+    return Markup("".join(parts))
+
+
+def _note(text: Any) -> Markup:
+    return Markup(f'<p class="note">{_e(text)}</p>')
+
+
+def _figure(build: Callable[[], Figure], alt: str, caption: Any = None) -> Markup:
+    """A plot embedded as a base64 PNG; a plot that fails becomes a visible note, not a failed page."""
+    try:
+        # Document strings (layer names) are drawn as they are: a "$" starts no mathtext.
+        with matplotlib.rc_context({"text.parse_math": False}):
+            png = png_bytes(build())
+    except Exception as error:  # one plot must not take the whole report down
+        return Markup(f'<p class="section-error">plot not drawn: {_e(type(error).__name__)}: {_e(error)}</p>')
+    data = base64.b64encode(png).decode("ascii")
+    figcaption = f"<figcaption>{_e(caption)}</figcaption>" if caption is not None else ""
+    return Markup(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">{figcaption}</figure>')
+
+
+@dataclass
+class _Section:
+    anchor: str
+    title: str
+    parts: list[Markup]
+
+    def html(self) -> str:
+        # The heading, its notes and the first table or plot stay on one printed page.
+        lead = 0
+        while lead < len(self.parts) and self.parts[lead].startswith('<p class="note">'):
+            lead += 1
+        head, rest = self.parts[: lead + 1], self.parts[lead + 1 :]
+        return (f'<section id="{_e(self.anchor)}"><div class="keep"><h2>{_e(self.title)}</h2>{"".join(head)}</div>'
+                f'{"".join(rest)}</section>')
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def _methods(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    methods = doc.get("methods")
+    return [m for m in methods if isinstance(m, Mapping)] if isinstance(methods, list) else []
+
+
+def _ok(method: Mapping[str, Any]) -> bool:
+    return not method.get("error")
+
+
+def _verdict(doc: Mapping[str, Any]) -> _Section | None:
+    verdict = doc.get("verdict")
+    if not verdict:
+        return None
+    items = [verdict] if isinstance(verdict, str) else list(verdict)
+    body = Markup('<ul class="verdict">' + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul>")
+    return _Section("verdict", "Verdict", [body])
+
+
+def _settings(doc: Mapping[str, Any]) -> _Section | None:
+    parts = []
+    for key, title in (("settings", "Options of the run"), ("model", "Model"), ("dataset", "Data set")):
+        value = doc.get(key)
+        if isinstance(value, Mapping) and value:
+            rows = [(name, _setting(v)) for name, v in value.items()]
+            parts.append(_table(("option" if key == "settings" else "field", "value"), rows, caption=title, left=2,
+                                css="settings"))
+    if not parts:
+        return None
+    return _Section("settings", "Run settings", [Markup('<div class="side-by-side">' + "".join(parts) + "</div>")])
+
+
+def _measure_rows(measure: Mapping[str, Any], dense: bool) -> list[tuple[str, str]]:
+    rows = [
+        ("parameters (non-zero / total)", f"{_si(measure.get('params_nonzero'))} / {_si(measure.get('params_total'))}"),
+        ("size, dense storage", _bytes(measure.get("bytes_dense"))),
+        ("size, sparse storage", _bytes(measure.get("bytes_sparse"))),
+        ("MACs per sample" if dense else "effective MACs per sample",
+         _si(measure.get("macs_dense" if dense else "macs_effective"))),
+    ]
+    latency = measure.get("latency")
+    if isinstance(latency, Mapping):
+        for batch, entry in latency.items():
+            if isinstance(entry, Mapping):
+                rows.append((f"latency, batch {batch} (median, p10–p90)",
+                             f"{_ms(entry.get('median_ms'))} ({_ms(entry.get('p10_ms'))}–{_ms(entry.get('p90_ms'))})"))
+                rows.append((f"throughput, batch {batch}", f"{_si(entry.get('throughput'))} samples/s"))
+    return rows
+
+
+def _dense(doc: Mapping[str, Any]) -> _Section | None:
+    dense = doc.get("dense")
+    if not isinstance(dense, Mapping):
+        return None
+    parts = []
+    splits = [(split, dense[split]) for split in ("val", "test") if isinstance(dense.get(split), Mapping)]
+    if splits:
+        parts.append(_table(
+            ("split", "accuracy (95% CI)", "macro-F1", "loss (nats)", "examples"),
+            [(split, _acc_ci(m), _fixed(m.get("macro_f1")), _fixed(m.get("loss")), _count(m.get("n")))
+             for split, m in splits],
+            caption="metrics of the dense model",
+        ))
+    measure = dense.get("measure")
+    if isinstance(measure, Mapping):
+        parts.append(_table(("measurement", "value"), _measure_rows(measure, dense=True),
+                            caption="size and speed of the dense model", left=1, css="settings"))
+    parts = [Markup('<div class="side-by-side">' + "".join(parts) + "</div>")] if parts else []
+    history = dense.get("history")
+    if isinstance(history, list) and history:
+        seconds = sum(_number(r.get("seconds")) or 0.0 for r in history if isinstance(r, Mapping))
+        parts.append(_figure(lambda: training_figure(history, "training the dense model"),
+                             "training curve of the dense model",
+                             f"{len(history)} epochs, {seconds:.0f} s of training"))
+    if not parts:
+        return None
+    return _Section("dense", "Dense baseline", parts)
+
+
+def _sensitivity(doc: Mapping[str, Any]) -> _Section | None:
+    scan = doc.get("scan")
+    if not isinstance(scan, Mapping) or not isinstance(scan.get("curves"), Mapping):
+        return None
+    curves = Curves.from_dict(scan["curves"])
+    tolerance = _number(scan.get("tolerance"))
+    folds = int(_number(scan.get("folds")) or 0)
+    parts = []
+    if folds > 0:
+        parts.append(_note(f"Each curve is the mean over {folds} folds of the training split; the band is "
+                           "mean ± one standard deviation across the folds."))
+    else:
+        parts.append(_note("Each curve is measured once on the validation split; the band is the 95% interval "
+                           "of each evaluation."))
+    explanation = "Each line prunes one layer alone, every other layer dense."
+    if tolerance is not None:
+        explanation += (f" The green band is the tolerance: {tolerance * 100:g} accuracy points below the dense "
+                        "model.")
+    parts.append(_note(explanation))
+    parts.append(_figure(lambda: curves_figure(curves, tolerance), "sensitivity curves of each layer"))
+    rows = []
+    for name, curve in curves.curves.items():
+        points = curve.sorted_points()
+        if not points:
+            continue
+        within = ([p for p in points if curves.dense_at(p.n).value - p.value <= tolerance]
+                  if tolerance is not None else [])
+        best = within[-1] if within else None
+        last = points[-1]
+        rows.append((
+            name, _si(curve.numel), _si(curve.macs), str(len(points)),
+            ("none" if best is None else _pct(best.sparsity, 1)) if tolerance is not None else "–",
+            f"{_pts(curves.dense_at(last.n).value - last.value)} at {_pct(last.sparsity, 0)}",
+        ))
+    if rows:
+        parts.append(_table(("layer", "weights", "MACs", "points", "highest sparsity within tolerance",
+                             "drop at the highest level (pts)"), rows,
+                            caption=f"val {curves.metric} of the dense model: {_pct(curves.dense.value)}; "
+                                    f"{curves.evaluations} evaluations ({curves.criterion} criterion)"))
+    return _Section("sensitivity", "Sensitivity of each layer", parts)
+
+
+def _allocation(doc: Mapping[str, Any]) -> _Section | None:
+    methods = [m for m in _methods(doc) if _ok(m) and isinstance(m.get("allocation"), Mapping) and m["allocation"]]
+    if not methods:
+        return None
+    names = [str(m.get("method")) for m in methods]
+    targets = list(dict.fromkeys(t for m in methods for t in m["allocation"]))
+    allocations = {name: {t: float(m["allocation"].get(t, 0.0)) for t in targets}
+                   for name, m in zip(names, methods, strict=True)}
+    sparsity = _number(doc.get("sparsity"))
+    title = f"per-layer sparsity at {sparsity:.0%} overall" if sparsity is not None else "per-layer sparsity"
+    parts = []
+    pick = doc.get("pick")
+    if isinstance(pick, Mapping):
+        verified = pick.get("verified") if isinstance(pick.get("verified"), Mapping) else {}
+        text = f"ours: picked by the {pick.get('picker', '?')} picker"
+        predicted, measured = _number(verified.get("predicted_drop")), _number(verified.get("measured_drop"))
+        if predicted is not None and measured is not None:
+            text += (f"; joint drop on val predicted {_pts(predicted)} pts, measured {_pts(measured)} pts "
+                     "before fine-tuning")
+        if _number(pick.get("bound")) is not None:
+            text += f" (bound {pick['bound'] * 100:g} pts)"
+        parts.append(_note(text + "."))
+    parts.append(_figure(lambda: allocation_figure(allocations, title), "per-layer sparsity of each method"))
+    rows = [(t, *(_pct(allocations[n][t], 1) for n in names)) for t in targets]
+    rows.append((Markup("<em>overall</em>"), *(_pct(m.get("sparsity"), 1) for m in methods)))
+    parts.append(_table(("layer", *names), rows, caption="sparsity of each layer (share of its weights set to zero)"))
+    return _Section("allocation", "Chosen allocation per method", parts)
+
+
+def _before_after(doc: Mapping[str, Any]) -> _Section | None:
+    methods = _methods(doc)
+    dense = doc.get("dense") if isinstance(doc.get("dense"), Mapping) else {}
+    if not methods:
+        return None
+    dense_test = _accuracy(dense.get("test"))
+    dense_val = _accuracy(dense.get("val"))
+    headers = ("model", "sparsity", "one-shot val acc.", "val acc.", "test acc. (95% CI)", "Δ test vs dense (pts)",
+               "test macro-F1", "non-zero params", "size", "MACs (effective)", "latency b=1", "throughput b=256")
+
+    def row(name: Any, sparsity: Any, one_shot: Any, entry: Mapping[str, Any], dense_row: bool) -> tuple:
+        test = entry.get("test") if isinstance(entry.get("test"), Mapping) else {}
+        measure = entry.get("measure") if isinstance(entry.get("measure"), Mapping) else {}
+        return (
+            name, _pct(sparsity, 1), one_shot, _acc_ci(entry.get("val")), _acc_ci(test),
+            "–" if dense_row else _pts(_diff(_accuracy(test), dense_test)),
+            _fixed(test.get("macro_f1")),
+            _si(measure.get("params_nonzero")),
+            _bytes(measure.get("bytes_dense" if dense_row else "bytes_sparse")),
+            _si(measure.get("macs_dense" if dense_row else "macs_effective")),
+            _ms(_latency(measure, "1").get("median_ms")),
+            f"{_si(_latency(measure, '256').get('throughput'))}/s" if _latency(measure, "256") else "–",
+        )
+
+    rows = []
+    if dense:
+        rows.append(row(Markup("<em>dense</em>"), 0.0, "–", dense, True))
+    failed = []
+    for m in methods:
+        if not _ok(m):
+            failed.append(m)
+            continue
+        one_shot = m.get("one_shot") if isinstance(m.get("one_shot"), Mapping) else {}
+        rows.append(row(m.get("method", "?"), m.get("sparsity"), _acc_ci(one_shot.get("val")), m, False))
+    parts = [_note("Every method is pruned to the same overall sparsity, then fine-tuned. One-shot: val accuracy "
+                   "right after pruning, before fine-tuning. The other metrics are after fine-tuning; test is read "
+                   "once, at the end. Size: dense storage for the dense model, sparse storage (non-zero values and "
+                   "their indices) for the pruned ones; MACs counted only for non-zero weights.")]
+    if dense_val is not None:
+        parts.append(_note(f"Dense val accuracy {_pct(dense_val)}"
+                           + (f", test {_pct(dense_test)}." if dense_test is not None else ".")))
+    parts.append(_table(headers, rows, caption="before (dense) and after pruning and fine-tuning", css="wide"))
+    for m in failed:
+        parts.append(Markup(f'<p class="section-error">{_e(m.get("method", "?"))} did not reach '
+                            f'{_e(_pct(m.get("sparsity"), 1))}: {_e(m.get("error"))}</p>'))
+    return _Section("before-after", "Before and after, per method", parts)
+
+
+def _points(metrics: Any, sparsity: float) -> tuple[float, float, float, float] | None:
+    accuracy, ci = _accuracy(metrics), _ci(metrics)
+    if accuracy is None:
+        return None
+    low, high = ci if ci is not None else (accuracy, accuracy)
+    return (sparsity, accuracy, low, high)
+
+
+def _reference(metrics: Any) -> tuple[float, float, float] | None:
+    point = _points(metrics, 0.0)
+    return None if point is None else point[1:]
+
+
+def _accuracy_vs_sparsity(doc: Mapping[str, Any]) -> _Section | None:
+    dense = doc.get("dense") if isinstance(doc.get("dense"), Mapping) else {}
+    panels: list[tuple[str, dict[str, list], tuple[float, float, float] | None]] = []
+    for title, split, stage in (("one-shot, val", "val", "one_shot"), ("fine-tuned, val", "val", None),
+                                ("fine-tuned, test", "test", None)):
+        series: dict[str, list] = {}
+        for m in _methods(doc):
+            sparsity = _number(m.get("sparsity"))
+            if not _ok(m) or sparsity is None:
+                continue
+            source = m.get(stage) if stage else m
+            point = _points(source.get(split), sparsity) if isinstance(source, Mapping) else None
+            if point is not None:
+                series.setdefault(str(m.get("method", "?")), []).append(point)
+        if series:
+            panels.append((title, series, _reference(dense.get(split))))
+    if not panels:
+        return None
+    body = [_note("Error bars: the 95% interval of each accuracy. Black line and grey band: the dense model and "
+                  "its interval. Methods at the same sparsity are drawn slightly apart."),
+            _figure(lambda: interval_panels_figure(panels, "accuracy"), "accuracy versus sparsity per method")]
+    return _Section("accuracy", "Accuracy vs sparsity", body)
+
+
+def _epoch_series(history: Any, key: str = "val_accuracy") -> list[tuple[float, float]]:
+    if not isinstance(history, list):
+        return []
+    points = []
+    for i, record in enumerate(history):
+        if isinstance(record, Mapping) and _number(record.get(key)) is not None:
+            points.append((_number(record.get("epoch")) or i + 1, float(record[key])))
+    return points
+
+
+def _finetune(doc: Mapping[str, Any]) -> _Section | None:
+    series, early = {}, []
+    for m in _methods(doc):
+        finetune = m.get("finetune")
+        if not _ok(m) or not isinstance(finetune, Mapping):
+            continue
+        points = _epoch_series(finetune.get("history"))
+        if points:
+            series[str(m.get("method", "?"))] = points
+            if finetune.get("stopped_early"):
+                early.append(f"{m.get('method', '?')} after epoch {points[-1][0]:g}")
+    if not series:
+        return None
+    dense = doc.get("dense") if isinstance(doc.get("dense"), Mapping) else {}
+    reference = _accuracy(dense.get("val"))
+    parts = [_figure(lambda: epoch_curves_figure(series, "val accuracy", "fine-tuning after pruning", reference,
+                                                 "dense val accuracy"), "val accuracy per fine-tuning epoch")]
+    parts.append(_note("Stopped early (no further improvement on val): " + "; ".join(early) + "." if early
+                       else "Every method fine-tuned for all its epochs."))
+    return _Section("finetune", "Fine-tuning curves", parts)
+
+
+def _compare_sentence(mode: str, epochs: Any, of: str, tuned: Mapping[str, Any], scratch: Mapping[str, Any],
+                      sparsity: float | None) -> str:
+    """Plain words: did fine-tuning ``of`` beat training the same sparse network from scratch?"""
+    at = f" at {sparsity:.0%} sparsity" if sparsity is not None else ""
+    name = f"training from scratch ({mode}{f', {epochs} epochs' if epochs is not None else ''})"
+    deltas = {split: _diff(_accuracy(tuned.get(split)), _accuracy(scratch.get(split))) for split in ("val", "test")}
+    known = {split: d for split, d in deltas.items() if d is not None}
+    if not known:
+        return f"{name[0].upper() + name[1:]}: no accuracy to compare with {of} fine-tuned."
+    detail = ", ".join(f"{split} {_pct(_accuracy(tuned.get(split)))} vs {_pct(_accuracy(scratch.get(split)))} "
+                       f"({_pts(d)} pts)" for split, d in known.items())
+    if all(d > 0 for d in known.values()):
+        sentence = f"Fine-tuning {of} beat {name}{at}: {detail}."
+    elif all(d < 0 for d in known.values()):
+        sentence = f"{name[0].upper() + name[1:]} beat fine-tuning {of}{at}: {detail}."
+    else:
+        sentence = f"No clear winner between fine-tuning {of} and {name}{at}: {detail}."
+    split = "test" if "test" in known else "val"
+    a, b = _ci(tuned.get(split)), _ci(scratch.get(split))
+    if a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]:
+        sentence += f" The {split} 95% intervals overlap, so the difference may be noise."
+    return sentence
+
+
+def _scratch(doc: Mapping[str, Any]) -> _Section | None:
+    scratch = [s for s in doc.get("scratch") or [] if isinstance(s, Mapping)] \
+        if isinstance(doc.get("scratch"), list) else []
+    if not scratch:
+        return None
+    by_method = {str(m.get("method")): m for m in _methods(doc) if _ok(m)}
+    sparsity = _number(doc.get("sparsity"))
+    rows, sentences, series = [], [], {}
+    dashed = []
+    for of in dict.fromkeys(str(s.get("allocation_of", "ours")) for s in scratch):
+        tuned = by_method.get(of)
+        if tuned is not None:
+            history = tuned.get("finetune", {}).get("history") if isinstance(tuned.get("finetune"), Mapping) else None
+            rows.append((f"{of}, pruned and fine-tuned",
+                         str(len(history)) if isinstance(history, list) else "–",
+                         _acc_ci(tuned.get("val")), _acc_ci(tuned.get("test")), "–", "–"))
+            if _epoch_series(history):
+                series[f"{of} fine-tuned"] = _epoch_series(history)
+    for s in scratch:
+        of = str(s.get("allocation_of", "ours"))
+        mode = str(s.get("mode", "?"))
+        tuned = by_method.get(of, {})
+        rows.append((
+            f"scratch-{mode}, allocation of {of}", _setting(s.get("epochs")), _acc_ci(s.get("val")),
+            _acc_ci(s.get("test")), _pts(_diff(_accuracy(tuned.get("val")), _accuracy(s.get("val")))),
+            _pts(_diff(_accuracy(tuned.get("test")), _accuracy(s.get("test")))),
+        ))
+        if tuned:
+            sentences.append(_compare_sentence(mode, s.get("epochs"), of, tuned, s, sparsity))
+        else:
+            sentences.append(f"Scratch-{mode}: {of} has no fine-tuned result to compare with.")
+        if _epoch_series(s.get("history")):
+            label = f"scratch-{mode}"
+            series[label] = _epoch_series(s.get("history"))
+            dashed.append(label)
+    parts = [Markup('<ul class="plain">' + "".join(f"<li>{_e(s)}</li>" for s in sentences) + "</ul>"),
+             _table(("model", "epochs", "val acc. (95% CI)", "test acc. (95% CI)",
+                     "fine-tuned minus scratch, val (pts)", "fine-tuned minus scratch, test (pts)"), rows,
+                    caption="fine-tuning the pruned network vs training the same sparse network from scratch"),
+             _note("Scratch-E trains the sparse network (same mask, fresh weights) for as many epochs as the "
+                   "dense model; Scratch-B for the same compute budget, so more epochs.")]
+    if series:
+        parts.append(_figure(lambda: epoch_curves_figure(series, "val accuracy", "fine-tuned vs from scratch",
+                                                         dashed=dashed),
+                             "val accuracy per epoch, fine-tuned and from scratch"))
+    return _Section("scratch", "Fine-tuning vs training from scratch", parts)
+
+
+SECTIONS = (_verdict, _settings, _dense, _sensitivity, _allocation, _before_after, _accuracy_vs_sparsity, _finetune,
+            _scratch)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+_CSS = """
+:root { color-scheme: light; --ink: #1d232b; --muted: #5b6573; --rule: #d6dbe1; --band: #f4f6f8;
+        --accent: #2b5d8a; --bad: #a33a2c; }
+* { box-sizing: border-box; }
+html { font-size: 15px; }
+body { margin: 0 auto; max-width: 1180px; padding: 1.5rem 2rem 3rem; color: var(--ink); background: #fff;
+       font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "Noto Sans",
+                    "DejaVu Sans", sans-serif; line-height: 1.45; }
+header { border-bottom: 2px solid var(--accent); margin-bottom: 1rem; padding-bottom: .6rem; }
+h1 { font-size: 1.6rem; margin: 0 0 .2rem; }
+h2 { font-size: 1.25rem; margin: 2rem 0 .6rem; padding-bottom: .2rem; border-bottom: 1px solid var(--rule);
+     color: var(--accent); }
+.meta { color: var(--muted); margin: 0; }
+nav { margin: .6rem 0 0; font-size: .9rem; display: flex; flex-wrap: wrap; gap: .2rem .9rem; }
+nav a { color: var(--accent); text-decoration: none; white-space: nowrap; }
+nav a:hover { text-decoration: underline; }
+ul.verdict { margin: 0; padding: .7rem 1rem .7rem 2.2rem; background: #eef4fa; border-left: 4px solid var(--accent);
+             font-size: 1.05rem; }
+ul.verdict li { margin: .25rem 0; }
+ul.plain li { margin: .3rem 0; }
+.note { color: var(--muted); margin: .4rem 0; font-size: .92rem; max-width: 60rem; }
+.section-error { color: var(--bad); font-weight: 600; }
+table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .88rem; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding: 0 0 .3rem; }
+th, td { border-bottom: 1px solid var(--rule); padding: .28rem .55rem; vertical-align: top; }
+thead th { border-bottom: 2px solid var(--ink); text-align: left; vertical-align: bottom; font-weight: 600; }
+tbody th { text-align: left; font-weight: 600; }
+tbody tr:nth-child(even) { background: var(--band); }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.wide { width: 100%; }
+table.wide td.num { white-space: nowrap; }
+table.settings td { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "DejaVu Sans Mono", monospace;
+                    font-size: .85rem; word-break: break-word; }
+.side-by-side { display: flex; flex-wrap: wrap; gap: 0 2.5rem; align-items: flex-start; }
+.ci { display: block; color: var(--muted); font-size: .78rem; }
+th, td { overflow-wrap: break-word; }
+table.wide tbody th { white-space: nowrap; }
+figure { margin: .8rem 0 1.2rem; }
+figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--rule); }
+figcaption { color: var(--muted); font-size: .88rem; margin-top: .3rem; }
+footer { margin-top: 2.5rem; padding-top: .6rem; border-top: 1px solid var(--rule); color: var(--muted);
+         font-size: .85rem; }
+@media print {
+  @page { size: A4; margin: 14mm 12mm; }
+  html { font-size: 11px; }
+  body { max-width: none; padding: 0; }
+  nav { display: none; }
+  h2 { break-after: avoid; page-break-after: avoid; }
+  table, figure, ul.verdict, .keep { break-inside: avoid; page-break-inside: avoid; }
+  tbody tr:nth-child(even) { background: none; }
+  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+}
+"""
+
+# No script, no network: everything the page shows is inside it.
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
+def _error_section(render: Callable, error: Exception) -> _Section:
+    name = render.__name__.strip("_").replace("_", " ")
+    return _Section(f"error-{render.__name__.strip('_')}", f"{name} (not rendered)",
+                    [Markup(f'<p class="section-error">This part of the result could not be shown: '
+                           f"{_e(type(error).__name__)}: {_e(error)}</p>")])
+
+
+def render_html(doc: dict[str, Any]) -> str:
+    """The whole report page of a checked ``prunescope run`` result document."""
+    check_result(doc)
+    sections = []
+    for render in SECTIONS:
+        try:
+            section = render(doc)
+        except Exception as error:  # a malformed section is shown as such
+            section = _error_section(render, error)
+        if section is not None:
+            sections.append(section)
+
+    model = doc.get("model") if isinstance(doc.get("model"), Mapping) else {}
+    dataset = doc.get("dataset") if isinstance(doc.get("dataset"), Mapping) else {}
+    title = "prunescope report"
+    if model.get("name") or dataset.get("name"):
+        title += f": {model.get('name', '?')} on {dataset.get('name', '?')}"
+    sparsity = _number(doc.get("sparsity"))
+    meta = [f"pruned to {sparsity:.0%} of the weights" if sparsity is not None else None,
+            f"created {doc['created']}" if doc.get("created") else None,
+            f"prunescope {doc['prunescope_version']}" if doc.get("prunescope_version") else None]
+    nav = "".join(f'<a href="#{_e(s.anchor)}">{_e(s.title)}</a>' for s in sections)
+    body = "".join(section.html() for section in sections)
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="generator" content="prunescope">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>"
+        f'<header><h1>{_e(title)}</h1><p class="meta">{_e(" · ".join(m for m in meta if m))}</p>'
+        f"<nav>{nav}</nav></header>\n<main>{body}</main>\n"
+        f"<footer>Rendered by prunescope from {_e(RESULT_FILE)} (schema {_e(RESULT_SCHEMA)} v{RESULT_VERSION}). "
+        "Accuracies are fractions of the examples classified correctly, shown in percent; intervals are 95%; "
+        "pts are accuracy points.</footer>\n"
+        "</body></html>\n"
+    )
