@@ -96,3 +96,13 @@ def test_unknown_criterion_and_missing_data(tiny_model):
         compute_scores(tiny_model, targets, "l3")
     with pytest.raises(UsageError, match="needs training data"):
         compute_scores(tiny_model, targets, "fisher")
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "lamp"])
+def test_already_pruned_weights_score_lowest(tiny_model, criterion):
+    from torch.nn.utils import prune
+
+    prune.l1_unstructured(tiny_model.fc1, "weight", amount=0.5)
+    scores = compute_scores(tiny_model, find_targets(tiny_model), criterion)["fc1.weight"]
+    pruned = tiny_model.fc1.weight_mask == 0
+    assert torch.all(scores[pruned] == 0) and torch.all(scores[~pruned] > 0)

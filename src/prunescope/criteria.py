@@ -1,7 +1,9 @@
 """Per-weight importance scores: which weights go first.
 
 Every criterion maps each target to a tensor of the weight's shape; **lower scores are
-pruned first**. Scores are computed once per model and reused for every allocation.
+pruned first**. Scores read the weight the forward pass uses (``weight_orig * weight_mask``
+for a model pruned with ``torch.nn.utils.prune``), so already-pruned weights score zero.
+Scores are computed once per model and reused for every allocation.
 
 - ``magnitude``: |w|.
 - ``random``: seeded uniform noise (a control, not a method).
@@ -24,13 +26,13 @@ from torch.nn import functional as F
 
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
-from prunescope.targets import Target, parameter
+from prunescope.targets import Target, effective_weight, parameter
 
 Scores = dict[str, torch.Tensor]
 
 
 def magnitude(model: nn.Module, targets: Sequence[Target], **_: object) -> Scores:
-    return {t.name: parameter(model, t).detach().abs().clone() for t in targets}
+    return {t.name: effective_weight(model, t).abs() for t in targets}
 
 
 def random(model: nn.Module, targets: Sequence[Target], *, seed: int = 0, **_: object) -> Scores:
@@ -45,7 +47,7 @@ def random(model: nn.Module, targets: Sequence[Target], *, seed: int = 0, **_: o
 def lamp(model: nn.Module, targets: Sequence[Target], **_: object) -> Scores:
     scores = {}
     for t in targets:
-        squared = parameter(model, t).detach().flatten().double() ** 2
+        squared = effective_weight(model, t).flatten().double() ** 2
         ordered, order = torch.sort(squared)
         # Sum of squares of each weight and of every larger one: a reversed cumulative sum.
         tail = ordered.flip(0).cumsum(0).flip(0)
@@ -96,7 +98,7 @@ def _gradient_criterion(
     ) -> Scores:
         if data is None:
             raise UsageError("this criterion needs training data for gradients")
-        weights = {t.name: parameter(model, t).detach() for t in targets}
+        weights = {t.name: effective_weight(model, t) for t in targets}
         totals = {name: torch.zeros_like(w) for name, w in weights.items()}
         count = 0
         for grads in _batch_gradients(model, targets, data, batches=batches, batch_size=batch_size, seed=seed):

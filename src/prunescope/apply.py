@@ -1,0 +1,212 @@
+"""Apply an allocation ``{target name: sparsity}`` to a model for good, and export the result.
+
+- :func:`prune` scores the weights (:mod:`prunescope.criteria`), removes exactly
+  ``round(s · n)`` weights of each target (:func:`prunescope.masks.compute_masks`) and keeps
+  them removed with a ``torch.nn.utils.prune`` re-parametrisation
+  (``weight = weight_orig * weight_mask``), so that fine-tuning cannot bring them back.
+- :func:`export` writes a checkpoint with the masks baked into the weights: it loads into
+  the plain architecture with :func:`prunescope.checkpoint.load_checkpoint`, and its
+  ``state_dict`` entry is a plain state dict (``torch.load(path)["state_dict"]``) that any
+  copy of the architecture loads without prunescope.
+- :func:`load_allocation` reads the allocation of a pick file written by ``prunescope pick``
+  (or a bare ``{target: sparsity}`` JSON object) and refuses one made for another model.
+
+Pruning never un-prunes: a target the model already has pruned keeps its zeros, which are
+removed first (so the new mask is a subset of the old one).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from prunescope.checkpoint import save_checkpoint
+from prunescope.criteria import compute_scores
+from prunescope.data.types import Dataset, Split
+from prunescope.errors import UsageError
+from prunescope.masks import Masks, apply_permanently, check_sparsity, compute_masks, measured_sparsity
+from prunescope.targets import Target, by_name, find_targets
+
+
+def _names(targets: Sequence[Target | str]) -> list[str]:
+    return [t if isinstance(t, str) else t.name for t in targets]
+
+
+def _listing(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_allocation(
+    allocation: Mapping[str, Any], targets: Sequence[Target | str], *, source: str = "allocation"
+) -> dict[str, float]:
+    """``allocation`` as ``{name: float}`` in target order, after checking it fits ``targets``.
+
+    Every target must have a sparsity in [0, 1) and no other key may appear; otherwise a
+    one-line UsageError names the unknown and the missing targets (``source`` says where the
+    allocation came from, e.g. a file name).
+    """
+    if not isinstance(allocation, Mapping):
+        raise UsageError(f"{source} must map target names to sparsities, got a {type(allocation).__name__}")
+    names = _names(targets)
+    unknown = [k for k in allocation if k not in names]
+    missing = [n for n in names if n not in allocation]
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"unknown targets {_listing(unknown)}")
+        if missing:
+            parts.append(f"missing targets {_listing(missing)}")
+        raise UsageError(
+            f"{source} does not fit this model's prunable layers ({'; '.join(parts)}): "
+            "was it made for another model or other --include/--exclude?"
+        )
+    checked = {}
+    for name in names:
+        value = allocation[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UsageError(f"{source}: sparsity of {name} is {value!r}, not a number in [0, 1)")
+        checked[name] = check_sparsity(float(value), f"{source}: sparsity of {name}")
+    return checked
+
+
+def existing_masks(model: nn.Module, targets: Sequence[Target]) -> Masks:
+    """Keep-masks (bool) of the targets ``model`` already has pruned with ``torch.nn.utils.prune``."""
+    masks = {}
+    for t in targets:
+        mask = model.get_submodule(t.module)._buffers.get(t.param + "_mask")
+        if mask is not None:
+            masks[t.name] = mask.detach().bool()
+    return masks
+
+
+def release(model: nn.Module, targets: Sequence[Target], names: Sequence[str]) -> None:
+    """Remove the ``torch.nn.utils.prune`` re-parametrisation of targets ``names``, zeros baked in.
+
+    Used before re-applying a (combined) mask, so that every tensor carries one pruning
+    hook, and its parameter ends up in the same place whether or not it was pruned before.
+    """
+    named = by_name(targets)
+    for name in names:
+        torch_prune.remove(model.get_submodule(named[name].module), named[name].param)
+
+
+def pruning_masks(
+    model: nn.Module,
+    targets: Sequence[Target],
+    allocation: Mapping[str, float],
+    *,
+    criterion: str = "magnitude",
+    data: Dataset | Split | None = None,
+    seed: int = 0,
+) -> Masks:
+    """Keep-masks removing ``round(s · n)`` lowest-scored weights per allocated target.
+
+    Weights the model has already pruned (``torch.nn.utils.prune`` masks) score lowest, so
+    they are removed first and never come back: a target pruned beyond its allocation keeps
+    its current zeros (the mask is then the current one). ``data`` (the dataset, or its train
+    split) feeds the gradient criteria.
+    """
+    split = data.train if isinstance(data, Dataset) else data
+    chosen = [t for t in targets if t.name in allocation]
+    scores = compute_scores(model, chosen, criterion, data=split, seed=seed)
+    current = existing_masks(model, chosen)
+    effective = {}
+    for t in chosen:
+        requested = round(allocation[t.name] * t.numel)
+        if t.name in current:
+            pruned = ~current[t.name].to(scores[t.name].device)
+            scores[t.name] = scores[t.name].float().masked_fill(pruned, -math.inf)
+            requested = max(requested, int(pruned.sum()))
+        effective[t.name] = requested / t.numel
+    return compute_masks(scores, effective)
+
+
+def prune(
+    model: nn.Module,
+    allocation: Mapping[str, float],
+    *,
+    criterion: str = "magnitude",
+    data: Dataset | Split | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    seed: int = 0,
+) -> Masks:
+    """Prune ``model`` in place to ``allocation`` and return the keep-masks applied.
+
+    The targets are ``find_targets(model, include, exclude)``; the allocation must name each
+    of them and nothing else (one-line UsageError naming the unknown / missing ones). Each
+    target loses exactly ``round(s · n)`` weights, the lowest under ``criterion``
+    (``data`` needed for ``taylor`` / ``fisher``), and keeps them at zero through training
+    via ``torch.nn.utils.prune.custom_from_mask``. :func:`prunescope.masks.make_permanent`
+    turns the re-parametrisation into plain zeroed weights; :func:`export` saves them baked.
+    """
+    targets = find_targets(model, include, exclude)
+    checked = check_allocation(allocation, targets)
+    masks = pruning_masks(model, targets, checked, criterion=criterion, data=data, seed=seed)
+    release(model, targets, list(existing_masks(model, targets)))
+    apply_permanently(model, targets, masks, reparametrize=True)
+    return masks
+
+
+def export(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    model_spec: dict[str, Any],
+    dataset_spec: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` as a prunescope checkpoint with every mask baked into its weights.
+
+    The file loads into the plain architecture (no ``weight_orig`` / ``weight_mask``) with
+    :func:`prunescope.checkpoint.load_checkpoint`; ``meta`` gets ``measured_sparsity``
+    (exact zeros per target) unless it already has one. ``model`` itself is not changed.
+    """
+    meta = dict(meta or {})
+    meta.setdefault("measured_sparsity", measured_sparsity(model, find_targets(model)))
+    return save_checkpoint(path, model, model_spec, dataset_spec, meta=meta)
+
+
+def load_allocation(
+    path: str | os.PathLike[str], targets: Sequence[Target | str], *, model_spec: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """The allocation in JSON file ``path``, checked against ``targets``.
+
+    Accepts a pick file as ``prunescope pick`` writes it (``{"allocation": {...}, ...}``) or a
+    bare ``{target: sparsity}`` object. A file whose targets differ from ``targets`` (a pick
+    made for another model, or with other include / exclude patterns) is refused with a
+    one-line UsageError naming the differences. Target names alone cannot tell two models
+    apart whose layers are named alike; given ``model_spec``, a pick file that records
+    another model spec is refused too.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"allocation file {path} does not exist: write one with prunescope pick") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"allocation file {path} is not readable JSON ({reason})") from e
+    if isinstance(document, dict) and isinstance(document.get("allocation"), dict):
+        allocation = document["allocation"]
+        made_for = document.get("model")
+        if model_spec is not None and isinstance(made_for, dict) and made_for != model_spec:
+            raise UsageError(
+                f"allocation file {path} was picked for model {made_for.get('name')!r} {made_for.get('kwargs', {})}, "
+                f"not for {model_spec.get('name')!r} {model_spec.get('kwargs', {})}: pick again for this model"
+            )
+    elif isinstance(document, dict) and "allocation" not in document:
+        allocation = document
+    else:
+        raise UsageError(
+            f"allocation file {path} holds neither a pick (with an \"allocation\" object) "
+            "nor a {target: sparsity} object"
+        )
+    return check_allocation(allocation, targets, source=f"allocation file {path}")

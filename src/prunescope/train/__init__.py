@@ -1,0 +1,38 @@
+"""Training: dense training, fine-tuning, gradual / iterative pruning, scratch-E / scratch-B.
+
+- :mod:`~prunescope.train.loop`: :func:`train`, the one seeded, checkpointed, resumable loop
+  (optionally with fixed keep-masks and early stopping).
+- :mod:`~prunescope.train.finetune`: :func:`finetune`, training with the masks held.
+- :mod:`~prunescope.train.gradual`: polynomial (AGP) and iterative schedules and
+  :func:`gradual_prune`.
+- :mod:`~prunescope.train.scratch`: scratch-E / scratch-B baselines.
+"""
+
+from prunescope.train.finetune import finetune
+from prunescope.train.gradual import (
+    GradualResult,
+    GradualStep,
+    gradual_prune,
+    iterative_schedule,
+    polynomial_schedule,
+)
+from prunescope.train.loop import OPTIMIZERS, SCHEDULES, EpochRecord, TrainConfig, TrainResult, train
+from prunescope.train.scratch import measure_macs, scratch_epochs, train_scratch
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "EpochRecord",
+    "GradualResult",
+    "GradualStep",
+    "TrainConfig",
+    "TrainResult",
+    "finetune",
+    "gradual_prune",
+    "iterative_schedule",
+    "measure_macs",
+    "polynomial_schedule",
+    "scratch_epochs",
+    "train",
+    "train_scratch",
+]
