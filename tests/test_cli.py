@@ -25,24 +25,6 @@ def trained(tmp_path_factory):
     return out / "model.pt"
 
 
-def test_run_writes_a_result_and_resumes(capsys, tmp_path):
-    code, out, _ = _run(capsys, "run", "--out", str(tmp_path), "--epochs", "3", "--sparsities", "0.5,0.9",
-                        "--device", "cpu")
-    assert code == 0
-    assert "val metrics vs sparsity" in out and "90.0%" in out
-    doc = json.loads((tmp_path / "result.json").read_text())
-    assert doc["schema"] == "prunescope.result" and doc["version"] == 2
-    assert [p["sparsity"] for p in doc["sweep"]["points"]] == [0.0, 0.5, 0.9]
-    assert len(doc["training"]["history"]) == 3
-    rows = (tmp_path / "sweep.csv").read_text().splitlines()
-    assert len(rows) == 4 and rows[0].startswith("sparsity,")
-    # A rerun finds the trained model and does not train again.
-    model_bytes = (tmp_path / "model.pt").read_bytes()
-    assert _run(capsys, "run", "--out", str(tmp_path), "--epochs", "3", "--sparsities", "0.5,0.9",
-                "--device", "cpu")[0] == 0
-    assert (tmp_path / "model.pt").read_bytes() == model_bytes
-
-
 def test_sweep_from_checkpoint(capsys, trained, tmp_path):
     code, out, _ = _run(capsys, "sweep", "--checkpoint", str(trained), "--sparsities", "0.5,0.7", "--criterion",
                         "lamp", "--allocation", "erk", "--out", str(tmp_path), "--device", "cpu")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -12,29 +13,43 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from prunescope import models as zoo
+from prunescope.apply import export, load_allocation, prune
 from prunescope.checkpoint import load_checkpoint
 from prunescope.compare import METHODS, compare
 from prunescope.criteria import CRITERIA
 from prunescope.data import available_datasets, describe_dataset, load_dataset, load_from_spec
 from prunescope.errors import PrunescopeError, UsageError
+from prunescope.evaluate import Evaluator
+from prunescope.html import load_result, write_html
 from prunescope.io import write_json
-from prunescope.pick.baselines import ALLOCATIONS
+from prunescope.masks import check_sparsity, global_sparsity
+from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.choose import build_picker, choose
-from prunescope.pipeline import DEFAULT_SPARSITIES, run, train_model
+from prunescope.pipeline import run, train_model
 from prunescope.report import (
     choice_table,
     comparison_table,
     document,
     listing_table,
+    run_table,
     scan_table,
     sweep_table,
     write_comparison,
     write_sweep,
 )
+from prunescope.runconfig import load_config
 from prunescope.scan import STRATEGIES, scan
 from prunescope.scan.files import JOURNAL_FILE, SCAN_FILE, load_scan, save_scan
 from prunescope.sweep import sweep
-from prunescope.train import TrainConfig
+from prunescope.targets import effective_weight, find_targets
+from prunescope.train import (
+    TrainConfig,
+    finetune,
+    gradual_prune,
+    iterative_schedule,
+    polynomial_schedule,
+    train_scratch,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -56,7 +71,7 @@ Criterion = Annotated[str, typer.Option(help=f"Which weights go first: {', '.joi
 Allocation = Annotated[str, typer.Option(help=f"How the global sparsity is split: {', '.join(ALLOCATIONS)}.")]
 Sparsities = Annotated[str, typer.Option(help="Comma-separated global sparsities in [0, 1).")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
-DEFAULT_SPARSITIES_TEXT = ",".join(map(str, DEFAULT_SPARSITIES))
+DEFAULT_SPARSITIES_TEXT = "0.5,0.7,0.8,0.9,0.95"
 Points = Annotated[float | None, typer.Option(help="Allowed drop in points of the metric (0.5 = half a point).")]
 Include = Annotated[list[str] | None, typer.Option(help="Glob of layers to prune (repeatable).")]
 Exclude = Annotated[list[str] | None, typer.Option(help="Glob of layers to keep dense (repeatable).")]
@@ -92,30 +107,55 @@ def _progress(description: str, total: int):
 @app.command("run")
 def run_command(
     out: Out = Path("prunescope-out"),
-    model: Annotated[str, typer.Option(help="Zoo model or package.module:factory.")] = "mlp",
-    data: Annotated[str, typer.Option(help="Dataset name or package.module:factory.")] = "digits",
+    config: Annotated[Path | None, typer.Option(help="TOML file with any of run's settings.")] = None,
+    model: Annotated[str | None, typer.Option(help="Zoo model or package.module:factory [mlp].")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset name or package.module:factory [digits].")] = None,
     data_dir: DataDir = None,
-    epochs: Epochs = 30,
-    sparsities: Sparsities = DEFAULT_SPARSITIES_TEXT,
-    criterion: Criterion = "magnitude",
-    allocation: Allocation = "uniform",
-    device: Device = "auto",
-    seed: Seed = 0,
+    epochs: Annotated[int | None, typer.Option(help="Dense training epochs [30].")] = None,
+    sparsity: Annotated[float | None, typer.Option(help="Global sparsity every method is compared at [0.9].")]
+    = None,
+    sparsities: Annotated[str | None, typer.Option(help="One-shot sparsities for the curves per method.")] = None,
+    methods: Annotated[str | None, typer.Option(help=f"Comma-separated: {', '.join(METHODS)}.")] = None,
+    criterion: Annotated[str | None, typer.Option(help=f"{', '.join(CRITERIA)} [magnitude].")] = None,
+    folds: Annotated[int | None, typer.Option(help="Cross-validation folds of train for the curves (0: off) [3].")]
+    = None,
+    max_drop: Points = None,
+    finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs per method [10].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of split, initialisation and shuffling [0].")] = None,
 ) -> None:
-    """Train a model (offline default: an MLP on digits), sweep sparsities, print and save the results."""
-    levels = _parse_sparsities(sparsities)
-    _check_choice("--criterion", criterion, list(CRITERIA))
-    _check_choice("--allocation", allocation, ALLOCATIONS)
-    config = TrainConfig(epochs=epochs, lr=0.05, batch_size=64, seed=seed)
-    with _progress("training", epochs) as epoch_done, _progress("sweeping", len(levels) + 1) as point_done:
-        result = run(
-            out, model=model, data=data, data_dir=data_dir, config=config, sparsities=levels,
-            criterion=criterion, allocation=allocation, device=device, on_epoch=epoch_done, on_point=point_done,
-        )
-    final = result.training.final
-    console.print(f"dense {model} on {data}: val accuracy {final.val_accuracy:.2%} after {final.epoch} epochs")
-    console.print(sweep_table(result.sweep))
-    console.print(f"wrote {out / 'result.json'}, {out / 'sweep.csv'}, {out / 'model.pt'}")
+    """The whole job: dense → scan → pick → verify → prune → fine-tune → compare → test once → report."""
+    overrides = {
+        "model": model, "data": data, "data_dir": data_dir, "epochs": epochs, "sparsity": sparsity,
+        "sparsities": _parse_sparsities(sparsities) if sparsities else None,
+        "methods": [m.strip() for m in methods.split(",")] if methods else None, "criterion": criterion,
+        "folds": folds, "max_drop": _points(max_drop), "finetune_epochs": finetune_epochs, "device": device,
+        "seed": seed,
+    }
+    settings = load_config(config, overrides)
+    check_sparsity(settings.sparsity, "--sparsity")
+    _check_choice("--criterion", settings.criterion, list(CRITERIA))
+    with _stage_progress() as progress:
+        doc = run(settings, out, progress=progress)
+    console.print(run_table(doc))
+    for sentence in doc["verdict"]:
+        console.print(f"• {sentence}", highlight=False)
+    console.print(f"wrote {out / 'report.html'}, {out / 'result.json'}, CSVs and checkpoints in {out}")
+
+
+@contextmanager
+def _stage_progress():
+    """One Rich progress bar per pipeline stage."""
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        tasks: dict[str, object] = {}
+
+        def update(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total if total is not None else max(done, 1))
+
+        yield update
 
 
 @app.command("train")
@@ -326,6 +366,135 @@ def compare_command(
     write_comparison(out, doc, comparison)
     console.print(comparison_table(comparison))
     console.print(f"wrote {out / 'result.json'}, {out / 'compare.csv'} and plots in {out / 'plots'}")
+
+
+@app.command("prune")
+def prune_command(
+    checkpoint: CheckpointOption,
+    allocation: Annotated[Path, typer.Option(help="pick.json from prunescope pick, or a {layer: sparsity} JSON.")],
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (0: one-shot).")] = 5,
+    lr: Annotated[float, typer.Option(help="Fine-tuning peak learning rate.")] = 0.01,
+    patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without val gain.")] = None,
+    criterion: Criterion = "magnitude",
+    out: Out = Path("prunescope-out/pruned"),
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    seed: Seed = 0,
+) -> None:
+    """Prune a checkpoint to an allocation, fine-tune with the zeros kept, export OUT/model.pt."""
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    model = saved.model
+    targets = find_targets(model)
+    per_target = load_allocation(allocation, targets)
+    before = Evaluator(model, dataset.val, device=device).evaluate()
+    masks = prune(model, per_target, criterion=criterion, data=dataset.train, seed=seed)
+    one_shot = Evaluator(model, dataset.val, device=device).evaluate()
+    history = []
+    if finetune_epochs > 0:
+        config = TrainConfig(epochs=finetune_epochs, lr=lr, seed=seed)
+        with _progress("fine-tuning", finetune_epochs) as epoch_done:
+            result = finetune(model, dataset, targets, masks, config, checkpoint=out / "finetune.pt",
+                              model_spec=saved.model_spec, patience=patience, device=device, on_epoch=epoch_done)
+        model, history = result.model, [asdict(r) for r in result.history]
+    after = Evaluator(model, dataset.val, device=device).evaluate()
+    export(model, out / "model.pt", saved.model_spec, saved.dataset_spec, meta={"pruned_from": str(checkpoint)})
+    doc = document("prune", {"checkpoint": str(checkpoint), "allocation": str(allocation), "lr": lr,
+                             "finetune_epochs": finetune_epochs, "criterion": criterion},
+                   model=saved.model_spec, dataset=saved.dataset_spec, allocation=per_target,
+                   val={"dense": before.to_dict(), "one_shot": one_shot.to_dict(), "finetuned": after.to_dict()},
+                   finetune={"history": history})
+    write_json(out / "result.json", doc)
+    rows = [[name, f"{m.accuracy:.2%}", f"{(m.accuracy - before.accuracy) * 100:+.2f}"]
+            for name, m in (("dense", before), ("pruned, one-shot", one_shot), ("pruned, fine-tuned", after))]
+    console.print(listing_table(f"val accuracy, {global_sparsity(per_target, targets):.1%} of the weights removed",
+                                ["model", "accuracy", "Δ pts"], rows))
+    console.print(f"wrote {out / 'model.pt'} and {out / 'result.json'}")
+
+
+@app.command("gradual")
+def gradual_command(
+    checkpoint: CheckpointOption,
+    target_sparsity: Annotated[float, typer.Option(help="Final global sparsity.")],
+    schedule: Annotated[str, typer.Option(help="polynomial (AGP, cubic) or iterative (20% of the rest per round).")]
+    = "polynomial",
+    initial_sparsity: Annotated[float, typer.Option(help="Polynomial schedule's first sparsity.")] = 0.0,
+    steps: Annotated[int, typer.Option(help="Polynomial schedule's number of pruning steps.")] = 10,
+    fraction: Annotated[float, typer.Option(help="Iterative: fraction of the remaining weights per round.")] = 0.2,
+    epochs_per_step: Annotated[int, typer.Option(help="Fine-tuning epochs after each step.")] = 1,
+    allocation: Allocation = "global",
+    fixed: Annotated[bool, typer.Option(help="Keep the final allocation's proportions instead of re-picking.")]
+    = False,
+    lr: Annotated[float, typer.Option(help="Fine-tuning peak learning rate.")] = 0.01,
+    out: Out = Path("prunescope-out/gradual"),
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    seed: Seed = 0,
+) -> None:
+    """Prune gradually along a schedule, fine-tuning between steps; export OUT/model.pt."""
+    check_sparsity(target_sparsity, "--target-sparsity")
+    _check_choice("--schedule", schedule, ("polynomial", "iterative"))
+    _check_choice("--allocation", allocation, ALLOCATIONS)
+    sparsities = (polynomial_schedule(initial_sparsity, target_sparsity, steps) if schedule == "polynomial"
+                  else iterative_schedule(target_sparsity, fraction))
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    model = saved.model
+    targets = find_targets(model)
+    with _progress("pruning steps", len(sparsities)) as step_done:
+        result = gradual_prune(
+            model, dataset, lambda s: allocate(allocation, model, targets, s), sparsities,
+            TrainConfig(epochs=epochs_per_step, lr=lr, seed=seed), repick=not fixed, device=device,
+            checkpoint_dir=out / "steps", model_spec=saved.model_spec, seed=seed, on_step=step_done,
+        )
+    export(result.model, out / "model.pt", saved.model_spec, saved.dataset_spec, meta={"pruned_from": str(checkpoint)})
+    write_json(out / "result.json", document("gradual", {"checkpoint": str(checkpoint), "schedule": schedule,
+                                                         "sparsities": sparsities, "allocation": allocation},
+                                             model=saved.model_spec, dataset=saved.dataset_spec,
+                                             gradual=result.to_dict()))
+    rows = [[str(st.step), f"{st.sparsity:.1%}", f"{st.achieved_sparsity:.2%}", f"{st.val['accuracy']:.2%}"]
+            for st in result.steps]
+    console.print(listing_table(f"{schedule} pruning to {target_sparsity:.0%} ({allocation} allocation)",
+                                ["step", "target", "achieved", "val accuracy"], rows))
+    console.print(f"wrote {out / 'model.pt'} and {out / 'result.json'}")
+
+
+@app.command("baseline")
+def baseline_command(
+    checkpoint: Annotated[Path, typer.Option(help="A pruned checkpoint (prunescope prune or gradual).")],
+    scratch: Annotated[str, typer.Option(help="E (dense epochs) or B (same compute: epochs × dense/pruned MACs).")]
+    = "B",
+    epochs: Annotated[int, typer.Option(help="Epochs the dense model was trained for.")] = 30,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.05,
+    max_factor: Annotated[float | None, typer.Option(help="Cap scratch-B at this multiple of the epochs.")] = None,
+    out: Out = Path("prunescope-out/scratch"),
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    seed: Seed = 1,
+) -> None:
+    """Train the pruned architecture's mask from a fresh initialisation (Liu et al. 2019) and compare."""
+    _check_choice("--scratch", scratch.upper(), ("E", "B"))
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    targets = find_targets(saved.model)
+    masks = {t.name: effective_weight(saved.model, t) != 0 for t in targets}
+    pruned_accuracy = Evaluator(saved.model, dataset.val, device=device).evaluate().accuracy
+    with _progress(f"scratch-{scratch.upper()}", None) as epoch_done:
+        result = train_scratch(saved.model_spec, dataset, targets, masks, TrainConfig(epochs=epochs, lr=lr, seed=seed),
+                               scratch.upper(), None, None, seed, max_factor=max_factor, device=device,
+                               checkpoint=out / "model.pt", on_epoch=epoch_done)
+    accuracy = Evaluator(result.model, dataset.val, device=device).evaluate().accuracy
+    rows = [["fine-tuned pruned model", f"{pruned_accuracy:.2%}", "-"],
+            [f"scratch-{scratch.upper()}", f"{accuracy:.2%}", str(len(result.history))]]
+    console.print(listing_table("val accuracy at the same mask", ["model", "accuracy", "epochs"], rows))
+    verdict = "beat" if pruned_accuracy > accuracy else "did not beat"
+    console.print(f"fine-tuning {verdict} training from scratch by {abs(pruned_accuracy - accuracy) * 100:.2f} pts")
+
+
+@app.command("report")
+def report_command(directory: Annotated[Path, typer.Argument(help="Output directory of prunescope run.")]) -> None:
+    """Re-render report.html from DIRECTORY/result.json."""
+    doc = load_result(directory)
+    path = write_html(directory, doc)
+    console.print(run_table(doc))
+    console.print(f"wrote {path}")
 
 
 @app.command("models")

@@ -1,33 +1,57 @@
-"""The main job, end to end: data → dense model (trained or resumed) → sparsity sweep → result files.
+"""``prunescope run``: dense → scan → pick → verify → prune → fine-tune → compare → test once → report.
 
-Every stage is cached in the output directory: the trained model is ``model.pt`` (training
-resumes from it), and the results are written atomically at the end.
+Every stage is cached in the output directory, so that a rerun (after a crash, Ctrl-C or
+a change of later settings) resumes where it stopped:
+
+- ``model.pt`` — the dense model; training resumes from its last epoch.
+- ``scan/`` — the Optuna journal of every evaluation; finished ones are reused.
+- ``stages/<name>.json`` — the result of a stage, with the settings it depended on; reused
+  while those settings are unchanged.
+- ``finetune/<method>/model.pt``, ``scratch/<mode>/model.pt`` — resumable training runs.
+
+Selection (scan, pick, one-shot comparison, fine-tuning with early stop) reads the val
+split only; the test split is read once per model, in the last stage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from prunescope import measure
+from prunescope.checkpoint import load_checkpoint, plain_state_dict
+from prunescope.compare import METHODS, compare
+from prunescope.criteria import compute_scores
+from prunescope.crossval import crossval_scan
+from prunescope.curves import Curves
 from prunescope.data import load_dataset
 from prunescope.data.types import Dataset
+from prunescope.errors import UsageError
+from prunescope.evaluate import Evaluator
+from prunescope.html import write_html
+from prunescope.io import write_csv, write_json
+from prunescope.masks import compute_masks
 from prunescope.models import build_model, model_spec
-from prunescope.report import document, write_sweep
-from prunescope.sweep import SweepPoint, SweepResult, sweep
-from prunescope.train import EpochRecord, TrainConfig, TrainResult, train
+from prunescope.pick.choose import build_picker, choose
+from prunescope.report import comparison_rows, document
+from prunescope.runconfig import RunConfig
+from prunescope.scan import scan
+from prunescope.scan.files import JOURNAL_FILE, save_scan
+from prunescope.targets import find_targets
+from prunescope.train import EpochRecord, TrainConfig, TrainResult, finetune, train
+from prunescope.train.scratch import scratch_epochs, train_scratch
+from prunescope.verdict import layer_sentences, method_sentence, scratch_sentence
 
-DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
+Progress = Callable[[str, int, int | None], None]
+"""``progress(stage, done, total)``; total None while unknown."""
 
-
-@dataclass
-class RunResult:
-    out: Path
-    data: Dataset
-    training: TrainResult
-    sweep: SweepResult
+LATENCY_BATCHES = (1, 256)
 
 
 def train_model(
@@ -46,37 +70,168 @@ def train_model(
     return train(model, data, config, device=device, checkpoint=out / "model.pt", model_spec=spec, on_epoch=on_epoch)
 
 
-def run(
-    out: str | Path = "prunescope-out",
-    *,
-    model: str = "mlp",
-    data: str = "digits",
-    data_dir: str | None = None,
-    config: TrainConfig | None = None,
-    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
-    criterion: str = "magnitude",
-    allocation: str = "uniform",
-    device: str = "auto",
-    on_epoch: Callable[[EpochRecord], None] | None = None,
-    on_point: Callable[[SweepPoint], None] | None = None,
-) -> RunResult:
-    """Train ``model`` on ``data`` (or resume it), sweep ``sparsities`` and write the results to ``out``."""
+class Stages:
+    """Finished stages' JSON results in ``out/stages``, reused while their inputs are unchanged."""
+
+    def __init__(self, out: Path) -> None:
+        self.directory = out / "stages"
+
+    def get(self, name: str, inputs: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        path = self.directory / f"{name}.json"
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except ValueError:
+                saved = {}  # a damaged cache entry is recomputed, never trusted
+            if saved.get("key") == key:
+                return saved["result"]
+        result = compute()
+        write_json(path, {"key": key, "result": result})
+        return result
+
+
+def _train_config(config: RunConfig, *, epochs: int, lr: float) -> TrainConfig:
+    return TrainConfig(epochs=epochs, optimizer=config.optimizer, lr=lr, batch_size=config.batch_size,
+                       weight_decay=config.weight_decay, label_smoothing=config.label_smoothing, seed=config.seed)
+
+
+def _history(result: TrainResult) -> list[dict[str, Any]]:
+    return [asdict(r) for r in result.history]
+
+
+def _scan(config: RunConfig, model: torch.nn.Module, data: Dataset, out: Path, progress: Progress) -> Curves:
+    storage = out / "scan" / JOURNAL_FILE
+    if config.folds:
+        return crossval_scan(model, data, folds=config.folds, criterion=config.criterion, device=config.device,
+                             storage=str(storage), seed=config.seed,
+                             on_trial=lambda done, total: progress("scan", done, total))
+    return scan(model, data, criterion=config.criterion, strategy=config.strategy, tolerance=config.tolerance,
+                subset=config.subset, device=config.device, storage=storage, seed=config.seed,
+                on_trial=lambda done, total: progress("scan", done, total))
+
+
+def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the whole pipeline into ``out``; return the result document (also ``out/result.json``)."""
     out = Path(out)
-    config = config or TrainConfig(epochs=30, lr=0.05, batch_size=64)
-    dataset = load_dataset(data, data_dir=data_dir, seed=config.seed)
-    training = train_model(dataset, model, config, out, device=device, on_epoch=on_epoch)
-    result = sweep(
-        training.model, dataset, sparsities, criterion=criterion, allocation=allocation, device=device,
-        on_point=on_point,
-    )
-    settings = {"model": model, "data": data, "sparsities": list(sparsities), "criterion": criterion,
-                "allocation": allocation, "device": device, "train": config.to_dict()}
-    doc = document(
-        "run", settings,
-        model=model_spec(model, dataset.input_shape, dataset.num_classes),
-        dataset=dataset.spec,
-        training={"history": [asdict(r) for r in training.history]},
-        sweep=result.to_dict(),
-    )
-    write_sweep(out, doc, result)
-    return RunResult(out=out, data=dataset, training=training, sweep=result)
+    progress = progress or (lambda stage, done, total: None)
+    for method in config.methods:
+        if method not in METHODS:
+            raise UsageError(f"unknown method {method!r} in methods: use {', '.join(METHODS)}")
+    stages = Stages(out)
+    data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed)
+    spec = model_spec(config.model, data.input_shape, data.num_classes)
+
+    # 1. dense model (resumes from out/model.pt)
+    dense_config = _train_config(config, epochs=config.epochs, lr=config.lr)
+    dense_run = train_model(data, config.model, dense_config, out, device=config.device,
+                            on_epoch=lambda r: progress("dense training", r.epoch, config.epochs))
+    model = dense_run.model.eval()
+    targets = find_targets(model)
+
+    # 2. sensitivity scan (resumes from the journal)
+    curves = _scan(config, model, data, out, progress)
+    save_scan(out / "scan", curves, model=model, checkpoint=str(out / "model.pt"), model_spec=spec,
+              dataset_spec=data.spec, settings={"tolerance": config.tolerance, "folds": config.folds})
+
+    # 3. how far can the whole model go within max_drop: ensemble pick, verified jointly on val
+    scan_key = {"curves": curves.to_dict()}
+    pick = stages.get("pick", {**scan_key, "max_drop": config.max_drop}, lambda: choose(
+        curves, build_picker("ensemble", max_drop=config.max_drop), model, data, max_drop=config.max_drop,
+        device=config.device).to_dict())
+    progress("pick", 1, 1)
+
+    # 4. one-shot comparison of every method over the sparsities (val only)
+    levels = sorted({*config.sparsities, config.sparsity})
+    rows_done = iter(range(1, len(levels) * len(config.methods) + 1))
+    one_shot = stages.get("one_shot", {**scan_key, "levels": levels, "methods": config.methods}, lambda: compare(
+        model, data, levels, config.methods, curves=curves, criterion=config.criterion, device=config.device,
+        test=False, on_row=lambda row: progress("one-shot comparison", next(rows_done), None)).to_dict())
+
+    # 5. fine-tune every method at the compared sparsity, same budget for all
+    scores = compute_scores(model, targets, config.criterion, data=data.train)
+    tune = _train_config(config, epochs=config.finetune_epochs, lr=config.finetune_lr)
+    methods = []
+    for row in (r for r in one_shot["rows"] if r["sparsity"] == config.sparsity):
+        entry: dict[str, Any] = {"method": row["method"], "sparsity": config.sparsity,
+                                 "allocation": row["allocation"], "one_shot": {"val": row["val"]},
+                                 "error": row["error"]}
+        if row["error"] is None:
+            pruned = load_checkpoint(out / "model.pt").model
+            result = finetune(pruned, data, targets, compute_masks(scores, row["allocation"]), tune,
+                              checkpoint=out / "finetune" / row["method"] / "model.pt", model_spec=spec,
+                              patience=config.patience, device=config.device,
+                              on_epoch=lambda r, m=row["method"]: progress(f"fine-tuning {m}", r.epoch,
+                                                                           config.finetune_epochs))
+            entry |= {"finetune": {"history": _history(result), "stopped_early": result.stopped_early},
+                      "model": result.model}
+        methods.append(entry)
+
+    # 6. scratch-E / scratch-B of our mask (Liu et al. 2019)
+    ours = next((m for m in methods if m["method"] == "ours" and "model" in m), None)
+    scratch = []
+    if ours is not None:
+        masks = compute_masks(scores, ours["allocation"])
+        dense_macs = measure.count_macs(model, data.input_shape).dense
+        pruned_macs = measure.count_macs(ours["model"], data.input_shape).effective
+        for mode in config.scratch:
+            epochs = scratch_epochs(mode, config.epochs, dense_macs, pruned_macs, config.scratch_max_factor)
+            result = train_scratch(spec, data, targets, masks, dense_config, mode, dense_macs, pruned_macs,
+                                   seed=config.seed + 1, max_factor=config.scratch_max_factor,
+                                   checkpoint=out / "scratch" / mode / "model.pt", device=config.device,
+                                   on_epoch=lambda r, m=mode, e=epochs: progress(f"scratch-{m}", r.epoch, e))
+            scratch.append({"mode": mode, "epochs": len(result.history), "allocation_of": "ours",
+                            "history": _history(result), "model": result.model})
+
+    # 7. val and test, once per model, and measurements
+    def final(model_: torch.nn.Module) -> dict[str, Any]:
+        return {"val": Evaluator(model_, data.val, device=config.device).evaluate().to_dict(),
+                "test": Evaluator(model_, data.test, device=config.device).evaluate().to_dict(),
+                "measure": measure.measure_all(model_, data.input_shape, device=config.device,
+                                               batch_sizes=LATENCY_BATCHES)}
+
+    trained = [m for m in methods if "model" in m] + scratch
+    evaluated = stages.get("test", {"models": [str(out / "model.pt")] + [_fingerprint(m["model"]) for m in trained]},
+                           lambda: {"dense": final(model), "runs": [final(m["model"]) for m in trained]})
+    progress("test", 1, 1)
+    for entry, result in zip(trained, evaluated["runs"], strict=True):
+        entry.pop("model")
+        entry |= result
+    dense = {**evaluated["dense"], "history": _history(dense_run)}
+
+    verdict = [
+        *layer_sentences(curves, config.tolerance),
+        f"within {config.max_drop * 100:g} pts the whole model can be pruned to {pick['global_sparsity']:.0%} "
+        f"(verified jointly on val: drop {pick['verified']['measured_drop'] * 100:+.2f} pts)",
+        method_sentence(config.sparsity, dense["test"], methods),
+    ]
+    if (sentence := scratch_sentence(next((m for m in methods if m["method"] == "ours"), None), scratch)):
+        verdict.append(sentence)
+    doc = document("run", config.to_dict(), model=spec, dataset=data.spec, dense=dense,
+                   scan={"tolerance": config.tolerance, "curves": curves.to_dict(), "folds": config.folds},
+                   pick=pick, sparsity=config.sparsity, one_shot=one_shot, methods=methods, scratch=scratch,
+                   verdict=verdict)
+    write_json(out / "result.json", doc)
+    write_csv(out / "methods.csv", [_method_row(m) for m in methods])
+    write_csv(out / "one_shot.csv", comparison_rows(one_shot))
+    write_html(out, doc)
+    return doc
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    """Hash of the weights the model computes with (masks baked), however they are stored."""
+    digest = hashlib.sha256()
+    for name, tensor in plain_state_dict(model).items():
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _method_row(m: dict[str, Any]) -> dict[str, Any]:
+    row = {"method": m["method"], "sparsity": m["sparsity"], "error": m["error"]}
+    if m["error"] is None:
+        row |= {"one_shot_val_accuracy": m["one_shot"]["val"]["accuracy"], "val_accuracy": m["val"]["accuracy"],
+                "test_accuracy": m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"],
+                "params_nonzero": m["measure"]["params_nonzero"], "bytes_sparse": m["measure"]["bytes_sparse"],
+                "macs_effective": m["measure"]["macs_effective"]}
+    return row | {f"sparsity[{k}]": v for k, v in m["allocation"].items()}
+

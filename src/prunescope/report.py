@@ -230,3 +230,33 @@ def write_comparison(out: Path, doc: dict[str, Any], comparison: Comparison) -> 
         if series:
             metric_vs_sparsity_plot(series, out / "plots" / f"{split}_accuracy.png", f"{split} accuracy",
                                     f"one-shot {split} accuracy (bars: 95% CI half-width)")
+
+
+def run_table(doc: dict[str, Any]) -> Table:
+    """The final table of ``prunescope run``: dense, every method after fine-tuning, scratch runs."""
+    dense = doc["dense"]
+    table = Table(title=f"{doc['model']['name']} on {doc['dataset']['name']}: every method at "
+                  f"{doc['sparsity']:.0%} sparsity, fine-tuned; test read once")
+    for column in ("model", "one-shot val", "val", "test (95% CI)", "Δ test pts", "non-zero", "KiB", "MACs",
+                   "ms b=1"):
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
+
+    def add(name: str, entry: dict[str, Any], one_shot: str = "-") -> None:
+        test, size = entry["test"], entry["measure"]
+        table.add_row(
+            name, one_shot, f"{entry['val']['accuracy']:.2%}",
+            f"{test['accuracy']:.2%} ({test['accuracy_ci'][0]:.1%}–{test['accuracy_ci'][1]:.1%})",
+            f"{(test['accuracy'] - dense['test']['accuracy']) * 100:+.2f}",
+            f"{_si(size['params_nonzero'])}/{_si(size['params_total'])}", f"{size['bytes_sparse'] / 1024:.1f}",
+            _si(size["macs_effective"]), f"{size['latency']['1']['median_ms']:.3f}",
+        )
+
+    add("dense", dense)
+    for m in doc["methods"]:
+        if m["error"] is not None:
+            table.add_row(m["method"], "infeasible", *["-"] * 7)
+        else:
+            add(m["method"], m, f"{m['one_shot']['val']['accuracy']:.2%}")
+    for s in doc["scratch"]:
+        add(f"scratch-{s['mode']} ({s['epochs']} ep)", s)
+    return table

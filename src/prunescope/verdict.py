@@ -46,6 +46,10 @@ def scratch_sentence(ours: Mapping[str, Any] | None, scratch: list[Mapping[str, 
     comparisons = []
     for run in scratch:
         difference = ours["test"]["accuracy"] - run["test"]["accuracy"]
-        word = "beat" if difference > 0 else "trailed"
-        comparisons.append(f"{word} scratch-{run['mode']} ({run['epochs']} epochs) by {_pts(abs(difference))} pts")
+        name = f"scratch-{run['mode']} ({run['epochs']} epochs)"
+        if round(difference * 1000) == 0:  # equal to the shown precision
+            comparisons.append(f"matched {name}")
+        else:
+            word = "beat" if difference > 0 else "trailed"
+            comparisons.append(f"{word} {name} by {_pts(abs(difference))} pts")
     return "fine-tuning ours " + "; ".join(comparisons)

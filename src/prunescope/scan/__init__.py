@@ -12,6 +12,7 @@ Pieces, one job each:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -31,18 +32,42 @@ from prunescope.scan.strategy import SCAN_LEVELS_SCONCE, STRATEGIES, make_planne
 from prunescope.scan.study import DENSE, StudySpec, quiet_optuna
 from prunescope.targets import find_targets
 
-__all__ = ["SCAN_LEVELS_SCONCE", "SCAN_METRICS", "STRATEGIES", "scan"]
+__all__ = ["SCAN_LEVELS_SCONCE", "SCAN_METRICS", "STRATEGIES", "auto_subset", "scan"]
 
 SCAN_METRICS = ("accuracy", "macro_f1")  # higher is better, as curves and pickers assume
+SUBSET_GROWTH = 4  # by default a point's subset grows to at most 4 times the first one
+AUTO_SUBSET_COVERAGE = 4.0  # subset="auto": n·tolerance, ~2× the 2.8 at which n examples certify no change
 
 
-def _check(tolerance: float, metric: str, subset: int | None, workers: int, storage: object, val: int) -> None:
+def auto_subset(val: int, tolerance: float) -> int | None:
+    """The first subset size of ``subset="auto"``: None (the whole split) for small splits.
+
+    On ``n`` examples the paired interval of a point that changes no prediction is about
+    ±2.8/n, so ``n = 4 / tolerance`` (800 for half a point) settles such points at once and
+    points with a few changed predictions after one doubling. A subset is used only when the
+    ladder it starts (up to 4 times as many) stays below the whole split.
+    """
+    if tolerance <= 0:
+        return None
+    first = math.ceil(AUTO_SUBSET_COVERAGE / tolerance)
+    return first if SUBSET_GROWTH * first < val else None
+
+
+def _check(
+    tolerance: float, metric: str, subset: int | str | None, max_subset: int | None, workers: int, storage: object,
+    val: int,
+) -> None:
     if tolerance < 0:
         raise UsageError(f"tolerance must be at least 0 (a fraction of the metric, e.g. 0.005), got {tolerance:g}")
     if metric not in SCAN_METRICS:
         raise UsageError(f"unknown scan metric {metric!r}: use one of {', '.join(SCAN_METRICS)}")
-    if subset is not None and subset < 1:
+    if isinstance(subset, str):
+        if subset != "auto":
+            raise UsageError(f"subset must be a positive number of examples or 'auto', got {subset!r}")
+    elif subset is not None and subset < 1:
         raise UsageError(f"subset must be a positive number of examples, got {subset}")
+    if max_subset is not None and max_subset < 1:
+        raise UsageError(f"max_subset must be a positive number of examples, got {max_subset}")
     if workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}")
     if workers > 1 and storage is None:
@@ -60,7 +85,7 @@ def scan(
     levels: Sequence[float] | None = None,
     tolerance: float = 0.005,
     metric: str = "accuracy",
-    subset: int | None = None,
+    subset: int | str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     device: str = "auto",
@@ -69,6 +94,7 @@ def scan(
     workers: int = 1,
     seed: int = 0,
     on_trial: Callable[[int, int], None] | None = None,
+    max_subset: int | None = None,
 ) -> Curves:
     """Sensitivity curves of every target of ``model`` on ``data.val``: one target pruned, others dense.
 
@@ -77,15 +103,24 @@ def scan(
             scores are computed once (``taylor`` / ``fisher`` use ``data.train``).
         strategy: ``grid`` (every level of ``levels``, by default sconce's 0.10, 0.15, …,
             0.95) or ``adaptive`` (coarse ``levels``, by default 0.5, 0.8, 0.9, 0.95, 0.98,
-            then bisection to 0.01 where a curve crosses ``tolerance``).
+            plus 0.99, 0.995 and 0.999 for a curve still within ``tolerance`` at the highest
+            one, then bisection to 0.01 where a curve crosses ``tolerance``, stopped early
+            where the crossing lies within the subset's noise; see
+            :class:`~prunescope.scan.strategy.Adaptive`).
         levels: sparsities in (0, 1) overriding the strategy's levels.
         tolerance: allowed drop of the metric from dense, a fraction (0.005 = 0.5 accuracy
             points); signed, an improvement never violates it.
         metric: ``accuracy`` or ``macro_f1`` (fractions in [0, 1]).
         subset: evaluate on a seeded subset of this many validation examples; a point whose
-            decision (within tolerance of dense?) falls inside its confidence interval is
-            evaluated again on twice as many, up to the whole split. The dense reference is
-            evaluated on every size used (``Curves.dense_by_n``).
+            decision (drop within tolerance?) is within noise is evaluated again on twice
+            as many, up to ``max_subset``; one still within noise there keeps that
+            measurement and its interval (``low`` / ``high``; pickers can judge ``low``).
+            For accuracy the noise is that of the drop from the dense model on the same
+            examples (a paired interval: two models that agree on most examples differ
+            little). The dense reference is evaluated on every size used
+            (``Curves.dense_by_n``). ``"auto"``: :func:`auto_subset` (``4 / tolerance``
+            examples, 800 for half a point, where the split holds over 4 times that;
+            otherwise the whole split). None: the whole split.
         include / exclude: globs selecting the targets.
         device: ``auto``, ``cpu``, ``cuda``…
         storage: where the Optuna study lives: a journal file path, a database URL
@@ -96,6 +131,8 @@ def scan(
         seed: seed of the subset sample and of the random / gradient criteria.
         on_trial: ``on_trial(done, planned)`` after every evaluation (run or reused);
             ``planned`` grows as the adaptive strategy plans more.
+        max_subset: the largest subset a point climbs to (None: 4 × ``subset``; the whole
+            split's size: every undecided point up to the whole split). Only with ``subset``.
 
     Returns:
         :class:`~prunescope.curves.Curves` with one curve per target (one point per
@@ -105,7 +142,7 @@ def scan(
     The model's weights are bit-identical afterwards: pruning is applied in place and undone.
     """
     planner = make_planner(strategy, levels, tolerance)
-    _check(tolerance, metric, subset, workers, storage, len(data.val))
+    _check(tolerance, metric, subset, max_subset, workers, storage, len(data.val))
     device = resolve_device(device)
     model.to(device)
     every_target = find_targets(model)
@@ -113,6 +150,8 @@ def scan(
     scores = compute_scores(model, targets, criterion, data=data.train, seed=seed)
     macs = count_macs(model, data.input_shape).per_weight
     full = len(data.val)
+    first = min(auto_subset(full, tolerance) if subset == "auto" else subset or full, full)
+    top = max_subset if max_subset is not None else SUBSET_GROWTH * first
     spec = StudySpec.at(storage, study_name, (DENSE, *(t.name for t in every_target)), full, metric)
     identity = {
         "model": model_fingerprint(model, every_target),
@@ -130,7 +169,7 @@ def scan(
                 planner,
                 [t.name for t in targets],
                 tolerance=tolerance,
-                ladder=Ladder(min(subset or full, full), full),
+                ladder=Ladder(first, full, top),
                 executor=chosen,
                 on_trial=on_trial,
             ).run()

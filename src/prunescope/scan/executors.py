@@ -18,10 +18,9 @@ from typing import Protocol
 import optuna
 import torch
 
-from prunescope.curves import CurvePoint
-from prunescope.scan.study import Evaluate, Point, ScanStudy, StudySpec
+from prunescope.scan.study import Evaluate, Measurement, Point, ScanStudy, StudySpec
 
-OnDone = Callable[[Point, CurvePoint], None]
+OnDone = Callable[[Point, Measurement], None]
 POLL_SECONDS = 0.5  # how often the parent reads the study for finished trials while workers run
 
 

@@ -6,14 +6,26 @@ evaluation they need, takes the finished ones from the study and has the executo
 rest, possibly in parallel. Rounds repeat until every planner is done.
 
 A point is *settled* once its decision, "is the drop from dense at most ``tolerance``?",
-is clear of noise: the threshold ``dense - tolerance`` (dense measured on the same ``n``
-examples) lies outside the point's interval ``(low, high)``, or ``n`` is already the
-whole split. Otherwise the point is evaluated again on the next subset size of the
-:class:`Ladder` (twice as many examples).
+is clear of noise: ``tolerance`` lies outside the confidence interval of the drop (see
+:func:`drop_interval`). The drop is measured against the dense model on the same ``n``
+examples, as an estimate of the drop on the whole split (the split the picks are verified
+on): on the whole split the interval has no width and every point is settled. When the
+evaluation counted the examples the pruned model lost and gained against the dense one
+(accuracy on a subset) the interval is the paired one, much tighter than the point's own
+interval where the two models mostly agree.
+
+A point within noise climbs the :class:`Ladder` of subset sizes (first, 2·first, … up to
+its top): straight to the smallest size on which its interval, at the rates measured so
+far, would clear ``tolerance``. When not even the top size would (the point sits on the
+tolerance line, within what that size can resolve) it stops where it is, *unresolved*: it
+keeps its measurement and interval, and the planner is told, so that it stops bisecting
+where the crossing lies inside the noise.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,20 +33,76 @@ from prunescope.curves import CurvePoint
 from prunescope.errors import PrunescopeError
 from prunescope.scan.executors import Executor
 from prunescope.scan.strategy import Planner
-from prunescope.scan.study import DENSE, Point, ScanStudy
+from prunescope.scan.study import DENSE, Measurement, Point, ScanStudy
 
 OnTrial = Callable[[int, int], None]
+_Z = statistics.NormalDist().inv_cdf(0.975)  # 95%, the confidence of the evaluator's Wilson interval
 
 
 @dataclass(frozen=True)
 class Ladder:
-    """Subset sizes (examples) a point climbs while its decision is within noise: first, 2·first, …, full."""
+    """Subset sizes (examples) a point may climb while its decision is within noise: first, 2·first, …, top.
+
+    ``top``: the largest size (None: ``full``, the whole split; never below ``first`` nor above ``full``).
+    """
 
     first: int
     full: int
+    top: int | None = None
+
+    @property
+    def last(self) -> int:
+        """The top rung."""
+        return max(self.first, min(self.full if self.top is None else self.top, self.full))
 
     def next(self, n: int) -> int | None:
-        return None if n >= self.full else min(2 * n, self.full)
+        return None if n >= self.last else min(2 * n, self.last)
+
+    def above(self, n: int) -> list[int]:
+        """The rungs above ``n``, smallest first."""
+        rungs = []
+        while (n := self.next(n)) is not None:
+            rungs.append(n)
+        return rungs
+
+
+def _population_correction(n: int, full: int) -> float:
+    """Finite-population correction: n of ``full`` examples estimate the value on all ``full``."""
+    return math.sqrt(max(full - n, 0) / (full - 1)) if full > 1 else 0.0
+
+
+def paired_drop_interval(lost: float, gained: float, n: int, full: int | None = None) -> tuple[float, float]:
+    """95% interval of the drop ``(lost - gained) / n`` between two models judged on the same ``n`` examples.
+
+    Bonett & Price (2012), adjusted Wald interval for a difference of paired proportions:
+    one pseudo-count added to each discordant cell, so that it does not collapse to a point
+    when the models agree on every example. With ``full``, the drop estimated is that on the
+    ``full`` examples the ``n`` were drawn from (finite-population correction).
+    """
+    worse, better = (lost + 1) / (n + 2), (gained + 1) / (n + 2)
+    drop = worse - better
+    half = _Z * math.sqrt(max(worse + better - drop * drop, 0.0) / (n + 2))
+    if full is not None:
+        half *= _population_correction(n, full)
+    return drop - half, drop + half
+
+
+def drop_interval(
+    measured: Measurement, dense: Measurement, n: int, full: int, *, at: int | None = None
+) -> tuple[float, float]:
+    """95% interval of the drop on all ``full`` examples, from a point and the dense model measured on ``n``.
+
+    With the paired counts: :func:`paired_drop_interval`. Without: the point's own interval
+    ``(low, high)`` turned into one of ``dense.value - value``, with the finite-population
+    correction. ``at``: the interval expected on ``at`` examples instead, if the rates
+    measured on ``n`` held (the pseudo-counts and the width's ``1/sqrt(n)`` scale).
+    """
+    at = n if at is None else at
+    if measured.lost is not None and measured.gained is not None:
+        return paired_drop_interval(measured.lost * at / n, measured.gained * at / n, at, full)
+    drop = dense.value - measured.value
+    scale = math.sqrt(n / at) * _population_correction(at, full)
+    return drop - scale * (measured.high - measured.value), drop + scale * (measured.value - measured.low)
 
 
 @dataclass(frozen=True)
@@ -42,6 +110,7 @@ class ScanOutcome:
     """Settled points per target (sorted by sparsity), the dense reference per subset size, and costs.
 
     evaluations: evaluations the curves rest on (run now + reused); examples: sum of their n.
+    unresolved: per target, the sparsities whose decision stayed within noise on the top rung.
     """
 
     points: dict[str, list[CurvePoint]]
@@ -49,6 +118,7 @@ class ScanOutcome:
     evaluations: int
     reused: int
     examples: int
+    unresolved: dict[str, list[float]]
 
 
 class Runner:
@@ -82,10 +152,11 @@ class Runner:
         self.ladder = ladder
         self.executor = executor
         self.on_trial = on_trial
-        self.results: dict[Point, CurvePoint] = {}
+        self.results: dict[Point, Measurement] = {}
         self.used: dict[Point, None] = {}  # evaluations this scan rests on, in the order first needed
         self.asked: dict[str, list[float]] = {name: [] for name in self.targets}
         self.settled: dict[str, dict[float, CurvePoint]] = {name: {} for name in self.targets}
+        self.unresolved: dict[str, set[float]] = {name: set() for name in self.targets}
         self.reused = 0
         self.done = 0
 
@@ -96,13 +167,14 @@ class Runner:
             if lost := len(missing - self.results.keys()):
                 # Taken from the queue by a process that did not finish them; without this the loop would spin.
                 raise PrunescopeError(f"{lost} queued evaluations did not finish; run the scan again to resume")
-        dense = {p.n: self.results[p] for p in self.used if p.target == DENSE}
+        dense = {p.n: self.results[p].at(p) for p in self.used if p.target == DENSE}
         return ScanOutcome(
             points={name: [self.settled[name][s] for s in sorted(self.asked[name])] for name in self.targets},
             dense=dict(sorted(dense.items())),
             evaluations=len(self.used),
             reused=self.reused,
             examples=sum(p.n for p in self.used),
+            unresolved={name: sorted(self.unresolved[name]) for name in self.targets},
         )
 
     def _plan(self) -> set[Point]:
@@ -121,7 +193,7 @@ class Runner:
             if missing:
                 return missing
             drops = {s: self.results[Point(DENSE, 0.0, p.n)].value - p.value for s, p in self.settled[name].items()}
-            new = [s for s in self.planner.ask(drops) if s not in asked]
+            new = [s for s in self.planner.ask(drops, frozenset(self.unresolved[name])) if s not in asked]
             if not new:
                 return set()
             asked.extend(new)
@@ -135,10 +207,21 @@ class Runner:
             if missing:
                 return missing
             measured = self.results[point]
-            self.settled[name][sparsity] = measured
-            threshold = self.results[dense].value - self.tolerance
-            n = self.ladder.next(n) if measured.low < threshold < measured.high else None
+            self.settled[name][sparsity] = measured.at(point)
+            n = self._climb(measured, self.results[dense], n)
+            if n is None and self._undecided(measured, self.results[dense], point.n):
+                self.unresolved[name].add(sparsity)
         return set()
+
+    def _undecided(self, measured: Measurement, dense: Measurement, n: int, at: int | None = None) -> bool:
+        low, high = drop_interval(measured, dense, n, self.ladder.full, at=at)
+        return low < self.tolerance < high
+
+    def _climb(self, measured: Measurement, dense: Measurement, n: int) -> int | None:
+        """The subset size to measure a point on next: None when it is decided, or when no rung would decide it."""
+        if not self._undecided(measured, dense, n):
+            return None
+        return next((m for m in self.ladder.above(n) if not self._undecided(measured, dense, n, m)), None)
 
     def _need(self, point: Point) -> set[Point]:
         """Mark ``point`` as used by this scan; ``{point}`` if it still has to be evaluated."""
@@ -149,7 +232,7 @@ class Runner:
                 self._progress()
         return set() if point in self.results else {point}
 
-    def _record(self, point: Point, measured: CurvePoint) -> None:
+    def _record(self, point: Point, measured: Measurement) -> None:
         self.results[point] = measured
         if point in self.used:
             self._progress()

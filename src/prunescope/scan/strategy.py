@@ -1,20 +1,23 @@
 """Level planners: which sparsities of one target to evaluate next.
 
-A planner is a small object with one method, ``ask(drops) -> sparsities``, in the spirit of
-an Optuna sampler: given the drops measured so far for one target (``{sparsity: dense -
-value}``, a fraction of the metric; negative is an improvement), it returns the sparsities
-to evaluate next, or ``[]`` when the curve is complete. Planners keep no state, so a
-resumed scan plans exactly what the interrupted one did.
+A planner is a small object with one method, ``ask(drops, unresolved) -> sparsities``, in
+the spirit of an Optuna sampler: given the drops measured so far for one target
+(``{sparsity: dense - value}``, a fraction of the metric; negative is an improvement) and
+the sparsities whose decision (drop within tolerance?) stayed within noise on the largest
+subset the scan allows, it returns the sparsities to evaluate next, or ``[]`` when the
+curve is complete. Planners keep no state, so a resumed scan plans exactly what the
+interrupted one did.
 
 - :class:`Grid`: fixed levels; by default sconce's 0.10, 0.15, …, 0.95 (18 levels).
-- :class:`Adaptive`: coarse levels, then bisection of every interval where the curve
-  crosses the tolerance, plus one point where the coarse curve bends.
+- :class:`Adaptive`: coarse levels (extended up to 0.999 while the curve is still within
+  tolerance), then bisection of every interval where the curve crosses the tolerance
+  while the crossing can be resolved, plus one point where the coarse curve bends.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,13 +25,18 @@ from prunescope.errors import UsageError
 
 SCAN_LEVELS_SCONCE: tuple[float, ...] = tuple(round(0.10 + 0.05 * i, 2) for i in range(18))  # 0.10, …, 0.95
 COARSE_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98)
+BEYOND_LEVELS: tuple[float, ...] = (0.99, 0.995, 0.999)  # probed when a curve is still within tolerance at 0.98
 _DIGITS = 4  # planned sparsities are rounded to 1e-4, so that the same level is always the same float
 _EPS = 1e-9  # slack for float comparisons (1.0 - 0.98 > 0.02 in floats)
 
 
 class Planner(Protocol):
-    def ask(self, drops: Mapping[float, float]) -> list[float]:
-        """Sparsities to evaluate next, given ``{sparsity: drop}`` measured so far; ``[]`` when done."""
+    def ask(self, drops: Mapping[float, float], unresolved: Collection[float] = ()) -> list[float]:
+        """Sparsities to evaluate next, given ``{sparsity: drop}`` measured so far; ``[]`` when done.
+
+        ``unresolved``: the sparsities among ``drops`` whose decision (drop within tolerance?)
+        is still within noise where the scan stopped growing their subset.
+        """
         ...
 
 
@@ -57,7 +65,7 @@ class Grid:
 
     levels: tuple[float, ...] = SCAN_LEVELS_SCONCE
 
-    def ask(self, drops: Mapping[float, float]) -> list[float]:
+    def ask(self, drops: Mapping[float, float], unresolved: Collection[float] = ()) -> list[float]:
         return [s for s in self.levels if s not in drops]
 
 
@@ -66,29 +74,43 @@ class Adaptive:
     """Coarse-to-fine: few evaluations, resolution ``resolution`` where the curve crosses ``tolerance``.
 
     1. The ``coarse`` levels.
-    2. Every interval between neighbouring measured points (the dense model at sparsity 0
+    2. If the curve is within tolerance at the highest coarse level (or undecided there),
+       the ``beyond`` levels above it (by default 0.99, 0.995, 0.999), all at once: a
+       budget picker never extrapolates past the highest measured level, so a layer that
+       holds most of the weights needs measured points up there.
+    3. Every interval between neighbouring measured points (the dense model at sparsity 0
        counts as a point with drop 0) whose ends disagree on "drop <= tolerance" is bisected
-       until it is at most ``resolution`` wide. Monotonicity is not assumed: a violation
-       followed by a higher level within tolerance is an interval like any other, so the
-       dip and the recovery are both bracketed, and the final curve holds the two points
-       that justify every crossing.
-    3. One point in the middle of the coarse segment right after the coarse curve's knee
+       until it is at most ``resolution`` wide, or until both of its ends are
+       ``unresolved``: their decisions are within noise on the largest subset allowed, so
+       the crossing lies in a band the noise does not resolve and bisecting it would only
+       measure noise. Monotonicity is not assumed: a violation followed by a higher level
+       within tolerance is an interval like any other, so the dip and the recovery are
+       both bracketed, and the final curve holds the two points that justify every
+       crossing.
+    4. One point in the middle of the coarse segment right after the coarse curve's knee
        (the largest increase of slope), where the shape of the curve changes most.
     """
 
     tolerance: float
     coarse: tuple[float, ...] = COARSE_LEVELS
     resolution: float = 0.01
+    beyond: tuple[float, ...] = BEYOND_LEVELS
 
-    def ask(self, drops: Mapping[float, float]) -> list[float]:
+    def ask(self, drops: Mapping[float, float], unresolved: Collection[float] = ()) -> list[float]:
         missing = [s for s in self.coarse if s not in drops]
         if missing:
             return missing
+        top = max(self.coarse)
+        planned = set()
+        if within(drops[top], self.tolerance) or top in unresolved:
+            planned |= {s for s in self.beyond if s > top}
         curve = sorted({0.0: 0.0, **drops}.items())
-        planned = {
+        planned |= {
             _midpoint(a, b)
             for (a, drop_a), (b, drop_b) in itertools.pairwise(curve)
-            if within(drop_a, self.tolerance) != within(drop_b, self.tolerance) and b - a > self.resolution + _EPS
+            if within(drop_a, self.tolerance) != within(drop_b, self.tolerance)
+            and b - a > self.resolution + _EPS
+            and not (a in unresolved and b in unresolved)
         }
         bend = self._bend(drops)
         if bend is not None:

@@ -3,7 +3,9 @@
 Every evaluation is one trial with params ``target`` (categorical over :data:`DENSE` and
 every target name of the model), ``sparsity`` (float in [0, 1]) and ``n`` (examples
 evaluated); its value is the metric, its user attributes ``metric``, ``low`` / ``high``
-(confidence interval) and ``seconds`` (wall time of the evaluation). Points are queued with
+(confidence interval), ``seconds`` (wall time of the evaluation) and, for accuracy on a
+subset, ``lost`` / ``gained`` (examples the dense model got right and this one wrong, and
+the reverse, on the same subset). Points are queued with
 ``enqueue_trial`` and taken with ``ask`` / ``tell``, so any number of processes can share
 one study: Optuna hands each queued trial to exactly one of them.
 
@@ -30,10 +32,6 @@ from prunescope.errors import UsageError
 
 DENSE = "(dense)"  # the ``target`` of the dense reference (sparsity 0)
 
-Evaluate = Callable[[str, float, int], tuple[float, float, float]]
-"""``evaluate(target, sparsity, n) -> (value, low, high)``: the metric of the model with
-``target`` at ``sparsity`` (others dense; :data:`DENSE` for the dense model) on ``n``
-examples, and its confidence interval (``low == high == value`` without one)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -43,6 +41,30 @@ class Point:
     target: str
     sparsity: float
     n: int
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One evaluation's result: the metric ``value`` with its confidence interval (``low ==
+    high == value`` without one) and, when known, the paired comparison with the dense model
+    on the same examples: ``lost`` (dense right, this wrong) and ``gained`` (the reverse)."""
+
+    value: float
+    low: float
+    high: float
+    lost: int | None = None
+    gained: int | None = None
+
+    def at(self, point: Point) -> CurvePoint:
+        """This result as the curve point of ``point``."""
+        return CurvePoint(point.sparsity, self.value, self.low, self.high, point.n)
+
+
+Evaluate = Callable[[str, float, int], "Measurement | tuple[float, float, float]"]
+"""``evaluate(target, sparsity, n) -> Measurement``: the metric of the model with ``target``
+at ``sparsity`` (others dense; :data:`DENSE` for the dense model) on ``n`` examples, its
+confidence interval and optionally the paired counts; a plain ``(value, low, high)`` is
+accepted too."""
 
 
 @contextlib.contextmanager
@@ -141,11 +163,11 @@ class ScanStudy:
         self.study = study
         self.spec = spec
 
-    def finished(self) -> dict[Point, CurvePoint]:
+    def finished(self) -> dict[Point, Measurement]:
         """Every COMPLETE trial as ``{point: measurement}``."""
         return {
-            Point(t.params["target"], t.params["sparsity"], t.params["n"]): CurvePoint(
-                t.params["sparsity"], t.value, t.user_attrs["low"], t.user_attrs["high"], t.params["n"]
+            Point(t.params["target"], t.params["sparsity"], t.params["n"]): Measurement(
+                t.value, t.user_attrs["low"], t.user_attrs["high"], t.user_attrs.get("lost"), t.user_attrs.get("gained")
             )
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         }
@@ -164,7 +186,7 @@ class ScanStudy:
                 params = {"target": point.target, "sparsity": point.sparsity, "n": point.n}
                 self.study.enqueue_trial(params, user_attrs={"metric": self.spec.metric})
 
-    def run_next(self, evaluate: Evaluate) -> tuple[Point, CurvePoint] | None:
+    def run_next(self, evaluate: Evaluate) -> tuple[Point, Measurement] | None:
         """Take one queued trial, evaluate and tell it; None when the queue is empty."""
         if not self._waiting():
             return None
@@ -182,12 +204,17 @@ class ScanStudy:
         )
         start = time.perf_counter()
         try:
-            value, low, high = evaluate(point.target, point.sparsity, point.n)
+            measured = evaluate(point.target, point.sparsity, point.n)
         except BaseException:
             self.study.tell(trial, state=TrialState.FAIL)
             raise
-        trial.set_user_attr("low", low)
-        trial.set_user_attr("high", high)
+        if not isinstance(measured, Measurement):
+            measured = Measurement(*measured)
+        trial.set_user_attr("low", measured.low)
+        trial.set_user_attr("high", measured.high)
+        if measured.lost is not None and measured.gained is not None:
+            trial.set_user_attr("lost", measured.lost)
+            trial.set_user_attr("gained", measured.gained)
         trial.set_user_attr("seconds", time.perf_counter() - start)
-        self.study.tell(trial, value)
-        return point, CurvePoint(point.sparsity, value, low, high, point.n)
+        self.study.tell(trial, measured.value)
+        return point, measured
