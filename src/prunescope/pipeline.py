@@ -7,7 +7,8 @@ a change of later settings) resumes where it stopped:
 - ``scan/`` — the Optuna journal of every evaluation; finished ones are reused.
 - ``stages/<name>.json`` — the result of a stage, with the settings it depended on; reused
   while those settings are unchanged.
-- ``finetune/<method>/model.pt``, ``scratch/<mode>/model.pt`` — resumable training runs.
+- ``finetune/<method>@<sparsity>/model.pt``, ``scratch/<mode>@<sparsity>/model.pt`` — resumable
+  training runs, one per compared sparsity.
 
 Selection (scan, pick, one-shot comparison, fine-tuning with early stop) reads the val
 split only; the test split is read once per model, in the last stage.
@@ -159,7 +160,8 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
         if row["error"] is None:
             pruned = load_checkpoint(out / "model.pt").model
             result = finetune(pruned, data, targets, compute_masks(scores, row["allocation"]), tune,
-                              checkpoint=out / "finetune" / row["method"] / "model.pt", model_spec=spec,
+                              checkpoint=out / "finetune" / f"{row['method']}@{config.sparsity:g}" / "model.pt",
+                              model_spec=spec,
                               patience=config.patience, device=config.device,
                               on_epoch=lambda r, m=row["method"]: progress(f"fine-tuning {m}", r.epoch,
                                                                            config.finetune_epochs))
@@ -178,7 +180,8 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
             epochs = scratch_epochs(mode, config.epochs, dense_macs, pruned_macs, config.scratch_max_factor)
             result = train_scratch(spec, data, targets, masks, dense_config, mode, dense_macs, pruned_macs,
                                    seed=config.seed + 1, max_factor=config.scratch_max_factor,
-                                   checkpoint=out / "scratch" / mode / "model.pt", device=config.device,
+                                   checkpoint=out / "scratch" / f"{mode}@{config.sparsity:g}" / "model.pt",
+                                   device=config.device,
                                    on_epoch=lambda r, m=mode, e=epochs: progress(f"scratch-{m}", r.epoch, e))
             scratch.append({"mode": mode, "epochs": len(result.history), "allocation_of": "ours",
                             "history": _history(result), "model": result.model})
