@@ -59,6 +59,22 @@ def make_dataset(n_train: int = 240, n_val: int = 60, n_test: int = 60, num_clas
     )
 
 
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    """Run ``prunescope ARGV`` in process; return (exit code, stdout, stderr)."""
+    from prunescope.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return done.value.code or 0, captured.out, captured.err
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """``cli(*argv) -> (exit code, stdout, stderr)`` of the prunescope command."""
+    return lambda *argv: run_cli(capsys, *argv)
+
+
 @pytest.fixture
 def tiny_model() -> TinyNet:
     torch.manual_seed(0)

@@ -8,13 +8,6 @@ import pytest
 from prunescope.cli import main
 
 
-def _run(capsys, *argv):
-    with pytest.raises(SystemExit) as done:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return done.value.code or 0, captured.out, captured.err
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small MLP trained on digits through the CLI, shared by the tests below."""
@@ -25,18 +18,18 @@ def trained(tmp_path_factory):
     return out / "model.pt"
 
 
-def test_sweep_from_checkpoint(capsys, trained, tmp_path):
-    code, out, _ = _run(capsys, "sweep", "--checkpoint", str(trained), "--sparsities", "0.5,0.7", "--criterion",
+def test_sweep_from_checkpoint(cli, trained, tmp_path):
+    code, out, _ = cli("sweep", "--checkpoint", str(trained), "--sparsities", "0.5,0.7", "--criterion",
                         "lamp", "--allocation", "erk", "--out", str(tmp_path), "--device", "cpu")
     assert code == 0 and "erk allocation" in out
     doc = json.loads((tmp_path / "result.json").read_text())
     assert doc["command"] == "sweep" and doc["sweep"]["criterion"] == "lamp"
 
 
-def test_listings(capsys):
-    code, out, _ = _run(capsys, "models")
+def test_listings(cli):
+    code, out, _ = cli("models")
     assert code == 0 and "lenet300" in out and "resnet56" in out
-    code, out, _ = _run(capsys, "datasets")
+    code, out, _ = cli("datasets")
     assert code == 0 and "digits" in out and "1293 / 144 / 360" in out and "needs --data-dir" in out
 
 
@@ -81,30 +74,30 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("argv", "expected"), BAD_INPUTS)
-def test_bad_input_gives_a_one_line_error_and_exit_code_2(capsys, tmp_path, trained, argv, expected):
-    code, _, err = _run(capsys, *argv(tmp_path, trained))
+def test_bad_input_gives_a_one_line_error_and_exit_code_2(cli, tmp_path, trained, argv, expected):
+    code, _, err = cli(*argv(tmp_path, trained))
     assert code == 2
     message = err.strip()
     assert message.startswith("error:") and "\n" not in message and "Traceback" not in message
     assert expected in message
 
 
-def test_failed_command_keeps_earlier_results(capsys, trained, tmp_path):
-    assert _run(capsys, "sweep", "--checkpoint", str(trained), "--sparsities", "0.5", "--out", str(tmp_path),
+def test_failed_command_keeps_earlier_results(cli, trained, tmp_path):
+    assert cli("sweep", "--checkpoint", str(trained), "--sparsities", "0.5", "--out", str(tmp_path),
                 "--device", "cpu")[0] == 0
     before = (tmp_path / "result.json").read_bytes()
-    code, _, _ = _run(capsys, "sweep", "--checkpoint", str(trained), "--include", "nothing*", "--out", str(tmp_path))
+    code, _, _ = cli("sweep", "--checkpoint", str(trained), "--include", "nothing*", "--out", str(tmp_path))
     assert code == 2
     assert (tmp_path / "result.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "sweep.csv"]
 
 
-def test_checkpoint_of_another_architecture(capsys, trained, tmp_path):
+def test_checkpoint_of_another_architecture(cli, trained, tmp_path):
     import torch
 
     payload = torch.load(trained, weights_only=True)
     payload["model_spec"]["kwargs"] = {"hidden": [7]}
     bad = tmp_path / "other.pt"
     torch.save(payload, bad)
-    code, _, err = _run(capsys, "sweep", "--checkpoint", str(bad), "--out", str(tmp_path))
+    code, _, err = cli("sweep", "--checkpoint", str(bad), "--out", str(tmp_path))
     assert code == 2 and "fc1" in err and "\n" not in err.strip()

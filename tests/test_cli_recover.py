@@ -10,13 +10,6 @@ from prunescope.masks import measured_sparsity
 from prunescope.targets import find_targets
 
 
-def _run(capsys, *argv):
-    with pytest.raises(SystemExit) as done:
-        main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return done.value.code or 0, captured.out, captured.err
-
-
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory):
     out = tmp_path_factory.mktemp("dense")
@@ -26,22 +19,22 @@ def dense(tmp_path_factory):
     return out / "model.pt"
 
 
-def test_prune_with_a_bare_allocation_then_scratch_baseline(capsys, dense, tmp_path):
+def test_prune_with_a_bare_allocation_then_scratch_baseline(cli, dense, tmp_path):
     allocation = tmp_path / "pick.json"
     allocation.write_text(json.dumps({"allocation": {"fc1.weight": 0.9, "fc2.weight": 0.8, "fc3.weight": 0.5}}))
-    code, out, _ = _run(capsys, "prune", "--checkpoint", dense, "--allocation", allocation, "--finetune-epochs", "2",
+    code, out, _ = cli("prune", "--checkpoint", dense, "--allocation", allocation, "--finetune-epochs", "2",
                         "--out", tmp_path / "pruned", "--device", "cpu")
     assert code == 0 and "fine-tuned" in out
     pruned = load_checkpoint(tmp_path / "pruned" / "model.pt").model
     zeros = measured_sparsity(pruned, find_targets(pruned))
     assert round(zeros["fc1.weight"] * 64 * 128) == round(0.9 * 64 * 128)  # exact after fine-tuning
-    code, out, _ = _run(capsys, "baseline", "--checkpoint", tmp_path / "pruned" / "model.pt", "--scratch", "E",
+    code, out, _ = cli("baseline", "--checkpoint", tmp_path / "pruned" / "model.pt", "--scratch", "E",
                         "--epochs", "2", "--out", tmp_path / "scratch", "--device", "cpu")
     assert code == 0 and "scratch-E" in out and "training from scratch" in out
 
 
-def test_gradual_reaches_the_final_sparsity(capsys, dense, tmp_path):
-    code, out, _ = _run(capsys, "gradual", "--checkpoint", dense, "--target-sparsity", "0.8", "--steps", "3",
+def test_gradual_reaches_the_final_sparsity(cli, dense, tmp_path):
+    code, out, _ = cli("gradual", "--checkpoint", dense, "--target-sparsity", "0.8", "--steps", "3",
                         "--epochs-per-step", "1", "--out", tmp_path, "--device", "cpu")
     assert code == 0 and "polynomial pruning to 80%" in out
     doc = json.loads((tmp_path / "result.json").read_text())
@@ -61,13 +54,13 @@ def test_gradual_reaches_the_final_sparsity(capsys, dense, tmp_path):
         (lambda d, t: ["baseline", "--checkpoint", d, "--scratch", "C"], "--scratch"),
     ],
 )
-def test_bad_input(capsys, dense, tmp_path, argv, expected):
-    code, _, err = _run(capsys, *argv(dense, tmp_path))
+def test_bad_input(cli, dense, tmp_path, argv, expected):
+    code, _, err = cli(*argv(dense, tmp_path))
     assert code == 2 and expected in err and "\n" not in err.strip()
 
 
-def test_pick_for_another_model_is_refused(capsys, dense, tmp_path):
+def test_pick_for_another_model_is_refused(cli, dense, tmp_path):
     allocation = tmp_path / "pick.json"
     allocation.write_text(json.dumps({"conv1.weight": 0.5}))
-    code, _, err = _run(capsys, "prune", "--checkpoint", dense, "--allocation", allocation, "--out", tmp_path)
+    code, _, err = cli("prune", "--checkpoint", dense, "--allocation", allocation, "--out", tmp_path)
     assert code == 2 and "conv1.weight" in err

@@ -8,13 +8,6 @@ import pytest
 from prunescope.cli import main
 
 
-def _run(capsys, *argv):
-    with pytest.raises(SystemExit) as done:
-        main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return done.value.code or 0, captured.out, captured.err
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Two MLPs trained on digits (different seeds) through the CLI."""
@@ -37,35 +30,35 @@ def scanned(checkpoints, tmp_path_factory):
     return out
 
 
-def test_scan_writes_curves_and_resumes_without_evaluating(capsys, checkpoints, scanned, tmp_path):
+def test_scan_writes_curves_and_resumes_without_evaluating(cli, checkpoints, scanned, tmp_path):
     doc = json.loads((scanned / "scan.json").read_text())
     assert doc["command"] == "scan" and set(doc["curves"]["curves"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
     assert (scanned / "plots" / "curves.png").stat().st_size > 0
     assert (scanned / "study.journal").exists()
     copy = tmp_path / "scan"
     shutil.copytree(scanned, copy)
-    code, out, _ = _run(capsys, "scan", "--checkpoint", checkpoints[0], "--out", copy, "--tolerance", "1",
+    code, out, _ = cli("scan", "--checkpoint", checkpoints[0], "--out", copy, "--tolerance", "1",
                         "--device", "cpu")
     assert code == 0
     evaluations = doc["curves"]["evaluations"]
     assert f"{evaluations} evaluations ({evaluations} reused from the study)" in " ".join(out.split())
 
 
-def test_pick_threshold_and_budget(capsys, scanned, tmp_path):
-    code, out, _ = _run(capsys, "pick", "--scan", scanned, "--picker", "threshold", "--max-drop", "1",
+def test_pick_threshold_and_budget(cli, scanned, tmp_path):
+    code, out, _ = cli("pick", "--scan", scanned, "--picker", "threshold", "--max-drop", "1",
                         "--out", tmp_path / "threshold.json", "--device", "cpu")
     assert code == 0 and "threshold pick" in out
     doc = json.loads((tmp_path / "threshold.json").read_text())
     assert doc["verified"]["measured_drop"] <= 0.01 or not doc["verified"]["within_bound"]
-    code, _, _ = _run(capsys, "pick", "--scan", scanned, "--picker", "budget", "--target-sparsity", "0.5",
+    code, _, _ = cli("pick", "--scan", scanned, "--picker", "budget", "--target-sparsity", "0.5",
                       "--out", tmp_path / "budget.json", "--device", "cpu")
     assert code == 0
     doc = json.loads((tmp_path / "budget.json").read_text())
     assert doc["global_sparsity"] == pytest.approx(0.5, abs=3 / 17_000)
 
 
-def test_compare_with_a_scan(capsys, checkpoints, scanned, tmp_path):
-    code, out, _ = _run(capsys, "compare", "--checkpoint", checkpoints[0], "--scan", scanned, "--sparsities",
+def test_compare_with_a_scan(cli, checkpoints, scanned, tmp_path):
+    code, out, _ = cli("compare", "--checkpoint", checkpoints[0], "--scan", scanned, "--sparsities",
                         "0.5,0.8", "--out", tmp_path, "--device", "cpu")
     assert code == 0 and "ours" in out and "lamp" in out
     doc = json.loads((tmp_path / "result.json").read_text())
@@ -96,10 +89,10 @@ BAD = [
 
 
 @pytest.mark.parametrize(("argv", "expected"), BAD)
-def test_bad_input_is_one_line_and_leaves_the_scan_intact(capsys, checkpoints, scanned, tmp_path, argv, expected):
+def test_bad_input_is_one_line_and_leaves_the_scan_intact(cli, checkpoints, scanned, tmp_path, argv, expected):
     journal = (scanned / "study.journal").read_bytes()
     scan_json = (scanned / "scan.json").read_bytes()
-    code, _, err = _run(capsys, *argv(checkpoints, scanned, tmp_path))
+    code, _, err = cli(*argv(checkpoints, scanned, tmp_path))
     message = err.strip()
     assert code == 2, message
     assert message.startswith("error:") and "\n" not in message and expected in message

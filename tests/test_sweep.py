@@ -27,10 +27,10 @@ def test_sweep_points_match_independent_masked_evaluations(tiny_model, tiny_data
         assert point.metrics.accuracy == expected.accuracy
         assert point.metrics.loss == pytest.approx(expected.loss)
     dense, pruned = result.points[0], result.points[2]
-    assert dense.params_nonzero - pruned.params_nonzero == round(0.9 * total)
-    assert pruned.macs_effective < dense.macs_effective == dense.macs_dense
-    assert pruned.bytes_sparse < dense.bytes_sparse
-    assert all(p.latency_ms > 0 and p.throughput > 0 for p in result.points)
+    assert dense.measure["params_nonzero"] - pruned.measure["params_nonzero"] == round(0.9 * total)
+    assert pruned.measure["macs_effective"] < dense.measure["macs_effective"] == dense.measure["macs_dense"]
+    assert pruned.measure["bytes_sparse"] < dense.measure["bytes_sparse"]
+    assert all(p.measure["latency"]["1"]["median_ms"] > 0 for p in result.points)
 
 
 def test_sweep_rejects_bad_sparsity(tiny_model, tiny_data):

@@ -10,9 +10,8 @@
      "sweep": {"criterion", "allocation", "split", "targets": [...],
                "points": [{"sparsity", "achieved_sparsity", "allocation": {target: s},
                            "metrics": {"accuracy", "macro_f1", "loss", "n", "accuracy_ci", "extra"},
-                           "params_total", "params_nonzero", "bytes_dense", "bytes_sparse",
-                           "macs_dense", "macs_effective", "latency_ms", "latency_p10_ms",
-                           "latency_p90_ms", "throughput"}]}}
+                           "measure": {"params_total", "params_nonzero", "bytes_dense", "bytes_sparse",
+                                       "macs_dense", "macs_effective", "latency": {"1": …, "256": …}}}]}}
 
 Fractions (sparsity, accuracy, F1) are in [0, 1]; loss in nats; MACs per sample; latency
 in milliseconds at batch 1; throughput in samples per second at batch 256.
@@ -65,14 +64,9 @@ def sweep_rows(result: SweepResult) -> list[dict[str, Any]]:
                 "accuracy_ci_high": high,
                 "macro_f1": p.metrics.macro_f1,
                 "loss": p.metrics.loss,
-                "params_total": p.params_total,
-                "params_nonzero": p.params_nonzero,
-                "bytes_dense": p.bytes_dense,
-                "bytes_sparse": p.bytes_sparse,
-                "macs_dense": p.macs_dense,
-                "macs_effective": p.macs_effective,
-                "latency_ms": p.latency_ms,
-                "throughput": p.throughput,
+                **{k: v for k, v in p.measure.items() if k != "latency"},
+                "latency_ms": p.measure["latency"]["1"]["median_ms"],
+                "throughput": p.measure["latency"]["256"]["throughput"],
                 **{f"sparsity[{name}]": s for name, s in p.allocation.items()},
             }
         )
@@ -104,11 +98,11 @@ def sweep_table(result: SweepResult, title: str | None = None) -> Table:
             f"{(m.accuracy - dense.metrics.accuracy) * 100:+.2f}",
             f"{m.macro_f1:.3f}",
             f"{m.loss:.3f}",
-            f"{_si(p.params_nonzero)}/{_si(p.params_total)}",
-            f"{p.bytes_sparse / 1024:.1f}",
-            _si(p.macs_effective),
-            f"{p.latency_ms:.3f}",
-            _si(p.throughput),
+            f"{_si(p.measure['params_nonzero'])}/{_si(p.measure['params_total'])}",
+            f"{p.measure['bytes_sparse'] / 1024:.1f}",
+            _si(p.measure["macs_effective"]),
+            f"{p.measure['latency']['1']['median_ms']:.3f}",
+            _si(p.measure["latency"]["256"]["throughput"]),
         )
     return table
 

@@ -22,27 +22,20 @@ from prunescope.masks import applied, check_sparsity, compute_masks, measured_sp
 from prunescope.pick.baselines import allocate
 from prunescope.targets import Target, find_targets
 
-LATENCY_BATCH = 256
+LATENCY_BATCHES = (1, 256)
 
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One sparsity level. Sparsities are fractions of the targets' weights; MACs per sample."""
+    """One sparsity level: requested and measured global sparsity (fractions of the targets'
+    weights), the allocation, the metrics, and ``measure``: :func:`prunescope.measure.measure_all`
+    of the pruned model (parameters, bytes, MACs per sample, latency at batch 1 and 256)."""
 
     sparsity: float
     achieved_sparsity: float
     allocation: dict[str, float]
     metrics: Metrics
-    params_total: int
-    params_nonzero: int
-    bytes_dense: int
-    bytes_sparse: int
-    macs_dense: int
-    macs_effective: int
-    latency_ms: float
-    latency_p10_ms: float
-    latency_p90_ms: float
-    throughput: float
+    measure: dict
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,34 +61,6 @@ class SweepResult:
             "targets": [t.to_dict() for t in self.targets],
             "points": [p.to_dict() for p in self.points],
         }
-
-
-def _measure_point(
-    model: nn.Module, data: Dataset, targets: Sequence[Target], evaluator: Evaluator, latency_repeats: int
-) -> dict:
-    params = measure.count_parameters(model)
-    size = measure.model_bytes(model)
-    macs = measure.count_macs(model, data.input_shape)
-    single = measure.measure_latency(model, data.input_shape, device=evaluator.device, repeats=latency_repeats)
-    batched = measure.measure_latency(
-        model, data.input_shape, device=evaluator.device, batch_size=LATENCY_BATCH, repeats=max(3, latency_repeats // 5)
-    )
-    zeros = measured_sparsity(model, targets)
-    total = sum(t.numel for t in targets)
-    return {
-        "achieved_sparsity": sum(zeros[t.name] * t.numel for t in targets) / total,
-        "metrics": evaluator.evaluate(),
-        "params_total": params.total,
-        "params_nonzero": params.nonzero,
-        "bytes_dense": size.dense,
-        "bytes_sparse": size.sparse,
-        "macs_dense": macs.dense,
-        "macs_effective": macs.effective,
-        "latency_ms": single.median_ms,
-        "latency_p10_ms": single.p10_ms,
-        "latency_p90_ms": single.p90_ms,
-        "throughput": batched.throughput,
-    }
 
 
 def sweep(
@@ -134,10 +99,14 @@ def sweep(
     for sparsity in [0.0, *levels]:
         per_target = allocate(allocation, model, targets, sparsity)
         with applied(model, targets, compute_masks(scores, per_target)):
+            zeros = measured_sparsity(model, targets)
             point = SweepPoint(
                 sparsity=sparsity,
+                achieved_sparsity=sum(zeros[t.name] * t.numel for t in targets) / sum(t.numel for t in targets),
                 allocation=per_target,
-                **_measure_point(model, data, targets, evaluator, latency_repeats),
+                metrics=evaluator.evaluate(),
+                measure=measure.measure_all(model, data.input_shape, device=evaluator.device,
+                                            batch_sizes=LATENCY_BATCHES, repeats=latency_repeats),
             )
         points.append(point)
         if on_point is not None:
