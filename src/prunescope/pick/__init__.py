@@ -13,6 +13,7 @@ from prunescope.pick.pickers import (
     make_picker,
     predicted_drops,
 )
+from prunescope.pick.refine import PairwiseRefiner, Refined, Refiner, RefineStep
 from prunescope.pick.verify import Verified, VerifyStep, model_evaluator, verify
 
 __all__ = [
@@ -22,8 +23,12 @@ __all__ = [
     "BudgetPicker",
     "EnsemblePicker",
     "KneePicker",
+    "PairwiseRefiner",
     "Pick",
     "Picker",
+    "RefineStep",
+    "Refined",
+    "Refiner",
     "ThresholdPicker",
     "Verified",
     "VerifyStep",

@@ -10,8 +10,9 @@ measured worse than its start, and it never evaluates more than its budget.
 A refiner is a small object with one method, ``refine(allocation, numels, evaluate) ->
 Refined``, like the pickers, so that it can be swapped or turned off.
 
-- :class:`PairwiseRefiner`: greedy local search over pairs of targets, step size halved
-  when no move of the current size helps (a pattern search on the removed counts).
+- :class:`PairwiseRefiner`: greedy local search over pairs of targets, each pair's step
+  lengthened while its move helps and halved when it does not (a pattern search on the
+  removed counts).
 """
 
 from __future__ import annotations
@@ -86,18 +87,22 @@ class PairwiseRefiner:
     targets differ by orders of magnitude; their density is what matters). Δ is capped so
     that g never goes below 0 removed and t keeps at least ``min_kept`` weights.
 
-    Search: ordered pairs are tried in turn at the current step (first improvement); an
-    accepted move is repeated while it keeps improving (a line search along it); when a
-    whole round over the pairs finds nothing, σ is halved, down to ``min_step``. A move is
-    accepted when its objective beats the best so far by more than ``min_gain``. Stops
-    when σ falls below ``min_step`` or after ``max_evaluations`` evaluations (the start
-    counts as one when it is measured here, not when ``start_value`` is given).
+    Search (a pattern search with one step per ordered pair): every ordered pair (g, t) has
+    its own σ, starting at ``step``. Rounds go over the pairs whose σ is at least
+    ``min_step``; a pair's move is evaluated, and while it is accepted it is repeated with
+    σ · ``grow`` (capped at ``step``), a line search along that direction; the first
+    rejection halves that pair's σ and the round moves on to the next pair. A move is
+    accepted when its objective beats the best so far by more than ``min_gain``, so the
+    accepted values only increase. Stops after ``max_evaluations`` evaluations (the start
+    counts as one when it is measured here, not when ``start_value`` is given), or when a
+    round evaluates nothing (every σ below ``min_step``, or nothing left to move).
 
     max_evaluations: evaluation budget (each an actual joint evaluation of the model).
-    step: initial σ, the largest relative change of a target's kept weights per move.
+    step: initial (and largest) σ, the largest relative change of a target's kept weights per move.
     min_step: smallest σ tried.
     min_gain: least objective improvement that counts as better (0: any strict improvement).
     min_kept: fewest weights a target keeps (a fully removed layer disconnects the network).
+    grow: factor on a pair's σ after an accepted move.
     """
 
     max_evaluations: int = 40
@@ -111,6 +116,8 @@ class PairwiseRefiner:
     def __post_init__(self) -> None:
         if self.max_evaluations < 0:
             raise UsageError(f"refinement budget must be at least 0 evaluations, got {self.max_evaluations}")
+        if not self.grow >= 1:
+            raise UsageError(f"grow must be at least 1, got {self.grow:g}")
         if not 0 < self.min_step <= self.step <= 1:
             raise UsageError(
                 f"refinement steps must satisfy 0 < min_step <= step <= 1, got {self.min_step:g}, {self.step:g}"
@@ -132,7 +139,8 @@ class PairwiseRefiner:
 
         ``evaluate`` is called with a full allocation ``{target: removed / numel}``;
         ``start_value``, when given, is the start's objective measured already (not
-        re-evaluated, not counted). Returns the best allocation measured.
+        re-evaluated, not counted). Returns the best allocation measured (the start when
+        no move beat it; with a zero budget and no ``start_value``, the start with NaN values).
         """
         missing = [name for name in allocation if name not in numels]
         if missing:
