@@ -20,11 +20,12 @@ from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import applied, compute_masks
-from prunescope.scan import SCAN_LEVELS_SCONCE, STRATEGIES, scan
+from prunescope.scan import SCAN_LEVELS_SCONCE, STRATEGIES, auto_subset, scan
+from prunescope.scan.evaluation import ModelEvaluation
 from prunescope.scan.executors import InProcess
-from prunescope.scan.runner import Ladder, Runner, ScanOutcome
-from prunescope.scan.strategy import Adaptive, Grid, Planner, within
-from prunescope.scan.study import DENSE, StudySpec
+from prunescope.scan.runner import Ladder, Runner, ScanOutcome, paired_drop_interval
+from prunescope.scan.strategy import BEYOND_LEVELS, Adaptive, Grid, Planner, within
+from prunescope.scan.study import DENSE, Measurement, StudySpec
 from prunescope.targets import find_targets
 
 TOLERANCE = 0.02  # two points: about 12 of the 600 validation examples
@@ -84,9 +85,37 @@ def synthetic(
         value = values(sparsity)
         return value, value - half_width(n), value + half_width(n)
 
+    return _run(evaluate, planner, tolerance, ladder), calls
+
+
+def paired(
+    drop: Callable[[float], float],
+    planner: Planner,
+    *,
+    tolerance: float,
+    ladder: Ladder,
+    churn: float = 0.0,
+) -> tuple[ScanOutcome, list[tuple[str, float, int]]]:
+    """Scan one synthetic target measured against dense on the same examples, as accuracy on a subset is.
+
+    At sparsity s, on n examples, the pruned model loses ``round(n · (drop(s) + churn))`` of
+    the examples the dense model (accuracy 0.9) gets right and gains ``round(n · churn)``.
+    """
+    calls = []
+
+    def evaluate(target: str, sparsity: float, n: int) -> Measurement:
+        calls.append((target, sparsity, n))
+        lost, gained = (0, 0) if target == DENSE else (round(n * (drop(sparsity) + churn)), round(n * churn))
+        value = 0.9 - (lost - gained) / n
+        return Measurement(value, value - 0.05, value + 0.05, lost=lost, gained=gained)
+
+    return _run(evaluate, planner, tolerance, ladder), calls
+
+
+def _run(evaluate, planner: Planner, tolerance: float, ladder: Ladder) -> ScanOutcome:
     study = StudySpec.at(None, "synthetic", (DENSE, "layer"), ladder.full, "accuracy").open({})
     runner = Runner(study, planner, ["layer"], tolerance=tolerance, ladder=ladder, executor=InProcess(evaluate))
-    return runner.run(), calls
+    return runner.run()
 
 
 def crossings(points, dense: float, tolerance: float) -> list[tuple[float, float]]:
@@ -150,9 +179,37 @@ def test_adaptive_brackets_every_crossing_of_a_non_monotone_curve():
     assert any(0.5 < p.sparsity < 0.8 for p in points)  # the recovery was probed, not assumed
 
 
-def test_subset_grows_only_when_the_decision_is_within_noise():
-    # Dense 0.90, tolerance 0.05: threshold 0.85. Interval half-width 0.5 / sqrt(n).
-    values = {0.0: 0.9, 0.3: 0.9, 0.6: 0.88, 0.7: 0.85, 0.9: 0.5}
+def test_adaptive_probes_beyond_the_coarse_levels_only_while_within_tolerance():
+    within_at_top = {0.5: 0.0, 0.8: 0.0, 0.9: 0.001, 0.95: 0.002, 0.98: 0.004}
+    assert set(BEYOND_LEVELS) == {0.99, 0.995, 0.999}
+    assert set(BEYOND_LEVELS) <= set(Adaptive(0.005).ask(within_at_top))
+    beyond_at_top = {**within_at_top, 0.98: 0.05}
+    assert not set(BEYOND_LEVELS) & set(Adaptive(0.005).ask(beyond_at_top))
+    # A violation at 0.98 that is within noise may be within tolerance: probe beyond it too.
+    assert set(BEYOND_LEVELS) <= set(Adaptive(0.005).ask({**within_at_top, 0.98: 0.006}, unresolved={0.98}))
+    # Custom coarse levels extend above their highest one.
+    assert Adaptive(0.005, coarse=(0.5, 0.995)).ask({0.5: 0.0, 0.995: 0.0}) == [0.999]
+    # End to end: flat up to 0.992, then steep; the crossing is bracketed between the new levels.
+    outcome, _ = synthetic(lambda s: 0.9 - 10 * max(0.0, s - 0.992), Adaptive(0.01), tolerance=0.01)
+    sparsities = [p.sparsity for p in outcome.points["layer"]]
+    assert {0.99, 0.995, 0.999} <= set(sparsities)
+    [(a, b)] = crossings(outcome.points["layer"], 0.9, 0.01)
+    assert (a, b) == (0.99, 0.995)  # crossing at 0.993
+
+
+def test_adaptive_stops_bisecting_where_both_ends_are_within_noise():
+    # The crossing of 0.005 lies between 0.8 (within) and 0.9 (beyond).
+    drops = {0.5: 0.0, 0.8: 0.004, 0.9: 0.006, 0.95: 0.05, 0.98: 0.2}
+    assert 0.85 in Adaptive(0.005).ask(drops)
+    assert 0.85 in Adaptive(0.005).ask(drops, unresolved={0.9})  # one end decided: the crossing can be narrowed
+    assert 0.85 not in Adaptive(0.005).ask(drops, unresolved={0.8, 0.9})
+    assert Grid().ask({}, unresolved={0.5}) == list(SCAN_LEVELS_SCONCE)
+
+
+def test_subset_grows_straight_to_the_size_that_decides():
+    # Dense 0.90, tolerance 0.05. Interval half-width 0.5 / sqrt(n), narrowed by the
+    # finite-population correction: the 800 examples are the whole split, where it is 0.
+    values = {0.0: 0.9, 0.3: 0.9, 0.6: 0.88, 0.7: 0.851, 0.9: 0.5}
     outcome, calls = synthetic(
         values.__getitem__,
         Grid((0.3, 0.6, 0.7, 0.9)),
@@ -162,16 +219,74 @@ def test_subset_grows_only_when_the_decision_is_within_noise():
     )
     assert sorted(calls) == sorted(
         [
-            *((DENSE, 0.0, n) for n in (100, 200, 400, 800)),
-            ("layer", 0.3, 100),  # 0.90 ± 0.05 is clear of 0.85
-            *(("layer", 0.6, n) for n in (100, 200, 400)),  # 0.88: clear once ± 0.025
-            *(("layer", 0.7, n) for n in (100, 200, 400, 800)),  # on the threshold: up to the whole split
+            *((DENSE, 0.0, n) for n in (100, 400, 800)),
+            ("layer", 0.3, 100),  # drop 0 ± 0.047: clear of 0.05
+            *(("layer", 0.6, n) for n in (100, 400)),  # drop 0.02: ± 0.031 on 200 would not do, ± 0.018 on 400 does
+            *(("layer", 0.7, n) for n in (100, 800)),  # drop 0.049: only the whole split decides
             ("layer", 0.9, 100),
         ]
     )
     assert [p.n for p in outcome.points["layer"]] == [100, 400, 800, 100]
-    assert sorted(outcome.dense) == [100, 200, 400, 800]
+    assert sorted(outcome.dense) == [100, 400, 800]
+    assert outcome.unresolved == {"layer": []}
     assert outcome.evaluations == len(calls) and outcome.examples == sum(n for _, _, n in calls)
+
+
+def test_ladder_stops_at_its_top_and_leaves_undecidable_points_unresolved():
+    values = {0.0: 0.9, 0.3: 0.9, 0.6: 0.88, 0.7: 0.851, 0.9: 0.5}
+    outcome, calls = synthetic(
+        values.__getitem__,
+        Grid((0.3, 0.6, 0.7, 0.9)),
+        tolerance=0.05,
+        ladder=Ladder(100, 800, top=400),
+        half_width=lambda n: 0.5 / n**0.5,
+    )
+    assert max(n for _, _, n in calls) == 400
+    # 0.7 is on the line: 400 examples would not decide it either, so it is not climbed at all.
+    assert [c for c in calls if c[1] == 0.7] == [("layer", 0.7, 100)]
+    assert [p.n for p in outcome.points["layer"]] == [100, 400, 100, 100]
+    assert outcome.unresolved == {"layer": [0.7]}
+    assert Ladder(100, 800, top=400).above(100) == [200, 400] and Ladder(100, 800).above(100) == [200, 400, 800]
+    assert Ladder(500, 800, top=100).last == 500 and Ladder(100, 300, top=1000).above(100) == [200, 300]
+
+
+def test_paired_interval_of_the_drop():
+    low, high = paired_drop_interval(0, 0, 500)
+    assert low == pytest.approx(-high) and 0.005 < high < 0.006  # no change seen on 500: not yet certain within 0.5
+    assert paired_drop_interval(0, 0, 600)[1] < 0.005  # on 600 it is
+    low, high = paired_drop_interval(10, 5, 1000)
+    assert low < 0.005 < high
+    assert high - low > paired_drop_interval(10, 5, 4000)[1] - paired_drop_interval(10, 5, 4000)[0]
+    # Against the split the subset was drawn from: narrower, and exact on the whole split.
+    assert high - low > (lambda i: i[1] - i[0])(paired_drop_interval(10, 5, 1000, full=2000))
+    assert paired_drop_interval(10, 5, 1000, full=1000) == pytest.approx((0.011 / 1.002 - 0.006 / 1.002,) * 2)
+
+
+def test_paired_points_climb_only_when_a_bigger_subset_can_decide_them():
+    # Tolerance half a point, subsets of 200 up to 800 of a large split.
+    drops = {0.3: 0.0, 0.5: 0.005, 0.9: 0.2}
+    outcome, calls = paired(drops.__getitem__, Grid(tuple(drops)), tolerance=0.005, ladder=Ladder(200, 10**6, 800))
+    assert [c for c in calls if c[1] == 0.3] == [("layer", 0.3, 200), ("layer", 0.3, 800)]  # ±1.4 on 200, ±0.35 on 800
+    assert [c for c in calls if c[1] == 0.5] == [("layer", 0.5, 200)]  # on the line: no subset decides it
+    assert [c for c in calls if c[1] == 0.9] == [("layer", 0.9, 200)]  # clear at once
+    assert outcome.unresolved == {"layer": [0.5]}
+
+
+def test_noise_stops_the_bisection_a_whole_split_would_refine():
+    # A gentle slope: drop 0.02 · s crosses half a point at 0.25; the models also swap 1% of their answers.
+    def drop(s: float) -> float:
+        return 0.02 * s
+
+    whole, _ = paired(drop, Adaptive(0.005), tolerance=0.005, ladder=Ladder(10**5, 10**5), churn=0.01)
+    [(a, b)] = crossings(whole.points["layer"], 0.9, 0.005)
+    assert b - a <= 0.01 + 1e-9 and whole.unresolved == {"layer": []}
+
+    noisy, _ = paired(drop, Adaptive(0.005), tolerance=0.005, ladder=Ladder(500, 10**5, 2000), churn=0.01)
+    points = noisy.points["layer"]
+    [(a, b)] = crossings(points, 0.9, 0.005)
+    assert b - a > 0.01 and {a, b} <= set(noisy.unresolved["layer"])  # within noise: not refined further
+    assert max(p.n for p in points) <= 2000
+    assert len(points) < len(whole.points["layer"])  # fewer sparsities measured
 
 
 # Scans of a trained network ---------------------------------------------------------------------
@@ -222,18 +337,83 @@ def test_adaptive_needs_far_fewer_evaluations_and_finds_the_grid_crossing(traine
     assert progress[-1] == (adaptive.evaluations, adaptive.evaluations)
 
 
-def test_subset_scan_records_n_and_a_dense_reference_per_size(trained):
+def test_subset_scan_records_n_and_a_dense_reference_per_size(trained, tmp_path):
     model, data = trained
-    curves = scan(model, data, subset=75, tolerance=TOLERANCE)
+    journal = tmp_path / "scan.journal"
+    curves = scan(model, data, subset=75, tolerance=TOLERANCE, storage=journal)
     assert curves.dense.n == 75
     sizes = {p.n for c in curves.curves.values() for p in c.points}
-    assert 75 in sizes and sizes <= set(curves.dense_by_n) <= {75, 150, 300, 600}
-    # A point measured on n examples climbed every smaller rung of the ladder first.
-    rungs = [[m for m in (75, 150, 300, 600) if m <= p.n] for c in curves.curves.values() for p in c.points]
-    assert curves.evaluations == len(curves.dense_by_n) + sum(len(r) for r in rungs)
-    assert curves.examples == sum(curves.dense_by_n) + sum(sum(r) for r in rungs)
+    assert 75 in sizes and sizes <= set(curves.dense_by_n) <= {75, 150, 300}  # at most 4 × the first subset
+    # Every point starts on the first subset and climbs the ladder; its curve point is its last evaluation.
+    trials = load(journal).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    by_point = collections.defaultdict(list)
+    for t in trials:
+        by_point[t.params["target"], t.params["sparsity"]].append(t.params["n"])
+        if t.params["target"] != DENSE:
+            assert {"lost", "gained"} <= set(t.user_attrs)  # paired counts, for accuracy on a subset
+            dense = curves.dense_by_n[t.params["n"]].value
+            assert dense - t.value == pytest.approx((t.user_attrs["lost"] - t.user_attrs["gained"]) / t.params["n"])
+    for name, curve in curves.curves.items():
+        for p in curve.points:
+            ns = by_point[name, p.sparsity]
+            assert ns[0] == 75 and ns == sorted(ns) and ns[-1] == p.n and set(ns) <= {75, 150, 300}
+    assert sorted(by_point[DENSE, 0.0]) == sorted(curves.dense_by_n)
+    assert curves.evaluations == len(trials) and curves.examples == sum(t.params["n"] for t in trials)
     again = Curves.from_dict(json.loads(json.dumps(curves.to_dict())))
     assert again == curves and again.dense_at(600) == curves.dense_by_n.get(600, curves.dense)
+
+    to_whole = scan(model, data, subset=75, max_subset=600, tolerance=TOLERANCE)
+    assert set(to_whole.dense_by_n) <= {75, 150, 300, 600}
+    assert to_whole.examples >= curves.examples
+
+
+def test_auto_subset():
+    assert auto_subset(6000, 0.005) == 600  # half a point: 3 / 0.005
+    assert auto_subset(6000, 0.01) == 300
+    assert auto_subset(2400, 0.005) == 600 and auto_subset(2399, 0.005) is None  # its ladder must fit in the split
+    assert auto_subset(10**6, 0.0) is None
+
+
+def test_model_evaluation_counts_against_dense_on_the_same_examples(trained):
+    model, data = trained
+    targets = find_targets(model)
+    scores = compute_scores(model, targets, "magnitude")
+    evaluation = evaluation_of(model, data, scores)
+    name = targets[1].name
+    dense = evaluation(DENSE, 0.0, 150)
+    pruned = evaluation(name, 0.8, 150)
+    assert (dense.lost, dense.gained) == (0, 0)
+    assert pruned.lost + pruned.gained > 0
+    assert dense.value - pruned.value == pytest.approx((pruned.lost - pruned.gained) / 150)
+    # A process that never evaluated the dense model (a worker, a resumed scan) counts the same.
+    assert evaluation_of(model, data, scores)(name, 0.8, 150) == pruned
+    # On the whole split the scan needs no counts.
+    assert evaluation(name, 0.8, 600).lost is None
+
+
+def test_model_evaluation_masks_are_those_of_compute_masks_ties_included(trained):
+    model, data = trained
+    targets = find_targets(model)
+    name = targets[0].name
+    scores = compute_scores(model, targets, "magnitude")
+    tied = {**scores, name: torch.round(scores[name] * 4) / 4}  # a few distinct values: ties at most cut points
+    nan = {**scores, name: torch.where(scores[name] > 0.3, float("nan"), scores[name])}
+    for case in (scores, tied, nan):
+        evaluation = evaluation_of(model, data, case)
+        for sparsity in (0.0, 0.1, 0.33, 0.5, 0.9, 0.99, 1.0):
+            # Where the k lowest scores are not unique, compute_masks itself decides: same masks anyway.
+            assert evaluation.masks(name, sparsity).keys() == {name}
+            assert torch.equal(evaluation.masks(name, sparsity)[name], compute_masks(case, {name: sparsity})[name])
+
+
+def evaluation_of(model, data: Dataset, scores) -> ModelEvaluation:
+    targets = find_targets(model)
+    return ModelEvaluation(model, data.val, targets, scores, metric="accuracy", device=torch.device("cpu"), seed=0)
+
+
+def test_auto_subset_on_a_small_split_is_the_whole_split(tiny_model, tiny_data):
+    curves = scan(tiny_model, tiny_data, subset="auto", strategy="grid", levels=[0.5])
+    assert set(curves.dense_by_n) == {len(tiny_data.val)}
 
 
 def test_weights_and_training_flag_unchanged_after_scan(tiny_model, tiny_data):
@@ -314,6 +494,8 @@ def test_storage_url_that_cannot_be_opened(tiny_model, tiny_data, url):
         ({"levels": []}, "levels is empty"),
         ({"tolerance": -0.01}, "tolerance must be at least 0"),
         ({"subset": 0}, "subset must be a positive"),
+        ({"subset": "half"}, "subset must be a positive number of examples or 'auto'"),
+        ({"max_subset": 0}, "max_subset must be a positive"),
         ({"workers": 0}, "workers must be at least 1"),
         ({"workers": 2}, "several workers share a study on disk"),
         ({"metric": "loss"}, "unknown scan metric 'loss'"),

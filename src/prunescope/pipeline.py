@@ -27,7 +27,7 @@ import torch
 
 from prunescope import measure
 from prunescope.checkpoint import load_checkpoint, plain_state_dict
-from prunescope.compare import METHODS, compare
+from prunescope.compare import DEFAULT_REFINER, METHODS, compare
 from prunescope.criteria import compute_scores
 from prunescope.crossval import crossval_scan
 from prunescope.curves import Curves
@@ -145,7 +145,9 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     # 4. one-shot comparison of every method over the sparsities (val only)
     levels = sorted({*config.sparsities, config.sparsity})
     rows_done = iter(range(1, len(levels) * len(config.methods) + 1))
-    one_shot = stages.get("one_shot", {**scan_key, "levels": levels, "methods": config.methods}, lambda: compare(
+    # The refiner's settings are part of what "ours" means: a change of them invalidates the stage.
+    inputs = {**scan_key, "levels": levels, "methods": config.methods, "refiner": repr(DEFAULT_REFINER)}
+    one_shot = stages.get("one_shot", inputs, lambda: compare(
         model, data, levels, config.methods, curves=curves, criterion=config.criterion, device=config.device,
         test=False, on_row=lambda row: progress("one-shot comparison", next(rows_done), None)).to_dict())
 

@@ -36,21 +36,22 @@ __all__ = ["SCAN_LEVELS_SCONCE", "SCAN_METRICS", "STRATEGIES", "auto_subset", "s
 
 SCAN_METRICS = ("accuracy", "macro_f1")  # higher is better, as curves and pickers assume
 SUBSET_GROWTH = 4  # by default a point's subset grows to at most 4 times the first one
-AUTO_SUBSET_COVERAGE = 4.0  # subset="auto": n·tolerance, ~2× the 2.8 at which n examples certify no change
+AUTO_SUBSET_COVERAGE = 3.0  # subset="auto": n = 3 / tolerance examples
 
 
 def auto_subset(val: int, tolerance: float) -> int | None:
-    """The first subset size of ``subset="auto"``: None (the whole split) for small splits.
+    """The first subset size of ``subset="auto"``: ``ceil(3 / tolerance)``, or None (the whole split).
 
-    On ``n`` examples the paired interval of a point that changes no prediction is about
-    ±2.8/n, so ``n = 4 / tolerance`` (800 for half a point) settles such points at once and
-    points with a few changed predictions after one doubling. A subset is used only when the
-    ladder it starts (up to 4 times as many) stays below the whole split.
+    On ``n`` examples the paired interval of the drop of a point that changes no prediction
+    is about ±2.8/n, so from ``n = 3 / tolerance`` (600 for half a point) such points are
+    decided on their first evaluation, while clear violations cost no more. A subset is used
+    only where its ladder (up to 4 times as many examples) fits within the split;
+    otherwise, and for a zero tolerance, the whole split.
     """
     if tolerance <= 0:
         return None
-    first = math.ceil(AUTO_SUBSET_COVERAGE / tolerance)
-    return first if SUBSET_GROWTH * first < val else None
+    first = math.ceil(AUTO_SUBSET_COVERAGE / tolerance - 1e-9)
+    return first if SUBSET_GROWTH * first <= val else None
 
 
 def _check(
@@ -118,8 +119,8 @@ def scan(
             For accuracy the noise is that of the drop from the dense model on the same
             examples (a paired interval: two models that agree on most examples differ
             little). The dense reference is evaluated on every size used
-            (``Curves.dense_by_n``). ``"auto"``: :func:`auto_subset` (``4 / tolerance``
-            examples, 800 for half a point, where the split holds over 4 times that;
+            (``Curves.dense_by_n``). ``"auto"``: :func:`auto_subset` (``3 / tolerance``
+            examples, 600 for half a point, where the split holds at least 4 times that;
             otherwise the whole split). None: the whole split.
         include / exclude: globs selecting the targets.
         device: ``auto``, ``cpu``, ``cuda``…
@@ -150,10 +151,11 @@ def scan(
     scores = compute_scores(model, targets, criterion, data=data.train, seed=seed)
     macs = count_macs(model, data.input_shape).per_weight
     full = len(data.val)
-    first = min(auto_subset(full, tolerance) if subset == "auto" else subset or full, full)
+    first = min((auto_subset(full, tolerance) if subset == "auto" else subset) or full, full)
     top = max_subset if max_subset is not None else SUBSET_GROWTH * first
     spec = StudySpec.at(storage, study_name, (DENSE, *(t.name for t in every_target)), full, metric)
-    identity = {
+    # An in-memory study is new and private to this call: no stored identity to check, so no fingerprints.
+    identity = {} if storage is None else {
         "model": model_fingerprint(model, every_target),
         "data": data_fingerprint([data.val, data.train] if criterion in NEEDS_DATA else [data.val]),
         "criterion": criterion,
