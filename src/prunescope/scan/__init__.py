@@ -104,9 +104,9 @@ def scan(
             scores are computed once (``taylor`` / ``fisher`` use ``data.train``).
         strategy: ``grid`` (every level of ``levels``, by default sconce's 0.10, 0.15, …,
             0.95) or ``adaptive`` (coarse ``levels``, by default 0.5, 0.8, 0.9, 0.95, 0.98,
-            plus 0.99, 0.995 and 0.999 for a curve still within ``tolerance`` at the highest
-            one, then bisection to 0.01 where a curve crosses ``tolerance``, stopped early
-            where the crossing lies within the subset's noise; see
+            then 0.99, 0.995 and 0.999 in turn while the drop at the highest level so far
+            is at most 10 × ``tolerance``, then bisection to 0.01 where a curve crosses
+            ``tolerance``, stopped early where the crossing lies within the subset's noise; see
             :class:`~prunescope.scan.strategy.Adaptive`).
         levels: sparsities in (0, 1) overriding the strategy's levels.
         tolerance: allowed drop of the metric from dense, a fraction (0.005 = 0.5 accuracy

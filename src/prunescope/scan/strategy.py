@@ -9,8 +9,8 @@ curve is complete. Planners keep no state, so a resumed scan plans exactly what 
 interrupted one did.
 
 - :class:`Grid`: fixed levels; by default sconce's 0.10, 0.15, …, 0.95 (18 levels).
-- :class:`Adaptive`: coarse levels (extended up to 0.999 while the curve is still within
-  tolerance), then bisection of every interval where the curve crosses the tolerance
+- :class:`Adaptive`: coarse levels (extended up to 0.999 while the curve has not
+  collapsed), then bisection of every interval where the curve crosses the tolerance
   while the crossing can be resolved, plus one point where the coarse curve bends.
 """
 
@@ -25,7 +25,8 @@ from prunescope.errors import UsageError
 
 SCAN_LEVELS_SCONCE: tuple[float, ...] = tuple(round(0.10 + 0.05 * i, 2) for i in range(18))  # 0.10, …, 0.95
 COARSE_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98)
-BEYOND_LEVELS: tuple[float, ...] = (0.99, 0.995, 0.999)  # probed when a curve is still within tolerance at 0.98
+BEYOND_LEVELS: tuple[float, ...] = (0.99, 0.995, 0.999)  # probed above 0.98 while a curve has not collapsed
+BEYOND_REACH = 10.0  # ... that is, while its drop is at most 10 × tolerance (5 points for half a point)
 _DIGITS = 4  # planned sparsities are rounded to 1e-4, so that the same level is always the same float
 _EPS = 1e-9  # slack for float comparisons (1.0 - 0.98 > 0.02 in floats)
 
@@ -74,10 +75,12 @@ class Adaptive:
     """Coarse-to-fine: few evaluations, resolution ``resolution`` where the curve crosses ``tolerance``.
 
     1. The ``coarse`` levels.
-    2. If the curve is within tolerance at the highest coarse level (or undecided there),
-       the ``beyond`` levels above it (by default 0.99, 0.995, 0.999), all at once: a
-       budget picker never extrapolates past the highest measured level, so a layer that
-       holds most of the weights needs measured points up there.
+    2. Above the highest coarse level, the ``beyond`` levels (by default 0.99, 0.995,
+       0.999), one after the other while the drop at the highest level measured so far is
+       at most ``reach`` × ``tolerance``: within tolerance, and also past it by a few
+       points. A budget picker never extrapolates past the highest measured level, so a
+       layer that holds most of the weights needs measured points up there, even costly
+       ones, for a high global budget to be spread by cost rather than uniformly.
     3. Every interval between neighbouring measured points (the dense model at sparsity 0
        counts as a point with drop 0) whose ends disagree on "drop <= tolerance" is bisected
        until it is at most ``resolution`` wide, or until both of its ends are
@@ -95,15 +98,21 @@ class Adaptive:
     coarse: tuple[float, ...] = COARSE_LEVELS
     resolution: float = 0.01
     beyond: tuple[float, ...] = BEYOND_LEVELS
+    reach: float = BEYOND_REACH
 
     def ask(self, drops: Mapping[float, float], unresolved: Collection[float] = ()) -> list[float]:
         missing = [s for s in self.coarse if s not in drops]
         if missing:
             return missing
-        top = max(self.coarse)
         planned = set()
-        if within(drops[top], self.tolerance) or top in unresolved:
-            planned |= {s for s in self.beyond if s > top}
+        highest = max(self.coarse)
+        for level in sorted(s for s in self.beyond if s > highest):
+            if level in drops:
+                highest = level
+                continue
+            if drops[highest] <= self.reach * self.tolerance + _EPS:
+                planned.add(level)
+            break
         curve = sorted({0.0: 0.0, **drops}.items())
         planned |= {
             _midpoint(a, b)
