@@ -234,3 +234,9 @@ def test_bad_input_shape(input_shape: tuple[int, ...]) -> None:
 def test_measure_all_needs_a_batch_size() -> None:
     with pytest.raises(UsageError):
         measure_all(nn.Linear(10, 5), (10,), batch_sizes=())
+
+
+def test_auto_device_is_accepted():
+    from prunescope.measure import measure_latency
+
+    assert measure_latency(torch.nn.Linear(4, 2), (4,), device="auto", repeats=2).median_ms > 0

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils.rnn import PackedSequence
 
+from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 
 _ORIG_SUFFIX = "_orig"
@@ -207,7 +208,7 @@ def measure_latency(
     for name, value, least in (("batch_size", batch_size, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
         if value < least:
             raise UsageError(f"{name} must be at least {least}, got {value}")
-    target = _device(device)
+    target = resolve_device(device)
 
     def sync() -> None:
         if target.type == "cuda":
@@ -360,16 +361,6 @@ def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -
 def _check_shape(input_shape: tuple[int, ...]) -> None:
     if not all(isinstance(d, int) and d >= 1 for d in input_shape):
         raise UsageError(f"input shape must be positive integers, got {tuple(input_shape)}")
-
-
-def _device(device: torch.device | str) -> torch.device:
-    try:
-        target = torch.device(device)
-    except RuntimeError as err:
-        raise UsageError(f"unknown device {device!r}") from err
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} requested but CUDA is not available")
-    return target
 
 
 def _model_device(model: nn.Module) -> torch.device:
