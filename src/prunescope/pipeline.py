@@ -136,7 +136,10 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
               dataset_spec=data.spec, settings={"tolerance": config.tolerance, "folds": config.folds})
 
     # 3. how far can the whole model go within max_drop: ensemble pick, verified jointly on val
-    scan_key = {"curves": curves.to_dict()}
+    # Key later stages on what the curves say, not on the scan's bookkeeping (a scan reloaded from
+    # its journal reports other ``reused`` / ``examples`` counts for the same points).
+    bookkeeping = ("evaluations", "reused", "examples")
+    scan_key = {"curves": {k: v for k, v in curves.to_dict().items() if k not in bookkeeping}}
     pick = stages.get("pick", {**scan_key, "max_drop": config.max_drop}, lambda: choose(
         curves, build_picker("ensemble", max_drop=config.max_drop), model, data, max_drop=config.max_drop,
         device=config.device).to_dict())
