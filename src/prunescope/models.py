@@ -275,6 +275,8 @@ class LSTMClassifier(nn.Module):
     """Reads an image row by row: (N, C, H, W) → H steps of C*W features → LSTM → fc.
 
     The last layer's final hidden state (N, hidden) feeds ``fc``; output (N, num_classes).
+    It is read as the last step of the output sequence (equal to ``h_n[-1]``), which is the
+    tensor Torch-Pruning's tracer ties to the LSTM module, so its hidden units form a group.
     """
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 128, num_layers: int = 1) -> None:
@@ -291,8 +293,8 @@ class LSTMClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         rows = x.permute(0, 2, 1, 3).reshape(n, h, c * w)  # step t sees row t of every channel
-        _, (h_n, _) = self.lstm(rows)
-        return self.fc(h_n[-1])
+        sequence, _ = self.lstm(rows)
+        return self.fc(sequence[:, -1])
 
 
 def _lenet300(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -1,0 +1,1 @@
+"""Structured pruning: coupled channel groups (Torch-Pruning), their masking, importance and removal."""

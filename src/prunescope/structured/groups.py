@@ -1,0 +1,465 @@
+"""Coupled channel groups, the units of structured pruning, found by Torch-Pruning's dependency graph.
+
+A group is every slice that must go when channels of one layer go: a conv's output
+channels, the BatchNorm after it, the input channels of every layer that reads them and,
+through residual additions and concatenations, the output channels of the other layers
+feeding the same tensor. Torch-Pruning (Fang et al., "DepGraph", CVPR 2023) finds them by
+tracing the autograd graph. A group is named after its root layer (the first of its layers
+Torch-Pruning meets) and its sparsity is the fraction of the root's output channels removed.
+
+Removal is given as ``{group name: root channel indices}`` (a :data:`Removal`). The same
+removal can be applied two ways, and they compute the same function:
+
+- :meth:`ChannelGroups.masked` zeroes every member's slice in place and restores it exactly
+  (what a scan evaluates); a removed channel then reaches no layer outside its group.
+- :meth:`ChannelGroups.prune` removes the slices physically (Torch-Pruning's surgery).
+
+Layers whose channels cannot be removed are listed in :attr:`ChannelGroups.skipped` with
+the reason, and left dense: the model's output layers, layers the trace does not reach,
+attention, recurrent layers other than single-layer unidirectional LSTMs, and groups with a
+member whose slices prunescope cannot mask faithfully (LayerNorm, GroupNorm, grouped conv).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from prunescope.errors import UsageError
+from prunescope.measure import count_macs
+
+Removal = Mapping[str, Sequence[int]]  # group name -> root channel indices to remove
+Index = int | slice | torch.Tensor | tuple
+
+# Layers that mix channels: a removed channel stops at them (they are the group's consumers).
+_MIXERS = (nn.Linear, _ConvNd, nn.RNNBase, nn.MultiheadAttention, nn.Embedding)
+
+
+class LSTMHiddenPruner(tp.pruner.BasePruningFunc):
+    """Hidden units of a single-layer unidirectional ``nn.LSTM`` for Torch-Pruning.
+
+    Torch-Pruning 1.6's own LSTM pruner slices the gate matrices along the wrong dimensions;
+    this one removes, per hidden unit ``j``, rows ``j + g·hidden`` (g = the 4 gates) of
+    ``weight_ih_l0``, ``weight_hh_l0`` and both biases, and column ``j`` of ``weight_hh_l0``.
+    Input channels are columns of ``weight_ih_l0`` (and ``_reverse``).
+    """
+
+    TARGET_MODULES = nn.LSTM
+
+    def prune_out_channels(self, layer: nn.LSTM, idxs: Sequence[int]) -> nn.LSTM:
+        keep = _kept(layer.hidden_size, idxs)
+        for name, index in _lstm_hidden_slices(layer, keep):
+            dim = 0 if index[0] is not _ALL else 1
+            chosen = index[dim]
+            setattr(layer, name, self._prune_parameter_and_grad(getattr(layer, name), chosen.tolist(), dim))
+        layer.hidden_size = len(keep)
+        return layer
+
+    def prune_in_channels(self, layer: nn.LSTM, idxs: Sequence[int]) -> nn.LSTM:
+        keep = _kept(layer.input_size, idxs).tolist()
+        for name in _lstm_input_weights(layer):
+            setattr(layer, name, self._prune_parameter_and_grad(getattr(layer, name), keep, 1))
+        layer.input_size = len(keep)
+        return layer
+
+    def get_out_channels(self, layer: nn.LSTM) -> int:
+        return layer.hidden_size
+
+    def get_in_channels(self, layer: nn.LSTM) -> int:
+        return layer.input_size
+
+
+_ALL = slice(None)
+
+
+def _kept(size: int, removed: Sequence[int]) -> torch.Tensor:
+    gone = set(int(i) for i in removed)
+    return torch.tensor([i for i in range(size) if i not in gone], dtype=torch.long)
+
+
+def _gate_rows(units: torch.Tensor, hidden: int) -> torch.Tensor:
+    """Rows of ``units`` in each of the 4 stacked gates (i, f, g, o)."""
+    return torch.cat([units + gate * hidden for gate in range(4)])
+
+
+def _lstm_hidden_slices(layer: nn.LSTM, units: torch.Tensor) -> list[tuple[str, tuple[Index, ...]]]:
+    rows = _gate_rows(units, layer.hidden_size)
+    slices: list[tuple[str, tuple[Index, ...]]] = [("weight_ih_l0", (rows, _ALL)), ("weight_hh_l0", (rows, _ALL))]
+    if layer.bias:
+        slices += [("bias_ih_l0", (rows,)), ("bias_hh_l0", (rows,))]
+    slices.append(("weight_hh_l0", (_ALL, units)))
+    return slices
+
+
+def _lstm_input_weights(layer: nn.LSTM) -> list[str]:
+    return ["weight_ih_l0"] + (["weight_ih_l0_reverse"] if layer.bidirectional else [])
+
+
+def _structured_lstm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LSTM) and module.num_layers == 1 and not module.bidirectional and module.proj_size == 0
+
+
+def member_slices(module: nn.Module, out: bool, idxs: torch.Tensor) -> list[tuple[str, tuple[Index, ...]]]:
+    """``(parameter name, index)`` of every entry that removing channels ``idxs`` of ``module`` removes.
+
+    ``out``: the module's output channels (else its input channels). Raises ValueError for a
+    module whose slices are not known here (the group is then left dense).
+    """
+    if isinstance(module, nn.Linear):
+        return [("weight", (idxs, _ALL)), *([("bias", (idxs,))] if module.bias is not None else [])] if out else [
+            ("weight", (_ALL, idxs))
+        ]
+    if isinstance(module, _ConvNd):
+        bias = [("bias", (idxs,))] if module.bias is not None else []
+        if module.groups > 1:
+            if module.groups == module.in_channels == module.out_channels:  # depthwise: in and out are one channel
+                return [("weight", (idxs,)), *bias]
+            raise ValueError("grouped convolution")
+        out_dim = 1 if module.transposed else 0
+        if out:
+            return [("weight", (_ALL, idxs) if out_dim else (idxs,)), *bias]
+        return [("weight", (idxs,) if out_dim else (_ALL, idxs))]
+    if isinstance(module, _BatchNorm):
+        return [("weight", (idxs,)), ("bias", (idxs,))] if module.affine else []
+    if isinstance(module, nn.LSTM):
+        if out:
+            if not _structured_lstm(module):
+                raise ValueError("only single-layer unidirectional LSTMs have removable hidden units")
+            return _lstm_hidden_slices(module, idxs)
+        return [(name, (_ALL, idxs)) for name in _lstm_input_weights(module)]
+    if isinstance(module, nn.Embedding) and out:
+        return [("weight", (_ALL, idxs))]
+    if isinstance(module, nn.PReLU) and module.num_parameters > 1:
+        return [("weight", (idxs,))]
+    if any(True for _ in module.parameters(recurse=False)):
+        raise ValueError(f"{type(module).__name__} slices cannot be masked faithfully")
+    return []  # a parameter-free op (ReLU, pooling, add, concat, reshape) carries the channels on
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """One coupled channel group.
+
+    name: the root layer's module path. kind: ``conv``, ``linear`` or ``recurrent`` (the root's).
+    width: the root's output channels. members: ``"module (out)"`` / ``"module (in)"`` of every
+    layer with parameters the group touches. params: parameters in the group's slices (all
+    ``width`` channels). macs: dense MACs per sample of the weights in those slices.
+    """
+
+    name: str
+    kind: str
+    width: int
+    members: tuple[str, ...]
+    params: int
+    macs: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "width": self.width, "members": list(self.members),
+                "params": self.params, "macs": self.macs}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Parameters (all of them, biases and norms included) and dense MACs per sample of a model."""
+
+    params: int
+    macs: int
+
+
+def _kind(module: nn.Module) -> str:
+    return "conv" if isinstance(module, _ConvNd) else "recurrent" if isinstance(module, nn.RNNBase) else "linear"
+
+
+class ChannelGroups:
+    """The channel groups of one model, with masking, exact footprints and physical removal.
+
+    Built by :func:`find_groups`. ``groups`` maps group name to :class:`ChannelGroup` in
+    model order; ``skipped`` maps each layer left dense to the reason.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        graph: tp.DependencyGraph,
+        roots: dict[str, nn.Module],
+        skipped: dict[str, str],
+    ) -> None:
+        self.model = model
+        self.input_shape = input_shape
+        self.skipped = skipped
+        self._graph = graph
+        self._roots = roots
+        self._names = {module: name for name, module in model.named_modules()}
+        self._uses = {name: dense / tensor.numel() for name, (dense, _) in count_macs(model, input_shape).per_weight.items()
+                      if (tensor := _parameters(model).get(name)) is not None}
+        self._spent = False
+        self.groups: dict[str, ChannelGroup] = {}
+        for name, root in roots.items():
+            width = self._pruner(root).get_out_channels(root)
+            entries = self.removed_entries({name: range(width)})
+            self.groups[name] = ChannelGroup(
+                name, _kind(root), width, tuple(self._members(name, width)),
+                sum(int(e.sum()) for e in entries.values()), self._macs(entries),
+            )
+
+    # ------------------------------------------------------------------ reading
+
+    def _pruner(self, module: nn.Module) -> tp.pruner.BasePruningFunc:
+        return self._graph.get_pruner_of_module(module)
+
+    def tp_group(self, name: str, idxs: Sequence[int]) -> tp.dependency.Group:
+        if self._spent:
+            raise RuntimeError("these channel groups belong to a model that has been pruned: find them again")
+        if name not in self._roots:
+            raise UsageError(f"unknown channel group {name!r}; groups: {', '.join(self._roots)}")
+        root = self._roots[name]
+        width = self._pruner(root).get_out_channels(root)
+        chosen = sorted({int(i) for i in idxs})
+        if chosen and not (0 <= chosen[0] and chosen[-1] < width):
+            raise UsageError(f"channel index out of range for group {name!r} of width {width}")
+        return self._graph.get_pruning_group(root, self._pruner(root).prune_out_channels, chosen)
+
+    def _slices(self, name: str, idxs: Sequence[int]) -> Iterator[tuple[str, tuple[Index, ...]]]:
+        for dep, member_idxs in self.tp_group(name, idxs).items:
+            module = dep.target.module
+            if not isinstance(module, nn.Module) or module not in self._names:
+                continue  # a Torch-Pruning op node (add, concat, reshape): no parameters
+            out = dep.handler.__name__.startswith("prune_out") or "depthwise" in dep.handler.__name__
+            index = torch.tensor(sorted(int(i) for i in member_idxs), dtype=torch.long)
+            prefix = self._names[module]
+            for param, where in member_slices(module, out, index):
+                yield f"{prefix}.{param}" if prefix else param, where
+
+    def _members(self, name: str, width: int) -> Iterator[str]:
+        seen = []
+        for dep, _ in self.tp_group(name, range(min(width, 1))).items:
+            module = dep.target.module
+            if isinstance(module, nn.Module) and module in self._names and any(True for _ in module.parameters(False)):
+                label = f"{self._names[module]} ({'out' if dep.handler.__name__.startswith('prune_out') else 'in'})"
+                if label not in seen:
+                    seen.append(label)
+                    yield label
+
+    def check(self, removal: Removal) -> None:
+        """UsageError unless ``removal`` names known groups and leaves every group a channel."""
+        for name, idxs in removal.items():
+            if name not in self.groups:
+                raise UsageError(f"unknown channel group {name!r}; groups: {', '.join(self.groups)}")
+            if len({int(i) for i in idxs}) >= self.groups[name].width:
+                raise UsageError(f"removing all {self.groups[name].width} channels of group {name!r} "
+                                 "would disconnect the network: keep at least one")
+
+    def removed_entries(self, removal: Removal) -> dict[str, torch.Tensor]:
+        """``{parameter path: bool tensor, True where an entry is removed}`` for ``removal``."""
+        params = _parameters(self.model)
+        entries: dict[str, torch.Tensor] = {}
+        for name, idxs in removal.items():
+            if len(idxs) == 0:
+                continue
+            for path, where in self._slices(name, idxs):
+                if path not in entries:
+                    entries[path] = torch.zeros_like(params[path], dtype=torch.bool)
+                entries[path][where] = True
+        return entries
+
+    def _macs(self, entries: Mapping[str, torch.Tensor]) -> int:
+        return round(sum(self._uses.get(path, 0.0) * int(e.sum()) for path, e in entries.items()))
+
+    def footprint(self, removal: Removal | None = None) -> Footprint:
+        """Exact parameters and MACs per sample of the model once ``removal`` is removed.
+
+        Counted as the entries masking leaves, which are exactly those physical removal
+        keeps: a layer losing output set O and input set I keeps ``(out - |O|)·(in - |I|)``
+        weights, the entries outside the union of both slices.
+        """
+        self.check(removal or {})
+        entries = self.removed_entries(removal or {})
+        total = sum(p.numel() for p in self.model.parameters())
+        dense_macs = round(sum(uses * _parameters(self.model)[path].numel() for path, uses in self._uses.items()))
+        return Footprint(total - sum(int(e.sum()) for e in entries.values()), dense_macs - self._macs(entries))
+
+    # ------------------------------------------------------------------ applying
+
+    @contextlib.contextmanager
+    def masked(self, removal: Removal) -> Iterator[nn.Module]:
+        """Zero every slice of ``removal`` in place for the block; restore the values bit-exactly after."""
+        self.check(removal)
+        entries = self.removed_entries(removal)
+        params = _parameters(self.model)
+        saved = {path: params[path].detach().clone() for path in entries}
+        try:
+            with torch.no_grad():
+                for path, where in entries.items():
+                    params[path].masked_fill_(where, 0)
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for path, original in saved.items():
+                    params[path].copy_(original)
+
+    def prune(self, removal: Removal) -> nn.Module:
+        """Remove ``removal``'s channels physically, in place; the model is returned.
+
+        These groups describe the model before removal: find them again to go on.
+        """
+        self.check(removal)
+        for name, idxs in removal.items():
+            if len(idxs):
+                self.tp_group(name, idxs).prune()
+        self._spent = True
+        for module in self.model.modules():
+            if isinstance(module, nn.RNNBase):
+                module.flatten_parameters()
+        return self.model
+
+
+def _parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return dict(model.named_parameters())
+
+
+@contextlib.contextmanager
+def _naming_failures(model: nn.Module) -> Iterator[None]:
+    """Turn a tracing failure into a UsageError naming the innermost layer that was running."""
+    running: list[str] = []
+    names = {module: name for name, module in model.named_modules()}
+
+    def enter(module: nn.Module, _: object) -> None:
+        running.append(names[module] or type(module).__name__)
+
+    def leave(_module: nn.Module, _inputs: object, _output: object) -> None:
+        running.pop()
+
+    handles = [hook(callback) for module in model.modules()
+               for hook, callback in ((module.register_forward_pre_hook, enter), (module.register_forward_hook, leave))]
+    try:
+        yield
+    except UsageError:
+        raise
+    except Exception as error:  # Torch-Pruning raises anything from assertions to KeyErrors
+        where = f"in layer {running[-1]!r}" if running else "after the forward pass"
+        raise UsageError(
+            f"Torch-Pruning cannot trace the model {where}: {type(error).__name__}: {error}; "
+            "structured pruning needs a forward pass autograd can follow (no in-place tricks on "
+            "weights, no torch.no_grad inside forward)"
+        ) from error
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _output_layers(graph: tp.DependencyGraph) -> set[nn.Module]:
+    """Channel-mixing layers whose output channels reach the model's output without another mixer."""
+    outputs = set()
+    for module, node in graph.module2node.items():
+        if not isinstance(module, _MIXERS):
+            continue
+        frontier, seen = list(node.outputs), set()
+        if not frontier:
+            outputs.add(module)
+        while frontier:
+            current = frontier.pop()
+            if id(current) in seen or isinstance(current.module, _MIXERS):
+                continue
+            seen.add(id(current))
+            if not current.outputs:
+                outputs.add(module)
+                break
+            frontier.extend(current.outputs)
+    return outputs
+
+
+def _unsupported_root(module: nn.Module) -> str | None:
+    if isinstance(module, nn.MultiheadAttention):
+        return "attention: embedding dimensions are not pruned structurally"
+    if isinstance(module, nn.RNNBase) and not _structured_lstm(module):
+        return "recurrent layer: only single-layer unidirectional LSTMs have removable hidden units"
+    if isinstance(module, _ConvNd) and module.groups > 1 and not module.groups == module.in_channels == module.out_channels:
+        return "grouped convolution"
+    return None
+
+
+def find_groups(
+    model: nn.Module, input_shape: Sequence[int], include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> ChannelGroups:
+    """The coupled channel groups of ``model`` for inputs of shape ``input_shape`` (one sample, no batch).
+
+    ``include`` / ``exclude``: shell-style globs on group names, as for weight targets; a glob
+    matching no group is an error. The model is traced once on zeros, in eval mode.
+    """
+    shape = tuple(int(d) for d in input_shape)
+    device = next(model.parameters()).device
+    example = torch.zeros((2, *shape), device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with _naming_failures(model), torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example, forward_fn=lambda m, x: m(x), customized_pruners={nn.LSTM: LSTMHiddenPruner()}
+            )
+    finally:
+        model.train(was_training)
+    names = {module: name for name, module in model.named_modules()}
+    skipped: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, _MIXERS) and module not in graph.module2node:
+            skipped[name] = "not reached by the trace (used outside forward, or under torch.no_grad)"
+    outputs = _output_layers(graph)
+    for module in outputs:
+        skipped[names[module]] = "output layer: its channels are the model's outputs"
+    ignored = list(outputs)
+    for module in graph.module2node:
+        if isinstance(module, nn.Module) and (reason := _unsupported_root(module)) is not None:
+            skipped[names[module]] = reason
+            ignored.append(module)
+    roots: dict[str, nn.Module] = {}
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_MIXERS):
+        root = group[0].dep.target.module
+        members = [dep.target.module for dep, _ in group.items]
+        if any(m in outputs for m, (dep, _) in zip(members, group.items, strict=True)
+               if dep.handler.__name__.startswith("prune_out")):
+            continue  # coupled to an output layer: removing these channels changes the output
+        name = names[root]
+        try:
+            for dep, idxs in group.items:
+                if isinstance(dep.target.module, nn.Module) and dep.target.module in names:
+                    out = dep.handler.__name__.startswith("prune_out")
+                    member_slices(dep.target.module, out, torch.tensor([0]))
+        except ValueError as why:
+            skipped[name] = f"coupled with {names[dep.target.module]!r}: {why}"
+            continue
+        roots[name] = root
+    order = {name: i for i, name in enumerate(names.values())}
+    roots = _select(dict(sorted(roots.items(), key=lambda item: order[item[0]])), include, exclude)
+    if not roots:
+        raise UsageError("the model has no removable channel groups" + "".join(
+            f"; {name}: {why}" for name, why in skipped.items()))
+    return ChannelGroups(model, shape, graph, roots, dict(sorted(skipped.items())))
+
+
+def _select(roots: dict[str, nn.Module], include: Sequence[str], exclude: Sequence[str]) -> dict[str, nn.Module]:
+    available = ", ".join(roots)
+    for option, patterns in (("--include", include), ("--exclude", exclude)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in roots):
+                raise UsageError(f"{option} {pattern!r} matches no channel group; groups: {available}")
+    return {
+        name: root for name, root in roots.items()
+        if (not include or any(fnmatch.fnmatchcase(name, p) for p in include))
+        and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+    }
+
+
+def pruned_copy(model: nn.Module, input_shape: Sequence[int], removal: Removal) -> nn.Module:
+    """A physically pruned deep copy of ``model`` (``model`` itself is untouched)."""
+    twin = copy.deepcopy(model)
+    return find_groups(twin, input_shape).prune(removal)
