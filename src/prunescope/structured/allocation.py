@@ -31,8 +31,10 @@ def check_round_to(groups: ChannelGroups, round_to: int, names: list[str] | None
     for name in names if names is not None else groups.groups:
         width = groups.groups[name].width
         if round_to > width:
-            raise UsageError(f"--round-to {round_to} exceeds the width of group {name!r} ({width} channels); "
-                             "use a smaller multiple or --exclude that group")
+            raise UsageError(
+                f"--round-to {round_to} exceeds the width of group {name!r} ({width} channels); "
+                "use a smaller multiple or --exclude that group"
+            )
 
 
 def removal_for(
@@ -42,8 +44,10 @@ def removal_for(
     pruned = [name for name, sparsity in allocation.items() if sparsity > 0]
     for name in allocation:
         if name not in groups.groups:
-            raise UsageError(f"the allocation names {name!r}, which is not a channel group of this model; "
-                             f"groups: {', '.join(groups.groups)}")
+            raise UsageError(
+                f"the allocation names {name!r}, which is not a channel group of this model; "
+                f"groups: {', '.join(groups.groups)}"
+            )
         check_sparsity(allocation[name], f"sparsity of {name}")
     check_round_to(groups, round_to, pruned)
     removal = {}

@@ -115,9 +115,11 @@ def member_slices(module: nn.Module, out: bool, idxs: torch.Tensor) -> list[tupl
     module whose slices are not known here (the group is then left dense).
     """
     if isinstance(module, nn.Linear):
-        return [("weight", (idxs, _ALL)), *([("bias", (idxs,))] if module.bias is not None else [])] if out else [
-            ("weight", (_ALL, idxs))
-        ]
+        return (
+            [("weight", (idxs, _ALL)), *([("bias", (idxs,))] if module.bias is not None else [])]
+            if out
+            else [("weight", (_ALL, idxs))]
+        )
     if isinstance(module, _ConvNd):
         bias = [("bias", (idxs,))] if module.bias is not None else []
         if module.groups > 1:
@@ -163,8 +165,14 @@ class ChannelGroup:
     macs: int
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "width": self.width, "members": list(self.members),
-                "params": self.params, "macs": self.macs}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "width": self.width,
+            "members": list(self.members),
+            "params": self.params,
+            "macs": self.macs,
+        }
 
 
 @dataclass(frozen=True)
@@ -200,16 +208,23 @@ class ChannelGroups:
         self._graph = graph
         self._roots = roots
         self._names = {module: name for name, module in model.named_modules()}
-        self._uses = {name: dense / tensor.numel() for name, (dense, _) in count_macs(model, input_shape).per_weight.items()
-                      if (tensor := _parameters(model).get(name)) is not None}
+        self._uses = {
+            name: dense / tensor.numel()
+            for name, (dense, _) in count_macs(model, input_shape).per_weight.items()
+            if (tensor := _parameters(model).get(name)) is not None
+        }
         self._spent = False
         self.groups: dict[str, ChannelGroup] = {}
         for name, root in roots.items():
             width = self._pruner(root).get_out_channels(root)
             entries = self.removed_entries({name: range(width)})
             self.groups[name] = ChannelGroup(
-                name, _kind(root), width, tuple(self._members(name, width)),
-                sum(int(e.sum()) for e in entries.values()), self._macs(entries),
+                name,
+                _kind(root),
+                width,
+                tuple(self._members(name, width)),
+                sum(int(e.sum()) for e in entries.values()),
+                self._macs(entries),
             )
 
     # ------------------------------------------------------------------ reading
@@ -225,7 +240,7 @@ class ChannelGroups:
         root = self._roots[name]
         width = self._pruner(root).get_out_channels(root)
         chosen = sorted({int(i) for i in idxs})
-        if chosen and not (0 <= chosen[0] and chosen[-1] < width):
+        if chosen and not (chosen[0] >= 0 and chosen[-1] < width):
             raise UsageError(f"channel index out of range for group {name!r} of width {width}")
         return self._graph.get_pruning_group(root, self._pruner(root).prune_out_channels, chosen)
 
@@ -256,8 +271,10 @@ class ChannelGroups:
             if name not in self.groups:
                 raise UsageError(f"unknown channel group {name!r}; groups: {', '.join(self.groups)}")
             if len({int(i) for i in idxs}) >= self.groups[name].width:
-                raise UsageError(f"removing all {self.groups[name].width} channels of group {name!r} "
-                                 "would disconnect the network: keep at least one")
+                raise UsageError(
+                    f"removing all {self.groups[name].width} channels of group {name!r} "
+                    "would disconnect the network: keep at least one"
+                )
 
     def removed_entries(self, removal: Removal) -> dict[str, torch.Tensor]:
         """``{parameter path: bool tensor, True where an entry is removed}`` for ``removal``."""
@@ -339,8 +356,11 @@ def _naming_failures(model: nn.Module) -> Iterator[None]:
     def leave(_module: nn.Module, _inputs: object, _output: object) -> None:
         running.pop()
 
-    handles = [hook(callback) for module in model.modules()
-               for hook, callback in ((module.register_forward_pre_hook, enter), (module.register_forward_hook, leave))]
+    handles = [
+        hook(callback)
+        for module in model.modules()
+        for hook, callback in ((module.register_forward_pre_hook, enter), (module.register_forward_hook, leave))
+    ]
     try:
         yield
     except UsageError:
@@ -383,7 +403,11 @@ def _unsupported_root(module: nn.Module) -> str | None:
         return "attention: embedding dimensions are not pruned structurally"
     if isinstance(module, nn.RNNBase) and not _structured_lstm(module):
         return "recurrent layer: only single-layer unidirectional LSTMs have removable hidden units"
-    if isinstance(module, _ConvNd) and module.groups > 1 and not module.groups == module.in_channels == module.out_channels:
+    if (
+        isinstance(module, _ConvNd)
+        and module.groups > 1
+        and not module.groups == module.in_channels == module.out_channels
+    ):
         return "grouped convolution"
     return None
 
@@ -404,7 +428,10 @@ def find_groups(
     try:
         with _naming_failures(model), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example, forward_fn=lambda m, x: m(x), customized_pruners={nn.LSTM: LSTMHiddenPruner()}
+                model,
+                example_inputs=example,
+                forward_fn=lambda m, x: m(x),
+                customized_pruners={nn.LSTM: LSTMHiddenPruner()},
             )
     finally:
         model.train(was_training)
@@ -425,12 +452,15 @@ def find_groups(
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_MIXERS):
         root = group[0].dep.target.module
         members = [dep.target.module for dep, _ in group.items]
-        if any(m in outputs for m, (dep, _) in zip(members, group.items, strict=True)
-               if dep.handler.__name__.startswith("prune_out")):
+        if any(
+            m in outputs
+            for m, (dep, _) in zip(members, group.items, strict=True)
+            if dep.handler.__name__.startswith("prune_out")
+        ):
             continue  # coupled to an output layer: removing these channels changes the output
         name = names[root]
         try:
-            for dep, idxs in group.items:
+            for dep, _idxs in group.items:
                 if isinstance(dep.target.module, nn.Module) and dep.target.module in names:
                     out = dep.handler.__name__.startswith("prune_out")
                     member_slices(dep.target.module, out, torch.tensor([0]))
@@ -441,8 +471,9 @@ def find_groups(
     order = {name: i for i, name in enumerate(names.values())}
     roots = _select(dict(sorted(roots.items(), key=lambda item: order[item[0]])), include, exclude)
     if not roots:
-        raise UsageError("the model has no removable channel groups" + "".join(
-            f"; {name}: {why}" for name, why in skipped.items()))
+        raise UsageError(
+            "the model has no removable channel groups" + "".join(f"; {name}: {why}" for name, why in skipped.items())
+        )
     return ChannelGroups(model, shape, graph, roots, dict(sorted(skipped.items())))
 
 
@@ -453,7 +484,8 @@ def _select(roots: dict[str, nn.Module], include: Sequence[str], exclude: Sequen
             if not any(fnmatch.fnmatchcase(name, pattern) for name in roots):
                 raise UsageError(f"{option} {pattern!r} matches no channel group; groups: {available}")
     return {
-        name: root for name, root in roots.items()
+        name: root
+        for name, root in roots.items()
         if (not include or any(fnmatch.fnmatchcase(name, p) for p in include))
         and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
     }
