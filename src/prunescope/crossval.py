@@ -55,7 +55,7 @@ def _merge(per_fold: list[Curves]) -> Curves:
             mean, spread = statistics.fmean(drops), statistics.stdev(drops)
             value = dense.value - mean
             points.append(CurvePoint(point.sparsity, value, value - spread, value + spread, dense.n))
-        curves[name] = Curve(name, curve.numel, curve.macs, points)
+        curves[name] = Curve(name, curve.numel, curve.macs, points, curve.params)
     return Curves(
         metric=first.metric,
         criterion=first.criterion,
@@ -65,6 +65,7 @@ def _merge(per_fold: list[Curves]) -> Curves:
         reused=sum(c.reused for c in per_fold),
         examples=sum(c.examples for c in per_fold),
         dense_by_n={dense.n: dense},
+        granularity=first.granularity,
     )
 
 

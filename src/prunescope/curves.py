@@ -23,12 +23,20 @@ class CurvePoint:
 
 @dataclass
 class Curve:
-    """Metric vs sparsity of one target. ``numel`` weights; ``macs`` per sample when dense."""
+    """Metric vs sparsity of one target, every other target dense.
+
+    Weight granularity: the target is a weight tensor of ``numel`` weights, sparsity the
+    fraction of them removed. Channel granularity: the target is a coupled channel group
+    (:mod:`prunescope.structured.groups`) of ``numel`` root channels, sparsity the fraction
+    of those channels removed, and ``params`` the parameters in the group's slices (all its
+    members). ``macs``: dense MACs per sample of the weights the target covers.
+    """
 
     target: str
     numel: int
     macs: int
     points: list[CurvePoint] = field(default_factory=list)
+    params: int | None = None  # channel groups only; a weight target holds ``numel`` parameters
 
     def sorted_points(self) -> list[CurvePoint]:
         return sorted(self.points, key=lambda p: p.sparsity)
@@ -59,6 +67,7 @@ class Curves:
     reused: int = 0  # of those, read back from the scan's study instead of run again
     examples: int = 0  # sum of n over those evaluations: cost in examples (n / len(val) of a full evaluation each)
     dense_by_n: dict[int, CurvePoint] = field(default_factory=dict)  # dense metric on every subset size used
+    granularity: str = "weight"  # "weight": targets are weight tensors; "channel": coupled channel groups
 
     def dense_at(self, n: int) -> CurvePoint:
         """The dense reference for a point measured on ``n`` examples (the same seeded subset)."""
@@ -70,7 +79,7 @@ class Curves:
     @classmethod
     def from_dict(cls, data: dict) -> Curves:
         curves = {
-            name: Curve(c["target"], c["numel"], c["macs"], [CurvePoint(**p) for p in c["points"]])
+            name: Curve(c["target"], c["numel"], c["macs"], [CurvePoint(**p) for p in c["points"]], c.get("params"))
             for name, c in data["curves"].items()
         }
         return cls(
@@ -83,4 +92,5 @@ class Curves:
             data.get("examples", 0),
             # JSON turns the integer keys into strings.
             {int(n): CurvePoint(**p) for n, p in data.get("dense_by_n", {}).items()},
+            data.get("granularity", "weight"),
         )

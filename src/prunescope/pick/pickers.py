@@ -76,7 +76,7 @@ def aligned(curve: Curve, curves: Curves) -> Curve:
     points = [_shifted(p, dense.value - curves.dense_at(p.n).value) for p in curve.points]
     if not any(p.sparsity <= _SAME_LEVEL for p in points):
         points.insert(0, replace(dense, sparsity=0.0))
-    return Curve(curve.target, curve.numel, curve.macs, points)
+    return Curve(curve.target, curve.numel, curve.macs, points, curve.params)
 
 
 def _shifted(point: CurvePoint, shift: float) -> CurvePoint:
