@@ -21,7 +21,7 @@ from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import applied, compute_masks
 from prunescope.scan import SCAN_LEVELS_SCONCE, STRATEGIES, auto_subset, scan
-from prunescope.scan.evaluation import ModelEvaluation
+from prunescope.scan.evaluation import ModelEvaluation, WeightPruning
 from prunescope.scan.executors import InProcess
 from prunescope.scan.runner import Ladder, Runner, ScanOutcome, paired_drop_interval
 from prunescope.scan.strategy import BEYOND_LEVELS, Adaptive, Grid, Planner, within
@@ -403,13 +403,15 @@ def test_model_evaluation_masks_are_those_of_compute_masks_ties_included(trained
         evaluation = evaluation_of(model, data, case)
         for sparsity in (0.0, 0.1, 0.33, 0.5, 0.9, 0.99, 1.0):
             # Where the k lowest scores are not unique, compute_masks itself decides: same masks anyway.
-            assert evaluation.masks(name, sparsity).keys() == {name}
-            assert torch.equal(evaluation.masks(name, sparsity)[name], compute_masks(case, {name: sparsity})[name])
+            masks = evaluation.pruning.masks(name, sparsity)
+            assert masks.keys() == {name}
+            assert torch.equal(masks[name], compute_masks(case, {name: sparsity})[name])
 
 
 def evaluation_of(model, data: Dataset, scores) -> ModelEvaluation:
     targets = find_targets(model)
-    return ModelEvaluation(model, data.val, targets, scores, metric="accuracy", device=torch.device("cpu"), seed=0)
+    pruning = WeightPruning(model, targets, scores)
+    return ModelEvaluation(pruning, data.val, metric="accuracy", device=torch.device("cpu"), seed=0)
 
 
 def test_auto_subset_on_a_small_split_is_the_whole_split(tiny_model, tiny_data):

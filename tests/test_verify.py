@@ -7,6 +7,7 @@ from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import removed_count
 from prunescope.pick import Pick, ThresholdPicker, model_evaluator, predicted_drops, verify
+from prunescope.scan.evaluation import WeightPruning
 from prunescope.targets import find_targets
 
 DENSE = 0.9
@@ -114,7 +115,8 @@ def test_verify_on_a_real_model(tiny_model, tiny_data):
     tiny_model.eval()
     targets = find_targets(tiny_model)
     scores = compute_scores(tiny_model, targets, "magnitude")
-    evaluate = model_evaluator(tiny_model, targets, scores, Evaluator(tiny_model, tiny_data.val, device="cpu"))
+    pruning = WeightPruning(tiny_model, targets, scores)
+    evaluate = model_evaluator(pruning, Evaluator(tiny_model, tiny_data.val, device="cpu"))
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
 
     dense = evaluate({})
@@ -145,4 +147,5 @@ def test_model_evaluator_rejects_loss(tiny_model, tiny_data):
     targets = find_targets(tiny_model)
     evaluator = Evaluator(tiny_model, tiny_data.val, device="cpu")
     with pytest.raises(UsageError, match="higher-is-better"):
-        model_evaluator(tiny_model, targets, compute_scores(tiny_model, targets), evaluator, metric="loss")
+        pruning = WeightPruning(tiny_model, targets, compute_scores(tiny_model, targets))
+        model_evaluator(pruning, evaluator, metric="loss")

@@ -68,6 +68,7 @@ class Curves:
     examples: int = 0  # sum of n over those evaluations: cost in examples (n / len(val) of a full evaluation each)
     dense_by_n: dict[int, CurvePoint] = field(default_factory=dict)  # dense metric on every subset size used
     granularity: str = "weight"  # "weight": targets are weight tensors; "channel": coupled channel groups
+    skipped: dict[str, str] = field(default_factory=dict)  # channel scans: layers left dense, with the reason
 
     def dense_at(self, n: int) -> CurvePoint:
         """The dense reference for a point measured on ``n`` examples (the same seeded subset)."""
@@ -93,4 +94,5 @@ class Curves:
             # JSON turns the integer keys into strings.
             {int(n): CurvePoint(**p) for n, p in data.get("dense_by_n", {}).items()},
             data.get("granularity", "weight"),
+            data.get("skipped", {}),
         )

@@ -19,6 +19,7 @@ from prunescope.evaluate import Evaluator
 from prunescope.masks import global_sparsity
 from prunescope.pick.pickers import BudgetPicker, EnsemblePicker, KneePicker, Pick, Picker, ThresholdPicker
 from prunescope.pick.verify import Verified, model_evaluator, verify
+from prunescope.scan.evaluation import WeightPruning
 from prunescope.targets import find_targets
 
 CHOICES = ("threshold", "sconce", "knee", "budget", "ensemble")
@@ -109,7 +110,8 @@ def choose(
     targets = [t for t in find_targets(model) if t.name in curves.curves]
     picked = picker.pick(curves)
     scores = compute_scores(model, targets, curves.criterion, data=data.train)
-    evaluate = model_evaluator(model, targets, scores, Evaluator(model, data.val, device=device), curves.metric)
+    pruning = WeightPruning(model, targets, scores)
+    evaluate = model_evaluator(pruning, Evaluator(model, data.val, device=device), curves.metric)
     bound = None if isinstance(picker, BudgetPicker) else (DEFAULT_MAX_DROP if max_drop is None else max_drop)
     verified = verify(picked, curves, evaluate, max_drop=math.inf if bound is None else bound)
     return Choice(picker.name, picked, verified, bound, global_sparsity(verified.allocation, find_targets(model)))

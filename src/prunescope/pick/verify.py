@@ -13,15 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from torch import nn
-
-from prunescope.criteria import Scores
 from prunescope.curves import Curves
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
-from prunescope.masks import applied, compute_masks, removed_count
+from prunescope.masks import removed_count
 from prunescope.pick.pickers import Pick, predicted_drops
-from prunescope.targets import Target
+from prunescope.scan.evaluation import Pruning
 
 Evaluate = Callable[[dict[str, float]], float]
 """Metric (higher is better, same scale as the curves) of the model pruned with an allocation."""
@@ -110,11 +107,9 @@ def verify(
     return Verified(last.allocation, last.predicted_drop, last.measured_drop, within, steps, reference)
 
 
-def model_evaluator(
-    model: nn.Module, targets: Sequence[Target], scores: Scores, evaluator: Evaluator, metric: str = "accuracy"
-) -> Evaluate:
-    """An ``evaluate`` for :func:`verify`: prune ``model`` in place with the allocation
-    (:func:`prunescope.masks.applied`, weights restored after), return ``metric``.
+def model_evaluator(pruning: Pruning, evaluator: Evaluator, metric: str = "accuracy") -> Evaluate:
+    """An ``evaluate`` for :func:`verify`: prune the model in place with the allocation
+    (``pruning.applied``, restored after), return ``metric``.
 
     ``metric`` must be higher-is-better like the curves (accuracy, macro_f1 or a user metric).
     """
@@ -122,8 +117,7 @@ def model_evaluator(
         raise UsageError("verify compares higher-is-better metrics: use accuracy, macro_f1 or a user metric, not loss")
 
     def evaluate(allocation: dict[str, float]) -> float:
-        masks = compute_masks(scores, {name: s for name, s in allocation.items() if s > 0})
-        with applied(model, targets, masks):
+        with pruning.applied(allocation):
             return evaluator.evaluate().get(metric)
 
     return evaluate

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
+import torch
 from torch import nn
 
 from prunescope.criteria import NEEDS_DATA, compute_scores
@@ -24,17 +26,23 @@ from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 from prunescope.measure import count_macs
-from prunescope.scan.evaluation import ModelEvaluation
+from prunescope.scan.evaluation import ModelEvaluation, WeightPruning
 from prunescope.scan.executors import executor
 from prunescope.scan.identity import data_fingerprint, model_fingerprint
 from prunescope.scan.runner import Ladder, Runner
 from prunescope.scan.strategy import SCAN_LEVELS_SCONCE, STRATEGIES, make_planner
 from prunescope.scan.study import DENSE, StudySpec, quiet_optuna
+from prunescope.structured.groups import find_groups
+from prunescope.structured.importance import group_scores
+from prunescope.structured.pruning import ChannelPruning, masking_error
 from prunescope.targets import find_targets
 
 __all__ = ["SCAN_LEVELS_SCONCE", "SCAN_METRICS", "STRATEGIES", "auto_subset", "scan"]
 
 SCAN_METRICS = ("accuracy", "macro_f1")  # higher is better, as curves and pickers assume
+GRANULARITIES = ("weight", "channel")
+MASKING_CHECK_BATCH = 32  # val examples on which channel masking is checked against removal
+MASKING_TOLERANCE = 1e-4  # relative to the largest output: above float rounding, below any real reader
 SUBSET_GROWTH = 4  # by default a point's subset grows to at most 4 times the first one
 AUTO_SUBSET_COVERAGE = 3.0  # subset="auto": n = 3 / tolerance examples
 
@@ -96,12 +104,16 @@ def scan(
     seed: int = 0,
     on_trial: Callable[[int, int], None] | None = None,
     max_subset: int | None = None,
+    granularity: str = "weight",
 ) -> Curves:
     """Sensitivity curves of every target of ``model`` on ``data.val``: one target pruned, others dense.
 
     Args:
         criterion: which weights of a target go first (see :mod:`prunescope.criteria`);
-            scores are computed once (``taylor`` / ``fisher`` use ``data.train``).
+            with ``granularity="channel"`` which channels of a group go first, a group
+            importance of :mod:`prunescope.structured.importance` (``l1``, ``l2``, ``bn``,
+            ``taylor``, ``fpgm``, ``lamp``). Scores are computed once (gradient criteria
+            use ``data.train``).
         strategy: ``grid`` (every level of ``levels``, by default sconce's 0.10, 0.15, …,
             0.95) or ``adaptive`` (coarse ``levels``, by default 0.5, 0.8, 0.9, 0.95, 0.98,
             then 0.99, 0.995 and 0.999 in turn while the drop at the highest level so far
@@ -134,6 +146,11 @@ def scan(
             ``planned`` grows as the adaptive strategy plans more.
         max_subset: the largest subset a point climbs to (None: 4 × ``subset``; the whole
             split's size: every undecided point up to the whole split). Only with ``subset``.
+        granularity: ``weight`` (targets are weight tensors, sparsity the fraction of weights
+            removed) or ``channel`` (targets are the coupled channel groups of
+            :func:`prunescope.structured.groups.find_groups`, sparsity the fraction of a
+            group's channels removed, all its members' slices masked at once so that the
+            drop is the one physical removal causes; checked on a val batch before scanning).
 
     Returns:
         :class:`~prunescope.curves.Curves` with one curve per target (one point per
@@ -144,32 +161,39 @@ def scan(
     """
     planner = make_planner(strategy, levels, tolerance)
     _check(tolerance, metric, subset, max_subset, workers, storage, len(data.val))
+    if granularity not in GRANULARITIES:
+        raise UsageError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
     device = resolve_device(device)
     model.to(device)
     every_target = find_targets(model)
-    targets = find_targets(model, include, exclude)
-    scores = compute_scores(model, targets, criterion, data=data.train, seed=seed)
-    macs = count_macs(model, data.input_shape).per_weight
+    if granularity == "channel":
+        pruning, units = _channel_pruning(model, data, criterion, include, exclude, device, seed)
+    else:
+        pruning, units = _weight_pruning(model, data, criterion, include, exclude, seed)
     full = len(data.val)
     first = min((auto_subset(full, tolerance) if subset == "auto" else subset) or full, full)
     top = max_subset if max_subset is not None else SUBSET_GROWTH * first
-    spec = StudySpec.at(storage, study_name, (DENSE, *(t.name for t in every_target)), full, metric)
+    every_name = list(find_groups(model, data.input_shape).groups) if granularity == "channel" else [
+        t.name for t in every_target
+    ]
+    spec = StudySpec.at(storage, study_name, (DENSE, *every_name), full, metric)
     # An in-memory study is new and private to this call: no stored identity to check, so no fingerprints.
     identity = {} if storage is None else {
         "model": model_fingerprint(model, every_target),
         "data": data_fingerprint([data.val, data.train] if criterion in NEEDS_DATA else [data.val]),
         "criterion": criterion,
+        "granularity": granularity,
         "metric": metric,
         "seed": seed,
     }
-    evaluate = ModelEvaluation(model, data.val, targets, scores, metric=metric, device=device, seed=seed)
+    evaluate = ModelEvaluation(pruning, data.val, metric=metric, device=device, seed=seed)
     with quiet_optuna():
         study = spec.open(identity)
         with executor(evaluate, spec, workers) as chosen:
             outcome = Runner(
                 study,
                 planner,
-                [t.name for t in targets],
+                [curve.target for curve in units],
                 tolerance=tolerance,
                 ladder=Ladder(first, full, top),
                 executor=chosen,
@@ -179,9 +203,51 @@ def scan(
         metric=metric,
         criterion=criterion,
         dense=outcome.dense[min(outcome.dense)],
-        curves={t.name: Curve(t.name, t.numel, macs.get(t.name, (0, 0))[0], outcome.points[t.name]) for t in targets},
+        curves={unit.target: replace(unit, points=outcome.points[unit.target]) for unit in units},
         evaluations=outcome.evaluations,
         reused=outcome.reused,
         examples=outcome.examples,
         dense_by_n=outcome.dense,
+        granularity=granularity,
+        skipped=pruning.groups.skipped if granularity == "channel" else {},
     )
+
+
+def _weight_pruning(
+    model: nn.Module, data: Dataset, criterion: str, include: Sequence[str], exclude: Sequence[str], seed: int
+) -> tuple[WeightPruning, list[Curve]]:
+    """The pruning a weight scan evaluates, and one empty curve per target (its size and MACs)."""
+    targets = find_targets(model, include, exclude)
+    scores = compute_scores(model, targets, criterion, data=data.train, seed=seed)
+    macs = count_macs(model, data.input_shape).per_weight
+    return WeightPruning(model, targets, scores), [
+        Curve(t.name, t.numel, macs.get(t.name, (0, 0))[0]) for t in targets
+    ]
+
+
+def _channel_pruning(
+    model: nn.Module,
+    data: Dataset,
+    importance: str,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    device: torch.device,
+    seed: int,
+) -> tuple[ChannelPruning, list[Curve]]:
+    """The pruning a channel scan evaluates, and one empty curve per group (width, MACs, parameters).
+
+    Refuses a model where masking does not reproduce removal (see
+    :func:`~prunescope.structured.pruning.masking_error`), since its curves would mislead.
+    """
+    groups = find_groups(model, data.input_shape, include, exclude)
+    scores = group_scores(groups, importance, data=data.train, seed=seed)
+    batch = data.val.x[:MASKING_CHECK_BATCH].to(device)
+    error = masking_error(groups, batch, seed=seed)
+    if error > MASKING_TOLERANCE:
+        raise UsageError(
+            f"masking channels of this model does not reproduce their removal (outputs differ by up to {error:.3g}): "
+            "a layer outside Torch-Pruning's groups reads removed channels; --exclude the groups feeding it"
+        )
+    return ChannelPruning(groups, scores), [
+        Curve(g.name, g.width, g.macs, params=g.params) for g in groups.groups.values()
+    ]
