@@ -8,6 +8,9 @@
   the plain architecture with :func:`prunescope.checkpoint.load_checkpoint`, and its
   ``state_dict`` entry is a plain state dict (``torch.load(path)["state_dict"]``) that any
   copy of the architecture loads without prunescope.
+- :func:`prune_channels` removes whole channels of coupled groups physically (Torch-Pruning
+  surgery, :mod:`prunescope.structured`); the returned model spec rebuilds the smaller
+  architecture, so the result saves as an ordinary checkpoint.
 - :func:`load_allocation` reads the allocation of a pick file written by ``prunescope pick``
   (or a bare ``{target: sparsity}`` JSON object) and refuses one made for another model.
 
@@ -21,6 +24,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,9 @@ from prunescope.criteria import compute_scores
 from prunescope.data.types import Dataset, Split
 from prunescope.errors import UsageError
 from prunescope.masks import Masks, apply_permanently, check_sparsity, compute_masks, measured_sparsity
+from prunescope.structured.allocation import removal_for
+from prunescope.structured.groups import Footprint, find_groups, pruned_spec
+from prunescope.structured.importance import group_scores
 from prunescope.targets import Target, by_name, find_targets
 
 
@@ -45,17 +52,24 @@ def _listing(names: Sequence[str], limit: int = 5) -> str:
 
 
 def check_allocation(
-    allocation: Mapping[str, Any], targets: Sequence[Target | str], *, source: str = "allocation"
+    allocation: Mapping[str, Any],
+    targets: Sequence[Target | str],
+    *,
+    source: str = "allocation",
+    dense_if_missing: bool = False,
 ) -> dict[str, float]:
     """``allocation`` as ``{name: float}`` in target order, after checking it fits ``targets``.
 
     Every target must have a sparsity in [0, 1) and no other key may appear; otherwise a
     one-line UsageError names the unknown and the missing targets (``source`` says where the
-    allocation came from, e.g. a file name).
+    allocation came from, e.g. a file name). ``dense_if_missing``: a target the allocation
+    does not name stays dense (channel picks name only the groups their scan covered).
     """
     if not isinstance(allocation, Mapping):
         raise UsageError(f"{source} must map target names to sparsities, got a {type(allocation).__name__}")
     names = _names(targets)
+    if dense_if_missing:
+        allocation = {name: allocation.get(name, 0.0) for name in names} | dict(allocation)
     unknown = [k for k in allocation if k not in names]
     missing = [n for n in names if n not in allocation]
     if unknown or missing:
@@ -175,7 +189,11 @@ def export(
 
 
 def load_allocation(
-    path: str | os.PathLike[str], targets: Sequence[Target | str], *, model_spec: dict[str, Any] | None = None
+    path: str | os.PathLike[str],
+    targets: Sequence[Target | str],
+    *,
+    model_spec: dict[str, Any] | None = None,
+    dense_if_missing: bool = False,
 ) -> dict[str, float]:
     """The allocation in JSON file ``path``, checked against ``targets``.
 
@@ -209,4 +227,46 @@ def load_allocation(
             f"allocation file {path} holds neither a pick (with an \"allocation\" object) "
             "nor a {target: sparsity} object"
         )
-    return check_allocation(allocation, targets, source=f"allocation file {path}")
+    return check_allocation(allocation, targets, source=f"allocation file {path}", dense_if_missing=dense_if_missing)
+
+
+@dataclass
+class ChannelPruned:
+    """The outcome of :func:`prune_channels`.
+
+    model: the pruned model (the one given, changed in place). model_spec: its spec, which
+    rebuilds the pruned architecture. removal: root channel indices removed per group.
+    dense / pruned: parameters and MACs per sample before and after. skipped: layers left dense, with the reason.
+    """
+
+    model: nn.Module
+    model_spec: dict[str, Any]
+    removal: dict[str, list[int]]
+    dense: Footprint
+    pruned: Footprint
+    skipped: dict[str, str]
+
+
+def prune_channels(
+    model: nn.Module,
+    model_spec: dict[str, Any],
+    allocation: Mapping[str, float],
+    *,
+    importance: str = "l2",
+    data: Split | None = None,
+    round_to: int = 1,
+    seed: int = 0,
+) -> ChannelPruned:
+    """Remove the least important channels of every group physically (Torch-Pruning surgery), in place.
+
+    ``allocation``: ``{group: fraction of its channels removed}``; kept counts are rounded to
+    multiples of ``round_to`` (see :func:`prunescope.structured.allocation.kept_channels`).
+    ``importance`` ranks the channels (``data``, the train split, for ``taylor``).
+    """
+    groups = find_groups(model, model_spec["input_shape"])
+    scores = group_scores(groups, importance, data=data, seed=seed)
+    removal = removal_for(groups, scores, allocation, round_to)
+    spec = pruned_spec(model_spec, groups, removal)
+    dense, pruned = groups.footprint(), groups.footprint(removal)
+    groups.prune(removal)
+    return ChannelPruned(model, spec, removal, dense, pruned, groups.skipped)

@@ -495,3 +495,20 @@ def pruned_copy(model: nn.Module, input_shape: Sequence[int], removal: Removal) 
     """A physically pruned deep copy of ``model`` (``model`` itself is untouched)."""
     twin = copy.deepcopy(model)
     return find_groups(twin, input_shape).prune(removal)
+
+
+def pruned_spec(spec: dict, groups: ChannelGroups, removal: Removal) -> dict:
+    """``spec`` of the model ``groups`` describes, once ``removal`` is removed from it.
+
+    The spec records the removed channels as indices of the DENSE model's groups
+    (``"removed_channels"``), so that :func:`prunescope.models.build_from_spec` rebuilds the
+    pruned architecture; removing channels from an already pruned model composes.
+    """
+    removed = {name: list(idxs) for name, idxs in spec.get("removed_channels", {}).items()}
+    for name, idxs in removal.items():
+        if not len(idxs):
+            continue
+        before = set(removed.get(name, []))
+        kept = [i for i in range(groups.groups[name].width + len(before)) if i not in before]
+        removed[name] = sorted(before | {kept[int(i)] for i in idxs})
+    return {**spec, "removed_channels": removed}
