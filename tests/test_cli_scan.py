@@ -84,6 +84,10 @@ BAD = [
     (lambda c, s, t: ["scan", "--checkpoint", c[0], "--out", t, "--storage", "nosuchdb://x/y"], "storage"),
     (lambda c, s, t: ["scan", "--checkpoint", c[0], "--out", t, "--strategy", "random"], "--strategy"),
     (lambda c, s, t: ["scan", "--checkpoint", c[0], "--out", t, "--workers", "0"], "workers"),
+    (lambda c, s, t: ["scan", "--checkpoint", c[0], "--out", t, "--subset", "half"], "or 'auto'"),
+    (lambda c, s, t: ["scan", "--checkpoint", c[0], "--out", t, "--granularity", "filter"], "--granularity"),
+    (lambda c, s, t: ["scan", "--checkpoint", c[0], "--out", t, "--granularity", "channel", "--importance", "x"],
+     "--importance"),
     (lambda c, s, t: ["compare", "--checkpoint", c[0], "--allocations", "ours,magic", "--out", t], "magic"),
 ]
 

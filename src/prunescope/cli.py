@@ -18,6 +18,7 @@ from prunescope.checkpoint import load_checkpoint
 from prunescope.compare import METHODS, compare
 from prunescope.criteria import CRITERIA
 from prunescope.data import available_datasets, describe_dataset, load_dataset, load_from_spec
+from prunescope.device import resolve_device
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.html import load_result, write_html
@@ -38,8 +39,9 @@ from prunescope.report import (
     write_sweep,
 )
 from prunescope.runconfig import load_config
-from prunescope.scan import STRATEGIES, scan
+from prunescope.scan import GRANULARITIES, STRATEGIES, scan
 from prunescope.scan.files import JOURNAL_FILE, SCAN_FILE, load_scan, save_scan
+from prunescope.structured.importance import IMPORTANCES
 from prunescope.sweep import sweep
 from prunescope.targets import effective_weight, find_targets
 from prunescope.train import (
@@ -76,6 +78,10 @@ Points = Annotated[float | None, typer.Option(help="Allowed drop in points of th
 Include = Annotated[list[str] | None, typer.Option(help="Glob of layers to prune (repeatable).")]
 Exclude = Annotated[list[str] | None, typer.Option(help="Glob of layers to keep dense (repeatable).")]
 CheckpointOption = Annotated[Path, typer.Option(help="A checkpoint written by prunescope train.")]
+Granularity = Annotated[str, typer.Option(help="weight (unstructured) or channel (coupled channel groups, physically "
+                                                "removable).")]
+Importance = Annotated[str, typer.Option(help=f"With --granularity channel, which channels go first: "
+                                               f"{', '.join(IMPORTANCES)}.")]
 
 
 
@@ -227,6 +233,16 @@ def _checkpoint_and_data(checkpoint: Path, data_dir: str | None):
     return saved, load_from_spec(saved.dataset_spec, data_dir=data_dir)
 
 
+def _subset(text: str | None) -> int | str | None:
+    """``--subset``: a positive number of examples or ``auto``."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--subset must be a positive number of examples or 'auto', got {text!r}") from None
+
+
 def _points(value: float | None) -> float | None:
     return None if value is None else value / 100
 
@@ -247,10 +263,13 @@ def scan_command(
     strategy: Annotated[str, typer.Option(help="adaptive (few evaluations) or grid (sconce's 18 levels).")]
     = "adaptive",
     criterion: Criterion = "magnitude",
+    granularity: Granularity = "weight",
+    importance: Importance = "l2",
     tolerance: Annotated[float, typer.Option(help="Allowed drop in points; adaptive refines where curves cross it.")]
     = 0.5,
-    subset: Annotated[int | None, typer.Option(help="Start on a seeded subset of this many val examples; grown "
-                                                    "where a decision is within noise.")] = None,
+    subset: Annotated[str | None, typer.Option(help="Start on a seeded subset of this many val examples, or 'auto' "
+                                                    "(3 / tolerance examples); grown where a decision is within "
+                                                    "noise.")] = None,
     workers: Annotated[int, typer.Option(help="Processes sharing the study.")] = 1,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: a journal file in OUT).")] = None,
     include: Include = None,
@@ -259,18 +278,22 @@ def scan_command(
     device: Device = "auto",
     seed: Seed = 0,
 ) -> None:
-    """Sensitivity of every layer: val metric vs that layer's sparsity, others dense. Resumable."""
+    """Sensitivity of every layer (or channel group): val metric vs its sparsity, others dense. Resumable."""
     _check_choice("--strategy", strategy, STRATEGIES)
+    _check_choice("--granularity", granularity, GRANULARITIES)
     _check_choice("--criterion", criterion, list(CRITERIA))
+    _check_choice("--importance", importance, list(IMPORTANCES))
+    criterion = importance if granularity == "channel" else criterion
+    subset = _subset(subset)
     saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
-    settings = {"checkpoint": str(checkpoint), "strategy": strategy, "criterion": criterion,
+    settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
                 "tolerance": tolerance / 100, "subset": subset, "workers": workers, "include": include or [],
                 "exclude": exclude or [], "seed": seed}
     with _growing_progress("scanning") as advance:
         curves = scan(
             saved.model, dataset, criterion=criterion, strategy=strategy, tolerance=tolerance / 100, subset=subset,
             include=include or (), exclude=exclude or (), device=device, storage=storage or out / JOURNAL_FILE,
-            workers=workers, seed=seed, on_trial=advance,
+            workers=workers, seed=seed, on_trial=advance, granularity=granularity,
         )
     save_scan(out, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
               dataset_spec=saved.dataset_spec, settings=settings)
@@ -376,12 +399,27 @@ def prune_command(
     lr: Annotated[float, typer.Option(help="Fine-tuning peak learning rate.")] = 0.01,
     patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without val gain.")] = None,
     criterion: Criterion = "magnitude",
+    granularity: Granularity = "weight",
+    importance: Annotated[str | None, typer.Option(help="With --granularity channel, which channels go first "
+                                                        "(default: the importance of the pick's scan, else l2).")]
+    = None,
+    round_to: Annotated[int | None, typer.Option(help="With --granularity channel, keep channel counts multiples "
+                                                      "of this (default: the pick's, else 1).")] = None,
+    export_path: Annotated[Path | None, typer.Option("--export", help="With --granularity channel, also write a "
+                                                     "torch.export file that loads without prunescope.")] = None,
     out: Out = Path("prunescope-out/pruned"),
     data_dir: DataDir = None,
     device: Device = "auto",
     seed: Seed = 0,
 ) -> None:
-    """Prune a checkpoint to an allocation, fine-tune with the zeros kept, export OUT/model.pt."""
+    """Prune a checkpoint to an allocation, fine-tune, save OUT/model.pt (channel granularity: physically smaller)."""
+    _check_choice("--granularity", granularity, GRANULARITIES)
+    if granularity == "channel":
+        _prune_channels(checkpoint, allocation, finetune_epochs, lr, patience, importance, round_to, export_path,
+                        out, data_dir, device, seed)
+        return
+    if importance is not None or round_to is not None or export_path is not None:
+        raise UsageError("--importance, --round-to and --export apply to --granularity channel")
     saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
     model = saved.model
     targets = find_targets(model)
@@ -409,6 +447,46 @@ def prune_command(
     console.print(listing_table(f"val accuracy, {global_sparsity(per_target, targets):.1%} of the weights removed",
                                 ["model", "accuracy", "Δ pts"], rows))
     console.print(f"wrote {out / 'model.pt'} and {out / 'result.json'}")
+
+
+def _prune_channels(
+    checkpoint: Path, allocation: Path, finetune_epochs: int, lr: float, patience: int | None, importance: str | None,
+    round_to: int | None, export_path: Path | None, out: Path, data_dir: str | None, device: str, seed: int,
+) -> None:
+    from prunescope.structured.workflow import prune_channels_and_recover, read_channel_pick  # TODO hoist
+
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    pick = read_channel_pick(allocation, saved.model, saved.model_spec)
+    importance = importance or pick.importance or "l2"
+    _check_choice("--importance", importance, list(IMPORTANCES))
+    config = TrainConfig(epochs=finetune_epochs, lr=lr, seed=seed) if finetune_epochs > 0 else None
+    with _progress("fine-tuning", finetune_epochs) as epoch_done:
+        result = prune_channels_and_recover(
+            saved.model, saved.model_spec, saved.dataset_spec, dataset, pick.allocation, importance=importance,
+            round_to=round_to or pick.round_to or 1, config=config, out=out, export=export_path, patience=patience,
+            device=resolve_device(device), meta={"pruned_from": str(checkpoint)}, on_epoch=epoch_done,
+        )
+    dense, pruned = result.pruned.dense, result.pruned.pruned
+    doc = document("prune", {"checkpoint": str(checkpoint), "allocation": str(allocation), "lr": lr,
+                             "finetune_epochs": finetune_epochs, "granularity": "channel", "importance": importance,
+                             "round_to": round_to or pick.round_to or 1, "export": str(export_path or "")},
+                   model=result.pruned.model_spec, dataset=saved.dataset_spec, allocation=pick.allocation,
+                   removed_channels=result.pruned.removal, skipped=result.pruned.skipped,
+                   footprint={"dense": vars(dense), "pruned": vars(pruned)},
+                   val={"dense": result.dense.to_dict(), "one_shot": result.one_shot.to_dict(),
+                        "finetuned": result.finetuned.to_dict()},
+                   finetune={"history": [asdict(r) for r in result.history]},
+                   export={"path": str(result.export) if result.export else None,
+                           "max_logit_difference": result.export_difference})
+    write_json(out / "result.json", doc)
+    rows = [[name, f"{m.accuracy:.2%}", f"{(m.accuracy - result.dense.accuracy) * 100:+.2f}"]
+            for name, m in (("dense", result.dense), ("pruned, one-shot", result.one_shot),
+                            ("pruned, fine-tuned", result.finetuned))]
+    console.print(listing_table(
+        f"val accuracy; params {dense.params:,} → {pruned.params:,}, MACs {dense.macs:,} → {pruned.macs:,} "
+        f"({dense.macs / max(pruned.macs, 1):.2f}× fewer)", ["model", "accuracy", "Δ pts"], rows))
+    written = [str(out / "model.pt"), str(out / "result.json")] + ([str(result.export)] if result.export else [])
+    console.print(f"wrote {', '.join(written)}")
 
 
 @app.command("gradual")

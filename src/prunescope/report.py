@@ -124,11 +124,13 @@ def listing_table(title: str, columns: list[str], rows: list[list[str]]) -> Tabl
 
 def scan_table(curves: Curves, tolerance: float) -> Table:
     """Per target: points measured, and the highest measured sparsity within ``tolerance`` of dense."""
-    table = Table(title=f"sensitivity of each layer (val {curves.metric}, dense {curves.dense.value:.2%}, "
-                  f"tolerance {tolerance * 100:g} pts)")
-    for column in ("layer", "weights", "points", "highest sparsity within tolerance", "drop there (pts)",
-                   "drop at the highest level (pts)"):
-        table.add_column(column, justify="right" if column != "layer" else "left", no_wrap=True)
+    channels = curves.granularity == "channel"
+    unit = "channels" if channels else "weights"
+    table = Table(title=f"sensitivity of each {'channel group' if channels else 'layer'} (val {curves.metric}, "
+                  f"dense {curves.dense.value:.2%}, tolerance {tolerance * 100:g} pts; sparsity = fraction of {unit})")
+    for column in ("group" if channels else "layer", unit, "points", "highest sparsity within tolerance",
+                   "drop there (pts)", "drop at the highest level (pts)"):
+        table.add_column(column, justify="right" if column not in ("layer", "group") else "left", no_wrap=True)
     for name, curve in curves.curves.items():
         points = curve.sorted_points()
         within = [p for p in points if curves.dense_at(p.n).value - p.value <= tolerance]
@@ -142,6 +144,8 @@ def scan_table(curves: Curves, tolerance: float) -> Table:
             f"{(curves.dense_at(best.n).value - best.value) * 100:+.2f}" if best else "-",
             f"{(curves.dense_at(last.n).value - last.value) * 100:+.2f} at {last.sparsity:.0%}",
         )
+    for name, reason in curves.skipped.items():
+        table.add_row(f"[dim]{name}[/dim]", "-", "-", "left dense", "-", f"[dim]{reason}[/dim]")
     return table
 
 

@@ -37,7 +37,7 @@ from prunescope.structured.importance import group_scores
 from prunescope.structured.pruning import ChannelPruning, masking_error
 from prunescope.targets import find_targets
 
-__all__ = ["SCAN_LEVELS_SCONCE", "SCAN_METRICS", "STRATEGIES", "auto_subset", "scan"]
+__all__ = ["GRANULARITIES", "SCAN_LEVELS_SCONCE", "SCAN_METRICS", "STRATEGIES", "auto_subset", "scan"]
 
 SCAN_METRICS = ("accuracy", "macro_f1")  # higher is better, as curves and pickers assume
 GRANULARITIES = ("weight", "channel")

@@ -1,0 +1,155 @@
+"""``prunescope prune --granularity channel``: remove channels, fine-tune, save, export, check the export.
+
+The steps, each a call into a piece: read the pick (which groups, how far, with which
+importance and ``round_to``), :func:`prunescope.apply.prune_channels`, optional
+fine-tuning with :func:`prunescope.train.train` (a smaller dense model: nothing to mask),
+a prunescope checkpoint whose spec rebuilds the smaller architecture, and a
+:mod:`torch.export` file that loads without prunescope, checked to give the same
+predictions as the model in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunescope.apply import ChannelPruned, check_allocation, prune_channels
+from prunescope.checkpoint import save_checkpoint
+from prunescope.data.types import Dataset, Split
+from prunescope.errors import PrunescopeError, UsageError
+from prunescope.evaluate import Evaluator, Metrics
+from prunescope.scan.files import load_scan
+from prunescope.structured.export import export_model, load_exported
+from prunescope.structured.groups import find_groups
+from prunescope.train import TrainConfig, train
+from prunescope.train.loop import EpochRecord
+
+EXPORT_TOLERANCE = 1e-4  # largest logit difference between the export and the model in memory
+
+
+@dataclass(frozen=True)
+class PickSettings:
+    """What a pick file says about how to apply it: allocation, importance, ``round_to``."""
+
+    allocation: dict[str, float]
+    importance: str | None
+    round_to: int | None
+
+
+def read_channel_pick(path: Path, model: nn.Module, model_spec: dict[str, Any]) -> PickSettings:
+    """The channel allocation in pick file ``path`` (or a bare ``{group: fraction}`` JSON), checked against ``model``.
+
+    Groups the pick does not name stay dense. The importance is the one of the scan the pick
+    was made from, when the pick names a scan that is still there.
+    """
+    try:
+        document = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"allocation file {path} does not exist: write one with prunescope pick") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"allocation file {path} is not readable JSON ({type(error).__name__})") from None
+    if not isinstance(document, dict):
+        raise UsageError(f"allocation file {path} must hold a pick or a {{group: fraction}} object")
+    settings = document.get("settings", {}) if isinstance(document.get("allocation"), dict) else {}
+    raw = document["allocation"] if isinstance(document.get("allocation"), dict) else document
+    groups = list(find_groups(model, model_spec["input_shape"]).groups)
+    allocation = check_allocation(raw, groups, source=f"allocation file {path}", dense_if_missing=True)
+    importance = None
+    scan_dir = settings.get("scan")
+    if scan_dir and (Path(scan_dir) / "scan.json").is_file():
+        curves = load_scan(scan_dir).curves
+        if curves.granularity != "channel":
+            raise UsageError(f"the pick in {path} comes from a weight scan: apply it without --granularity channel")
+        importance = curves.criterion
+    round_to = settings.get("round_to")
+    return PickSettings(allocation, importance, int(round_to) if round_to else None)
+
+
+@dataclass
+class ChannelPruneResult:
+    """Val metrics at each stage, the pruning, and where the files went."""
+
+    pruned: ChannelPruned
+    dense: Metrics
+    one_shot: Metrics
+    finetuned: Metrics
+    history: list[EpochRecord] = field(default_factory=list)
+    checkpoint: Path | None = None
+    export: Path | None = None
+    export_difference: float | None = None
+
+
+def _predictions(model: nn.Module, split: Split, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    batches = range(0, len(split), batch_size)
+    with torch.no_grad():
+        return torch.cat([model(split.x[i : i + batch_size].to(device)).cpu() for i in batches])
+
+
+def check_export(model: nn.Module, path: Path, split: Split, device: torch.device) -> float:
+    """Largest logit difference on ``split`` between the exported file and ``model``; error if predictions differ."""
+    exported = load_exported(path).module.to(device)
+    model.eval()
+    ours, theirs = _predictions(model, split, device), _predictions(exported, split, device)
+    difference = float((ours - theirs).abs().max()) if len(split) else 0.0
+    if difference > EXPORT_TOLERANCE * max(1.0, float(ours.abs().max())) or not torch.equal(
+        ours.argmax(1), theirs.argmax(1)
+    ):
+        raise PrunescopeError(f"the exported model {path} does not reproduce the pruned model "
+                              f"(logits differ by up to {difference:.3g}); the checkpoint next to it is still valid")
+    return difference
+
+
+def prune_channels_and_recover(
+    model: nn.Module,
+    model_spec: dict[str, Any],
+    dataset_spec: dict[str, Any],
+    data: Dataset,
+    allocation: dict[str, float],
+    *,
+    importance: str,
+    round_to: int,
+    config: TrainConfig | None,
+    out: Path,
+    export: Path | None,
+    patience: int | None,
+    device: torch.device,
+    meta: dict[str, Any],
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> ChannelPruneResult:
+    """Prune ``model`` (in place) to ``allocation``, fine-tune with ``config`` (None: one-shot), save and export.
+
+    Writes ``out/model.pt`` (a prunescope checkpoint of the smaller architecture) and, with
+    ``export``, a :mod:`torch.export` file checked against the model on ``data.val``.
+    """
+    model.to(device)
+    dense = Evaluator(model, data.val, device=device).evaluate()
+    pruned = prune_channels(model, model_spec, allocation, importance=importance, data=data.train,
+                            round_to=round_to)
+    one_shot = Evaluator(model, data.val, device=device).evaluate()
+    history: list[EpochRecord] = []
+    if config is not None:
+        result = train(model, data, config, device=device, checkpoint=out / "finetune.pt",
+                       model_spec=pruned.model_spec, patience=patience, on_epoch=on_epoch)
+        model, history = result.model, result.history
+    finetuned = Evaluator(model, data.val, device=device).evaluate()
+    meta = {**meta, "removed_this_step": pruned.removal, "dense_footprint": vars(pruned.dense),
+            "footprint": vars(pruned.pruned), "round_to": round_to, "importance": importance}
+    checkpoint = save_checkpoint(out / "model.pt", model, pruned.model_spec, dataset_spec, meta=meta)
+    outcome = ChannelPruneResult(pruned, dense, one_shot, finetuned, history, checkpoint)
+    if export is not None:
+        metadata = {"model_spec": _dense_spec(model_spec), "pruned_spec": pruned.model_spec,
+                    "input_shape": list(model_spec["input_shape"]), "num_classes": model_spec["num_classes"],
+                    "removal": pruned.model_spec["removed_channels"], "val_accuracy": finetuned.accuracy, **meta}
+        outcome.export = export_model(model, tuple(model_spec["input_shape"]), export, metadata)
+        outcome.export_difference = check_export(model, outcome.export, data.val, device)
+    return outcome
+
+
+def _dense_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in spec.items() if key != "removed_channels"}
