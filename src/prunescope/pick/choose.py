@@ -7,7 +7,8 @@ This is what ``prunescope pick`` runs; the pieces it combines are the pickers
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -20,6 +21,11 @@ from prunescope.masks import global_sparsity
 from prunescope.pick.pickers import BudgetPicker, EnsemblePicker, KneePicker, Pick, Picker, ThresholdPicker
 from prunescope.pick.verify import Verified, model_evaluator, verify
 from prunescope.scan.evaluation import WeightPruning
+from prunescope.structured.allocation import check_round_to
+from prunescope.structured.groups import find_groups
+from prunescope.structured.importance import group_scores
+from prunescope.structured.latency import LatencyTable
+from prunescope.structured.pruning import ChannelPruning
 from prunescope.targets import find_targets
 
 CHOICES = ("threshold", "sconce", "knee", "budget", "ensemble")
@@ -32,25 +38,28 @@ def build_picker(
     max_drop: float | None = None,
     target_sparsity: float | None = None,
     target_params: int | None = None,
-    target_macs: int | None = None,
+    target_macs: float | None = None,
+    target_latency_ms: float | None = None,
     lower_bound: bool = False,
     vote: bool = False,
 ) -> Picker:
     """The picker ``name`` configured from command-line style options; contradictions are errors.
 
     ``max_drop`` (a fraction of the metric) drives threshold, knee and ensemble; the budget
-    picker meets exactly one of the three targets instead. ``sconce`` reads ``max_drop``
-    as a third of sconce's ``degradation``.
+    picker meets exactly one of the four targets instead (see :class:`BudgetPicker`).
+    ``sconce`` reads ``max_drop`` as a third of sconce's ``degradation``.
     """
     if name not in CHOICES:
         raise UsageError(f"unknown picker {name!r}: use one of {', '.join(CHOICES)}")
-    budgets = {"--target-sparsity": target_sparsity, "--target-params": target_params, "--target-macs": target_macs}
+    budgets = {"--target-sparsity": target_sparsity, "--target-params": target_params, "--target-macs": target_macs,
+               "--target-latency-ms": target_latency_ms}
     given = [option for option, value in budgets.items() if value is not None]
     if name == "budget":
         if max_drop is not None:
             raise UsageError("--max-drop does not apply to --picker budget, which meets a size target; "
                              "its joint drop is measured and reported")
-        return BudgetPicker(target_sparsity=target_sparsity, target_params=target_params, target_macs=target_macs)
+        return BudgetPicker(target_sparsity=target_sparsity, target_params=target_params, target_macs=target_macs,
+                            target_latency_ms=target_latency_ms)
     if given:
         raise UsageError(f"{given[0]} applies to --picker budget; the {name} picker chooses by --max-drop")
     if max_drop is not None and max_drop < 0:
@@ -72,7 +81,10 @@ class Choice:
     """A pick and its joint verification on the val split.
 
     ``bound`` is the joint drop verify backs off to (None for budget picks, which must keep
-    their size: those are measured only). ``global_sparsity`` is that of the verified allocation.
+    their size: those are measured only). ``global_sparsity`` is that of the verified
+    allocation: removed weights of the weight targets, or for channel picks the fraction of
+    the whole model's parameters removed. ``footprint`` (channel picks only): the verified
+    allocation's exact size once its channels are removed (see :func:`channel_footprint`).
     """
 
     picker: str
@@ -80,6 +92,7 @@ class Choice:
     verified: Verified
     bound: float | None
     global_sparsity: float
+    footprint: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -87,9 +100,50 @@ class Choice:
             "allocation": self.verified.allocation,
             "global_sparsity": self.global_sparsity,
             "bound": self.bound,
+            "footprint": self.footprint,
             "pick": self.pick.to_dict(),
             "verified": self.verified.to_dict(),
         }
+
+
+def channel_footprint(pruning: ChannelPruning, allocation: Mapping[str, float]) -> dict:
+    """The model pruned with ``allocation``: parameters, MACs per sample, their dense counts, the fraction of
+    the dense MACs left, and the channels each group keeps (``round_to`` applied)."""
+    dense, pruned = pruning.footprint({}), pruning.footprint(allocation)
+    removal = pruning.removal(allocation)
+    return {
+        "params": pruned.params,
+        "macs": pruned.macs,
+        "dense_params": dense.params,
+        "dense_macs": dense.macs,
+        "macs_fraction": pruned.macs / dense.macs,
+        "round_to": pruning.round_to,
+        "kept_channels": {name: g.width - len(removal.get(name, ())) for name, g in pruning.groups.groups.items()},
+    }
+
+
+def pruning_for(curves: Curves, model: nn.Module, data: Dataset, round_to: int = 1) -> WeightPruning | ChannelPruning:
+    """How ``curves``' allocations are applied to ``model``: their targets, scored by the scan's criterion.
+
+    Channel curves: the scanned groups, their importance computed again (``data.train`` for
+    gradients), kept counts rounded to multiples of ``round_to``.
+    """
+    if curves.granularity != "channel":
+        if round_to != 1:
+            raise UsageError("--round-to applies to channel scans: scan with --granularity channel")
+        targets = [t for t in find_targets(model) if t.name in curves.curves]
+        return WeightPruning(model, targets, compute_scores(model, targets, curves.criterion, data=data.train))
+    groups = find_groups(model, data.input_shape, include=list(curves.curves))
+    check_round_to(groups, round_to)
+    return ChannelPruning(groups, group_scores(groups, curves.criterion, data=data.train), round_to)
+
+
+def _measuring(picker: BudgetPicker, pruning: ChannelPruning, device: str, latency_batch: int) -> BudgetPicker:
+    """``picker`` meeting a channel budget exactly on this model: its footprint, or its latency timed on ``device``."""
+    latency = None
+    if picker.target_latency_ms is not None:
+        latency = LatencyTable(pruning, device=device, batch_size=latency_batch)
+    return replace(picker, round_to=pruning.round_to, footprint=pruning.footprint, latency=latency)
 
 
 def choose(
@@ -100,18 +154,29 @@ def choose(
     *,
     max_drop: float | None = None,
     device: str = "auto",
+    round_to: int = 1,
+    latency_batch: int = 1,
 ) -> Choice:
     """Pick on ``curves``, then evaluate the allocation jointly on the whole val split.
 
     Pickers other than budget are verified against ``max_drop`` (default half a point):
     targets are backed off until the joint drop holds. A budget pick is measured, not
     backed off, so that it keeps the size it was asked for.
+
+    Channel curves: every allocation is applied with kept channel counts rounded to
+    multiples of ``round_to``; a budget picker is given the model's exact footprint (and,
+    for a latency target, a :class:`~prunescope.structured.latency.LatencyTable` timed on
+    ``device`` with batches of ``latency_batch``).
     """
-    targets = [t for t in find_targets(model) if t.name in curves.curves]
+    pruning = pruning_for(curves, model, data, round_to)
+    if isinstance(picker, BudgetPicker) and isinstance(pruning, ChannelPruning):
+        picker = _measuring(picker, pruning, device, latency_batch)
     picked = picker.pick(curves)
-    scores = compute_scores(model, targets, curves.criterion, data=data.train)
-    pruning = WeightPruning(model, targets, scores)
     evaluate = model_evaluator(pruning, Evaluator(model, data.val, device=device), curves.metric)
     bound = None if isinstance(picker, BudgetPicker) else (DEFAULT_MAX_DROP if max_drop is None else max_drop)
     verified = verify(picked, curves, evaluate, max_drop=math.inf if bound is None else bound)
-    return Choice(picker.name, picked, verified, bound, global_sparsity(verified.allocation, find_targets(model)))
+    if isinstance(pruning, WeightPruning):
+        return Choice(picker.name, picked, verified, bound, global_sparsity(verified.allocation, find_targets(model)))
+    footprint = channel_footprint(pruning, verified.allocation)
+    removed = 1 - footprint["params"] / footprint["dense_params"]
+    return Choice(picker.name, picked, verified, bound, removed, footprint)
