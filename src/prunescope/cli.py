@@ -42,6 +42,7 @@ from prunescope.runconfig import load_config
 from prunescope.scan import GRANULARITIES, STRATEGIES, scan
 from prunescope.scan.files import JOURNAL_FILE, SCAN_FILE, load_scan, save_scan
 from prunescope.structured.importance import IMPORTANCES
+from prunescope.structured.workflow import prune_channels_and_recover, read_channel_pick
 from prunescope.sweep import sweep
 from prunescope.targets import effective_weight, find_targets
 from prunescope.train import (
@@ -309,8 +310,16 @@ def pick_command(
     picker: Annotated[str, typer.Option(help="threshold, sconce, knee, budget or ensemble.")] = "ensemble",
     max_drop: Points = None,
     target_sparsity: Annotated[float | None, typer.Option(help="Budget: fraction of weights to remove.")] = None,
-    target_params: Annotated[int | None, typer.Option(help="Budget: weights to keep, at most.")] = None,
-    target_macs: Annotated[int | None, typer.Option(help="Budget: effective MACs per sample, at most.")] = None,
+    target_params: Annotated[int | None, typer.Option(help="Budget: weights to keep, at most (channel scans: "
+                                                           "parameters of the whole model).")] = None,
+    target_macs: Annotated[float | None, typer.Option(help="Budget: MACs per sample to keep, at most: a fraction of "
+                                                           "the dense MACs (<= 1; 0.5 halves them) or a count.")]
+    = None,
+    target_latency_ms: Annotated[float | None, typer.Option(help="Budget (channel scans): median ms per batch on "
+                                                                 "--device, at most.")] = None,
+    latency_batch: Annotated[int, typer.Option(help="Batch size --target-latency-ms is timed with.")] = 1,
+    round_to: Annotated[int, typer.Option(help="Channel scans: keep channel counts multiples of this (prunescope "
+                                               "prune applies the same).")] = 1,
     lower_bound: Annotated[bool, typer.Option(help="Threshold on the pessimistic end of each interval.")] = False,
     vote: Annotated[bool, typer.Option(help="Ensemble by median instead of the most conservative member.")] = False,
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to verify on (default: the scanned one).")]
@@ -321,7 +330,8 @@ def pick_command(
 ) -> None:
     """Choose per-layer sparsities from a scan, then verify them jointly on val (backing off if needed)."""
     chosen = build_picker(picker, max_drop=_points(max_drop), target_sparsity=target_sparsity,
-                          target_params=target_params, target_macs=target_macs, lower_bound=lower_bound, vote=vote)
+                          target_params=target_params, target_macs=target_macs, target_latency_ms=target_latency_ms,
+                          lower_bound=lower_bound, vote=vote)
     saved_scan = load_scan(scan_dir)
     source = checkpoint or saved_scan.checkpoint
     if source is None:
@@ -329,15 +339,21 @@ def pick_command(
     saved, dataset = _checkpoint_and_data(Path(source), data_dir)
     saved_scan.check_model(saved.model, scan_dir)
     with _progress("verifying", 1) as done:
-        choice = choose(saved_scan.curves, chosen, saved.model, dataset, max_drop=_points(max_drop), device=device)
+        choice = choose(saved_scan.curves, chosen, saved.model, dataset, max_drop=_points(max_drop), device=device,
+                        round_to=round_to, latency_batch=latency_batch)
         done()
     path = out or scan_dir / "pick.json"
     settings = {"scan": str(scan_dir), "checkpoint": str(source), "picker": picker, "max_drop": _points(max_drop),
                 "target_sparsity": target_sparsity, "target_params": target_params, "target_macs": target_macs,
+                "target_latency_ms": target_latency_ms, "latency_batch": latency_batch, "round_to": round_to,
                 "lower_bound": lower_bound, "vote": vote}
     write_json(path, document("pick", settings, model=saved.model_spec, dataset=saved.dataset_spec,
                               **choice.to_dict()))
     console.print(choice_table(choice))
+    if choice.footprint is not None:
+        size = choice.footprint
+        console.print(f"params {size['dense_params']:,} → {size['params']:,}, MACs {size['dense_macs']:,} → "
+                      f"{size['macs']:,} ({size['macs_fraction']:.1%} of dense), round to {round_to}")
     if choice.bound is not None and not choice.verified.within_bound:
         console.print(f"[yellow]even dense the joint drop exceeds {choice.bound * 100:g} pts[/yellow]")
     console.print(f"wrote {path}")
@@ -453,8 +469,6 @@ def _prune_channels(
     checkpoint: Path, allocation: Path, finetune_epochs: int, lr: float, patience: int | None, importance: str | None,
     round_to: int | None, export_path: Path | None, out: Path, data_dir: str | None, device: str, seed: int,
 ) -> None:
-    from prunescope.structured.workflow import prune_channels_and_recover, read_channel_pick  # TODO hoist
-
     saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
     pick = read_channel_pick(allocation, saved.model, saved.model_spec)
     importance = importance or pick.importance or "l2"
@@ -564,6 +578,79 @@ def baseline_command(
     console.print(listing_table("val accuracy at the same mask", ["model", "accuracy", "epochs"], rows))
     verdict = "beat" if pruned_accuracy > accuracy else "did not beat"
     console.print(f"fine-tuning {verdict} training from scratch by {abs(pruned_accuracy - accuracy) * 100:.2f} pts")
+
+
+@app.command("measure")
+def measure_command(
+    checkpoint: Annotated[Path, typer.Option(help="The model to time: an exported .pt2 (prune --export) or a "
+                                                  "prunescope checkpoint.")],
+    dense: Annotated[Path | None, typer.Option(help="Dense model to compare with, exported or checkpoint (default: "
+                                                    "the dense architecture rebuilt from the model's spec, with fresh "
+                                                    "weights, which do not change latency).", show_default=False)]
+    = None,
+    device: Device = "auto",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,256",
+    repeats: Annotated[int, typer.Option(help="Timed forward passes per batch size (after 5 untimed ones).")] = 30,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the numbers to this JSON file.",
+                                                  show_default=False)] = None,
+) -> None:
+    """Time a model against its dense reference: params, MACs per sample, latency, throughput, speed-up."""
+    from prunescope.measure import measure_speedup  # imported here to keep the command one block
+    from prunescope.structured.export import comparable_modules, dense_reference, load_model_file
+
+    target = resolve_device(device)
+    sizes = _parse_batch_sizes(batch_sizes)
+    if repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {repeats}")
+    model = load_model_file(checkpoint, target)
+    reference = dense_reference(model, dense, target)
+    if reference is None:
+        console.print("[yellow]no dense reference: the file names no dense architecture (or is dense itself); "
+                      "pass --dense to compare[/yellow]")
+    ours, theirs = comparable_modules(model, reference, target)
+    result = measure_speedup(ours, theirs, model.input_shape, device=target, batch_sizes=sizes, repeats=repeats)
+    runtime = "torch.export graphs" if model.exported or (reference is not None and reference.exported) else "eager"
+    labels = (checkpoint.name, dense.name if dense else "dense (rebuilt from spec)")
+    shape = "×".join(map(str, model.input_shape))
+    columns = ["model", "batch", "params", "MACs / sample", "median ms", "p10–p90 ms", "samples / s", "speed-up",
+               "MAC reduction"]
+    console.print(listing_table(f"{checkpoint.name} on {target} as {runtime}, input {shape}, {repeats} timed passes "
+                                "(speed-up = dense median / model median)", columns, _measure_rows(result, labels)))
+    if json_out is not None:
+        settings = {"checkpoint": str(checkpoint), "dense": str(dense) if dense else None, "device": str(target),
+                    "batch_sizes": list(sizes), "repeats": repeats}
+        write_json(json_out, document("measure", settings, input_shape=list(model.input_shape), runtime=runtime,
+                                      dense_reference=labels[1] if reference is not None else None, **result))
+        console.print(f"wrote {json_out}")
+
+
+def _parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``"1,256"`` → ``(1, 256)``; UsageError unless every entry is a positive integer."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--batch-sizes {text!r} is not a comma-separated list of integers, e.g. 1,256") from None
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"--batch-sizes {text!r} must list positive integers, e.g. 1,256")
+    return sizes
+
+
+def _measure_rows(result: dict, labels: tuple[str, str]) -> list[list[str]]:
+    """Rows of ``measure_speedup``'s result: per batch size the model, then the dense reference."""
+    rows = []
+    for batch in result["model"]["latency"]:
+        for side, label in zip(("model", "dense"), labels, strict=True):
+            if result[side] is None:
+                continue
+            cost, timing = result[side], result[side]["latency"][batch]
+            compared = side == "model" and result["dense"] is not None
+            rows.append([
+                label, batch, f"{cost['params']:,}", f"{cost['macs']:,}", f"{timing['median_ms']:.3f}",
+                f"{timing['p10_ms']:.3f}–{timing['p90_ms']:.3f}", f"{timing['throughput']:,.0f}",
+                f"{result['speedup'][batch]:.2f}×" if compared else "-",
+                f"{result['mac_reduction']:.2f}×" if compared and result["mac_reduction"] else "-",
+            ])
+    return rows
 
 
 @app.command("report")

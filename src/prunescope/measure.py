@@ -8,6 +8,7 @@ through its effective weight ``weight_orig * weight_mask``, once, under the name
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils.rnn import PackedSequence
+from torch.utils.flop_counter import FlopCounterMode
 
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
@@ -184,6 +186,73 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> MacCounts:
     )
 
 
+def count_op_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Dense multiply-accumulates of one forward pass on ONE sample, counted from the ATen operators that run.
+
+    :func:`count_macs` hooks layer modules; this counts operators, so it also measures a graph
+    loaded from a torch.export file (:func:`prunescope.structured.export.load_exported`),
+    which has no ``nn.Conv2d`` or ``nn.Linear`` to hook. It agrees with
+    ``count_macs(...).dense`` on models built from Linear, Conv, RNN and attention layers.
+    Counted with :class:`torch.utils.flop_counter.FlopCounterMode` over a dry run on zeros of
+    shape ``(1, *input_shape)`` (model's device and floating dtype, eval mode,
+    ``torch.inference_mode``); MACs = FLOPs / 2.
+
+    Counted: matrix products (``mm``, ``addmm``, ``bmm``, ``baddbmm``; not bias additions),
+    convolutions (grouped and transposed too) and attention kernels, as FlopCounterMode
+    counts them, plus fused kernels it has no formula for: recurrent layers (LSTM on CPU,
+    ``mkldnn_rnn_layer``; any RNN on cuDNN, ``_cudnn_rnn``) at ``weight.numel()`` MACs per
+    weight matrix per time step, as in :func:`count_macs`, and CPU attention
+    (``_scaled_dot_product_flash_attention_for_cpu``). Not counted: elementwise operators,
+    normalisation, pooling, embeddings, and any other operator without a formula.
+    Zero weights count like any other: for unstructured sparsity see ``count_macs(...).effective``.
+
+    A raw ``ExportedProgram.module()`` refuses ``eval()``; ``load_exported``'s module allows it.
+    Raises UsageError if ``input_shape`` is invalid or the model cannot run on it.
+    """
+    _check_shape(input_shape)
+    counter = FlopCounterMode(display=False, custom_mapping=_FUSED_KERNEL_FLOPS)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:
+        # The fused MultiheadAttention inference kernel has no formula; the unfused path
+        # computes the same thing through counted projections and attention.
+        torch.backends.mha.set_fastpath_enabled(False)
+        with _eval_mode(model), torch.inference_mode(), counter:
+            _forward(model, _example_input(model, 1, input_shape, _model_device(model), torch.zeros), input_shape)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return counter.get_total_flops() // 2
+
+
+def _recurrent_flops(input_shape: torch.Size, weight_shapes: list[torch.Size]) -> int:
+    """FLOPs of a fused recurrent kernel: every weight matrix (2-D) once per time step of every sequence."""
+    steps = math.prod(input_shape[:-1])  # (L, N, in), (N, L, in), or packed (sum of lengths, in)
+    return 2 * steps * sum(math.prod(shape) for shape in weight_shapes if len(shape) == 2)
+
+
+def _mkldnn_rnn_layer_flops(input: torch.Size, weight0: torch.Size, weight1: torch.Size, *_: Any, **__: Any) -> int:
+    """``aten.mkldnn_rnn_layer`` (an LSTM layer and direction on CPU): weight0 is W_ih, weight1 W_hh."""
+    return _recurrent_flops(input, [weight0, weight1])
+
+
+def _cudnn_rnn_flops(input: torch.Size, weight: list[torch.Size], *_: Any, **__: Any) -> int:
+    """``aten._cudnn_rnn`` (a whole RNN/LSTM/GRU on CUDA): ``weight`` lists every layer's and direction's tensors."""
+    # Written from the operator's schema; unlike the CPU formulas, not yet checked against count_macs on a GPU.
+    return _recurrent_flops(input, weight)
+
+
+def _cpu_attention_flops(query: torch.Size, key: torch.Size, value: torch.Size, *_: Any, **__: Any) -> int:
+    """``aten._scaled_dot_product_flash_attention_for_cpu``: QK^T and AV, as FlopCounterMode counts CUDA attention."""
+    return 2 * math.prod(query[:-1]) * key[-2] * (query[-1] + value[-1])
+
+
+# FlopCounterMode formulas (called with tensor shapes) for fused kernels torch 2.13 leaves uncounted.
+_FUSED_KERNEL_FLOPS = {
+    torch.ops.aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops,
+    torch.ops.aten._cudnn_rnn: _cudnn_rnn_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+}
+
+
 def measure_latency(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -272,6 +341,44 @@ def measure_all(
             for batch in dict.fromkeys(batch_sizes)
         },
     }
+
+
+def measure_speedup(
+    model: nn.Module,
+    reference: nn.Module | None,
+    input_shape: tuple[int, ...],
+    *,
+    device: torch.device | str = "cpu",
+    batch_sizes: tuple[int, ...] = (1, 256),
+    repeats: int = 30,
+) -> dict[str, Any]:
+    """Cost of ``model`` and of a dense ``reference`` (None: no comparison), as one JSON-able dict.
+
+    ``model`` and ``reference`` each map to ``{"params": entries, "macs": dense MACs per sample
+    (:func:`count_op_macs`, so graphs from torch.export count too), "latency": {batch size as a
+    string: fields of :class:`Latency`}}`` (:func:`measure_latency` on ``device``).
+    ``speedup`` maps each batch size to reference median latency / model median latency, and
+    ``mac_reduction`` is reference MACs / model MACs; both are None without a reference.
+    """
+    if not batch_sizes:
+        raise UsageError("batch_sizes must name at least one batch size")
+    sizes = tuple(dict.fromkeys(batch_sizes))
+
+    def cost(module: nn.Module) -> dict[str, Any]:
+        latency = {
+            str(batch): asdict(measure_latency(module, input_shape, device=device, batch_size=batch, repeats=repeats))
+            for batch in sizes
+        }
+        macs = count_op_macs(module, input_shape)
+        return {"params": count_parameters(module).total, "macs": macs, "latency": latency}
+
+    ours = cost(model)
+    if reference is None:
+        return {"model": ours, "dense": None, "speedup": None, "mac_reduction": None}
+    dense = cost(reference)
+    speedup = {batch: dense["latency"][batch]["median_ms"] / t["median_ms"] for batch, t in ours["latency"].items()}
+    mac_reduction = dense["macs"] / ours["macs"] if ours["macs"] else None
+    return {"model": ours, "dense": dense, "speedup": speedup, "mac_reduction": mac_reduction}
 
 
 class _MacTally:
