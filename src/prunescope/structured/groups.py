@@ -78,6 +78,28 @@ class LSTMHiddenPruner(tp.pruner.BasePruningFunc):
         return layer.input_size
 
 
+class _RecurrentLeaf(tp.pruner.BasePruningFunc):
+    """Makes Torch-Pruning see a GRU / RNN as one layer, so that it is skipped with its reason.
+
+    Unregistered, their CPU kernels are traced op by op as element-wise ops, which couples the
+    layer feeding them with the layer after them. Never called to prune.
+    """
+
+    TARGET_MODULES = nn.RNNBase
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        raise NotImplementedError(f"{type(layer).__name__} hidden units are not pruned structurally")
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        raise NotImplementedError(f"{type(layer).__name__} inputs are not pruned structurally")
+
+    def get_out_channels(self, layer: nn.RNNBase) -> int:
+        return layer.hidden_size
+
+    def get_in_channels(self, layer: nn.RNNBase) -> int:
+        return layer.input_size
+
+
 _ALL = slice(None)
 
 
@@ -412,6 +434,32 @@ def _unsupported_root(module: nn.Module) -> str | None:
     return None
 
 
+def _all_groups(
+    graph: tp.DependencyGraph, ignored: list[nn.Module], names: dict[nn.Module, str], skipped: dict[str, str]
+) -> Iterator[tp.dependency.Group]:
+    """Torch-Pruning's ``get_all_groups`` over the mixers (each layer's output channels in one group).
+
+    Unlike it, groups coupled with an ``ignored`` layer are yielded too (it drops them silently,
+    their layers then in no group and not in ``skipped``), and a root whose group Torch-Pruning
+    fails to build (its index mappings break inside a GRU traced op by op) goes to ``skipped``.
+    """
+    visited: set[nn.Module] = set()
+    for module in list(graph.module2node):
+        if not isinstance(module, _MIXERS) or module in visited or module in ignored:
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        width = pruner.get_out_channels(module) if pruner is not None else None
+        if width is None:
+            continue
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        except Exception as error:  # Torch-Pruning raises anything from IndexErrors to assertions
+            skipped[names[module]] = f"Torch-Pruning cannot follow its channels ({type(error).__name__}: {error})"
+            continue
+        visited.update(dep.target.module for dep, _ in group.items if graph.is_out_channel_pruning_fn(dep.handler))
+        yield group
+
+
 def find_groups(
     model: nn.Module, input_shape: Sequence[int], include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> ChannelGroups:
@@ -431,7 +479,7 @@ def find_groups(
                 model,
                 example_inputs=example,
                 forward_fn=lambda m, x: m(x),
-                customized_pruners={nn.LSTM: LSTMHiddenPruner()},
+                customized_pruners={nn.LSTM: LSTMHiddenPruner(), nn.GRU: _RecurrentLeaf(), nn.RNN: _RecurrentLeaf()},
             )
     finally:
         model.train(was_training)
@@ -449,23 +497,28 @@ def find_groups(
             skipped[names[module]] = reason
             ignored.append(module)
     roots: dict[str, nn.Module] = {}
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_MIXERS):
+    for group in _all_groups(graph, ignored, names, skipped):
         root = group[0].dep.target.module
-        members = [dep.target.module for dep, _ in group.items]
-        if any(
-            m in outputs
-            for m, (dep, _) in zip(members, group.items, strict=True)
-            if dep.handler.__name__.startswith("prune_out")
-        ):
-            continue  # coupled to an output layer: removing these channels changes the output
         name = names[root]
-        try:
-            for dep, _idxs in group.items:
-                if isinstance(dep.target.module, nn.Module) and dep.target.module in names:
-                    out = dep.handler.__name__.startswith("prune_out")
-                    member_slices(dep.target.module, out, torch.tensor([0]))
-        except ValueError as why:
-            skipped[name] = f"coupled with {names[dep.target.module]!r}: {why}"
+        # Output channels of every layer in the group: all left dense if the group is.
+        producers = [
+            dep.target.module
+            for dep, _ in group.items
+            if graph.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, _MIXERS)
+        ]
+        # e.g. coupled to an output layer: removing these channels would change the output
+        why = next((f"coupled with {names[m]!r}: {skipped[names[m]]}" for m in producers if m in ignored), None)
+        if why is None:
+            try:
+                for dep, _idxs in group.items:
+                    if isinstance(dep.target.module, nn.Module) and dep.target.module in names:
+                        out = dep.handler.__name__.startswith("prune_out")
+                        member_slices(dep.target.module, out, torch.tensor([0]))
+            except ValueError as error:
+                why = f"coupled with {names[dep.target.module]!r}: {error}"
+        if why is not None:
+            for module in producers:
+                skipped.setdefault(names[module], why)
             continue
         roots[name] = root
     order = {name: i for i, name in enumerate(names.values())}
