@@ -198,6 +198,17 @@ class ChannelGroup:
 
 
 @dataclass(frozen=True)
+class _Member:
+    """One layer of a group: its path, whether its output (else input) channels, and per index the root channel."""
+
+    path: str
+    module: nn.Module
+    out: bool
+    idxs: torch.Tensor  # (k,) the member's channel indices
+    roots: torch.Tensor  # (k,) the root channel each index follows (several for a flatten)
+
+
+@dataclass(frozen=True)
 class Footprint:
     """Parameters (all of them, biases and norms included) and dense MACs per sample of a model."""
 
@@ -236,9 +247,13 @@ class ChannelGroups:
             if (tensor := _parameters(model).get(name)) is not None
         }
         self._spent = False
+        # Per group, every member with parameters and, per member index, the root channel it follows:
+        # traced once here, so that masking and footprints need no graph walk.
+        self._members_of: dict[str, list[_Member]] = {}
         self.groups: dict[str, ChannelGroup] = {}
         for name, root in roots.items():
             width = self._pruner(root).get_out_channels(root)
+            self._members_of[name] = list(self._trace_members(name, width))
             entries = self.removed_entries({name: range(width)})
             self.groups[name] = ChannelGroup(
                 name,
@@ -266,16 +281,31 @@ class ChannelGroups:
             raise UsageError(f"channel index out of range for group {name!r} of width {width}")
         return self._graph.get_pruning_group(root, self._pruner(root).prune_out_channels, chosen)
 
-    def _slices(self, name: str, idxs: Sequence[int]) -> Iterator[tuple[str, tuple[Index, ...]]]:
-        for dep, member_idxs in self.tp_group(name, idxs).items:
-            module = dep.target.module
+    def _trace_members(self, name: str, width: int) -> Iterator[_Member]:
+        for item in self.tp_group(name, range(width)).items:
+            module = item.dep.target.module
             if not isinstance(module, nn.Module) or module not in self._names:
                 continue  # a Torch-Pruning op node (add, concat, reshape): no parameters
-            out = dep.handler.__name__.startswith("prune_out") or "depthwise" in dep.handler.__name__
-            index = torch.tensor(sorted(int(i) for i in member_idxs), dtype=torch.long)
-            prefix = self._names[module]
-            for param, where in member_slices(module, out, index):
-                yield f"{prefix}.{param}" if prefix else param, where
+            handler = item.dep.handler.__name__
+            yield _Member(
+                self._names[module], module, handler.startswith("prune_out") or "depthwise" in handler,
+                torch.tensor([int(i) for i in item.idxs], dtype=torch.long),
+                torch.tensor([int(i) for i in item.root_idxs], dtype=torch.long),
+            )
+
+    def _slices(self, name: str, idxs: Sequence[int]) -> Iterator[tuple[str, tuple[Index, ...]]]:
+        if self._spent:
+            raise RuntimeError("these channel groups belong to a model that has been pruned: find them again")
+        if name not in self._members_of:
+            raise UsageError(f"unknown channel group {name!r}; groups: {', '.join(self._roots)}")
+        removed = torch.tensor(sorted({int(i) for i in idxs}), dtype=torch.long)
+        width = self.groups[name].width if name in self.groups else len(removed)
+        if len(removed) and not (removed[0] >= 0 and removed[-1] < width):
+            raise UsageError(f"channel index out of range for group {name!r} of width {width}")
+        for member in self._members_of[name]:
+            index = torch.sort(member.idxs[torch.isin(member.roots, removed)]).values
+            for param, where in member_slices(member.module, member.out, index):
+                yield f"{member.path}.{param}" if member.path else param, where
 
     def _members(self, name: str, width: int) -> Iterator[str]:
         seen = []

@@ -10,8 +10,9 @@
   He et al., CVPR 2019): the most replaceable filters go first.
 - ``lamp``: LAMP scores on the channels' group norms (``LAMPImportance``; Lee et al. 2021).
 
-Scores are per root channel, lower = removed first; :func:`ranked` turns them into the
-removal order.
+Scores are per root channel, lower = removed first; :meth:`GroupScores.ranked` turns them
+into the removal order. Torch-Pruning reads the Conv, Linear and BatchNorm members of a
+group; an LSTM's hidden units are scored from the columns of the layers reading them.
 """
 
 from __future__ import annotations
