@@ -1,7 +1,8 @@
 """Which channels of a group go first: Torch-Pruning's group importance classes.
 
-- ``l1`` / ``l2``: group magnitude, the L1 / L2 norm of every member's slice of a channel
-  (``GroupMagnitudeImportance(p=1|2)``).
+- ``l1`` / ``l2``: group magnitude, Σ|w| / Σw² over the channel's slices of every member
+  weight, biases not counted, divided by the group's mean (``GroupMagnitudeImportance(p=1|2)``,
+  default ``normalizer="mean"``).
 - ``bn``: the absolute BatchNorm scale |γ| (``BNScaleImportance``; Liu et al., "Network
   Slimming", 2017); a group without BatchNorm falls back to ``l2`` (said in ``fallbacks``).
 - ``taylor``: first-order Taylor, |w · g| summed over the group's slices (``GroupTaylorImportance``;
