@@ -69,6 +69,15 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str
     return done.value.code or 0, captured.out, captured.err
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The tests' tensors are tiny: one CPU thread is faster, and on a shared CPU far steadier, than several."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]):
     """``cli(*argv) -> (exit code, stdout, stderr)`` of the prunescope command."""

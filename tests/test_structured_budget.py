@@ -75,15 +75,6 @@ def _data(n: int = 32) -> Dataset:
     return Dataset("noise", split(), split(), split(), SHAPE, 10, spec={"name": "noise"})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread: on a shared machine, threads waiting for each other swamp small ops and the timings."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def resnet() -> nn.Module:
     return _model("resnet20")

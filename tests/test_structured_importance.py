@@ -21,15 +21,6 @@ from prunescope.structured.importance import IMPORTANCES, GroupScores, group_sco
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and on a shared CPU far steadier, than several."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model_and_groups(name: str, seed: int = 0, **options):
     torch.manual_seed(seed)
     model = build_model(name, SHAPE, 3, **options).eval()
