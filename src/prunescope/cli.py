@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -24,6 +25,7 @@ from prunescope.evaluate import Evaluator
 from prunescope.html import load_result, write_html
 from prunescope.io import write_json
 from prunescope.masks import check_sparsity, global_sparsity
+from prunescope.measure import measure_speedup
 from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.choose import build_picker, choose
 from prunescope.pipeline import run, train_model
@@ -41,6 +43,7 @@ from prunescope.report import (
 from prunescope.runconfig import load_config
 from prunescope.scan import GRANULARITIES, STRATEGIES, scan
 from prunescope.scan.files import JOURNAL_FILE, SCAN_FILE, load_scan, save_scan
+from prunescope.structured.export import comparable_modules, dense_reference, load_model_file
 from prunescope.structured.importance import IMPORTANCES
 from prunescope.structured.workflow import prune_channels_and_recover, read_channel_pick
 from prunescope.sweep import sweep
@@ -591,17 +594,20 @@ def measure_command(
     device: Device = "auto",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,256",
     repeats: Annotated[int, typer.Option(help="Timed forward passes per batch size (after 5 untimed ones).")] = 30,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's own; 1 is steadier "
+                                                     "on a busy machine).", show_default=False)] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the numbers to this JSON file.",
                                                   show_default=False)] = None,
 ) -> None:
     """Time a model against its dense reference: params, MACs per sample, latency, throughput, speed-up."""
-    from prunescope.measure import measure_speedup  # imported here to keep the command one block
-    from prunescope.structured.export import comparable_modules, dense_reference, load_model_file
-
     target = resolve_device(device)
     sizes = _parse_batch_sizes(batch_sizes)
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {repeats}")
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
     model = load_model_file(checkpoint, target)
     reference = dense_reference(model, dense, target)
     if reference is None:
@@ -615,10 +621,11 @@ def measure_command(
     columns = ["model", "batch", "params", "MACs / sample", "median ms", "p10–p90 ms", "samples / s", "speed-up",
                "MAC reduction"]
     console.print(listing_table(f"{checkpoint.name} on {target} as {runtime}, input {shape}, {repeats} timed passes "
-                                "(speed-up = dense median / model median)", columns, _measure_rows(result, labels)))
+                                "each, interleaved (speed-up = dense median / model median; range over 5 rounds)",
+                                columns, _measure_rows(result, labels)))
     if json_out is not None:
         settings = {"checkpoint": str(checkpoint), "dense": str(dense) if dense else None, "device": str(target),
-                    "batch_sizes": list(sizes), "repeats": repeats}
+                    "batch_sizes": list(sizes), "repeats": repeats, "threads": torch.get_num_threads()}
         write_json(json_out, document("measure", settings, input_shape=list(model.input_shape), runtime=runtime,
                                       dense_reference=labels[1] if reference is not None else None, **result))
         console.print(f"wrote {json_out}")
@@ -635,6 +642,11 @@ def _parse_batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _speedup(result: dict, batch: str) -> str:
+    low, high = result["speedup_range"][batch]
+    return f"{result['speedup'][batch]:.2f}× ({low:.2f}–{high:.2f})"
+
+
 def _measure_rows(result: dict, labels: tuple[str, str]) -> list[list[str]]:
     """Rows of ``measure_speedup``'s result: per batch size the model, then the dense reference."""
     rows = []
@@ -647,7 +659,7 @@ def _measure_rows(result: dict, labels: tuple[str, str]) -> list[list[str]]:
             rows.append([
                 label, batch, f"{cost['params']:,}", f"{cost['macs']:,}", f"{timing['median_ms']:.3f}",
                 f"{timing['p10_ms']:.3f}–{timing['p90_ms']:.3f}", f"{timing['throughput']:,.0f}",
-                f"{result['speedup'][batch]:.2f}×" if compared else "-",
+                _speedup(result, batch) if compared else "-",
                 f"{result['mac_reduction']:.2f}×" if compared and result["mac_reduction"] else "-",
             ])
     return rows

@@ -273,6 +273,15 @@ def measure_latency(
     Raises UsageError for batch_size < 1, warmup < 0, repeats < 1, an unknown or unavailable
     device, or an input shape the model cannot run on.
     """
+    times_ms = _timed_passes(model, input_shape, device=device, batch_size=batch_size, warmup=warmup, repeats=repeats)
+    return _latency(times_ms, batch_size)
+
+
+def _timed_passes(
+    model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device | str, batch_size: int, warmup: int,
+    repeats: int,
+) -> list[float]:
+    """Milliseconds of each of ``repeats`` forward passes after ``warmup`` untimed ones (see measure_latency)."""
     _check_shape(input_shape)
     for name, value, least in (("batch_size", batch_size, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
         if value < least:
@@ -299,7 +308,10 @@ def measure_latency(
                 times_ms.append((time.perf_counter() - start) * 1000.0)
     finally:
         model.to(original_device)
+    return times_ms
 
+
+def _latency(times_ms: list[float], batch_size: int) -> Latency:
     p10, median, p90 = (float(v) for v in np.percentile(times_ms, [10, 50, 90]))
     return Latency(
         batch_size=batch_size,
@@ -351,34 +363,54 @@ def measure_speedup(
     device: torch.device | str = "cpu",
     batch_sizes: tuple[int, ...] = (1, 256),
     repeats: int = 30,
+    rounds: int = 5,
 ) -> dict[str, Any]:
     """Cost of ``model`` and of a dense ``reference`` (None: no comparison), as one JSON-able dict.
 
     ``model`` and ``reference`` each map to ``{"params": entries, "macs": dense MACs per sample
     (:func:`count_op_macs`, so graphs from torch.export count too), "latency": {batch size as a
-    string: fields of :class:`Latency`}}`` (:func:`measure_latency` on ``device``).
-    ``speedup`` maps each batch size to reference median latency / model median latency, and
-    ``mac_reduction`` is reference MACs / model MACs; both are None without a reference.
+    string: fields of :class:`Latency`}}`` on ``device``. The two models are timed side by
+    side: ``repeats`` passes each, in ``rounds`` alternating chunks, so that a machine getting
+    busier or quieter during the measurement slows both alike. ``speedup`` maps each batch
+    size to reference median / model median latency, ``speedup_range`` to the lowest and
+    highest of the per-round ratios; ``mac_reduction`` is reference MACs / model MACs. All
+    three are None without a reference.
     """
     if not batch_sizes:
         raise UsageError("batch_sizes must name at least one batch size")
+    if rounds < 1:
+        raise UsageError(f"rounds must be at least 1, got {rounds}")
     sizes = tuple(dict.fromkeys(batch_sizes))
+    modules = [model] if reference is None else [model, reference]
+    chunk = max(1, repeats // rounds)
+    times: dict[int, list[list[list[float]]]] = {batch: [[] for _ in modules] for batch in sizes}
+    for batch in sizes:
+        for round_number in range(max(1, min(rounds, repeats))):
+            for timed, module in zip(times[batch], modules, strict=True):
+                warmup = 5 if round_number == 0 else 1
+                timed.append(_timed_passes(module, input_shape, device=device, batch_size=batch, warmup=warmup,
+                                           repeats=chunk))
 
-    def cost(module: nn.Module) -> dict[str, Any]:
-        latency = {
-            str(batch): asdict(measure_latency(module, input_shape, device=device, batch_size=batch, repeats=repeats))
-            for batch in sizes
-        }
-        macs = count_op_macs(module, input_shape)
-        return {"params": count_parameters(module).total, "macs": macs, "latency": latency}
+    def cost(index: int, module: nn.Module) -> dict[str, Any]:
+        latency = {str(b): asdict(_latency([t for part in times[b][index] for t in part], b)) for b in sizes}
+        return {"params": count_parameters(module).total, "macs": count_op_macs(module, input_shape),
+                "latency": latency}
 
-    ours = cost(model)
+    ours = cost(0, model)
     if reference is None:
-        return {"model": ours, "dense": None, "speedup": None, "mac_reduction": None}
-    dense = cost(reference)
-    speedup = {batch: dense["latency"][batch]["median_ms"] / t["median_ms"] for batch, t in ours["latency"].items()}
-    mac_reduction = dense["macs"] / ours["macs"] if ours["macs"] else None
-    return {"model": ours, "dense": dense, "speedup": speedup, "mac_reduction": mac_reduction}
+        return {"model": ours, "dense": None, "speedup": None, "speedup_range": None, "mac_reduction": None}
+    dense = cost(1, reference)
+    speedup = {str(b): dense["latency"][str(b)]["median_ms"] / ours["latency"][str(b)]["median_ms"] for b in sizes}
+    per_round = {
+        str(b): [float(np.median(d)) / float(np.median(m)) for m, d in zip(*times[b], strict=True)] for b in sizes
+    }
+    return {
+        "model": ours,
+        "dense": dense,
+        "speedup": speedup,
+        "speedup_range": {b: [min(r), max(r)] for b, r in per_round.items()},
+        "mac_reduction": dense["macs"] / ours["macs"] if ours["macs"] else None,
+    }
 
 
 class _MacTally:

@@ -152,11 +152,14 @@ def scan_table(curves: Curves, tolerance: float) -> Table:
 def choice_table(choice: Choice) -> Table:
     """The verified allocation per target, who decided it, and the predicted drop there."""
     drops = choice.pick.details.get("drops", {})
-    table = Table(title=f"{choice.picker} pick: {choice.global_sparsity:.1%} of the weights removed; joint drop "
+    channels = choice.footprint is not None
+    removed = "of the parameters removed (whole channels)" if channels else "of the weights removed"
+    table = Table(title=f"{choice.picker} pick: {choice.global_sparsity:.1%} {removed}; joint drop "
                   f"predicted {choice.verified.predicted_drop * 100:+.2f} pts, measured "
                   f"{choice.verified.measured_drop * 100:+.2f} pts")
-    for column in ("layer", "picked", "verified", "decided by", "predicted drop (pts)"):
-        table.add_column(column, justify="right" if column != "layer" else "left", no_wrap=True)
+    first = "group" if channels else "layer"
+    for column in (first, "picked", "verified", "decided by", "predicted drop (pts)"):
+        table.add_column(column, justify="right" if column != first else "left", no_wrap=True)
     for name, sparsity in choice.verified.allocation.items():
         table.add_row(
             name,
