@@ -188,6 +188,38 @@ def export(
     return save_checkpoint(path, model, model_spec, dataset_spec, meta=meta)
 
 
+def read_pick(path: str | os.PathLike[str], *, model_spec: dict[str, Any] | None = None) -> tuple[dict, dict]:
+    """The raw allocation and the settings in JSON file ``path`` (settings ``{}`` for a bare object).
+
+    Accepts a pick file as ``prunescope pick`` writes it (``{"allocation": {...}, "settings":
+    {...}, ...}``) or a bare ``{target: sparsity}`` object. Given ``model_spec``, a pick file
+    that records another model spec is refused. Errors are one-line UsageErrors.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"allocation file {path} does not exist: write one with prunescope pick") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"allocation file {path} is not readable JSON ({reason})") from e
+    if isinstance(document, dict) and isinstance(document.get("allocation"), dict):
+        made_for = document.get("model")
+        if model_spec is not None and isinstance(made_for, dict) and made_for != model_spec:
+            raise UsageError(
+                f"allocation file {path} was picked for model {made_for.get('name')!r} {made_for.get('kwargs', {})}, "
+                f"not for {model_spec.get('name')!r} {model_spec.get('kwargs', {})}: pick again for this model"
+            )
+        settings = document.get("settings")
+        return document["allocation"], settings if isinstance(settings, dict) else {}
+    if isinstance(document, dict) and "allocation" not in document:
+        return document, {}
+    raise UsageError(
+        f"allocation file {path} holds neither a pick (with an \"allocation\" object) "
+        "nor a {target: sparsity} object"
+    )
+
+
 def load_allocation(
     path: str | os.PathLike[str],
     targets: Sequence[Target | str],
@@ -204,30 +236,9 @@ def load_allocation(
     apart whose layers are named alike; given ``model_spec``, a pick file that records
     another model spec is refused too.
     """
-    path = Path(path)
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"allocation file {path} does not exist: write one with prunescope pick") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"allocation file {path} is not readable JSON ({reason})") from e
-    if isinstance(document, dict) and isinstance(document.get("allocation"), dict):
-        allocation = document["allocation"]
-        made_for = document.get("model")
-        if model_spec is not None and isinstance(made_for, dict) and made_for != model_spec:
-            raise UsageError(
-                f"allocation file {path} was picked for model {made_for.get('name')!r} {made_for.get('kwargs', {})}, "
-                f"not for {model_spec.get('name')!r} {model_spec.get('kwargs', {})}: pick again for this model"
-            )
-    elif isinstance(document, dict) and "allocation" not in document:
-        allocation = document
-    else:
-        raise UsageError(
-            f"allocation file {path} holds neither a pick (with an \"allocation\" object) "
-            "nor a {target: sparsity} object"
-        )
-    return check_allocation(allocation, targets, source=f"allocation file {path}", dense_if_missing=dense_if_missing)
+    allocation, _ = read_pick(path, model_spec=model_spec)
+    source = f"allocation file {Path(path)}"
+    return check_allocation(allocation, targets, source=source, dense_if_missing=dense_if_missing)
 
 
 @dataclass

@@ -10,7 +10,6 @@ predictions as the model in memory.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunescope.apply import ChannelPruned, check_allocation, prune_channels
+from prunescope.apply import ChannelPruned, check_allocation, prune_channels, read_pick
 from prunescope.checkpoint import save_checkpoint
 from prunescope.data.types import Dataset, Split
 from prunescope.errors import PrunescopeError, UsageError
@@ -48,16 +47,7 @@ def read_channel_pick(path: Path, model: nn.Module, model_spec: dict[str, Any]) 
     Groups the pick does not name stay dense. The importance is the one of the scan the pick
     was made from, when the pick names a scan that is still there.
     """
-    try:
-        document = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UsageError(f"allocation file {path} does not exist: write one with prunescope pick") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UsageError(f"allocation file {path} is not readable JSON ({type(error).__name__})") from None
-    if not isinstance(document, dict):
-        raise UsageError(f"allocation file {path} must hold a pick or a {{group: fraction}} object")
-    settings = document.get("settings", {}) if isinstance(document.get("allocation"), dict) else {}
-    raw = document["allocation"] if isinstance(document.get("allocation"), dict) else document
+    raw, settings = read_pick(path, model_spec=model_spec)
     groups = list(find_groups(model, model_spec["input_shape"]).groups)
     allocation = check_allocation(raw, groups, source=f"allocation file {path}", dense_if_missing=True)
     importance = None
