@@ -126,3 +126,16 @@ def test_unknown_group_in_allocation_is_one_line(cli, cnn, tmp_path):
     code, _, err = cli("prune", "--checkpoint", cnn, "--allocation", allocation, "--granularity", "channel",
                        "--out", tmp_path / "out", "--device", "cpu")
     assert code == 2 and "unknown targets conv9" in err and len(err.strip().splitlines()) == 1
+
+
+def test_channel_scan_with_two_workers_measures_what_one_process_does(cnn, channel_scan, tmp_path):
+    """Workers rebuild the groups from the pickled model: same points as the single-process scan."""
+    from prunescope.scan import scan
+
+    saved, data = load_checkpoint(cnn), load_dataset("digits")
+    curves = scan(saved.model, data, criterion="l1", granularity="channel", strategy="grid", device="cpu",
+                  storage=tmp_path / "study.journal", workers=2)
+    single = json.loads((channel_scan[0] / "scan.json").read_text())["curves"]["curves"]
+    for name, curve in curves.curves.items():
+        assert [(p.sparsity, p.value) for p in curve.sorted_points()] == [
+            (p["sparsity"], p["value"]) for p in sorted(single[name]["points"], key=lambda p: p["sparsity"])]
