@@ -74,7 +74,7 @@ from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.measure import count_macs, measure_latency
 from prunescope.models import build_model, model_spec
-from prunescope.pick.pickers import BudgetPicker
+from prunescope.pick.budget import BudgetPicker
 from prunescope.scan import scan
 from prunescope.structured.baselines import global_channels, uniform_channels
 from prunescope.structured.groups import find_groups
@@ -118,7 +118,7 @@ def padded(data: Dataset) -> Dataset:
 def ours_allocation(curves: Curves, pruning: ChannelPruning, target_macs: int) -> dict[str, float]:
     """OURS: the budget pick of the channel scan whose exact MACs per sample are at most ``target_macs``.
 
-    :class:`~prunescope.pick.pickers.BudgetPicker` on the channel curves (least predicted
+    :class:`~prunescope.pick.budget.BudgetPicker` on the channel curves (least predicted
     drop, multiple-choice knapsack), its budget met against the exact footprint of the
     pruned model (``pruning.footprint``, same ``round_to``).
     """

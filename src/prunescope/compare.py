@@ -8,7 +8,7 @@ after every val evaluation is done.
 ``ours`` at global sparsity s, by default (see :func:`compare`'s ``refiner`` and ``starts``):
 
 1. candidates: the budget picker's allocation on the scan's curves
-   (:class:`~prunescope.pick.pickers.BudgetPicker` with ``target_sparsity=s``) and the
+   (:class:`~prunescope.pick.budget.BudgetPicker` with ``target_sparsity=s``) and the
    allocations of the baselines in ``starts`` (uniform, uniform+, global, ERK, LAMP), each
    measured jointly on val (the baselines' own rows are reused, not evaluated again);
 2. start from the candidate with the best val metric (ties: the budget pick, then the
@@ -38,7 +38,7 @@ from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator, Metrics
 from prunescope.masks import applied, check_sparsity, compute_masks, global_sparsity, removed_count
 from prunescope.pick.baselines import ALLOCATIONS, allocate
-from prunescope.pick.pickers import BudgetPicker
+from prunescope.pick.budget import BudgetPicker
 from prunescope.pick.refine import PairwiseRefiner, Refiner
 from prunescope.targets import Target, find_targets
 

@@ -1,20 +1,18 @@
 """Turn sensitivity into per-target sparsities; baselines for comparison."""
 
 from prunescope.pick.baselines import ALLOCATIONS, allocate
+from prunescope.pick.budget import BudgetPicker, LatencyCosts
 from prunescope.pick.pickers import (
-    PICKERS,
     SCONCE_LEVELS,
-    BudgetPicker,
     EnsemblePicker,
     KneePicker,
-    LatencyCosts,
     Pick,
     Picker,
     ThresholdPicker,
-    make_picker,
     predicted_drops,
 )
 from prunescope.pick.refine import PairwiseRefiner, Refined, Refiner, RefineStep
+from prunescope.pick.registry import PICKERS, make_picker
 from prunescope.pick.verify import Verified, VerifyStep, model_evaluator, verify
 
 __all__ = [

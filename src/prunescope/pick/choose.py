@@ -18,7 +18,8 @@ from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import global_sparsity
-from prunescope.pick.pickers import BudgetPicker, EnsemblePicker, KneePicker, Pick, Picker, ThresholdPicker
+from prunescope.pick.budget import BudgetPicker
+from prunescope.pick.pickers import EnsemblePicker, KneePicker, Pick, Picker, ThresholdPicker
 from prunescope.pick.verify import Verified, model_evaluator, verify
 from prunescope.scan.evaluation import WeightPruning
 from prunescope.structured.allocation import check_round_to

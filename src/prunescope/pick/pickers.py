@@ -14,18 +14,19 @@ negative drop, never a violation.
   with ``|acc_dense - acc| <= degradation / 3``.
 - :class:`KneePicker`: the knee of each curve (``kneed``, Satopää et al., "Finding a
   'Kneedle' in a Haystack", 2011), where the metric starts to fall.
-- :class:`BudgetPicker`: reach a global sparsity, parameter, MAC or (channel curves)
-  latency budget exactly while losing the least predicted metric (multiple-choice knapsack,
-  solved by Lagrangian relaxation; channel budgets checked against the exact footprint).
+- :class:`~prunescope.pick.budget.BudgetPicker` (its own module): reach a global sparsity,
+  parameter, MAC or (channel curves) latency budget exactly while losing the least
+  predicted metric.
 - :class:`EnsemblePicker`: the most conservative (or the median) sparsity of its members.
+
+:func:`prunescope.pick.registry.make_picker` builds any of them by name.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -33,14 +34,13 @@ from kneed import KneeLocator
 
 from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.errors import UsageError
-from prunescope.masks import check_sparsity, removed_count
+from prunescope.masks import check_sparsity
 
 if TYPE_CHECKING:
-    from prunescope.measure import Latency
-    from prunescope.structured.groups import Footprint
+    pass
 
 SCONCE_LEVELS = tuple(round(0.95 - 0.05 * i, 2) for i in range(18))  # 0.95, 0.90, …, 0.10
-_SAME_LEVEL = 1e-9  # two sparsities closer than this are the same level
+SAME_LEVEL = 1e-9  # two sparsities closer than this are the same level
 
 
 @dataclass
@@ -79,7 +79,7 @@ def aligned(curve: Curve, curves: Curves) -> Curve:
     """
     dense = curves.dense
     points = [_shifted(p, dense.value - curves.dense_at(p.n).value) for p in curve.points]
-    if not any(p.sparsity <= _SAME_LEVEL for p in points):
+    if not any(p.sparsity <= SAME_LEVEL for p in points):
         points.insert(0, replace(dense, sparsity=0.0))
     return Curve(curve.target, curve.numel, curve.macs, points, curve.params)
 
@@ -169,7 +169,7 @@ class ThresholdPicker:
 
 
 def _is_level(sparsity: float, levels: Sequence[float]) -> bool:
-    return any(abs(sparsity - level) <= _SAME_LEVEL for level in levels)
+    return any(abs(sparsity - level) <= SAME_LEVEL for level in levels)
 
 
 @dataclass
@@ -229,475 +229,6 @@ class KneePicker:
 
 
 @dataclass
-class _Choices:
-    """One target's candidates for the knapsack: units removed, and the predicted drop and budget saved at each.
-
-    Units are weights (weight curves) or channels (channel curves). ``discrete``: only the
-    candidates themselves may be chosen (channels, whose kept counts follow ``round_to``);
-    otherwise any count between two candidates may (weights: the curve and the saving are
-    linear there).
-    """
-
-    name: str
-    numel: int
-    counts: np.ndarray  # units removed, ascending, first 0
-    drops: np.ndarray  # predicted drop at each count (fraction of the metric)
-    savings: np.ndarray  # budget saved at each count, non-decreasing, first 0 (weights, parameters, MACs or ms)
-    discrete: bool = False
-
-    def drop(self, count: int) -> float:
-        # Candidates include every measured point, so the curve is linear between two neighbours.
-        return float(np.interp(count, self.counts, self.drops))
-
-    def saving(self, count: int) -> float:
-        return float(np.interp(count, self.counts, self.savings))
-
-    def below(self, count: int) -> int:
-        """The largest candidate below ``count``."""
-        return int(self.counts[self.counts < count][-1])
-
-    def above(self, count: int) -> int:
-        """The smallest candidate above ``count``."""
-        return int(self.counts[self.counts > count][0])
-
-    def slope(self, low: int, high: int) -> float:
-        """Drop per unit of budget from ``low`` to ``high`` removed units."""
-        saved, rise = self.saving(high) - self.saving(low), self.drop(high) - self.drop(low)
-        if saved <= 0:  # a step that saves nothing (a flat stretch of measured latency) is worth only a gain
-            return math.inf if rise >= 0 else -math.inf
-        return rise / saved
-
-    def grown(self, count: int, gap: float) -> int:
-        """The count after removing toward the next candidate, no more than saving ``gap`` needs."""
-        above = self.above(count)
-        if self.discrete:
-            return above
-        per_unit = (self.saving(above) - self.saving(count)) / (above - count)
-        return min(above, count + math.ceil(gap / per_unit))
-
-    def shrunk(self, count: int, excess: float) -> int:
-        """The count after giving back toward the candidate below, no more than ``excess`` of saving."""
-        below = self.below(count)
-        if self.discrete:
-            return below
-        per_unit = (self.saving(count) - self.saving(below)) / (count - below)
-        return count - min(count - below, math.floor(excess / per_unit))
-
-
-class LatencyCosts(Protocol):
-    """What a latency budget reads; :class:`prunescope.structured.latency.LatencyTable` implements it."""
-
-    dense: Latency
-
-    def savings(self, group: str, removed: np.ndarray) -> np.ndarray:
-        """Milliseconds per batch saved by removing each of ``removed`` (ascending) channels of ``group`` alone."""
-        ...
-
-    def measure(self, allocation: Mapping[str, float]) -> Latency:
-        """The whole model pruned with ``allocation``, timed on the device (the same allocation: the same timing)."""
-        ...
-
-
-@dataclass(frozen=True)
-class _Budget:
-    """A budget on the knapsack's scale: of ``dense`` at most ``limit`` may remain.
-
-    Units: weights (sparsity, and params of weight curves), parameters, MACs per sample or
-    ms per batch. ``exact``: what remains of the whole model under an allocation, where the
-    knapsack's additive saving is only an estimate (coupled channel groups share slices;
-    latency is measured); None where the additive saving is exact.
-    """
-
-    kind: str  # "sparsity", "params", "MACs" or "latency"
-    dense: float
-    limit: float
-    exact: Callable[[dict[str, float]], float] | None = None
-
-    @property
-    def required(self) -> float:
-        return self.dense - self.limit
-
-    def show(self, value: float) -> str:
-        return f"{value:.4g} ms" if self.kind == "latency" else f"{value:.0f}"
-
-
-MAX_BISECTIONS = 40  # knapsack solutions tried against the exact footprint or latency
-
-
-@dataclass
-class BudgetPicker:
-    """Reach one global budget while losing the least predicted metric.
-
-    Exactly one of:
-
-    target_sparsity: weight curves only; removed weights of all curves' targets must total
-        ``round(s · N)`` exactly (N = Σ numel).
-    target_params: weight curves: remaining weights of the targets ≤ this many; channel
-        curves: remaining parameters of the WHOLE model (biases and norms included) ≤ this many.
-    target_macs: remaining MACs per sample ≤ this many; a value in (0, 1] is that fraction of
-        the dense MACs (0.5: half of them). Weight curves count the targets'
-        unstructured-effective MACs, Σ macs_l · (1 - s_l), and their dense MACs are Σ macs_l
-        (the whole model's when every layer was scanned); channel curves count the whole
-        model's dense MACs once the channels are removed.
-    target_latency_ms: channel curves only; the whole model's median latency (ms per batch,
-        on ``latency``'s device and batch size) ≤ this.
-
-    Candidates per target are its measured points plus, for weights, a grid every ``grid``
-    between 0 and its highest measured point (never beyond: values there are unknown); for
-    channels, every count of removed channels that leaves a multiple of ``round_to`` (at
-    least one), up to the highest measured sparsity and one channel short of the width.
-    Drops between measured points are interpolated. This is a multiple-choice knapsack,
-    solved by Lagrangian relaxation: bisect the multiplier λ so that choosing per target
-    ``argmin drop(s) - λ · saving(s)`` reaches the budget. The choices just short of the
-    budget and just past it are then repaired, one candidate step at a time: short of it,
-    remove more where a unit of budget costs the least drop; past it, give back the units
-    whose removal cost the most; the better of the two is kept. Weights may stop between
-    candidates, so a weight budget is met to the weight; channels move whole candidate steps.
-    That is optimal (up to the grid) where the drops are convex in sparsity, the usual
-    shape; on non-convex stretches (noise, a cliff) it is a heuristic that can miss the
-    optimum by part of one such stretch.
-
-    Channel savings are standalone (one group pruned, the rest dense): the parameters or
-    MACs of a group's slices per channel, or the latency it saves alone (``latency``'s
-    table). Coupled groups share slices (a conv losing input and output channels), so their
-    sum overstates the saving. Channel budgets are therefore met EXACTLY against ``footprint``
-    (the whole model's parameters and MACs under an allocation, e.g.
-    :meth:`prunescope.structured.pruning.ChannelPruning.footprint`, with the same
-    ``round_to``) or ``latency.measure``: the knapsack's required saving is bisected until
-    the exact remaining meets the limit, then candidate steps are given back while it still
-    does (``details``: every trial, estimated and exact). Without them a channel budget is
-    an error.
-    """
-
-    target_sparsity: float | None = None
-    target_params: int | None = None
-    target_macs: float | None = None
-    target_latency_ms: float | None = None
-    grid: float = 0.005
-    round_to: int = 1
-    footprint: Callable[[Mapping[str, float]], Footprint] | None = field(default=None, repr=False)
-    latency: LatencyCosts | None = field(default=None, repr=False)
-    name: str = "budget"
-
-    def __post_init__(self) -> None:
-        keys = ("target_sparsity", "target_params", "target_macs", "target_latency_ms")
-        given = [k for k in keys if getattr(self, k) is not None]
-        if len(given) != 1:
-            got = ", ".join(given) or "none"
-            raise UsageError(f"the budget picker needs exactly one of {', '.join(keys)}; got {got}")
-        if self.target_sparsity is not None:
-            check_sparsity(self.target_sparsity, "target sparsity")
-        for key in ("target_params", "target_macs"):
-            if (getattr(self, key) or 0) < 0:
-                raise UsageError(f"{key} must be a non-negative count, got {getattr(self, key)}")
-        if self.target_latency_ms is not None and not self.target_latency_ms > 0:
-            raise UsageError(f"target latency must be a positive number of ms, got {self.target_latency_ms:g}")
-        if not 0 < self.grid < 1:
-            raise UsageError(f"budget grid must be a sparsity step in (0, 1), got {self.grid:g}")
-        if not (isinstance(self.round_to, int) and self.round_to >= 1):
-            raise UsageError(f"round_to must be a positive number of channels, got {self.round_to}")
-
-    def pick(self, curves: Curves) -> Pick:
-        aligned = _aligned_curves(curves)
-        channel = curves.granularity == "channel"
-        budget = self._channel_budget() if channel else self._weight_budget(aligned)
-        choices = self._choices(curves, aligned, budget.kind)
-        self._check_reachable(budget, choices)
-        if budget.exact is None:
-            counts, multiplier = self._solve(choices, budget.required)
-            search: dict = {}
-        else:
-            counts, multiplier, search = self._meet_exactly(choices, budget)
-        allocation = _allocation(choices, counts)
-        details = {
-            "target_sparsity": self.target_sparsity,
-            "target_params": self.target_params,
-            "target_macs": self.target_macs,
-            "target_latency_ms": self.target_latency_ms,
-            "grid": self.grid,
-            "budget": budget.kind,
-            "limit": budget.limit,  # the target in absolute units (a MAC fraction resolved)
-            "lagrange_multiplier": multiplier,
-            "estimated_remaining": budget.dense - _saving(choices, counts),
-            **search,
-        }
-        details |= self._channel_details(choices, counts, allocation) if channel else _weight_details(
-            curves, choices, counts, allocation
-        )
-        return _finish(curves, allocation, self.name, details)
-
-    def _macs_limit(self, dense: float) -> float:
-        """``target_macs`` in MACs: a value in (0, 1] is that fraction of ``dense``."""
-        return self.target_macs * dense if 0 < self.target_macs <= 1 else float(self.target_macs)
-
-    def _weight_budget(self, curves: Mapping[str, Curve]) -> _Budget:
-        if self.target_latency_ms is not None:
-            raise UsageError("a latency budget needs a channel scan (prunescope scan --granularity channel): "
-                             "removing single weights leaves the dense kernels as slow")
-        total = sum(c.numel for c in curves.values())
-        if self.target_sparsity is not None:
-            return _Budget("sparsity", total, total - removed_count(self.target_sparsity, total))
-        if self.target_params is not None:
-            return _Budget("params", total, self.target_params)
-        dense_macs = sum(c.macs for c in curves.values())
-        if dense_macs == 0:
-            raise UsageError("the curves carry no MAC counts: give target_sparsity or target_params instead")
-        return _Budget("MACs", dense_macs, self._macs_limit(dense_macs))
-
-    def _channel_budget(self) -> _Budget:
-        if self.target_sparsity is not None:
-            raise UsageError("a channel scan takes --target-macs, --target-params or --target-latency-ms: "
-                             "--target-sparsity counts single weights")
-        if self.target_latency_ms is not None:
-            if self.latency is None:
-                raise UsageError("a latency budget needs a latency table measured on the device: pick with "
-                                 "prunescope pick, which measures one (prunescope.pick.choose)")
-            latency = self.latency
-            return _Budget("latency", latency.dense.median_ms, self.target_latency_ms,
-                           lambda allocation: latency.measure(allocation).median_ms)
-        if self.footprint is None:
-            raise UsageError("a channel budget needs the model's exact footprint: pick with prunescope pick "
-                             "(prunescope.pick.choose), or pass footprint=ChannelPruning(...).footprint")
-        footprint, dense = self.footprint, self.footprint({})
-        if self.target_params is not None:
-            return _Budget("params", dense.params, self.target_params, lambda allocation: footprint(allocation).params)
-        return _Budget("MACs", dense.macs, self._macs_limit(dense.macs), lambda allocation: footprint(allocation).macs)
-
-    def _choices(self, curves: Curves, aligned: Mapping[str, Curve], kind: str) -> list[_Choices]:
-        channel = curves.granularity == "channel"
-        result = []
-        for name, curve in aligned.items():
-            counts = self._channel_counts(curve) if channel else self._weight_counts(curve)
-            drops = np.array([curves.dense.value - curve.value_at(int(c) / curve.numel) for c in counts])
-            result.append(_Choices(name, curve.numel, counts, drops, self._savings(curve, counts, kind), channel))
-        return result
-
-    def _weight_counts(self, curve: Curve) -> np.ndarray:
-        """Weights removed at the measured points and on the grid below the highest one."""
-        measured = [p.sparsity for p in curve.points]
-        sparsities = np.union1d(np.arange(0.0, max(measured), self.grid), measured)
-        return np.unique([removed_count(float(s), curve.numel) for s in sparsities])
-
-    def _channel_counts(self, curve: Curve) -> np.ndarray:
-        """Channels removed: none, or as many as leave a multiple of ``round_to``, within the measured sparsities."""
-        highest = max(p.sparsity for p in curve.points)
-        removed = np.arange(min(curve.numel - 1, math.floor(highest * curve.numel + _SAME_LEVEL)) + 1)
-        return removed[(removed == 0) | ((curve.numel - removed) % self.round_to == 0)]
-
-    def _savings(self, curve: Curve, counts: np.ndarray, kind: str) -> np.ndarray:
-        """Budget saved at each count with this target pruned alone."""
-        if kind == "latency":
-            return np.asarray(self.latency.savings(curve.target, counts), dtype=float)
-        params = curve.numel if curve.params is None else curve.params  # a weight target holds numel parameters
-        per_unit = {"sparsity": 1.0, "params": params / curve.numel, "MACs": curve.macs / curve.numel}[kind]
-        return per_unit * counts
-
-    def _check_reachable(self, budget: _Budget, choices: list[_Choices]) -> None:
-        """UsageError when even every target at its largest candidate leaves more than the limit."""
-        deepest = _deepest(choices)
-        if budget.exact is None:
-            least = budget.dense - _saving(choices, deepest)
-        else:
-            least = budget.exact(_allocation(choices, deepest))
-        if least <= budget.limit:
-            return
-        if budget.kind == "sparsity":
-            raise UsageError(
-                f"target sparsity {self.target_sparsity:g} is above what the scanned levels allow "
-                f"(max {(budget.dense - least) / budget.dense:.4g}); scan higher levels"
-            )
-        if budget.exact is None:
-            raise UsageError(
-                f"target {budget.kind} {budget.show(budget.limit)} is below what the scanned levels allow "
-                f"(min {budget.show(least)} remaining); scan higher levels"
-            )
-        raise UsageError(
-            f"target {budget.kind} {budget.show(budget.limit)} is below what leaving every group its fewest channels "
-            f"gives ({budget.show(least)}; one channel, or one multiple of round_to, within the scanned sparsities): "
-            "aim higher"
-        )
-
-    def _solve(self, choices: list[_Choices], required: float) -> tuple[list[int], float]:
-        """Counts saving ``required`` (exactly, for a sparsity) at the least predicted drop, and the multiplier λ."""
-        multiplier, under, over = _lagrangian(choices, required)
-        exact = self.target_sparsity is not None
-        # Repair both neighbours of the multiplier: where a curve is not convex (a cliff, then a
-        # plateau at chance) the hull jumps over the budget, and either side can be the better start.
-        repaired = [_repair(choices, counts, required, exact=exact) for counts in (under, over)]
-        return min(repaired, key=lambda counts: _total_drop(choices, counts)), multiplier
-
-    def _meet_exactly(self, choices: list[_Choices], budget: _Budget) -> tuple[list[int], float | None, dict]:
-        """Counts whose EXACT remaining meets the limit with the least removal, λ, and how they were found.
-
-        Bisects the knapsack's required saving between 0 and the largest saving (starting from
-        the budget's own) down to the finest candidate step, keeping the lowest that meets the
-        limit; then gives back candidate steps, costliest first, while the exact remaining
-        still meets it. Each set of counts is measured once.
-        """
-        known: dict[tuple[int, ...], float] = {}
-        trials: list[dict] = []
-
-        def remaining(counts: Sequence[int]) -> float:
-            key = tuple(int(n) for n in counts)
-            if key not in known:
-                known[key] = budget.exact(_allocation(choices, counts))
-            return known[key]
-
-        def attempt(required: float) -> tuple[bool, list[int], float]:
-            counts, multiplier = self._solve(choices, required)
-            estimated, exact = budget.dense - _saving(choices, counts), remaining(counts)
-            trials.append({"required": required, "estimated_remaining": estimated, "exact_remaining": exact})
-            return exact <= budget.limit, counts, multiplier
-
-        most = _saving(choices, _deepest(choices))
-        start = min(max(budget.required, 0.0), most)
-        met, counts, multiplier = attempt(start)
-        # Every target at its deepest candidate meets the limit (checked before): the upper end when the start fails.
-        low, high = (0.0, start) if met else (start, most)
-        best: tuple[list[int], float | None] = (counts, multiplier) if met else (_deepest(choices), None)
-        while high - low > _finest_step(choices) and len(trials) < MAX_BISECTIONS:
-            middle = (low + high) / 2
-            met, counts, multiplier = attempt(middle)
-            if met:
-                high, best = middle, (counts, multiplier)
-            else:
-                low = middle
-        counts, multiplier = best
-        trimmed = _repair(choices, counts, budget.required, exact=False, saving=lambda n: budget.dense - remaining(n))
-        search = {
-            "iterations": len(trials),
-            "trials": trials,
-            "given_back": int(sum(counts) - sum(trimmed)),  # units given back after the bisection
-            "exact_evaluations": len(known),
-            "exact_remaining": remaining(trimmed),
-        }
-        return trimmed, multiplier, search
-
-    def _channel_details(self, choices: list[_Choices], counts: Sequence[int], allocation: dict[str, float]) -> dict:
-        """Channels kept per group, and the exact footprint (parameters, MACs per sample) and latency measured."""
-        details: dict = {
-            "round_to": self.round_to,
-            "kept_channels": {c.name: c.numel - int(n) for c, n in zip(choices, counts, strict=True)},
-        }
-        if self.footprint is not None:
-            footprint = self.footprint(allocation)
-            details["footprint"] = {"params": footprint.params, "macs": footprint.macs}
-        if self.latency is not None:
-            # Medians and p10–p90 in ms per batch: the timing the budget was judged by, and the dense one.
-            details["measured_latency"] = asdict(self.latency.measure(allocation))
-            details["dense_latency"] = asdict(self.latency.dense)
-        return details
-
-
-def _weight_details(
-    curves: Curves, choices: list[_Choices], counts: Sequence[int], allocation: dict[str, float]
-) -> dict:
-    """Weights removed, the sparsity, and the remaining weights and unstructured-effective MACs per sample."""
-    total = sum(c.numel for c in choices)
-    removed = int(sum(counts))
-    return {
-        "removed": removed,
-        "sparsity": removed / total,
-        "remaining_params": total - removed,
-        "remaining_macs": sum(curves.curves[name].macs * (1 - s) for name, s in allocation.items()),
-    }
-
-
-def _allocation(choices: list[_Choices], counts: Sequence[int]) -> dict[str, float]:
-    """``{target: sparsity}`` of removed counts (weights or channels)."""
-    return {c.name: int(n) / c.numel for c, n in zip(choices, counts, strict=True)}
-
-
-def _deepest(choices: list[_Choices]) -> list[int]:
-    return [int(c.counts[-1]) for c in choices]
-
-
-def _finest_step(choices: list[_Choices]) -> float:
-    """The smallest saving one candidate step can make (finer changes of the required saving change nothing)."""
-    steps = np.concatenate([np.diff(c.savings) for c in choices])
-    return float(steps[steps > 0].min(initial=np.inf))
-
-
-def _saving(choices: list[_Choices], counts: Sequence[int]) -> float:
-    return sum(c.saving(n) for c, n in zip(choices, counts, strict=True))
-
-
-def _total_drop(choices: list[_Choices], counts: Sequence[int]) -> float:
-    return sum(c.drop(n) for c, n in zip(choices, counts, strict=True))
-
-
-def _lagrangian(choices: list[_Choices], required: float) -> tuple[float, list[int], list[int]]:
-    """Bisect the multiplier λ (drop per unit of budget) at which the per-target argmins reach ``required``.
-
-    Returns λ and the argmins just below it (saving short of ``required`` unless λ = 0)
-    and at it (saving at least ``required``).
-    """
-
-    def choose(multiplier: float) -> list[int]:
-        # argmin takes the first minimum: among equal costs, the fewest removed units.
-        return [int(c.counts[np.argmin(c.drops - multiplier * c.savings)]) for c in choices]
-
-    if _saving(choices, choose(0.0)) >= required:
-        return 0.0, choose(0.0), choose(0.0)
-    low, high = 0.0, 1.0
-    while _saving(choices, choose(high)) < required:
-        low, high = high, high * 2
-    for _ in range(100):
-        middle = (low + high) / 2
-        if _saving(choices, choose(middle)) >= required:
-            high = middle
-        else:
-            low = middle
-    return high, choose(low), choose(high)
-
-
-def _repair(
-    choices: list[_Choices],
-    counts: list[int],
-    required: float,
-    *,
-    exact: bool,
-    saving: Callable[[Sequence[int]], float] | None = None,
-) -> list[int]:
-    """Move units one candidate step at a time until the saving meets ``required``.
-
-    Short of the budget: remove more where a unit of budget costs the least drop. Past it:
-    give back the units whose removal cost the most drop per unit of budget, while the
-    budget stays met. ``exact`` gives back even where removing helped the metric, so that
-    the saving lands exactly on ``required`` (whole weights); otherwise only units whose
-    removal cost something are given back. A step may stop between candidates unless the
-    choice is ``discrete``; a discrete step back is kept only where the budget still holds.
-    ``saving``: the saving of a set of counts; by default the knapsack's additive one (a
-    channel budget passes the exact one of the whole model, which steps are judged by).
-    """
-    counts = list(counts)
-    measure = saving or (lambda counts: _saving(choices, counts))
-    movable = [i for i, c in enumerate(choices) if c.savings[-1] > 0]
-
-    def gap() -> float:
-        return required - measure(counts)
-
-    growing = [i for i in movable if counts[i] < choices[i].counts[-1]]
-    while gap() > 0 and growing:
-        i = min(growing, key=lambda i: choices[i].slope(counts[i], choices[i].above(counts[i])))
-        counts[i] = choices[i].grown(counts[i], gap())
-        if counts[i] == choices[i].counts[-1]:
-            growing.remove(i)
-    shrinking = [i for i in movable if counts[i] > 0]
-    while gap() < 0 and shrinking:
-        i = max(shrinking, key=lambda i: choices[i].slope(choices[i].below(counts[i]), counts[i]))
-        c, n = choices[i], counts[i]
-        if not exact and c.slope(c.below(n), n) <= 0:
-            break
-        counts[i] = c.shrunk(n, -gap())
-        if gap() > 0:
-            counts[i] = n  # that step back saves more than the budget can spare
-        if counts[i] > c.below(n) or counts[i] == 0:
-            shrinking.remove(i)  # it cannot give back more without breaking the budget, or is dense
-    return counts
-
-
-@dataclass
 class EnsemblePicker:
     """Combine pickers per target.
 
@@ -736,33 +267,3 @@ class EnsemblePicker:
         }
         details = {"drops": drops, "rule": self.rule, "members": members}
         return Pick(allocation, sum(drops.values()), decided_by, details)
-
-
-PICKERS: dict[str, Callable[..., Picker]] = {
-    "threshold": ThresholdPicker,
-    "sconce": ThresholdPicker.sconce,
-    "knee": KneePicker,
-    "budget": BudgetPicker,
-    "ensemble": EnsemblePicker,
-}
-
-
-def make_picker(name: str, **options: object) -> Picker:
-    """Build a picker by name: threshold, sconce, knee, budget or ensemble.
-
-    The ensemble's ``members`` may be pickers or picker names; by default it is the
-    ``"min"`` of threshold and knee (sconce likewise combines its two methods).
-    """
-    if name not in PICKERS:
-        raise UsageError(f"unknown picker {name!r}: use one of {', '.join(PICKERS)}")
-    factory = PICKERS[name]
-    allowed = {"degradation"} if name == "sconce" else {f.name for f in fields(factory) if f.init}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise UsageError(f"the {name} picker has no option {unknown[0]!r}; options: {', '.join(sorted(allowed))}")
-    if name == "ensemble":
-        members = options.get("members") or ["threshold", "knee"]
-        options["members"] = [make_picker(m) if isinstance(m, str) else m for m in members]
-        if not all(isinstance(m, Picker) for m in options["members"]):
-            raise UsageError("ensemble members must be pickers or picker names")
-    return factory(**options)
