@@ -139,3 +139,19 @@ def test_channel_scan_with_two_workers_measures_what_one_process_does(cnn, chann
     for name, curve in curves.curves.items():
         assert [(p.sparsity, p.value) for p in curve.sorted_points()] == [
             (p["sparsity"], p["value"]) for p in sorted(single[name]["points"], key=lambda p: p["sparsity"])]
+
+
+def test_recalibrate_bn_reestimates_the_statistics_of_the_pruned_model(cli, cnn, tmp_path):
+    allocation = tmp_path / "allocation.json"
+    allocation.write_text(json.dumps({"conv2.conv": 0.5, "conv3.conv": 0.5}))
+    saved = {}
+    for batches in (0, 5):
+        out = tmp_path / f"bn{batches}"
+        code, _, err = cli("prune", "--checkpoint", cnn, "--allocation", allocation, "--granularity", "channel",
+                           "--finetune-epochs", "0", "--recalibrate-bn", batches, "--out", out, "--device", "cpu")
+        assert code == 0, err
+        saved[batches] = load_checkpoint(out / "model.pt")
+        assert json.loads((out / "result.json").read_text())["settings"]["recalibrate_bn"] == batches
+    stale, fresh = saved[0].model.conv3.bn, saved[5].model.conv3.bn  # after the pruned conv2: its inputs changed
+    assert torch.equal(saved[0].model.conv3.conv.weight, saved[5].model.conv3.conv.weight)
+    assert not torch.allclose(stale.running_var, fresh.running_var)

@@ -426,6 +426,9 @@ def prune_command(
                                                       "of this (default: the pick's, else 1).")] = None,
     export_path: Annotated[Path | None, typer.Option("--export", help="With --granularity channel, also write a "
                                                      "torch.export file that loads without prunescope.")] = None,
+    recalibrate_bn: Annotated[int, typer.Option(help="With --granularity channel, re-estimate BatchNorm statistics "
+                                                     "on this many training batches right after removal (0: off).")]
+    = 0,
     out: Out = Path("prunescope-out/pruned"),
     data_dir: DataDir = None,
     device: Device = "auto",
@@ -435,10 +438,10 @@ def prune_command(
     _check_choice("--granularity", granularity, GRANULARITIES)
     if granularity == "channel":
         _prune_channels(checkpoint, allocation, finetune_epochs, lr, patience, importance, round_to, export_path,
-                        out, data_dir, device, seed)
+                        recalibrate_bn, out, data_dir, device, seed)
         return
-    if importance is not None or round_to is not None or export_path is not None:
-        raise UsageError("--importance, --round-to and --export apply to --granularity channel")
+    if importance is not None or round_to is not None or export_path is not None or recalibrate_bn:
+        raise UsageError("--importance, --round-to, --export and --recalibrate-bn apply to --granularity channel")
     saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
     model = saved.model
     targets = find_targets(model)
@@ -470,7 +473,8 @@ def prune_command(
 
 def _prune_channels(
     checkpoint: Path, allocation: Path, finetune_epochs: int, lr: float, patience: int | None, importance: str | None,
-    round_to: int | None, export_path: Path | None, out: Path, data_dir: str | None, device: str, seed: int,
+    round_to: int | None, export_path: Path | None, bn_batches: int, out: Path, data_dir: str | None, device: str,
+    seed: int,
 ) -> None:
     saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
     pick = read_channel_pick(allocation, saved.model, saved.model_spec)
@@ -482,11 +486,13 @@ def _prune_channels(
             saved.model, saved.model_spec, saved.dataset_spec, dataset, pick.allocation, importance=importance,
             round_to=round_to or pick.round_to or 1, config=config, out=out, export=export_path, patience=patience,
             device=resolve_device(device), meta={"pruned_from": str(checkpoint)}, on_epoch=epoch_done,
+            bn_batches=bn_batches,
         )
     dense, pruned = result.pruned.dense, result.pruned.pruned
     doc = document("prune", {"checkpoint": str(checkpoint), "allocation": str(allocation), "lr": lr,
                              "finetune_epochs": finetune_epochs, "granularity": "channel", "importance": importance,
-                             "round_to": round_to or pick.round_to or 1, "export": str(export_path or "")},
+                             "round_to": round_to or pick.round_to or 1, "export": str(export_path or ""),
+                             "recalibrate_bn": bn_batches},
                    model=result.pruned.model_spec, dataset=saved.dataset_spec, allocation=pick.allocation,
                    removed_channels=result.pruned.removal, skipped=result.pruned.skipped,
                    footprint={"dense": vars(dense), "pruned": vars(pruned)},

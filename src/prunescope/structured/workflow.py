@@ -26,7 +26,7 @@ from prunescope.evaluate import Evaluator, Metrics
 from prunescope.scan.files import load_scan
 from prunescope.structured.export import export_model, load_exported
 from prunescope.structured.groups import find_groups
-from prunescope.train import TrainConfig, train
+from prunescope.train import TrainConfig, recalibrate_batchnorm, train
 from prunescope.train.loop import EpochRecord
 
 EXPORT_TOLERANCE = 1e-4  # largest logit difference between the export and the model in memory
@@ -111,16 +111,22 @@ def prune_channels_and_recover(
     device: torch.device,
     meta: dict[str, Any],
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    bn_batches: int = 0,
 ) -> ChannelPruneResult:
     """Prune ``model`` (in place) to ``allocation``, fine-tune with ``config`` (None: one-shot), save and export.
 
     Writes ``out/model.pt`` (a prunescope checkpoint of the smaller architecture) and, with
     ``export``, a :mod:`torch.export` file checked against the model on ``data.val``.
+    ``bn_batches`` > 0 re-estimates the BatchNorm statistics on that many training batches
+    right after removal (:func:`~prunescope.train.recalibrate_batchnorm`), before the
+    one-shot evaluation and fine-tuning.
     """
     model.to(device)
     dense = Evaluator(model, data.val, device=device).evaluate()
     pruned = prune_channels(model, model_spec, allocation, importance=importance, data=data.train,
                             round_to=round_to)
+    if bn_batches:
+        recalibrate_batchnorm(model, data.train, batches=bn_batches)
     one_shot = Evaluator(model, data.val, device=device).evaluate()
     history: list[EpochRecord] = []
     if config is not None:
@@ -128,8 +134,9 @@ def prune_channels_and_recover(
                        model_spec=pruned.model_spec, patience=patience, on_epoch=on_epoch)
         model, history = result.model, result.history
     finetuned = Evaluator(model, data.val, device=device).evaluate()
-    meta = {**meta, "removed_this_step": pruned.removal, "dense_footprint": vars(pruned.dense),
-            "footprint": vars(pruned.pruned), "round_to": round_to, "importance": importance}
+    meta = {**meta, "removed_this_step": pruned.removal, "bn_recalibration_batches": bn_batches,
+            "dense_footprint": vars(pruned.dense), "footprint": vars(pruned.pruned), "round_to": round_to,
+            "importance": importance}
     checkpoint = save_checkpoint(out / "model.pt", model, pruned.model_spec, dataset_spec, meta=meta)
     outcome = ChannelPruneResult(pruned, dense, one_shot, finetuned, history, checkpoint)
     if export is not None:

@@ -6,8 +6,10 @@
 - :mod:`~prunescope.train.gradual`: polynomial (AGP) and iterative schedules and
   :func:`gradual_prune`.
 - :mod:`~prunescope.train.scratch`: scratch-E / scratch-B baselines.
+- :mod:`~prunescope.train.batchnorm`: BatchNorm statistics re-estimated after pruning.
 """
 
+from prunescope.train.batchnorm import recalibrate_batchnorm
 from prunescope.train.finetune import finetune
 from prunescope.train.gradual import (
     GradualResult,
@@ -32,6 +34,7 @@ __all__ = [
     "iterative_schedule",
     "measure_macs",
     "polynomial_schedule",
+    "recalibrate_batchnorm",
     "scratch_epochs",
     "train",
     "train_scratch",
