@@ -88,7 +88,7 @@ def test_export_loads_without_prunescope_and_matches(exports, tmp_path: Path) ->
 
 def test_load_exported_gives_module_and_metadata(exports) -> None:
     model, path = exports["lstm"]
-    loaded = load_exported(path)
+    loaded = load_exported(path, trusted=True)
     assert is_exported(path)
     assert loaded.metadata["format"] == FORMAT and loaded.metadata["version"] == 1
     assert loaded.metadata["input_shape"] == list(SHAPE) and loaded.metadata["model_spec"]["name"] == "lstm"
@@ -118,7 +118,7 @@ def test_unreadable_files_are_one_line_usage_errors(exports, tmp_path: Path, kin
     elif kind == "random bytes":
         path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
     with pytest.raises(UsageError) as error:
-        load_exported(path)
+        load_exported(path, trusted=True)
     assert "\n" not in str(error.value) and str(path) in str(error.value)
     assert "prune --granularity channel --export" in str(error.value)  # says how to make a good one
     assert is_exported(path) == (kind == "damaged graph")
@@ -135,14 +135,15 @@ def test_exported_module_has_the_pruned_models_macs(exports, name: str) -> None:
     model, path = exports[name]
     dense = count_macs(build_model(name, SHAPE, 10), SHAPE).dense
     macs = count_macs(model, SHAPE).dense
-    assert count_op_macs(load_exported(path).module, SHAPE) == count_op_macs(model, SHAPE) == macs < dense
+    assert count_op_macs(load_exported(path, trusted=True).module, SHAPE) == count_op_macs(model, SHAPE) == macs < dense
 
 
 def test_measure_command_on_an_export(cli, exports, tmp_path: Path) -> None:
     _, path = exports["lstm"]
     out = tmp_path / "measure.json"
     code, stdout, stderr = cli(
-        "measure", "--checkpoint", path, "--device", "cpu", "--batch-sizes", "1,2", "--repeats", "1", "--json", out
+        "measure", "--checkpoint", path, "--trust-export", "--device", "cpu", "--batch-sizes", "1,2", "--repeats", "1",
+        "--json", out
     )
     assert code == 0, stderr
     assert "speed-up" in stdout and "MAC reduction" in stdout and "dense (rebuilt from spec)" in stdout
@@ -179,6 +180,15 @@ def test_measure_command_on_a_channel_pruned_checkpoint(cli, tmp_path: Path) -> 
 )
 def test_measure_bad_options_are_one_line_errors(cli, exports, option: str, value: str, message: str) -> None:
     _, path = exports["resnet20"]
-    code, _, stderr = cli("measure", "--checkpoint", path, option, value)
+    code, _, stderr = cli("measure", "--checkpoint", path, "--trust-export", option, value)
     assert code == 2 and message in stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+
+
+def test_an_export_is_read_only_when_trusted(cli, exports) -> None:
+    """torch.export.load can run code from a crafted file: prunescope opens one only when told it is trusted."""
+    _, path = exports["resnet20"]
+    with pytest.raises(UsageError, match="--trust-export"):
+        load_exported(path)
+    code, _, stderr = cli("measure", "--checkpoint", path, "--device", "cpu")
+    assert code == 2 and "can run code" in stderr and len(stderr.strip().splitlines()) == 1

@@ -81,7 +81,7 @@ def test_prune_channels_round_to_export_and_reload(cli, cnn, tmp_path):
     assert result["footprint"]["dense"]["macs"] == groups.footprint().macs
     # The export loads without the spec and computes what the checkpoint computes.
     data = load_dataset("digits")
-    loaded = load_exported(exported)
+    loaded = load_exported(exported, trusted=True)
     with torch.no_grad():
         assert torch.allclose(loaded.module(data.val.x), saved.model.eval()(data.val.x), atol=1e-5)
     assert loaded.metadata["pruned_spec"] == saved.model_spec

@@ -602,6 +602,8 @@ def measure_command(
     repeats: Annotated[int, typer.Option(help="Timed forward passes per batch size (after 5 untimed ones).")] = 30,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's own; 1 is steadier "
                                                      "on a busy machine).", show_default=False)] = None,
+    trust_export: Annotated[bool, typer.Option(help="Allow torch.export (.pt2) files, whose loader can run code "
+                                                    "from a crafted file: only for files you wrote.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the numbers to this JSON file.",
                                                   show_default=False)] = None,
 ) -> None:
@@ -614,8 +616,8 @@ def measure_command(
         if threads < 1:
             raise UsageError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    model = load_model_file(checkpoint, target)
-    reference = dense_reference(model, dense, target)
+    model = load_model_file(checkpoint, target, trust_export=trust_export)
+    reference = dense_reference(model, dense, target, trust_export=trust_export)
     if reference is None:
         console.print("[yellow]no dense reference: the file names no dense architecture (or is dense itself); "
                       "pass --dense to compare[/yellow]")

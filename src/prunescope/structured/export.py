@@ -178,7 +178,9 @@ def is_exported(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def load_exported(path: str | os.PathLike[str], device: str | torch.device | None = None) -> Exported:
+def load_exported(
+    path: str | os.PathLike[str], device: str | torch.device | None = None, *, trusted: bool = False
+) -> Exported:
     """Load a file written by :func:`export_model`, onto ``device`` (auto, cpu, cuda...; None: the CPU).
 
     Give the device here rather than calling ``module.to(device)``: that moves the weights but
@@ -187,7 +189,9 @@ def load_exported(path: str | os.PathLike[str], device: str | torch.device | Non
     ``module`` is ``ExportedProgram.module()``, except that ``module.eval()`` is allowed (a
     no-op: the graph was captured in eval mode) so that code which puts a model in eval mode
     before running it works; ``module.train()`` still raises NotImplementedError.
-    Only load files you trust (see the module docstring).
+    ``torch.export.load`` can run code from a crafted file (see the module docstring), so
+    the file is read only with ``trusted=True``: a file you wrote yourself. Otherwise reload
+    the prunescope checkpoint (``weights_only=True``) instead.
 
     Raises UsageError for a missing file, a file that is not a torch.export archive, a damaged
     one, one without prunescope metadata or of another format version, or an unusable device.
@@ -197,6 +201,11 @@ def load_exported(path: str | os.PathLike[str], device: str | torch.device | Non
         raise UsageError(f"exported model {path} does not exist: check the path, or {_HOW_TO_WRITE}")
     if not is_exported(path):
         raise UsageError(f"{path} is not a torch.export archive (.pt2 zip from torch.export.save): {_HOW_TO_WRITE}")
+    if not trusted:
+        raise UsageError(
+            f"{path} is a torch.export archive, whose loader can run code from a crafted file: pass --trust-export "
+            "(trusted=True) if you wrote it, or use the prunescope checkpoint (model.pt, loaded with weights_only=True)"
+        )
     target = resolve_device(device) if device is not None else None
     extra = {METADATA_FILE: ""}
     try:
@@ -218,15 +227,18 @@ def max_output_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
         return float((a(x) - b(x)).abs().max())
 
 
-def load_model_file(path: str | os.PathLike[str], device: str | torch.device | None = None) -> ModelFile:
-    """An exported archive (by content, or by a ``.pt2`` name) via :func:`load_exported` on ``device``,
-    else a prunescope checkpoint via :func:`prunescope.checkpoint.load_checkpoint` (CPU, eval mode).
+def load_model_file(
+    path: str | os.PathLike[str], device: str | torch.device | None = None, *, trust_export: bool = False
+) -> ModelFile:
+    """An exported archive (by content, or by a ``.pt2`` name) via :func:`load_exported` on ``device``
+    (only with ``trust_export``), else a prunescope checkpoint via
+    :func:`prunescope.checkpoint.load_checkpoint` (CPU, eval mode).
 
     Raises UsageError, naming the path, for a file that is neither.
     """
     path = Path(path)
     if is_exported(path) or path.suffix == ".pt2":
-        loaded = load_exported(path, device)
+        loaded = load_exported(path, device, trusted=trust_export)
         shape = tuple(loaded.metadata["input_shape"])
         return ModelFile(loaded.module, shape, loaded.metadata.get("model_spec"), exported=True)
     saved = load_checkpoint(path)
@@ -236,7 +248,11 @@ def load_model_file(path: str | os.PathLike[str], device: str | torch.device | N
 
 
 def dense_reference(
-    model: ModelFile, dense: str | os.PathLike[str] | None, device: str | torch.device | None = None
+    model: ModelFile,
+    dense: str | os.PathLike[str] | None,
+    device: str | torch.device | None = None,
+    *,
+    trust_export: bool = False,
 ) -> ModelFile | None:
     """The dense model to time ``model`` against: file ``dense``, else ``model.dense_spec`` rebuilt, else None.
 
@@ -244,7 +260,7 @@ def dense_reference(
     Raises UsageError if ``dense`` takes another input shape or the spec cannot be rebuilt here.
     """
     if dense is not None:
-        reference = load_model_file(dense, device)
+        reference = load_model_file(dense, device, trust_export=trust_export)
         if reference.input_shape != model.input_shape:
             raise UsageError(
                 f"dense model {dense} takes inputs of shape {reference.input_shape} but the model "
@@ -290,7 +306,7 @@ def _runnable(program: ExportedProgram, device: torch.device | str | None) -> nn
 def _train_eval_only(self: nn.Module, mode: bool = True) -> nn.Module:
     """``Module.train`` for a graph captured in eval mode: eval is a no-op, training is refused."""
     if mode:
-        raise NotImplementedError(
+        raise NotImplementedError(  # as torch.export's own module does: the graph has no training mode
             "an exported model is frozen in eval mode and cannot be trained: fine-tune the prunescope checkpoint"
         )
     return nn.Module.train(self, False)
