@@ -259,7 +259,7 @@ class ChannelGroups:
                 name,
                 _kind(root),
                 width,
-                tuple(self._members(name, width)),
+                tuple(self._members(name)),
                 sum(int(e.sum()) for e in entries.values()),
                 self._macs(entries),
             )
@@ -307,15 +307,14 @@ class ChannelGroups:
             for param, where in member_slices(member.module, member.out, index):
                 yield f"{member.path}.{param}" if member.path else param, where
 
-    def _members(self, name: str, width: int) -> Iterator[str]:
-        seen = []
-        for dep, _ in self.tp_group(name, range(min(width, 1))).items:
-            module = dep.target.module
-            if isinstance(module, nn.Module) and module in self._names and any(True for _ in module.parameters(False)):
-                label = f"{self._names[module]} ({'out' if dep.handler.__name__.startswith('prune_out') else 'in'})"
-                if label not in seen:
-                    seen.append(label)
-                    yield label
+    def _members(self, name: str) -> list[str]:
+        """``"module (out)"`` / ``"module (in)"`` of every member with parameters, in Torch-Pruning's order."""
+        labels = [
+            f"{member.path} ({'out' if member.out else 'in'})"
+            for member in self._members_of[name]
+            if any(True for _ in member.module.parameters(recurse=False))
+        ]
+        return list(dict.fromkeys(labels))
 
     def check(self, removal: Removal) -> None:
         """UsageError unless ``removal`` names known groups and leaves every group a channel."""

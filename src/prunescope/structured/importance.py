@@ -54,8 +54,7 @@ class GroupScores:
 
     def ranked(self, group: str) -> list[int]:
         """Root channel indices of ``group``, least important first (ties by index)."""
-        score = self.scores[group]
-        return sorted(range(score.numel()), key=lambda i: (float(score[i]), i))
+        return torch.sort(self.scores[group], stable=True).indices.tolist()  # stable: ties keep index order
 
 
 def _accumulate_gradients(groups: ChannelGroups, data: Split, *, batches: int, batch_size: int, seed: int) -> None:

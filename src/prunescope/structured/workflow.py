@@ -76,6 +76,7 @@ class ChannelPruneResult:
 
 
 def _predictions(model: nn.Module, split: Split, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    # Not Evaluator.logits: it restores the training flag, and an exported graph refuses train(True).
     batches = range(0, len(split), batch_size)
     with torch.no_grad():
         return torch.cat([model(split.x[i : i + batch_size].to(device)).cpu() for i in batches])
