@@ -175,7 +175,8 @@ def train_command(
     data_dir: DataDir = None,
     out: Out = Path("runs/model"),
     epochs: Epochs = 10,
-    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
+    optimizer: Annotated[str, typer.Option(help="sgd, adamw, sam (SAM around SGD) or sam-adamw.")] = "sgd",
+    sam_rho: Annotated[float | None, typer.Option(help="SAM radius rho (optimizer sam*) [0.05].")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 0.05,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
@@ -186,7 +187,7 @@ def train_command(
     """Train a dense model; checkpoints every epoch to OUT/model.pt and resumes from it."""
     config = TrainConfig(
         epochs=epochs, optimizer=optimizer, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-        label_smoothing=label_smoothing, seed=seed,
+        label_smoothing=label_smoothing, seed=seed, sam_rho=sam_rho,
     )
     dataset = load_dataset(data, data_dir=data_dir, seed=seed)
     with _progress(f"training {model}", epochs) as epoch_done:

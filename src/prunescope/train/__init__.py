@@ -7,6 +7,8 @@
   :func:`gradual_prune`.
 - :mod:`~prunescope.train.scratch`: scratch-E / scratch-B baselines.
 - :mod:`~prunescope.train.batchnorm`: BatchNorm statistics re-estimated after pruning.
+- :mod:`~prunescope.train.sam`: sharpness-aware minimisation around SGD or AdamW
+  (``TrainConfig(optimizer="sam" | "sam-adamw", sam_rho=...)``).
 """
 
 from prunescope.train.batchnorm import recalibrate_batchnorm

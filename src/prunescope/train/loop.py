@@ -15,6 +15,7 @@ zeros grow back.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -33,8 +34,10 @@ from prunescope.errors import PrunescopeError, UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import Masks, apply_permanently
 from prunescope.targets import Target, by_name, find_targets
+from prunescope.train.sam import SAM
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "sam", "sam-adamw")  # sam: SAM around SGD; sam-adamw: around AdamW
+SAM_DEFAULT_RHO = 0.05  # Foret et al. 2021's usual radius
 SCHEDULES = ("cosine", "constant")
 
 
@@ -51,12 +54,20 @@ class TrainConfig:
     label_smoothing: float = 0.0
     schedule: str = "cosine"
     seed: int = 0
+    sam_rho: float | None = None  # SAM's radius ρ; only with optimizer sam / sam-adamw (default 0.05)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise UsageError(f"epochs must be at least 1, got {self.epochs}")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
+        if self.optimizer.startswith("sam"):
+            if self.sam_rho is None:
+                object.__setattr__(self, "sam_rho", SAM_DEFAULT_RHO)
+            elif not self.sam_rho >= 0:
+                raise UsageError(f"SAM rho must be at least 0, got {self.sam_rho}")
+        elif self.sam_rho is not None:
+            raise UsageError(f"optimizer {self.optimizer} has no rho: use optimizer sam (SGD) or sam-adamw for SAM")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown schedule {self.schedule!r}: use {' or '.join(SCHEDULES)}")
         if not self.lr > 0:
@@ -116,15 +127,26 @@ class TrainResult:
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer in ("sgd", "sam"):
+        base: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    else:
+        base = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return SAM(base, config.sam_rho, model) if config.optimizer.startswith("sam") else base
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def _backward(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """The batch loss, back-propagated (SAM's second pass)."""
+    loss = F.cross_entropy(model(inputs), labels, label_smoothing=smoothing)
+    loss.backward()
+    return loss
 
 
 # --------------------------------------------------------------------------- masks
@@ -278,7 +300,10 @@ def train(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if isinstance(optimizer, SAM):  # the gradient again at the ascended weights, same batch
+                optimizer.step(functools.partial(_backward, model, x[index], y[index], config.label_smoothing))
+            else:
+                optimizer.step()
             total_loss += loss.item() * len(index)
         scheduler.step()
         metrics = evaluator.evaluate()
