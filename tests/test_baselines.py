@@ -4,7 +4,7 @@ from torch import nn
 
 from prunescope.errors import UsageError
 from prunescope.masks import global_sparsity, removed_count
-from prunescope.pick.baselines import allocate, erk, uniform, uniform_plus
+from prunescope.pick.baselines import allocate, erk, flow_order, uniform, uniform_plus
 from prunescope.targets import Target, find_targets
 
 
@@ -110,3 +110,56 @@ def test_unknown_allocation_and_bad_sparsity(tiny_model):
         allocate("erm", tiny_model, targets, 0.5)
     with pytest.raises(UsageError, match="outside"):
         allocate("uniform", tiny_model, targets, 1.3)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 1e-6, 0.001, 0.3, 0.9, 0.99])
+def test_erk_with_every_layer_saturated_or_nearly(sparsity):
+    # At sparsity 0 both layers' ERK density exceeds 1 (ε ≈ 85): every layer is dense, nothing divides by zero.
+    targets = _targets((223, 162), (105, 283))
+    allocation = erk(targets, sparsity)
+    wanted = round(sparsity * sum(t.numel for t in targets))
+    assert _removed(allocation, targets) == wanted
+    if wanted == 0:
+        assert allocation == {"l0.weight": 0.0, "l1.weight": 0.0}
+
+
+def test_sweep_allocates_erk_at_its_dense_point(tiny_data):
+    from prunescope.sweep import sweep
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 20), nn.ReLU(), nn.Linear(20, 3))
+    result = sweep(model, tiny_data, [0.5], allocation="erk", device="cpu", latency_repeats=1)
+    assert [p.achieved_sparsity for p in result.points] == [0.0, pytest.approx(0.5, abs=1 / 380)]
+
+
+class _HeadFirst(nn.Module):
+    """Registered head, stem, body; data flows stem → body → head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(30, 3)
+        self.stem = nn.Linear(16, 8)
+        self.body = nn.Linear(8, 30)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(torch.relu(self.stem(x.flatten(1))))))
+
+
+def test_uniform_plus_takes_first_and_last_in_data_flow_order(tiny_data):
+    model = _HeadFirst()
+    targets = find_targets(model)
+    assert [t.name for t in targets] == ["head.weight", "stem.weight", "body.weight"]  # registration order
+    example = tiny_data.train.x[:2]
+    assert [t.name for t in flow_order(model, targets, example)] == ["stem.weight", "body.weight", "head.weight"]
+    allocation = allocate("uniform+", model, targets, 0.5, example=example)
+    assert allocation["stem.weight"] == 0.0  # first by data flow: dense
+    assert 0 < allocation["head.weight"] <= 0.8  # last by data flow: capped
+    assert _removed(allocation, targets) == round(0.5 * sum(t.numel for t in targets))
+    with pytest.raises(UsageError, match="example input"):
+        allocate("uniform+", model, targets, 0.5)
+
+
+def test_flow_order_refuses_a_target_the_forward_pass_never_reaches(tiny_data):
+    model = _HeadFirst()
+    model.unused = nn.Linear(2, 2)
+    with pytest.raises(UsageError, match=r"never reaches unused\.weight"):
+        flow_order(model, find_targets(model), tiny_data.train.x[:2])

@@ -1,12 +1,14 @@
+from dataclasses import fields
+
 import pytest
 
 from prunescope.errors import UsageError
-from prunescope.runconfig import RunConfig, load_config
+from prunescope.runconfig import RULES, RunConfig, check_settings, load_config
 
 
 def test_file_then_command_line(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('model = "lenet5"\nepochs = 3\nlr = 1\nsparsities = [0.5, 0.9]\nsubset = 200\n')
+    path.write_text('model = "lenet5"\nepochs = 3\nlr = 1\nsparsities = [0.5, 0.9]\nsubset = 200\nfolds = 0\n')
     config = load_config(path, {"epochs": 5, "seed": None})
     assert config.model == "lenet5" and config.epochs == 5 and config.seed == 0
     assert config.lr == 1.0 and isinstance(config.lr, float)
@@ -36,3 +38,32 @@ def test_bad_config_names_the_key_and_type(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UsageError, match="not found"):
         load_config(tmp_path / "nope.toml", {})
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("folds = 3\nsubset = 200\n", {}, "'subset' would be ignored: with folds > 0"),
+        ("", {"strategy": "grid"}, "'strategy' would be ignored: with folds > 0"),  # folds = 3 by default
+        ("folds = 2\ntolerance = 0.01\n", {}, "'tolerance' would be ignored"),
+        ("finetune_epochs = 0\npatience = 2\n", {}, "'patience' would be ignored: fine-tuning is off"),
+        ('scratch = ["E"]\nscratch_max_factor = 2.0\n', {}, "'scratch_max_factor' would be ignored"),
+    ],
+)
+def test_a_setting_the_mode_ignores_is_refused_in_one_line(tmp_path, text, overrides, message):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=message) as error:
+        load_config(path, overrides)
+    assert "\n" not in str(error.value)
+
+
+def test_settings_that_apply_are_accepted_and_the_rules_name_real_fields():
+    config = load_config(None, {"folds": 0, "strategy": "grid", "subset": 300, "tolerance": 0.01})
+    assert (config.strategy, config.subset, config.tolerance) == ("grid", 300, 0.01)
+    known = {f.name for f in fields(RunConfig)}
+    assert all(name in known for rule in RULES for name in rule.settings)
+    # A RunConfig built in Python is checked on its non-default fields.
+    with pytest.raises(UsageError, match="'subset' would be ignored"):
+        check_settings(RunConfig(subset=100))
+    assert check_settings(RunConfig(subset=100, folds=0)).subset == 100

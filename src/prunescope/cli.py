@@ -49,6 +49,7 @@ from prunescope.structured.workflow import prune_channels_and_recover, read_chan
 from prunescope.sweep import sweep
 from prunescope.targets import effective_weight, find_targets
 from prunescope.train import (
+    DEFAULT_BN_BATCHES,
     TrainConfig,
     finetune,
     gradual_prune,
@@ -86,6 +87,10 @@ Granularity = Annotated[str, typer.Option(help="weight (unstructured) or channel
                                                 "removable).")]
 Importance = Annotated[str, typer.Option(help=f"With --granularity channel, which channels go first: "
                                                f"{', '.join(IMPORTANCES)}.")]
+RecalibrateBN = Annotated[int | None, typer.Option(help=f"Re-estimate BatchNorm statistics of every pruned model on "
+                                                        f"this many batches of 128 training examples, the same for "
+                                                        f"every method (0: off). Default: {DEFAULT_BN_BATCHES} for a "
+                                                        f"model with BatchNorm, off without.", show_default=False)]
 
 
 
@@ -131,6 +136,7 @@ def run_command(
     = None,
     max_drop: Points = None,
     finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs per method [10].")] = None,
+    recalibrate_bn: RecalibrateBN = None,
     device: Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of split, initialisation and shuffling [0].")] = None,
 ) -> None:
@@ -140,7 +146,7 @@ def run_command(
         "sparsities": _parse_sparsities(sparsities) if sparsities else None,
         "methods": [m.strip() for m in methods.split(",")] if methods else None, "criterion": criterion,
         "folds": folds, "max_drop": _points(max_drop), "finetune_epochs": finetune_epochs, "device": device,
-        "seed": seed,
+        "seed": seed, "recalibrate_bn": recalibrate_bn,
     }
     settings = load_config(config, overrides)
     check_sparsity(settings.sparsity, "--sparsity")
@@ -211,6 +217,7 @@ def sweep_command(
     include: Include = None,
     exclude: Exclude = None,
     subset: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset of this many examples.")] = None,
+    recalibrate_bn: RecalibrateBN = None,
     data_dir: DataDir = None,
     out: Out = Path("prunescope-out"),
     device: Device = "auto",
@@ -223,10 +230,11 @@ def sweep_command(
     with _progress("sweeping", len(levels) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
-            exclude=exclude or (), subset=subset, device=device, on_point=point_done,
+            exclude=exclude or (), subset=subset, device=device, on_point=point_done, recalibrate_bn=recalibrate_bn,
         )
     settings = {"checkpoint": str(checkpoint), "sparsities": levels, "criterion": criterion,
-                "allocation": allocation, "include": include or [], "exclude": exclude or [], "subset": subset}
+                "allocation": allocation, "include": include or [], "exclude": exclude or [], "subset": subset,
+                "recalibrate_bn": result.recalibrate_bn}
     doc = document("sweep", settings, model=saved.model_spec, dataset=saved.dataset_spec, sweep=result.to_dict())
     write_sweep(out, doc, result)
     console.print(sweep_table(result))
@@ -328,6 +336,7 @@ def pick_command(
     vote: Annotated[bool, typer.Option(help="Ensemble by median instead of the most conservative member.")] = False,
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to verify on (default: the scanned one).")]
     = None,
+    recalibrate_bn: RecalibrateBN = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the pick (default: SCAN/pick.json).")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
@@ -344,13 +353,13 @@ def pick_command(
     saved_scan.check_model(saved.model, scan_dir)
     with _progress("verifying", 1) as done:
         choice = choose(saved_scan.curves, chosen, saved.model, dataset, max_drop=_points(max_drop), device=device,
-                        round_to=round_to, latency_batch=latency_batch)
+                        round_to=round_to, latency_batch=latency_batch, recalibrate_bn=recalibrate_bn)
         done()
     path = out or scan_dir / "pick.json"
     settings = {"scan": str(scan_dir), "checkpoint": str(source), "picker": picker, "max_drop": _points(max_drop),
                 "target_sparsity": target_sparsity, "target_params": target_params, "target_macs": target_macs,
                 "target_latency_ms": target_latency_ms, "latency_batch": latency_batch, "round_to": round_to,
-                "lower_bound": lower_bound, "vote": vote}
+                "lower_bound": lower_bound, "vote": vote, "recalibrate_bn": choice.recalibrate_bn}
     write_json(path, document("pick", settings, model=saved.model_spec, dataset=saved.dataset_spec,
                               **choice.to_dict()))
     console.print(choice_table(choice))
@@ -374,6 +383,7 @@ def compare_command(
     include: Include = None,
     exclude: Exclude = None,
     test: Annotated[bool, typer.Option(help="Evaluate the test split once per row, after selection.")] = True,
+    recalibrate_bn: RecalibrateBN = None,
     out: Out = Path("prunescope-out/compare"),
     data_dir: DataDir = None,
     device: Device = "auto",
@@ -401,9 +411,11 @@ def compare_command(
             curves = saved_scan.curves
     with _progress("comparing", len(levels) * len(methods)) as row_done:
         comparison = compare(saved.model, dataset, levels, methods, curves=curves, criterion=criterion,
-                             include=include or (), exclude=exclude or (), device=device, test=test, on_row=row_done)
+                             include=include or (), exclude=exclude or (), device=device, test=test, on_row=row_done,
+                             recalibrate_bn=recalibrate_bn)
     settings = {"checkpoint": str(checkpoint), "sparsities": levels, "allocations": methods,
-                "scan": str(scan_dir) if scan_dir else None, "criterion": criterion, "test": test}
+                "scan": str(scan_dir) if scan_dir else None, "criterion": criterion, "test": test,
+                "include": include or [], "exclude": exclude or [], "recalibrate_bn": comparison.recalibrate_bn}
     doc = document("compare", settings, model=saved.model_spec, dataset=saved.dataset_spec,
                    comparison=comparison.to_dict())
     write_comparison(out, doc, comparison)
@@ -543,7 +555,7 @@ def gradual_command(
     targets = find_targets(model)
     with _progress("pruning steps", len(sparsities)) as step_done:
         result = gradual_prune(
-            model, dataset, lambda s: allocate(allocation, model, targets, s), sparsities,
+            model, dataset, lambda s: allocate(allocation, model, targets, s, example=dataset.train.x[:2]), sparsities,
             TrainConfig(epochs=epochs_per_step, lr=lr, seed=seed), repick=not fixed, device=device,
             checkpoint_dir=out / "steps", model_spec=saved.model_spec, seed=seed, on_step=step_done,
         )

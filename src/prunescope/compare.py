@@ -17,30 +17,42 @@ after every val evaluation is done.
    :class:`~prunescope.pick.refine.PairwiseRefiner`: greedy moves of removed weights
    between pairs of targets, each an actual joint evaluation, at most 40).
 
-Each candidate keeps exactly round(s · N) removed weights (±1 per target from rounding),
-and refinement moves weights without changing that total, so ``ours`` is compared at the
-same global sparsity as every baseline. Its val metric is never below the best
-candidate's. ``refiner=None, starts=()`` is the budget pick alone.
+Every allocation, ``ours``'s budget pick included, is spread over the compared targets
+only (after ``include`` / ``exclude``), and refinement moves weights without changing the
+total, so every row removes round(s · N) of the compared targets' N weights. The removed
+weights of each row are counted from its masks, and a row that lands more than one weight
+away from round(s · N) is refused (its ``error`` says so) rather than printed. ``ours``'s
+val metric is never below the best candidate's. ``refiner=None, starts=()`` is the budget
+pick alone.
+
+With ``recalibrate_bn`` batches (default: 20 for a model with BatchNorm, off without), every
+pruned model, of every method, in every val and test evaluation, gets its BatchNorm
+statistics re-estimated on the same seeded training batches before it is evaluated, and
+the dense statistics are restored bit-exactly afterwards (:class:`~prunescope.train.
+batchnorm.RecalibratedPruning`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import torch
 from torch import nn
 
-from prunescope.criteria import Scores, compute_scores
+from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator, Metrics
-from prunescope.masks import applied, check_sparsity, compute_masks, global_sparsity, removed_count
+from prunescope.masks import check_sparsity, compute_masks, removed_count
 from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.budget import BudgetPicker
 from prunescope.pick.refine import PairwiseRefiner, Refiner
+from prunescope.scan.evaluation import Pruning, WeightPruning
 from prunescope.targets import Target, find_targets
+from prunescope.train.batchnorm import bn_batches, recalibrating
 
 METHODS = ("ours", *ALLOCATIONS)
 DEFAULT_REFINER = PairwiseRefiner()  # stateless: one instance serves every call
@@ -50,14 +62,16 @@ DEFAULT_REFINER = PairwiseRefiner()  # stateless: one instance serves every call
 class ComparisonRow:
     """One method at one sparsity. ``error`` says why a method cannot reach it (e.g. uniform+).
 
-    ``details`` (``ours`` only): the candidates' val metrics, the start chosen, and the
-    refinement with every evaluation it made.
+    ``details`` (``ours`` only): the candidates' val metrics, the start chosen, the
+    refinement with every evaluation it made, and ``val_evaluations``, the selection effort.
+    ``removed``: weights removed, counted from the row's masks.
     """
 
     method: str
     sparsity: float
     allocation: dict[str, float] = field(default_factory=dict)
     achieved: float | None = None
+    removed: int | None = None
     val: Metrics | None = None
     test: Metrics | None = None
     error: str | None = None
@@ -69,6 +83,7 @@ class ComparisonRow:
             "sparsity": self.sparsity,
             "allocation": self.allocation,
             "achieved": self.achieved,
+            "removed": self.removed,
             "val": self.val.to_dict() if self.val else None,
             "test": self.test.to_dict() if self.test else None,
             "error": self.error,
@@ -78,10 +93,20 @@ class ComparisonRow:
 
 @dataclass
 class Comparison:
+    """Every row, the dense metrics, and how the rows were obtained.
+
+    ``weights``: prunable weights of the compared targets (N). ``recalibrate_bn``: BatchNorm
+    recalibration batches every pruned model got (0: none). ``val_evaluations``: joint
+    evaluations on val that the whole comparison made (each allocation measured once).
+    """
+
     criterion: str
     dense_val: Metrics
     dense_test: Metrics | None
     rows: list[ComparisonRow]
+    weights: int = 0
+    recalibrate_bn: int = 0
+    val_evaluations: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -89,21 +114,33 @@ class Comparison:
             "dense_val": self.dense_val.to_dict(),
             "dense_test": self.dense_test.to_dict() if self.dense_test else None,
             "rows": [r.to_dict() for r in self.rows],
+            "weights": self.weights,
+            "recalibrate_bn": self.recalibrate_bn,
+            "val_evaluations": self.val_evaluations,
         }
 
 
 def allocation_for(
-    method: str, model: nn.Module, targets: Sequence[Target], sparsity: float, curves: Curves | None
+    method: str,
+    model: nn.Module,
+    targets: Sequence[Target],
+    sparsity: float,
+    curves: Curves | None,
+    *,
+    example: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """The per-target sparsities ``method`` gives at global ``sparsity``.
+    """The per-target sparsities ``method`` gives at global ``sparsity`` of ``targets``' weights.
 
     For ``ours`` this is the budget pick alone (the start candidate from the scan), before
-    the val-selected start and refinement that :func:`compare` adds.
+    the val-selected start and refinement that :func:`compare` adds; the budget is spread
+    over the curves of ``targets`` only, however many more targets the scan covered.
+    ``example``: a batch of inputs (uniform+ orders the targets by data flow with it).
     """
     if method != "ours":
-        return allocate(method, model, targets, sparsity)
+        return allocate(method, model, targets, sparsity, example=example)
     _check_curves(targets, curves)
-    picked = BudgetPicker(target_sparsity=sparsity).pick(curves).allocation
+    compared = replace(curves, curves={t.name: curves.curves[t.name] for t in targets})
+    picked = BudgetPicker(target_sparsity=sparsity).pick(compared).allocation
     return {t.name: picked.get(t.name, 0.0) for t in targets}
 
 
@@ -116,20 +153,29 @@ def _check_curves(targets: Sequence[Target], curves: Curves | None) -> None:
 
 
 class _ValCache:
-    """Val metrics of allocations, measured once each (keyed by removed counts)."""
+    """Val metrics of allocations, measured once each (keyed by removed counts) with ``pruning``."""
 
-    def __init__(self, model: nn.Module, targets: Sequence[Target], scores: Scores, evaluator: Evaluator) -> None:
-        self.model, self.targets, self.scores, self.evaluator = model, targets, scores, evaluator
+    def __init__(self, pruning: Pruning, targets: Sequence[Target], evaluator: Evaluator) -> None:
+        self.pruning, self.targets, self.evaluator = pruning, targets, evaluator
         self.known: dict[tuple[int, ...], Metrics] = {}
         self.evaluations = 0
 
     def __call__(self, allocation: Mapping[str, float]) -> Metrics:
         key = tuple(removed_count(allocation.get(t.name, 0.0), t.numel) for t in self.targets)
         if key not in self.known:
-            with applied(self.model, self.targets, compute_masks(self.scores, dict(allocation))):
+            with self.pruning.applied(dict(allocation)):
                 self.known[key] = self.evaluator.evaluate()
             self.evaluations += 1
         return self.known[key]
+
+
+def _counted_error(sparsity: float, removed: int, weights: int) -> str | None:
+    """Why a row that removes ``removed`` of ``weights`` cannot stand for ``sparsity`` (None: it can)."""
+    wanted = removed_count(sparsity, weights)
+    if abs(removed - wanted) <= 1:
+        return None
+    return (f"removes {removed} of {weights} weights ({removed / weights:.4%}), not {wanted} ({sparsity:g}): "
+            "refused, rows are compared at equal sparsity only")
 
 
 def _ours(
@@ -142,6 +188,7 @@ def _ours(
     refiner: Refiner | None,
     starts: Sequence[str],
     metric: str,
+    example: torch.Tensor,
 ) -> tuple[dict[str, float], dict]:
     """``ours`` at ``sparsity``: the best val candidate among the budget pick and ``starts``, refined on val."""
     _check_curves(targets, curves)
@@ -152,7 +199,7 @@ def _ours(
             candidates[name] = (
                 allocation_for("ours", model, targets, sparsity, curves)
                 if name == "budget"
-                else allocate(name, model, targets, sparsity)
+                else allocate(name, model, targets, sparsity, example=example)
             )
         except UsageError as error:
             errors[name] = str(error)
@@ -169,11 +216,16 @@ def _ours(
         "candidate_evaluations": val.evaluations - before,
     }
     allocation = candidates[start]
+    refinement = 0
     if refiner is not None:
         numels = {t.name: t.numel for t in targets}
         refined = refiner.refine(allocation, numels, lambda a: val(a).get(metric), start_value=values[start])
         allocation = refined.allocation
         details["refined"] = refined.to_dict()
+        refinement = refined.evaluations
+    # Selection effort: every allocation ours looked at on val (a baseline's row counts even when reused).
+    details["val_evaluations"] = {"candidates": len(candidates), "refinement": refinement,
+                                  "total": len(candidates) + refinement}
     return allocation, details
 
 
@@ -193,6 +245,7 @@ def compare(
     refiner: Refiner | None = DEFAULT_REFINER,
     starts: Sequence[str] = ALLOCATIONS,
     batch_size: int = 1024,
+    recalibrate_bn: int | None = None,
 ) -> Comparison:
     """Evaluate every method at every global sparsity on val, then each once on test.
 
@@ -201,7 +254,8 @@ def compare(
     :data:`DEFAULT_REFINER`, a :class:`~prunescope.pick.refine.PairwiseRefiner` of at most
     40 evaluations per sparsity; None: no refinement). ``refiner=None, starts=()`` gives
     the budget pick alone. The metric ``ours`` maximises is the scan's (``curves.metric``).
-    ``batch_size``: examples per forward pass of the evaluations.
+    ``batch_size``: examples per forward pass of the evaluations. ``recalibrate_bn``: BatchNorm
+    recalibration batches for every pruned model (None: 20 for a model with BatchNorm, else 0).
     """
     unknown = [m for m in (*methods, *starts) if m not in METHODS]
     if unknown:
@@ -212,9 +266,13 @@ def compare(
     device = resolve_device(device)
     model.to(device).eval()
     targets = find_targets(model, include, exclude)
+    weights = sum(t.numel for t in targets)
     scores = compute_scores(model, targets, criterion, data=data.train)
-    val = _ValCache(model, targets, scores, Evaluator(model, data.val, device=device, batch_size=batch_size))
+    batches = bn_batches(model, recalibrate_bn)
+    pruning = recalibrating(WeightPruning(model, targets, scores), data.train, batches)
+    val = _ValCache(pruning, targets, Evaluator(model, data.val, device=device, batch_size=batch_size))
     metric = curves.metric if curves is not None else "accuracy"
+    example = data.train.x[:2]
     rows = []
     for sparsity in levels:
         # Baselines first, so that ours reuses their val evaluations; rows keep the order of methods.
@@ -224,15 +282,20 @@ def compare(
             try:
                 if method == "ours":
                     row.allocation, row.details = _ours(
-                        model, targets, sparsity, curves, val, refiner=refiner, starts=starts, metric=metric
+                        model, targets, sparsity, curves, val, refiner=refiner, starts=starts, metric=metric,
+                        example=example,
                     )
                 else:
-                    row.allocation = allocation_for(method, model, targets, sparsity, curves)
+                    row.allocation = allocation_for(method, model, targets, sparsity, curves, example=example)
             except UsageError as error:
                 row.error = str(error)
             else:
-                row.achieved = global_sparsity(row.allocation, targets)
-                row.val = val(row.allocation)
+                masks = compute_masks(scores, row.allocation)
+                row.removed = sum(int((~mask).sum()) for mask in masks.values())
+                row.achieved = row.removed / weights
+                row.error = _counted_error(sparsity, row.removed, weights)
+                if row.error is None:
+                    row.val = val(row.allocation)
             done[method] = row
             if on_row is not None:
                 on_row(row)
@@ -243,6 +306,8 @@ def compare(
         dense_test = test_evaluator.evaluate()
         for row in rows:
             if row.error is None:
-                with applied(model, targets, compute_masks(scores, row.allocation)):
+                with pruning.applied(row.allocation):
                     row.test = test_evaluator.evaluate()
-    return Comparison(criterion=criterion, dense_val=val({}), dense_test=dense_test, rows=rows)
+    dense_val = val({})
+    return Comparison(criterion=criterion, dense_val=dense_val, dense_test=dense_test, rows=rows, weights=weights,
+                      recalibrate_bn=batches, val_evaluations=val.evaluations)

@@ -41,7 +41,7 @@ from prunescope.masks import compute_masks
 from prunescope.models import build_model, model_spec
 from prunescope.pick.choose import build_picker, choose
 from prunescope.report import comparison_rows, document
-from prunescope.runconfig import RunConfig
+from prunescope.runconfig import RunConfig, check_settings
 from prunescope.scan import scan
 from prunescope.scan.files import JOURNAL_FILE, save_scan
 from prunescope.targets import find_targets
@@ -116,6 +116,7 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     """Run the whole pipeline into ``out``; return the result document (also ``out/result.json``)."""
     out = Path(out)
     progress = progress or (lambda stage, done, total: None)
+    check_settings(config)
     for method in config.methods:
         if method not in METHODS:
             raise UsageError(f"unknown method {method!r} in methods: use {', '.join(METHODS)}")
@@ -140,19 +141,22 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     # its journal reports other ``reused`` / ``examples`` counts for the same points).
     bookkeeping = ("evaluations", "reused", "examples")
     scan_key = {"curves": {k: v for k, v in curves.to_dict().items() if k not in bookkeeping}}
-    pick = stages.get("pick", {**scan_key, "max_drop": config.max_drop}, lambda: choose(
-        curves, build_picker("ensemble", max_drop=config.max_drop), model, data, max_drop=config.max_drop,
-        device=config.device).to_dict())
+    pick = stages.get("pick", {**scan_key, "max_drop": config.max_drop, "recalibrate_bn": config.recalibrate_bn},
+                      lambda: choose(curves, build_picker("ensemble", max_drop=config.max_drop), model, data,
+                                     max_drop=config.max_drop, device=config.device,
+                                     recalibrate_bn=config.recalibrate_bn).to_dict())
     progress("pick", 1, 1)
 
     # 4. one-shot comparison of every method over the sparsities (val only)
     levels = sorted({*config.sparsities, config.sparsity})
     rows_done = iter(range(1, len(levels) * len(config.methods) + 1))
     # The refiner's settings are part of what "ours" means: a change of them invalidates the stage.
-    inputs = {**scan_key, "levels": levels, "methods": config.methods, "refiner": repr(DEFAULT_REFINER)}
+    inputs = {**scan_key, "levels": levels, "methods": config.methods, "refiner": repr(DEFAULT_REFINER),
+              "recalibrate_bn": config.recalibrate_bn}
     one_shot = stages.get("one_shot", inputs, lambda: compare(
         model, data, levels, config.methods, curves=curves, criterion=config.criterion, device=config.device,
-        test=False, on_row=lambda row: progress("one-shot comparison", next(rows_done), None)).to_dict())
+        test=False, on_row=lambda row: progress("one-shot comparison", next(rows_done), None),
+        recalibrate_bn=config.recalibrate_bn).to_dict())
 
     # 5. fine-tune every method at the compared sparsity, same budget for all
     scores = compute_scores(model, targets, config.criterion, data=data.train)

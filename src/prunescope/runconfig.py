@@ -2,7 +2,9 @@
 
 Every field can be set in the config file (``prunescope run --config run.toml``) or on the
 command line (which wins). An unknown key or a value of the wrong type is a one-line error
-that names the key and the expected type.
+that names the key and the expected type, and so is a setting given for a mode that would
+ignore it: :data:`RULES` says which settings apply when, and :func:`check_settings` refuses
+an explicit setting that the run would not use.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import tomllib
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -51,9 +54,45 @@ class RunConfig:
     patience: int | None = None
     scratch: tuple[str, ...] = ("E", "B")
     scratch_max_factor: float | None = None
+    # one-shot evaluation of pruned models (scan aside): BatchNorm batches, None = 20 with BatchNorm, else 0
+    recalibrate_bn: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Settings that the run uses only when ``applies(config)``; ``why`` says when, in one clause."""
+
+    settings: tuple[str, ...]
+    applies: Callable[[RunConfig], bool]
+    why: str
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(("strategy", "tolerance", "subset"), lambda c: c.folds == 0,
+         "with folds > 0 the scan measures fixed grid levels on every fold of train on all its examples; "
+         "set folds = 0 to use it"),
+    Rule(("finetune_lr", "patience"), lambda c: c.finetune_epochs > 0,
+         "fine-tuning is off (finetune_epochs = 0)"),
+    Rule(("scratch_max_factor",), lambda c: "B" in c.scratch, "it caps scratch-B, which scratch does not list"),
+)
+"""Which settings apply in which mode. A setting in no rule is always used."""
+
+
+def check_settings(config: RunConfig, given: Iterable[str] | None = None) -> RunConfig:
+    """Refuse a setting in ``given`` (default: every field that differs from its default) that ``config``'s mode
+    would ignore, with a one-line reason; return ``config``."""
+    defaults = RunConfig()
+    if given is None:
+        given = [f.name for f in fields(RunConfig) if getattr(config, f.name) != getattr(defaults, f.name)]
+    given = set(given)
+    for rule in RULES:
+        ignored = [name for name in rule.settings if name in given]
+        if ignored and not rule.applies(config):
+            raise UsageError(f"setting {ignored[0]!r} would be ignored: {rule.why}")
+    return config
 
 
 def _type_name(annotation: Any) -> str:
@@ -100,4 +139,4 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> RunConfig
     for key, value in overrides.items():
         if value is not None:
             values[key] = _coerce(key, value, hints[key], "the command line")
-    return RunConfig(**values)
+    return check_settings(RunConfig(**values), values)

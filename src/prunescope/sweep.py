@@ -1,9 +1,10 @@
 """The sparsity sweep practitioners run first: one-shot prune at each level, evaluate, restore.
 
-For every requested global sparsity the allocation is applied with
-:func:`prunescope.masks.applied` (no copy of the model), the split is evaluated and the
-model measured (non-zero parameters, sparse bytes, effective MACs, latency), and the
-weights are restored exactly before the next level.
+For every requested global sparsity the allocation is applied in place (no copy of the
+model), BatchNorm statistics are re-estimated on a few training batches when asked (by
+default for a model with BatchNorm), the split is evaluated and the model measured
+(non-zero parameters, sparse bytes, effective MACs, latency), and the weights and
+statistics are restored exactly before the next level.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from prunescope.criteria import compute_scores
 from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
 from prunescope.evaluate import Evaluator, Metrics
-from prunescope.masks import applied, check_sparsity, compute_masks, measured_sparsity
+from prunescope.masks import check_sparsity, measured_sparsity
 from prunescope.pick.baselines import allocate
+from prunescope.scan.evaluation import WeightPruning
 from prunescope.targets import Target, find_targets
+from prunescope.train.batchnorm import bn_batches, recalibrating
 
 LATENCY_BATCHES = (1, 256)
 
@@ -48,6 +51,7 @@ class SweepResult:
     split: str
     targets: list[Target]
     points: list[SweepPoint]
+    recalibrate_bn: int = 0
 
     @property
     def dense(self) -> SweepPoint:
@@ -60,6 +64,7 @@ class SweepResult:
             "split": self.split,
             "targets": [t.to_dict() for t in self.targets],
             "points": [p.to_dict() for p in self.points],
+            "recalibrate_bn": self.recalibrate_bn,
         }
 
 
@@ -76,6 +81,7 @@ def sweep(
     subset: int | None = None,
     device: str = "auto",
     latency_repeats: int = 30,
+    recalibrate_bn: int | None = None,
     on_point: Callable[[SweepPoint], None] | None = None,
 ) -> SweepResult:
     """Evaluate ``model`` dense and one-shot pruned at each global sparsity.
@@ -87,6 +93,9 @@ def sweep(
         include / exclude: globs selecting the targets.
         split: ``val`` (default) or ``test``; selection should never use ``test``.
         subset: evaluate on a seeded subset of this many examples.
+        recalibrate_bn: batches of 128 training examples to re-estimate BatchNorm statistics
+            on at every pruned level (None: 20 for a model with BatchNorm, else 0; the dense
+            level keeps its statistics).
         on_point: called after each level (progress bars).
     """
     levels = [check_sparsity(s) for s in sparsities]
@@ -95,10 +104,12 @@ def sweep(
     targets = find_targets(model, include, exclude)
     scores = compute_scores(model, targets, criterion, data=data.train)
     evaluator = Evaluator(model, data.split(split), device=device, subset=subset)
+    batches = bn_batches(model, recalibrate_bn)
+    pruning = recalibrating(WeightPruning(model, targets, scores), data.train, batches)
     points = []
     for sparsity in [0.0, *levels]:
-        per_target = allocate(allocation, model, targets, sparsity)
-        with applied(model, targets, compute_masks(scores, per_target)):
+        per_target = allocate(allocation, model, targets, sparsity, example=data.train.x[:2])
+        with pruning.applied(per_target):
             zeros = measured_sparsity(model, targets)
             point = SweepPoint(
                 sparsity=sparsity,
@@ -111,4 +122,5 @@ def sweep(
         points.append(point)
         if on_point is not None:
             on_point(point)
-    return SweepResult(criterion=criterion, allocation=allocation, split=split, targets=targets, points=points)
+    return SweepResult(criterion=criterion, allocation=allocation, split=split, targets=targets, points=points,
+                       recalibrate_bn=batches)

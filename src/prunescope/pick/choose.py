@@ -28,6 +28,7 @@ from prunescope.structured.importance import group_scores
 from prunescope.structured.latency import LatencyTable
 from prunescope.structured.pruning import ChannelPruning
 from prunescope.targets import find_targets
+from prunescope.train.batchnorm import bn_batches, recalibrating
 
 CHOICES = ("threshold", "sconce", "knee", "budget", "ensemble")
 DEFAULT_MAX_DROP = 0.005  # half an accuracy point
@@ -94,10 +95,12 @@ class Choice:
     bound: float | None
     global_sparsity: float
     footprint: dict | None = None
+    recalibrate_bn: int = 0  # BatchNorm recalibration batches of every verified (pruned) model
 
     def to_dict(self) -> dict:
         return {
             "picker": self.picker,
+            "recalibrate_bn": self.recalibrate_bn,
             "allocation": self.verified.allocation,
             "global_sparsity": self.global_sparsity,
             "bound": self.bound,
@@ -157,6 +160,7 @@ def choose(
     device: str = "auto",
     round_to: int = 1,
     latency_batch: int = 1,
+    recalibrate_bn: int | None = None,
 ) -> Choice:
     """Pick on ``curves``, then evaluate the allocation jointly on the whole val split.
 
@@ -168,16 +172,22 @@ def choose(
     multiples of ``round_to``; a budget picker is given the model's exact footprint (and,
     for a latency target, a :class:`~prunescope.structured.latency.LatencyTable` timed on
     ``device`` with batches of ``latency_batch``).
+
+    ``recalibrate_bn``: batches of training data every pruned model's BatchNorm statistics
+    are re-estimated on before it is evaluated (None: 20 for a model with BatchNorm, else 0).
     """
     pruning = pruning_for(curves, model, data, round_to)
     if isinstance(picker, BudgetPicker) and isinstance(pruning, ChannelPruning):
         picker = _measuring(picker, pruning, device, latency_batch)
     picked = picker.pick(curves)
-    evaluate = model_evaluator(pruning, Evaluator(model, data.val, device=device), curves.metric)
+    batches = bn_batches(model, recalibrate_bn)
+    evaluator = Evaluator(model, data.val, device=device)
+    evaluate = model_evaluator(recalibrating(pruning, data.train, batches), evaluator, curves.metric)
     bound = None if isinstance(picker, BudgetPicker) else (DEFAULT_MAX_DROP if max_drop is None else max_drop)
     verified = verify(picked, curves, evaluate, max_drop=math.inf if bound is None else bound)
     if isinstance(pruning, WeightPruning):
-        return Choice(picker.name, picked, verified, bound, global_sparsity(verified.allocation, find_targets(model)))
+        return Choice(picker.name, picked, verified, bound, global_sparsity(verified.allocation, find_targets(model)),
+                      recalibrate_bn=batches)
     footprint = channel_footprint(pruning, verified.allocation)
     removed = 1 - footprint["params"] / footprint["dense_params"]
-    return Choice(picker.name, picked, verified, bound, removed, footprint)
+    return Choice(picker.name, picked, verified, bound, removed, footprint, recalibrate_bn=batches)

@@ -11,7 +11,14 @@
   (``TrainConfig(optimizer="sam" | "sam-adamw", sam_rho=...)``).
 """
 
-from prunescope.train.batchnorm import recalibrate_batchnorm
+from prunescope.train.batchnorm import (
+    DEFAULT_BN_BATCHES,
+    RecalibratedPruning,
+    bn_batches,
+    recalibrate_batchnorm,
+    recalibrated,
+    recalibrating,
+)
 from prunescope.train.finetune import finetune
 from prunescope.train.gradual import (
     GradualResult,
@@ -24,19 +31,24 @@ from prunescope.train.loop import OPTIMIZERS, SCHEDULES, EpochRecord, TrainConfi
 from prunescope.train.scratch import measure_macs, scratch_epochs, train_scratch
 
 __all__ = [
+    "DEFAULT_BN_BATCHES",
     "OPTIMIZERS",
     "SCHEDULES",
     "EpochRecord",
     "GradualResult",
     "GradualStep",
+    "RecalibratedPruning",
     "TrainConfig",
     "TrainResult",
+    "bn_batches",
     "finetune",
     "gradual_prune",
     "iterative_schedule",
     "measure_macs",
     "polynomial_schedule",
     "recalibrate_batchnorm",
+    "recalibrated",
+    "recalibrating",
     "scratch_epochs",
     "train",
     "train_scratch",
