@@ -8,8 +8,10 @@ A checkpoint is one ``torch.save`` file holding a dict::
 
 The model is rebuilt from ``model_spec`` (see :mod:`prunescope.models`) and the state dict
 loaded into it, so files are always read with ``torch.load(weights_only=True)``: a checkpoint
-can never run code. Unstructured pruning masks are baked into the weights when saving, so
-every checkpoint loads into the plain, unpruned architecture.
+can never run code. Nor can the specs: a ``package.module:function`` factory named in them is
+imported only when the user trusts it (see :mod:`prunescope.trust`). Unstructured pruning
+masks are baked into the weights when saving, so every checkpoint loads into the plain,
+unpruned architecture.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.io import atomic_write
 from prunescope.models import build_from_spec
+from prunescope.trust import Trust, TrustFactory, check_spec
 
 FORMAT = "prunescope-checkpoint"
 VERSION = 1
@@ -185,6 +188,12 @@ def _read(path: str | os.PathLike[str], map_location: Any) -> dict[str, Any]:
         missing = [key for key in _REQUIRED_KEYS if key not in payload]
         if missing:
             raise UsageError(f"checkpoint {path} is damaged (no {missing[0]!r}): re-create it with prunescope train")
+        wrong = next((key for key in _REQUIRED_KEYS if not isinstance(payload[key], dict)), None)
+        if wrong is not None:
+            raise UsageError(
+                f"checkpoint {path} is damaged ({wrong!r} is a {type(payload[wrong]).__name__}, not a dict): "
+                "re-create it with prunescope train"
+            )
         return payload
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         raise UsageError(
@@ -197,15 +206,31 @@ def _read(path: str | os.PathLike[str], map_location: Any) -> dict[str, Any]:
     )
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> Checkpoint:
+def _first_non_finite(state: dict[str, Any]) -> str | None:
+    """The first floating-point tensor of ``state`` holding NaN or ±inf, or None."""
+    for key, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return key
+    return None
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, map_location: Any = "cpu", trust_factory: TrustFactory | Trust = False
+) -> Checkpoint:
     """Load checkpoint ``path``: rebuild the model from its spec, load the weights, eval mode.
 
     ``map_location`` goes to ``torch.load``; when it names a device the model is moved there too.
+    A model or dataset factory (``package.module:function``) named in the file is imported only
+    if ``trust_factory`` covers it: True for any (said on stderr), or a collection of the names
+    the caller vouches for (see :mod:`prunescope.trust`).
 
-    Raises UsageError (naming the path) for missing, damaged or foreign files, unknown
-    models and state dicts that do not fit the model.
+    Raises UsageError (naming the path) for missing, damaged or foreign files, untrusted
+    factories, unknown models, NaN or infinite weights and state dicts that do not fit the model.
     """
     payload = _read(path, map_location)
+    trust = Trust.of(trust_factory)
+    check_spec(payload["model_spec"], "model", f"checkpoint {path}", trust)
+    check_spec(payload["dataset_spec"], "dataset", f"checkpoint {path}", trust)
     spec = payload["model_spec"]
     try:
         model = _build(spec)
@@ -218,6 +243,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") 
             f"checkpoint {path} does not fit model {spec.get('name')!r}: {mismatch}; "
             "re-create the checkpoint with prunescope train"
         )
+    if (bad := _first_non_finite(state)) is not None:
+        raise UsageError(f"checkpoint {path} holds NaN or infinite values in {bad!r}: re-create it, e.g. train again")
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     model.load_state_dict(state)

@@ -57,6 +57,7 @@ from prunescope.train import (
     polynomial_schedule,
     train_scratch,
 )
+from prunescope.trust import Trust, check_spec
 
 app = typer.Typer(
     add_completion=False,
@@ -91,6 +92,9 @@ RecalibrateBN = Annotated[int | None, typer.Option(help=f"Re-estimate BatchNorm 
                                                         f"this many batches of 128 training examples, the same for "
                                                         f"every method (0: off). Default: {DEFAULT_BN_BATCHES} for a "
                                                         f"model with BatchNorm, off without.", show_default=False)]
+TrustFactoryOption = Annotated[bool, typer.Option(help="Import a package.module:function model or dataset factory "
+                                                       "named in an input file (that runs its code): only for files "
+                                                       "you trust.")]
 
 
 
@@ -139,6 +143,7 @@ def run_command(
     recalibrate_bn: RecalibrateBN = None,
     device: Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of split, initialisation and shuffling [0].")] = None,
+    trust_factory: TrustFactoryOption = False,
 ) -> None:
     """The whole job: dense → scan → pick → verify → prune → fine-tune → compare → test once → report."""
     overrides = {
@@ -149,6 +154,10 @@ def run_command(
         "seed": seed, "recalibrate_bn": recalibrate_bn,
     }
     settings = load_config(config, overrides)
+    if config is not None:  # a factory named only in the config file is a name read from a file
+        trust = Trust(everything=trust_factory, names=frozenset(n for n in (model, data) if n))
+        check_spec({"name": settings.model}, "model", f"config file {config}", trust)
+        check_spec({"name": settings.data}, "dataset", f"config file {config}", trust)
     check_sparsity(settings.sparsity, "--sparsity")
     _check_choice("--criterion", settings.criterion, list(CRITERIA))
     with _stage_progress() as progress:
@@ -221,12 +230,13 @@ def sweep_command(
     data_dir: DataDir = None,
     out: Out = Path("prunescope-out"),
     device: Device = "auto",
+    trust_factory: TrustFactoryOption = False,
 ) -> None:
     """One-shot prune at each sparsity, evaluate on val, restore; print and save a table."""
     levels = _parse_sparsities(sparsities)
     _check_choice("--criterion", criterion, list(CRITERIA))
     _check_choice("--allocation", allocation, ALLOCATIONS)
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
     with _progress("sweeping", len(levels) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
@@ -241,8 +251,8 @@ def sweep_command(
     console.print(f"wrote {out / 'result.json'} and {out / 'sweep.csv'}")
 
 
-def _checkpoint_and_data(checkpoint: Path, data_dir: str | None):
-    saved = load_checkpoint(checkpoint)
+def _checkpoint_and_data(checkpoint: Path, data_dir: str | None, trust_factory: bool):
+    saved = load_checkpoint(checkpoint, trust_factory=trust_factory)
     return saved, load_from_spec(saved.dataset_spec, data_dir=data_dir)
 
 
@@ -289,6 +299,7 @@ def scan_command(
     exclude: Exclude = None,
     data_dir: DataDir = None,
     device: Device = "auto",
+    trust_factory: TrustFactoryOption = False,
     seed: Seed = 0,
 ) -> None:
     """Sensitivity of every layer (or channel group): val metric vs its sparsity, others dense. Resumable."""
@@ -298,7 +309,7 @@ def scan_command(
     _check_choice("--importance", importance, list(IMPORTANCES))
     criterion = importance if granularity == "channel" else criterion
     subset = _subset(subset)
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
                 "tolerance": tolerance / 100, "subset": subset, "workers": workers, "include": include or [],
                 "exclude": exclude or [], "seed": seed}
@@ -340,6 +351,7 @@ def pick_command(
     out: Annotated[Path | None, typer.Option(help="Where to write the pick (default: SCAN/pick.json).")] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
+    trust_factory: TrustFactoryOption = False,
 ) -> None:
     """Choose per-layer sparsities from a scan, then verify them jointly on val (backing off if needed)."""
     chosen = build_picker(picker, max_drop=_points(max_drop), target_sparsity=target_sparsity,
@@ -349,7 +361,7 @@ def pick_command(
     source = checkpoint or saved_scan.checkpoint
     if source is None:
         raise UsageError(f"the scan in {scan_dir} names no checkpoint: pass --checkpoint")
-    saved, dataset = _checkpoint_and_data(Path(source), data_dir)
+    saved, dataset = _checkpoint_and_data(Path(source), data_dir, trust_factory)
     saved_scan.check_model(saved.model, scan_dir)
     with _progress("verifying", 1) as done:
         choice = choose(saved_scan.curves, chosen, saved.model, dataset, max_drop=_points(max_drop), device=device,
@@ -387,6 +399,7 @@ def compare_command(
     out: Out = Path("prunescope-out/compare"),
     data_dir: DataDir = None,
     device: Device = "auto",
+    trust_factory: TrustFactoryOption = False,
 ) -> None:
     """One-shot accuracy of our allocation vs uniform, uniform+, global, ERK and LAMP at equal sparsity."""
     levels = _parse_sparsities(sparsities)
@@ -394,7 +407,7 @@ def compare_command(
     for method in methods:
         _check_choice("allocation", method, METHODS)
     _check_choice("--criterion", criterion, list(CRITERIA))
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
     curves = None
     if "ours" in methods:
         if scan_dir is None:
@@ -445,17 +458,18 @@ def prune_command(
     out: Out = Path("prunescope-out/pruned"),
     data_dir: DataDir = None,
     device: Device = "auto",
+    trust_factory: TrustFactoryOption = False,
     seed: Seed = 0,
 ) -> None:
     """Prune a checkpoint to an allocation, fine-tune, save OUT/model.pt (channel granularity: physically smaller)."""
     _check_choice("--granularity", granularity, GRANULARITIES)
     if granularity == "channel":
         _prune_channels(checkpoint, allocation, finetune_epochs, lr, patience, importance, round_to, export_path,
-                        recalibrate_bn, out, data_dir, device, seed)
+                        recalibrate_bn, out, data_dir, device, seed, trust_factory)
         return
     if importance is not None or round_to is not None or export_path is not None or recalibrate_bn:
         raise UsageError("--importance, --round-to, --export and --recalibrate-bn apply to --granularity channel")
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
     model = saved.model
     targets = find_targets(model)
     per_target = load_allocation(allocation, targets)
@@ -487,9 +501,9 @@ def prune_command(
 def _prune_channels(
     checkpoint: Path, allocation: Path, finetune_epochs: int, lr: float, patience: int | None, importance: str | None,
     round_to: int | None, export_path: Path | None, bn_batches: int, out: Path, data_dir: str | None, device: str,
-    seed: int,
+    seed: int, trust_factory: bool,
 ) -> None:
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
     pick = read_channel_pick(allocation, saved.model, saved.model_spec)
     importance = importance or pick.importance or "l2"
     _check_choice("--importance", importance, list(IMPORTANCES))
@@ -542,6 +556,7 @@ def gradual_command(
     out: Out = Path("prunescope-out/gradual"),
     data_dir: DataDir = None,
     device: Device = "auto",
+    trust_factory: TrustFactoryOption = False,
     seed: Seed = 0,
 ) -> None:
     """Prune gradually along a schedule, fine-tuning between steps; export OUT/model.pt."""
@@ -550,7 +565,7 @@ def gradual_command(
     _check_choice("--allocation", allocation, ALLOCATIONS)
     sparsities = (polynomial_schedule(initial_sparsity, target_sparsity, steps) if schedule == "polynomial"
                   else iterative_schedule(target_sparsity, fraction))
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
     model = saved.model
     targets = find_targets(model)
     with _progress("pruning steps", len(sparsities)) as step_done:
@@ -582,11 +597,12 @@ def baseline_command(
     out: Out = Path("prunescope-out/scratch"),
     data_dir: DataDir = None,
     device: Device = "auto",
+    trust_factory: TrustFactoryOption = False,
     seed: Seed = 1,
 ) -> None:
     """Train the pruned architecture's mask from a fresh initialisation (Liu et al. 2019) and compare."""
     _check_choice("--scratch", scratch.upper(), ("E", "B"))
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir)
+    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
     targets = find_targets(saved.model)
     masks = {t.name: effective_weight(saved.model, t) != 0 for t in targets}
     pruned_accuracy = Evaluator(saved.model, dataset.val, device=device).evaluate().accuracy
@@ -611,6 +627,7 @@ def measure_command(
                                                     "weights, which do not change latency).", show_default=False)]
     = None,
     device: Device = "auto",
+    trust_factory: TrustFactoryOption = False,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,256",
     repeats: Annotated[int, typer.Option(help="Timed forward passes per batch size (after 5 untimed ones).")] = 30,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's own; 1 is steadier "
@@ -629,8 +646,8 @@ def measure_command(
         if threads < 1:
             raise UsageError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    model = load_model_file(checkpoint, target, trust_export=trust_export)
-    reference = dense_reference(model, dense, target, trust_export=trust_export)
+    model = load_model_file(checkpoint, target, trust_export=trust_export, trust_factory=trust_factory)
+    reference = dense_reference(model, dense, target, trust_export=trust_export, trust_factory=trust_factory)
     if reference is None:
         console.print("[yellow]no dense reference: the file names no dense architecture (or is dense itself); "
                       "pass --dense to compare[/yellow]")

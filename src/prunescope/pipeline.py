@@ -47,6 +47,7 @@ from prunescope.scan.files import JOURNAL_FILE, save_scan
 from prunescope.targets import find_targets
 from prunescope.train import EpochRecord, TrainConfig, TrainResult, finetune, train
 from prunescope.train.scratch import scratch_epochs, train_scratch
+from prunescope.trust import Trust
 from prunescope.verdict import layer_sentences, method_sentence, scratch_sentence
 
 Progress = Callable[[str, int, int | None], None]
@@ -167,7 +168,7 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
                                  "allocation": row["allocation"], "one_shot": {"val": row["val"]},
                                  "error": row["error"]}
         if row["error"] is None:
-            pruned = load_checkpoint(out / "model.pt").model
+            pruned = load_checkpoint(out / "model.pt", trust_factory=Trust.of_specs(spec, data.spec)).model
             result = finetune(pruned, data, targets, compute_masks(scores, row["allocation"]), tune,
                               checkpoint=out / "finetune" / f"{row['method']}@{config.sparsity:g}" / "model.pt",
                               model_spec=spec,

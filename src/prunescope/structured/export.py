@@ -64,6 +64,7 @@ from prunescope.device import resolve_device
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.io import atomic_write
 from prunescope.models import build_from_spec
+from prunescope.trust import Trust, check_spec
 
 FORMAT = "prunescope-export"
 VERSION = 1
@@ -228,11 +229,16 @@ def max_output_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 
 
 def load_model_file(
-    path: str | os.PathLike[str], device: str | torch.device | None = None, *, trust_export: bool = False
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    *,
+    trust_export: bool = False,
+    trust_factory: bool = False,
 ) -> ModelFile:
     """An exported archive (by content, or by a ``.pt2`` name) via :func:`load_exported` on ``device``
     (only with ``trust_export``), else a prunescope checkpoint via
-    :func:`prunescope.checkpoint.load_checkpoint` (CPU, eval mode).
+    :func:`prunescope.checkpoint.load_checkpoint` (CPU, eval mode). A model factory named in
+    the file is imported only with ``trust_factory`` (see :mod:`prunescope.trust`).
 
     Raises UsageError, naming the path, for a file that is neither.
     """
@@ -240,8 +246,11 @@ def load_model_file(
     if is_exported(path) or path.suffix == ".pt2":
         loaded = load_exported(path, device, trusted=trust_export)
         shape = tuple(loaded.metadata["input_shape"])
-        return ModelFile(loaded.module, shape, loaded.metadata.get("model_spec"), exported=True)
-    saved = load_checkpoint(path)
+        dense_spec = loaded.metadata.get("model_spec")
+        if dense_spec is not None:  # rebuilt later as the dense reference
+            check_spec(dense_spec, "model", f"exported model {path}", Trust(everything=trust_factory))
+        return ModelFile(loaded.module, shape, dense_spec, exported=True)
+    saved = load_checkpoint(path, trust_factory=trust_factory)
     spec = saved.model_spec
     dense_spec = {k: v for k, v in spec.items() if k != "removed_channels"} if spec.get("removed_channels") else None
     return ModelFile(saved.model, tuple(spec["input_shape"]), dense_spec, exported=False)
@@ -253,6 +262,7 @@ def dense_reference(
     device: str | torch.device | None = None,
     *,
     trust_export: bool = False,
+    trust_factory: bool = False,
 ) -> ModelFile | None:
     """The dense model to time ``model`` against: file ``dense``, else ``model.dense_spec`` rebuilt, else None.
 
@@ -260,7 +270,7 @@ def dense_reference(
     Raises UsageError if ``dense`` takes another input shape or the spec cannot be rebuilt here.
     """
     if dense is not None:
-        reference = load_model_file(dense, device, trust_export=trust_export)
+        reference = load_model_file(dense, device, trust_export=trust_export, trust_factory=trust_factory)
         if reference.input_shape != model.input_shape:
             raise UsageError(
                 f"dense model {dense} takes inputs of shape {reference.input_shape} but the model "

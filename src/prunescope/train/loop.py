@@ -35,6 +35,7 @@ from prunescope.evaluate import Evaluator
 from prunescope.masks import Masks, apply_permanently
 from prunescope.targets import Target, by_name, find_targets
 from prunescope.train.sam import SAM
+from prunescope.trust import Trust
 
 OPTIMIZERS = ("sgd", "adamw", "sam", "sam-adamw")  # sam: SAM around SGD; sam-adamw: around AdamW
 SAM_DEFAULT_RHO = 0.05  # Foret et al. 2021's usual radius
@@ -232,7 +233,7 @@ def train(
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and model_spec is None:
         raise UsageError("saving training checkpoints needs the model spec that rebuilds the model")
-    saved = _read_saved(path, config, data, patience) if path is not None and path.exists() else None
+    saved = _read_saved(path, config, data, patience, model_spec) if path is not None and path.exists() else None
 
     # Masks: those given, those the model already has, and (on resume) those the run was saved with.
     wanted: Masks = {name: m.bool() for name, m in (masks or {}).items()}
@@ -342,9 +343,17 @@ def train(
     return TrainResult(model=model, history=history, stopped_early=stopped_early, best_epoch=best_epoch)
 
 
-def _read_saved(path: Path, config: TrainConfig, data: Dataset, patience: int | None) -> _Saved:
-    """A previous run of the same settings from ``path`` (UsageError if the settings differ)."""
-    saved = load_checkpoint(path)
+def _read_saved(path: Path, config: TrainConfig, data: Dataset, patience: int | None, model_spec: dict) -> _Saved:
+    """A previous run of the same settings from ``path`` (UsageError if the settings differ).
+
+    Only the factories of this run's own specs are imported: the file's may name others.
+    """
+    saved = load_checkpoint(path, trust_factory=Trust.of_specs(model_spec, data.spec))
+    if saved.model_spec != model_spec:
+        raise UsageError(
+            f"{path} holds a run of another model ({saved.model_spec.get('name')!r}, not "
+            f"{model_spec.get('name')!r}); use another --out to start afresh"
+        )
     previous = saved.meta.get("train_config", {})
     differing = [k for k, v in config.to_dict().items() if k != "epochs" and previous.get(k) != v]
     if saved.meta.get("patience") != patience:
