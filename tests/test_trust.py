@@ -50,8 +50,12 @@ def hostile(tmp_path: Path, digits_spec: dict) -> dict:
     data_attack = _save(tmp_path / "data_attack.pt", model_spec("mlp", SHAPE, 10), digits_spec)
     _rewrite(data_attack, dataset_spec={"name": "subprocess:getoutput", "cmd": f"touch {marker}"})
     model_attack = _save(tmp_path / "model_attack.pt", model_spec("mlp", SHAPE, 10), digits_spec)
-    bad_spec = {"name": "logging:basicConfig", "input_shape": list(SHAPE), "num_classes": 10,
-                "kwargs": {"filename": str(victim), "filemode": "w"}}
+    bad_spec = {
+        "name": "logging:basicConfig",
+        "input_shape": list(SHAPE),
+        "num_classes": 10,
+        "kwargs": {"filename": str(victim), "filemode": "w"},
+    }
     _rewrite(model_attack, model_spec=bad_spec)
     return {"data": data_attack, "model": model_attack, "marker": marker, "victim": victim, "dir": tmp_path}
 
@@ -61,8 +65,15 @@ def _scan_dir(tmp_path: Path, checkpoint: Path) -> Path:
     point = CurvePoint(0.0, 0.9, 0.9, 0.9, 10)
     curves = Curves("accuracy", "magnitude", point, {"fc1.weight": Curve("fc1.weight", 10, 10, [point])})
     out = tmp_path / "scan"
-    save_scan(out, curves, model=build_from_spec(model_spec("mlp", SHAPE, 10)), checkpoint=str(checkpoint),
-              model_spec={}, dataset_spec={}, settings={})
+    save_scan(
+        out,
+        curves,
+        model=build_from_spec(model_spec("mlp", SHAPE, 10)),
+        checkpoint=str(checkpoint),
+        model_spec={},
+        dataset_spec={},
+        settings={},
+    )
     return out
 
 
@@ -79,18 +90,47 @@ def _commands(ckpt: Path, tmp: Path) -> dict[str, list[str]]:
         "pick --checkpoint": ["pick", "--scan", _scan_dir(tmp, ckpt), "--checkpoint", ckpt, *cpu],
         "compare": ["compare", "--checkpoint", ckpt, "--out", out, *cpu],
         "prune": ["prune", "--checkpoint", ckpt, "--allocation", allocation, "--out", out, *cpu],
-        "prune channel": ["prune", "--checkpoint", ckpt, "--allocation", allocation, "--granularity", "channel",
-                          "--out", out, *cpu],
+        "prune channel": [
+            "prune",
+            "--checkpoint",
+            ckpt,
+            "--allocation",
+            allocation,
+            "--granularity",
+            "channel",
+            "--out",
+            out,
+            *cpu,
+        ],
         "gradual": ["gradual", "--checkpoint", ckpt, "--target-sparsity", "0.5", "--out", out, *cpu],
         "baseline": ["baseline", "--checkpoint", ckpt, "--out", out, *cpu],
         "measure": ["measure", "--checkpoint", ckpt, "--repeats", "1", *cpu],
-        "measure --dense": ["measure", "--checkpoint", ckpt.parent / "good_copy.pt", "--dense", ckpt, "--repeats", "1",
-                            *cpu],
+        "measure --dense": [
+            "measure",
+            "--checkpoint",
+            ckpt.parent / "good_copy.pt",
+            "--dense",
+            ckpt,
+            "--repeats",
+            "1",
+            *cpu,
+        ],
     }
 
 
-COMMANDS = ["sweep", "scan", "pick", "pick --checkpoint", "compare", "prune", "prune channel", "gradual",
-            "baseline", "measure", "measure --dense"]
+COMMANDS = [
+    "sweep",
+    "scan",
+    "pick",
+    "pick --checkpoint",
+    "compare",
+    "prune",
+    "prune channel",
+    "gradual",
+    "baseline",
+    "measure",
+    "measure --dense",
+]
 
 
 @pytest.mark.parametrize("attack", ["data", "model"])
@@ -128,8 +168,9 @@ def test_factory_in_a_config_file_needs_trust(cli, tmp_path) -> None:
 
 def test_trust_factory_imports_and_says_so(cli, hostile) -> None:
     """With --trust-factory the file's factory is imported (the marker appears) and stderr said so first."""
-    code, _, err = cli("sweep", "--checkpoint", hostile["data"], "--out", hostile["dir"] / "out", "--device", "cpu",
-                       "--trust-factory")
+    code, _, err = cli(
+        "sweep", "--checkpoint", hostile["data"], "--out", hostile["dir"] / "out", "--device", "cpu", "--trust-factory"
+    )
     assert "--trust-factory: importing dataset factory 'subprocess:getoutput'" in err
     assert hostile["marker"].exists()
     assert code == 2  # getoutput returns a string, not a dataset: a one-line error after the import
@@ -155,8 +196,18 @@ def test_factory_the_user_passes_is_imported(cli, user_factory: str, tmp_path: P
     ckpt = out / "model.pt"
     code, _, err = cli("sweep", "--checkpoint", ckpt, "--sparsities", "0.5", "--out", tmp_path / "s", "--device", "cpu")
     assert code == 2 and f"model factory {user_factory!r}" in err
-    code, _, err = cli("sweep", "--checkpoint", ckpt, "--sparsities", "0.5", "--out", tmp_path / "s", "--device", "cpu",
-                       "--trust-factory")
+    code, _, err = cli(
+        "sweep",
+        "--checkpoint",
+        ckpt,
+        "--sparsities",
+        "0.5",
+        "--out",
+        tmp_path / "s",
+        "--device",
+        "cpu",
+        "--trust-factory",
+    )
     assert code == 0 and f"importing model factory {user_factory!r}" in err
     # training resumes into the same --out: the run's own factory is trusted without the flag
     code, _, err = cli("train", "--model", user_factory, "--epochs", "2", "--out", out, "--device", "cpu")
