@@ -29,6 +29,7 @@ from prunescope.measure import measure_speedup
 from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.choose import build_picker, choose
 from prunescope.pipeline import run, train_model
+from prunescope.regimes_cli import app as regimes_app
 from prunescope.report import (
     choice_table,
     comparison_table,
@@ -733,6 +734,8 @@ def datasets_command(data_dir: DataDir = None) -> None:
         rows.append([info.name, shape, sizes, info.description])
     columns = ["name", "input", "train / val / test", "description"]
     console.print(listing_table("datasets (or package.module:factory)", columns, rows))
+
+app.add_typer(regimes_app, name="regimes")
 
 
 def main(argv: list[str] | None = None) -> None:

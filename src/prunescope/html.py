@@ -31,6 +31,7 @@ from prunescope.plots import (
     curves_figure,
     epoch_curves_figure,
     interval_panels_figure,
+    phase_figure,
     png_bytes,
     training_figure,
 )
@@ -51,9 +52,9 @@ def check_result(doc: Any, source: str = "the document") -> None:
         raise UsageError(f"{source} is not a prunescope run result (a JSON {type(doc).__name__}, not an object); "
                          "re-run prunescope run")
     schema, version, command = doc.get("schema"), doc.get("version"), doc.get("command", "run")
-    if schema != RESULT_SCHEMA or version != RESULT_VERSION or command != "run":
+    if schema != RESULT_SCHEMA or version != RESULT_VERSION or command not in ("run", "regimes"):
         found = f"schema {schema!r} version {version!r}"
-        if command != "run":
+        if command not in ("run", "regimes"):
             found += f", command {command!r}"
         raise UsageError(f"{source} is not a prunescope run result ({found}; this prunescope reads "
                          f"{RESULT_SCHEMA!r} version {RESULT_VERSION}); re-run prunescope run")
@@ -598,8 +599,38 @@ def _scratch(doc: Mapping[str, Any]) -> _Section | None:
     return _Section("scratch", "Fine-tuning vs training from scratch", parts)
 
 
+def _regimes(doc: Mapping[str, Any]) -> _Section | None:
+    """The three-regime study (``prunescope regimes``): phase diagrams, cells, advice per density."""
+    study = doc.get("regimes")
+    if not isinstance(study, Mapping):
+        return None
+    temps, densities = study["temperatures"], study["densities"]
+    cells = {(c["temperature"], c["density"]): c for c in study["cells"]}
+    regimes = [[cells[t, d]["regime"] for d in densities] for t in temps]
+    parts = [_note(f"{study['temperature']} × density, {study['seeds']} pruned models per cell ({study['pairing']} "
+                   f"pairing); regime I: mc < -{study['epsilon']:g} nats; II-A: connected, output CKA < "
+                   f"{study['delta']:g}; II-B: connected and similar. Val split only.")]
+    for title, key in (("val error of the pruned models", "error"), ("mode connectivity mc (nats)", "mc"),
+                       ("CKA of the outputs", "cka_outputs")):
+        values = {title: [[cells[t, d][key] for d in densities] for t in temps]}
+        parts.append(_figure(lambda v=values: phase_figure(temps, densities, v, regimes, study["temperature"]),
+                             f"phase diagram: {title}"))
+    rows = [(f"{c['temperature']:g}", f"{c['density']:g}", f"{_pct(c['error'])} ± {_pct(c['error_std'])}",
+             f"{c['mc']:+.3f}" + (f" ± {c['mc_std']:.3f}" if c.get("mc_std") is not None else ""),
+             _fixed(c["cka_outputs"], 3), c["regime"],
+             _pct(c.get("scratch_error")) if c.get("scratch_error") is not None else "-")
+            for c in study["cells"]]
+    parts.append(_table(("T", "density", "pruned error ± sd", "mc ± sd", "CKA", "regime", "scratch-E error"), rows,
+                        left=2))
+    items = [f"density {a['density']:g}: rule {' → '.join(f'{t:g}' for t in a['walk'])} stops at {a['chosen']:g} "
+             f"({_pct(a['chosen_error'])}); measured best {a['best']:g} ({_pct(a['best_error'])})"
+             for a in study["advice"]]
+    parts.append(Markup('<ul class="verdict">' + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"))
+    return _Section("regimes", "Three regimes", parts)
+
+
 SECTIONS = (_verdict, _settings, _dense, _sensitivity, _allocation, _before_after, _accuracy_vs_sparsity, _finetune,
-            _scratch)
+            _scratch, _regimes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -232,3 +232,53 @@ def epoch_curves_plot(
 ) -> Path:
     """:func:`epoch_curves_figure` as a PNG file."""
     return _save(epoch_curves_figure(series, ylabel, title, reference, reference_label), path)
+
+
+def phase_figure(
+    temperatures: Sequence[float],
+    densities: Sequence[float],
+    panels: Mapping[str, Sequence[Sequence[float | None]]],
+    regimes: Sequence[Sequence[str]],
+    temperature: str,
+) -> Figure:
+    """Heatmaps of temperature (rows, rising upwards) × density (columns), one per panel, regime boundaries drawn.
+
+    ``panels``: ``{title: values[i][j]}`` for ``temperatures[i]`` and ``densities[j]`` (None: no value);
+    ``regimes[i][j]``: each cell's regime label, written in the cell; a thick black line separates
+    neighbouring cells of different regimes.
+    """
+    figure = Figure(figsize=(max(4.2 * len(panels), 6), 0.5 * len(temperatures) + 3))
+    axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
+    rows, cols = len(temperatures), len(densities)
+    for axes, (title, values) in zip(axes_list, panels.items(), strict=True):
+        grid = [[float("nan") if v is None else v for v in row] for row in values]
+        image = axes.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
+        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+        for i in range(rows):
+            for j in range(cols):
+                axes.text(j, i, regimes[i][j], ha="center", va="center", fontsize="small", color="white",
+                          bbox={"facecolor": "black", "alpha": 0.35, "pad": 1, "linewidth": 0})
+                if j + 1 < cols and regimes[i][j] != regimes[i][j + 1]:
+                    axes.plot([j + 0.5, j + 0.5], [i - 0.5, i + 0.5], color="black", linewidth=2.5)
+                if i + 1 < rows and regimes[i][j] != regimes[i + 1][j]:
+                    axes.plot([j - 0.5, j + 0.5], [i + 0.5, i + 0.5], color="black", linewidth=2.5)
+        axes.set_xticks(range(cols), [f"{d:g}" for d in densities])
+        axes.set_yticks(range(rows), [f"{t:g}" for t in temperatures])
+        axes.set_xlim(-0.5, cols - 0.5)
+        axes.set_ylim(-0.5, rows - 0.5)
+        axes.set_xlabel("density (fraction of weights kept)")
+        axes.set_ylabel(f"temperature: {temperature}")
+        axes.set_title(title, fontsize="medium")
+    return figure
+
+
+def phase_plot(
+    temperatures: Sequence[float],
+    densities: Sequence[float],
+    panels: Mapping[str, Sequence[Sequence[float | None]]],
+    regimes: Sequence[Sequence[str]],
+    temperature: str,
+    path: Path,
+) -> Path:
+    """:func:`phase_figure` as a PNG file."""
+    return _save(phase_figure(temperatures, densities, panels, regimes, temperature), path)
