@@ -83,12 +83,12 @@ def _fill(allocation: dict[str, float], numels: dict[str, int], last: str) -> di
     return {**allocation, last: round(removed / numels[last], 6)}
 
 
-def _curve_points(tolerates: float, steepness: float, dense: float, n: int, folds: int) -> list[dict[str, Any]]:
+def _curve_points(tolerates: float, steepness: float, dense: float, n: int) -> list[dict[str, Any]]:
     points = []
     for sparsity in (0.5, 0.7, 0.8, 0.9, 0.95, 0.98):
         drop = 0.0 if sparsity <= tolerates else steepness * (sparsity - tolerates) ** 1.5
         value = round(max(dense - 0.001 * sparsity - drop, 0.1), 4)
-        low, high = ((round(value - 0.004, 4), round(value + 0.004, 4)) if folds else wilson(value, n))
+        low, high = wilson(value, n)
         points.append({"sparsity": sparsity, "value": value, "low": low, "high": high, "n": n})
     return points
 
@@ -98,7 +98,8 @@ def result_doc(targets: tuple[str, str, str] = DEFAULT_TARGETS, *, scan: bool = 
     """A ``prunescope run`` result document (schema v2) over three targets named ``targets``.
 
     ``scan=False`` leaves out the scan and pick sections, ``scratch=False`` the scratch runs,
-    as a run with ``--no-scan`` (fixed allocations) or without ``--scratch`` writes them.
+    as a run with ``--no-scan`` (fixed allocations) or without ``--scratch`` writes them;
+    ``folds``: the pick was cross-validated on that many val folds.
     """
     a, b, c = targets
     numels = {name: shape[0] for name, shape in zip(targets, _SHAPES, strict=True)}
@@ -170,7 +171,7 @@ def result_doc(targets: tuple[str, str, str] = DEFAULT_TARGETS, *, scan: bool = 
         steepness = {a: 1.5, b: 3.3, c: 2.6}
         curves = {
             name: {"target": name, "numel": numels[name], "macs": macs[name],
-                   "points": _curve_points(tolerates[name], steepness[name], dense_val["accuracy"], dense_n, folds)}
+                   "points": _curve_points(tolerates[name], steepness[name], dense_val["accuracy"], dense_n)}
             for name in targets
         }
         dense_point = {"sparsity": 0.0, "value": dense_val["accuracy"], "low": dense_val["accuracy_ci"][0],
@@ -180,7 +181,6 @@ def result_doc(targets: tuple[str, str, str] = DEFAULT_TARGETS, *, scan: bool = 
             "curves": {"metric": "accuracy", "criterion": "magnitude", "dense": dense_point, "curves": curves,
                        "evaluations": 19, "reused": 0, "examples": 19 * dense_n,
                        "dense_by_n": {str(dense_n): dense_point}},
-            "folds": folds,
         }
         pick_allocation = dict(allocations["ours"])
         doc["pick"] = {
@@ -189,6 +189,9 @@ def result_doc(targets: tuple[str, str, str] = DEFAULT_TARGETS, *, scan: bool = 
                      "decided_by": dict.fromkeys(targets, "threshold"), "details": {}},
             "verified": {"allocation": pick_allocation, "predicted_drop": 0.0031, "measured_drop": 0.0038,
                          "within_bound": True, "steps": [], "reference": dense_val["accuracy"]},
+            "crossval": {"mode": "val", "k": folds, "seed": 0, "bound": 0.005, "threshold": 0.005,
+                         "held_out_mean": 0.0041, "held_out_std": 0.0022, "holds": True, "evaluated_examples": 0,
+                         "notes": [], "candidates": []} if folds else None,
         }
     if scratch:
         doc["scratch"] = [

@@ -1,51 +1,225 @@
-import statistics
+"""Cross-validation of the pick on val folds, from the scan's per-example results."""
+
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from conftest import TinyNet, make_dataset
+from torch.nn import functional as F
 
-from prunescope.crossval import crossval_scan, folds_of
+from prunescope.criteria import compute_scores
+from prunescope.curves import Curves
+from prunescope.data.types import Split
 from prunescope.errors import UsageError
+from prunescope.evaluate import Evaluator, paired_drop, subset_indices
+from prunescope.pick.choose import build_picker, choose
+from prunescope.pick.crossval import cross_validate, thresholds_for, val_folds, with_threshold
 from prunescope.pick.pickers import ThresholdPicker
+from prunescope.pick.verify import ExampleEvaluator
 from prunescope.scan import scan
+from prunescope.scan.evaluation import ModelEvaluation, WeightPruning
+from prunescope.targets import find_targets
+
+TOLERANCE = 0.02
 
 
-def test_folds_are_disjoint_stratified_and_cover_the_split(tiny_data):
-    folds = folds_of(tiny_data.train, 4, seed=1)
-    assert sum(len(f) for f in folds) == len(tiny_data.train)
-    rows = torch.cat([f.x.flatten(1) for f in folds])
-    assert len(torch.unique(rows, dim=0)) == len(tiny_data.train)
-    for fold in folds:
-        counts = torch.bincount(fold.y, minlength=3)
-        assert counts.max() - counts.min() <= 1
+@pytest.fixture(scope="module")
+def trained():
+    """TinyNet trained full-batch on 600 synthetic examples; 600 validation examples."""
+    data = make_dataset(n_train=600, n_val=600)
+    torch.manual_seed(0)
+    model = TinyNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(150):
+        optimizer.zero_grad()
+        F.cross_entropy(model(data.train.x), data.train.y).backward()
+        optimizer.step()
+    return model.eval(), data
 
 
-def test_merged_curve_is_the_mean_of_fold_drops_with_their_spread(tiny_model, tiny_data):
-    levels = (0.5, 0.9)
-    merged = crossval_scan(tiny_model, tiny_data, folds=3, levels=levels, device="cpu")
-    per_fold = [
-        scan(tiny_model, replace(tiny_data, val=fold), strategy="grid", levels=levels, device="cpu")
-        for fold in folds_of(tiny_data.train, 3)
-    ]
-    for name, curve in merged.curves.items():
-        for point in curve.points:
-            drops = [f.dense.value - next(p for p in f.curves[name].points if p.sparsity == point.sparsity).value
-                     for f in per_fold]
-            assert merged.dense.value - point.value == pytest.approx(statistics.fmean(drops))
-            assert point.high - point.value == pytest.approx(statistics.stdev(drops))
-            assert point.low <= point.value <= point.high
-    assert merged.evaluations == sum(f.evaluations for f in per_fold)
+@pytest.fixture(scope="module")
+def scanned(trained, tmp_path_factory):
+    """A subset scan (150 examples first, grown where undecided) with per-example results, and its journal."""
+    model, data = trained
+    journal = tmp_path_factory.mktemp("scan") / "scan.journal"
+    curves = scan(model, data, strategy="grid", levels=(0.3, 0.6, 0.8, 0.9, 0.95), subset=150, max_subset=600,
+                  tolerance=TOLERANCE, storage=journal, device="cpu", seed=3)
+    return curves, journal
 
 
-def test_lower_bound_pick_is_never_bolder(tiny_model, tiny_data):
-    merged = crossval_scan(tiny_model, tiny_data, folds=3, levels=(0.3, 0.5, 0.7, 0.9), device="cpu")
-    plain = ThresholdPicker(max_drop=0.02).pick(merged).allocation
-    cautious = ThresholdPicker(max_drop=0.02, use_lower_bound=True).pick(merged).allocation
-    assert all(cautious[name] <= plain[name] for name in plain)
+def _pruning(model):
+    targets = find_targets(model)
+    return WeightPruning(model, targets, compute_scores(model, targets, "magnitude"))
 
 
-def test_bad_fold_counts(tiny_data):
+def _accuracy_alone(model, split, target, sparsity, index):
+    """Accuracy of ``model`` with ``target`` alone pruned, evaluated afresh on ``split``'s examples ``index``."""
+    rows = torch.from_numpy(np.asarray(index))
+    evaluator = Evaluator(model, Split(split.x[rows], split.y[rows]), device="cpu")
+    allocation = {target: sparsity} if sparsity > 0 else {}
+    with _pruning(model).applied(allocation):
+        return evaluator.evaluate().accuracy
+
+
+def test_stored_results_reproduce_every_curve_point_and_every_fold_accuracy(trained, scanned):
+    model, data = trained
+    curves, _ = scanned
+    results = curves.per_example
+    assert results.missing == 0 and results.size == len(data.val)
+    assert len({p.n for c in curves.curves.values() for p in c.points}) > 1  # subsets of several sizes
+    for n, index in results.index.items():
+        assert np.array_equal(index, subset_indices(len(data.val), n, seed=3))
+        assert results.dense[n].mean() == curves.dense_by_n[n].value
+    for name, curve in curves.curves.items():
+        for p in curve.points:
+            assert results.points[(name, p.sparsity, p.n)].mean() == p.value  # exactly, not approximately
+            assert p.drop_low <= curves.dense_at(p.n).value - p.value <= p.drop_high
+
+    fold = val_folds(data.val.y.numpy(), 3, seed=1)[0]
+    on_fold = curves.on(fold)
+    for name, curve in on_fold.curves.items():
+        for p in curve.points:
+            original = next(q for q in curves.curves[name].points if q.sparsity == p.sparsity)
+            examples = np.intersect1d(results.index[original.n], fold)
+            assert p.n == len(examples)
+            assert p.value == _accuracy_alone(model, data.val, name, p.sparsity, examples)
+            dense = _accuracy_alone(model, data.val, name, 0.0, examples)
+            assert on_fold.dense_at(p.n).value == dense
+            assert p.drop_low <= dense - p.value <= p.drop_high
+
+    # The results survive scan.json (to_dict / from_dict) and a rerun that reads the journal back.
+    assert Curves.from_dict(curves.to_dict()).per_example == results
+
+
+def test_rerun_reads_the_results_back_and_evaluates_nothing(trained, scanned, monkeypatch):
+    model, data = trained
+    curves, journal = scanned
+    calls = []
+    original = ModelEvaluation.__call__
+    monkeypatch.setattr(ModelEvaluation, "__call__", lambda self, *a: calls.append(a) or original(self, *a))
+    forwards = []
+    evaluate = Evaluator.evaluate
+    monkeypatch.setattr(Evaluator, "evaluate", lambda self: forwards.append(1) or evaluate(self))
+    again = scan(model, data, strategy="grid", levels=(0.3, 0.6, 0.8, 0.9, 0.95), subset=150, max_subset=600,
+                 tolerance=TOLERANCE, storage=journal, device="cpu", seed=3)
+    assert calls == [] and forwards == []
+    assert again.per_example == curves.per_example and again.curves == curves.curves
+
+
+def test_a_journal_without_per_example_results_resumes_but_refuses_cross_validation(trained, tmp_path, monkeypatch):
+    model, data = trained
+    journal = tmp_path / "old.journal"
+    original = ModelEvaluation.__call__
+    with monkeypatch.context() as patch:  # a prunescope that did not keep per-example results
+        patch.setattr(ModelEvaluation, "__call__", lambda self, *a: replace(original(self, *a), correct=None))
+        scan(model, data, strategy="grid", levels=(0.5, 0.9), tolerance=TOLERANCE, storage=journal, device="cpu")
+    calls = []
+    monkeypatch.setattr(ModelEvaluation, "__call__", lambda self, *a: calls.append(a) or original(self, *a))
+    resumed = scan(model, data, strategy="grid", levels=(0.5, 0.9), tolerance=TOLERANCE, storage=journal,
+                   device="cpu")
+    assert calls == []  # nothing evaluated again
+    assert resumed.per_example.missing == 2 * len(resumed.curves)
+    with pytest.raises(UsageError, match=r"older prunescope.*--folds 0"):
+        choose(resumed, build_picker("threshold"), model, data, device="cpu", folds=3)
+    assert choose(resumed, build_picker("threshold"), model, data, device="cpu", folds=0).crossval is None
+
+
+def test_held_out_drop_is_measured_on_examples_the_pick_never_saw(trained, scanned):
+    model, data = trained
+    curves, _ = scanned
+    labels = data.val.y.numpy()
+    picker = build_picker("ensemble", max_drop=0.01)
+    cv = cross_validate(curves, picker, ExampleEvaluator(_pruning(model), data.val, device="cpu"), labels,
+                        bound=0.01, k=3, seed=1)
+    for candidate in cv.candidates:
+        covered = np.concatenate([f.held_out for f in candidate.folds])
+        assert np.array_equal(np.sort(covered), np.arange(len(labels)))  # every val example held out once
+        for fold in candidate.folds:
+            assert len(np.intersect1d(fold.seen, fold.held_out)) == 0
+            assert len(fold.seen) + len(fold.held_out) == len(labels)
+            # The held-out drop is that of the fold's verified allocation on the held-out examples, measured afresh.
+            held = fold.held_out
+            evaluator = Evaluator(model, Split(data.val.x[held], data.val.y[held]), device="cpu")
+            evaluator.evaluate()
+            dense = evaluator.correct.numpy()
+            with _pruning(model).applied(fold.allocation):
+                evaluator.evaluate()
+            assert fold.held_out_drop == paired_drop(dense, evaluator.correct.numpy())
+
+    # Ruin the held-out examples of fold 0 (inputs replaced by noise, stored results flipped): every fold-0 pick
+    # and its verification on the seen examples stay the same; only the held-out measurement changes.
+    held = cv.candidates[0].folds[0].held_out
+    x = data.val.x.clone()
+    x[held] = torch.randn(x[held].shape, generator=torch.Generator().manual_seed(0)) * 5
+    ruined = replace(curves.per_example, dense=dict(curves.per_example.dense), points=dict(curves.per_example.points))
+    for store in (ruined.dense, ruined.points):
+        for key, correct in store.items():
+            n = key if isinstance(key, int) else key[2]
+            flipped = correct.copy()
+            at = np.isin(ruined.index[n], held)
+            flipped[at] = ~flipped[at]
+            store[key] = flipped
+    other = cross_validate(replace(curves, per_example=ruined), picker,
+                           ExampleEvaluator(_pruning(model), Split(x, data.val.y), device="cpu"), labels,
+                           bound=0.01, k=3, seed=1)
+    for before, after in zip(cv.candidates, other.candidates, strict=True):
+        assert after.folds[0].allocation == before.folds[0].allocation
+        assert after.folds[0].seen_drop == before.folds[0].seen_drop
+    assert any(a.folds[0].held_out_drop != b.folds[0].held_out_drop
+               for a, b in zip(cv.candidates, other.candidates, strict=True))
+
+
+def test_the_threshold_chosen_is_the_largest_whose_held_out_drop_holds(trained, scanned):
+    model, data = trained
+    curves, _ = scanned
+    choice = choose(curves, build_picker("ensemble", max_drop=0.01), model, data, max_drop=0.01, device="cpu",
+                    folds=3, seed=1)
+    cv = choice.crossval
+    assert [c.threshold for c in cv.candidates] == thresholds_for(build_picker("ensemble"), 0.01)
+    holding = [c.threshold for c in cv.candidates if c.held_out[0] <= 0.01]
+    assert cv.chosen.threshold == (max(holding) if holding else cv.candidates[0].threshold)
+    # The pick on the whole of val is the picker at that threshold.
+    tuned = with_threshold(build_picker("ensemble", max_drop=0.01), cv.chosen.threshold)
+    assert choice.pick.allocation == tuned.pick(curves).allocation
+    doc = choice.to_dict()["crossval"]
+    assert doc["threshold"] == cv.chosen.threshold and doc["k"] == 3
+    assert doc["held_out_mean"] == pytest.approx(np.mean([f.held_out_drop[0] for f in cv.chosen.folds]))
+
+
+def test_example_evaluator_evaluates_each_example_of_an_allocation_once(trained, monkeypatch):
+    model, data = trained
+    sizes = []
+    evaluate = Evaluator.evaluate
+    monkeypatch.setattr(Evaluator, "evaluate", lambda self: sizes.append(len(self)) or evaluate(self))
+    joint = ExampleEvaluator(_pruning(model), data.val, device="cpu")
+    allocation = {"fc1.weight": 0.9}
+    first = joint.correct(allocation, np.arange(0, 400))
+    second = joint.correct(allocation, np.arange(200, 600))
+    assert sizes == [400, 200] and joint.evaluated == 600
+    assert np.array_equal(first[200:], second[:200])
+    assert joint.accuracy(allocation, np.arange(600)) == _accuracy_alone(model, data.val, "fc1.weight", 0.9,
+                                                                          np.arange(600))
+
+
+def test_budget_picks_are_cross_validated_as_they_are(trained, scanned):
+    model, data = trained
+    curves, _ = scanned
+    choice = choose(curves, build_picker("budget", target_sparsity=0.5), model, data, device="cpu", folds=3)
+    assert [c.threshold for c in choice.crossval.candidates] == [None]
+    assert choice.to_dict()["crossval"]["bound"] is None
+
+
+def test_with_threshold_and_bad_folds(trained):
+    ensemble = with_threshold(build_picker("ensemble", max_drop=0.005), 0.02)
+    assert [getattr(m, "max_drop", getattr(m, "fallback_max_drop", None)) for m in ensemble.members] == [0.02, 0.02]
+    assert with_threshold(ThresholdPicker.sconce(), 0.01).levels is not None  # a preset keeps its rule
+    _, data = trained
+    labels = data.val.y.numpy()
+    folds = val_folds(labels, 4, seed=2)
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(len(labels)))
+    assert all(np.ptp(np.bincount(labels[f])) <= 1 for f in folds)  # stratified
     with pytest.raises(UsageError, match="at least 2 folds"):
-        folds_of(tiny_data.train, 1)
+        val_folds(labels, 1)
     with pytest.raises(UsageError, match="of every class"):
-        folds_of(tiny_data.train, 1000)
+        val_folds(labels, 1000)

@@ -247,7 +247,7 @@ def test_fold_curves_failed_methods_and_malformed_sections() -> None:
     doc["pick"]["verified"] = None
     html = render_html(doc)
     text = " ".join(Page(html).text)
-    assert "mean over 5 folds" in text
+    assert "cross-validated on 5 val folds: held-out drop +0.41 ± 0.22 pts" in text
     assert "erk did not reach 90.0%: conv1.weight <too small>" in text
     assert 'class="section-error"' in html  # only for the failed method
 

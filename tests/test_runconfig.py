@@ -43,9 +43,6 @@ def test_missing_config_file(tmp_path):
 @pytest.mark.parametrize(
     ("text", "overrides", "message"),
     [
-        ("folds = 3\nsubset = 200\n", {}, "'subset' would be ignored: with folds > 0"),
-        ("", {"strategy": "grid"}, "'strategy' would be ignored: with folds > 0"),  # folds = 3 by default
-        ("folds = 2\ntolerance = 0.01\n", {}, "'tolerance' would be ignored"),
         ("finetune_epochs = 0\npatience = 2\n", {}, "'patience' would be ignored: fine-tuning is off"),
         ('scratch = ["E"]\nscratch_max_factor = 2.0\n', {}, "'scratch_max_factor' would be ignored"),
     ],
@@ -64,6 +61,7 @@ def test_settings_that_apply_are_accepted_and_the_rules_name_real_fields():
     known = {f.name for f in fields(RunConfig)}
     assert all(name in known for rule in RULES for name in rule.settings)
     # A RunConfig built in Python is checked on its non-default fields.
-    with pytest.raises(UsageError, match="'subset' would be ignored"):
-        check_settings(RunConfig(subset=100))
-    assert check_settings(RunConfig(subset=100, folds=0)).subset == 100
+    with pytest.raises(UsageError, match="'patience' would be ignored"):
+        check_settings(RunConfig(finetune_epochs=0, patience=2))
+    # The pick's cross-validation (folds) reads the same scan: strategy, subset and tolerance always apply.
+    assert check_settings(RunConfig(subset=100, folds=3)).subset == 100

@@ -388,8 +388,10 @@ def test_model_evaluation_counts_against_dense_on_the_same_examples(trained):
     assert dense.value - pruned.value == pytest.approx((pruned.lost - pruned.gained) / 150)
     # A process that never evaluated the dense model (a worker, a resumed scan) counts the same.
     assert evaluation_of(model, data, scores)(name, 0.8, 150) == pruned
-    # On the whole split the scan needs no counts.
-    assert evaluation(name, 0.8, 600).lost is None
+    # On the whole split too: the paired interval of the drop on unseen data needs them.
+    whole = evaluation(name, 0.8, 600)
+    assert whole.lost is not None and dense.value - pruned.value != whole.value  # another measurement
+    assert evaluation(DENSE, 0.0, 600).value - whole.value == pytest.approx((whole.lost - whole.gained) / 600)
 
 
 def test_model_evaluation_masks_are_those_of_compute_masks_ties_included(trained):

@@ -61,6 +61,31 @@ def test_verify_backs_off_until_the_joint_drop_is_within_the_bound():
     assert result.steps[1].backed_off == max(per_weight, key=per_weight.get) == "narrow"
 
 
+def test_verify_backs_off_by_measured_drops_not_by_the_curves():
+    # The curves (a noisy subset scan, say) call "narrow" the worst per removed weight; measured alone on the
+    # verification data, "mid" is far worse: verify backs off "mid", and records the measurement that decided it.
+    curves = _synthetic_curves()
+    pick = Pick({"wide": 0.9, "narrow": 0.6, "mid": 0.8}, 0.0, {})
+    truth = {"wide": 0.0, "narrow": 0.0, "mid": 0.05}
+
+    def evaluate(allocation):
+        return DENSE - sum(truth[name] * (s > 0.5) for name, s in allocation.items())
+
+    measured = {}
+
+    def layer_drop(name, sparsity):
+        measured[(name, sparsity)] = drop = DENSE - evaluate({name: sparsity})
+        return drop, drop - 0.01, drop + 0.01
+
+    result = verify(pick, curves, evaluate, max_drop=0.01, step=0.1, layer_drop=layer_drop)
+    assert [step.backed_off for step in result.steps] == [None, "mid", "mid", "mid"]  # 0.8 → 0.7 → 0.6 → 0.5
+    assert result.steps[1].backed_off_drop == pytest.approx((0.05, 0.04, 0.06))
+    assert result.within_bound and result.allocation == {"wide": 0.9, "narrow": 0.6, "mid": 0.5}
+    assert {name for name, _ in measured} == {"wide", "narrow", "mid"}  # each target measured alone
+    # Without layer_drop, verify measures each target alone with evaluate itself: the same decisions.
+    assert verify(pick, curves, evaluate, max_drop=0.01, step=0.1).allocation == result.allocation
+
+
 def test_verify_backs_off_to_the_next_measured_level_when_the_step_is_larger():
     curves = _synthetic_curves()
     pick = ThresholdPicker(max_drop=0.02).pick(curves)

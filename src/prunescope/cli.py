@@ -28,6 +28,7 @@ from prunescope.masks import check_sparsity, global_sparsity
 from prunescope.measure import measure_speedup
 from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.choose import build_picker, choose
+from prunescope.pick.crossval import DEFAULT_FOLDS
 from prunescope.pipeline import run, train_model
 from prunescope.regimes_cli import app as regimes_app
 from prunescope.report import (
@@ -137,7 +138,7 @@ def run_command(
     sparsities: Annotated[str | None, typer.Option(help="One-shot sparsities for the curves per method.")] = None,
     methods: Annotated[str | None, typer.Option(help=f"Comma-separated: {', '.join(METHODS)}.")] = None,
     criterion: Annotated[str | None, typer.Option(help=f"{', '.join(CRITERIA)} [magnitude].")] = None,
-    folds: Annotated[int | None, typer.Option(help="Cross-validation folds of train for the curves (0: off) [3].")]
+    folds: Annotated[int | None, typer.Option(help="Cross-validate the pick on this many val folds (0: off) [3].")]
     = None,
     max_drop: Points = None,
     finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs per method [10].")] = None,
@@ -350,11 +351,15 @@ def pick_command(
     = None,
     recalibrate_bn: RecalibrateBN = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the pick (default: SCAN/pick.json).")] = None,
+    folds: Annotated[int | None, typer.Option(help="Cross-validate the pick on this many val folds, which chooses "
+                                                   "the per-layer threshold (0: off) [3 when the scan kept "
+                                                   "per-example results].")] = None,
+    seed: Seed = 0,
     data_dir: DataDir = None,
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
 ) -> None:
-    """Choose per-layer sparsities from a scan, then verify them jointly on val (backing off if needed)."""
+    """Choose per-layer sparsities from a scan, cross-validated and verified jointly on val (backing off if needed)."""
     chosen = build_picker(picker, max_drop=_points(max_drop), target_sparsity=target_sparsity,
                           target_params=target_params, target_macs=target_macs, target_latency_ms=target_latency_ms,
                           lower_bound=lower_bound, vote=vote)
@@ -364,15 +369,22 @@ def pick_command(
         raise UsageError(f"the scan in {scan_dir} names no checkpoint: pass --checkpoint")
     saved, dataset = _checkpoint_and_data(Path(source), data_dir, trust_factory)
     saved_scan.check_model(saved.model, scan_dir)
+    if folds is None:
+        reason = saved_scan.curves.without_per_example()
+        folds = DEFAULT_FOLDS if reason is None else 0
+        if reason is not None:
+            console.print(f"[yellow]not cross-validated: {reason}[/yellow]")
     with _progress("verifying", 1) as done:
         choice = choose(saved_scan.curves, chosen, saved.model, dataset, max_drop=_points(max_drop), device=device,
-                        round_to=round_to, latency_batch=latency_batch, recalibrate_bn=recalibrate_bn)
+                        round_to=round_to, latency_batch=latency_batch, recalibrate_bn=recalibrate_bn,
+                        folds=folds, seed=seed)
         done()
     path = out or scan_dir / "pick.json"
     settings = {"scan": str(scan_dir), "checkpoint": str(source), "picker": picker, "max_drop": _points(max_drop),
                 "target_sparsity": target_sparsity, "target_params": target_params, "target_macs": target_macs,
                 "target_latency_ms": target_latency_ms, "latency_batch": latency_batch, "round_to": round_to,
-                "lower_bound": lower_bound, "vote": vote, "recalibrate_bn": choice.recalibrate_bn}
+                "lower_bound": lower_bound, "vote": vote, "recalibrate_bn": choice.recalibrate_bn, "folds": folds,
+                "seed": seed}
     write_json(path, document("pick", settings, model=saved.model_spec, dataset=saved.dataset_spec,
                               **choice.to_dict()))
     console.print(choice_table(choice))

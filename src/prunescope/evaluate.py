@@ -8,12 +8,20 @@ With ``subset=n`` a seeded, stratified-by-chance sample of ``n`` examples is use
 instead of the whole split, and every result carries a confidence interval for its
 accuracy (Wilson score interval by default, or a percentile bootstrap) so that a
 decision taken on the subset can be checked against its noise.
+
+Per-example results: :attr:`Evaluator.index` says which examples of the split were
+evaluated (in evaluation order; :func:`subset_indices`), :attr:`Evaluator.correct` which of
+them the last evaluation got right, and :func:`pack_bits` /
+:func:`unpack_bits` store such a vector in 1 bit per example. Two models judged on the same
+examples compare with :func:`paired_drop_interval`.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import math
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -52,6 +60,70 @@ class Metrics:
         if name in self.extra:
             return self.extra[name]
         raise UsageError(f"unknown metric {name!r}: use accuracy, macro_f1, loss or one of {sorted(self.extra)}")
+
+
+_Z95 = statistics.NormalDist().inv_cdf(0.975)
+
+
+def subset_indices(size: int, n: int | None, seed: int) -> np.ndarray:
+    """Indices (int64, shape ``(min(n, size),)``) of the seeded subset of ``n`` examples of a split of ``size``.
+
+    The first ``n`` of one seeded permutation, so that a larger subset holds every smaller
+    one of the same seed; ``n`` None or at least ``size``: every example, in order.
+    """
+    if n is None or n >= size:
+        return np.arange(size, dtype=np.int64)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].numpy().astype(np.int64)
+
+
+def pack_bits(correct: np.ndarray | torch.Tensor) -> str:
+    """A boolean vector (N,) as text: ``np.packbits`` (8 examples a byte), base64."""
+    array = correct.cpu().numpy() if isinstance(correct, torch.Tensor) else np.asarray(correct)
+    return base64.b64encode(np.packbits(array.astype(bool)).tobytes()).decode("ascii")
+
+
+def unpack_bits(text: str, n: int) -> np.ndarray:
+    """The boolean vector (``n``,) that :func:`pack_bits` wrote."""
+    packed = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
+    return np.unpackbits(packed, count=n).astype(bool)
+
+
+def population_correction(n: int, full: int) -> float:
+    """Finite-population correction: n of ``full`` examples estimate the value on all ``full``."""
+    return math.sqrt(max(full - n, 0) / (full - 1)) if full > 1 else 0.0
+
+
+def paired_drop_interval(lost: float, gained: float, n: int, full: int | None = None) -> tuple[float, float]:
+    """95% interval of the drop ``(lost - gained) / n`` between two models judged on the same ``n`` examples.
+
+    ``lost``: examples the reference got right and the other wrong; ``gained``: the reverse.
+    Bonett & Price (2012), adjusted Wald interval for a difference of paired proportions
+    (the interval that goes with McNemar's test): one pseudo-count added to each discordant
+    cell, so that it does not collapse to a point when the models agree on every example.
+    Without ``full`` it bounds the drop on the distribution the examples were drawn from;
+    with ``full``, the drop on the ``full`` examples the ``n`` were drawn from
+    (finite-population correction: no width at ``n == full``).
+    """
+    worse, better = (lost + 1) / (n + 2), (gained + 1) / (n + 2)
+    drop = worse - better
+    half = _Z95 * math.sqrt(max(worse + better - drop * drop, 0.0) / (n + 2))
+    if full is not None:
+        half *= population_correction(n, full)
+    return drop - half, drop + half
+
+
+def paired_drop(reference: np.ndarray, other: np.ndarray) -> tuple[float, float, float]:
+    """``(drop, low, high)`` of ``other`` against ``reference``, both per-example correctness on the same examples.
+
+    drop: the accuracy difference (a fraction, positive when ``other`` is worse); low / high:
+    :func:`paired_drop_interval` (no finite-population correction).
+    """
+    n = len(reference)
+    if n == 0:
+        return 0.0, -1.0, 1.0
+    lost, gained = int((reference & ~other).sum()), int((~reference & other).sum())
+    low, high = paired_drop_interval(lost, gained, n)
+    return (lost - gained) / n, low, high
 
 
 @functools.cache
@@ -137,15 +209,15 @@ class Evaluator:
         self.interval = interval
         self.confidence = confidence
         self.seed = seed
+        if subset is not None and subset < 1:
+            raise UsageError(f"subset must be a positive number of examples, got {subset}")
+        self.index = subset_indices(len(split), subset, seed)  # which examples of ``split``, in evaluation order
         x, y = split.x, split.y
-        if subset is not None:
-            if subset < 1:
-                raise UsageError(f"subset must be a positive number of examples, got {subset}")
-            if subset < len(split):
-                index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:subset]
-                x, y = x[index], y[index]
+        if len(self.index) < len(split):
+            x, y = x[torch.from_numpy(self.index)], y[torch.from_numpy(self.index)]
         self.x = x.to(self.device)
         self.y = y.to(self.device)
+        self.correct: torch.Tensor | None = None  # per example of the last evaluation: was it right? (N,) bool
         self.num_classes = int(split.y.max()) + 1 if len(split) else 0
 
     def __len__(self) -> int:
@@ -166,9 +238,11 @@ class Evaluator:
         return self.evaluate()
 
     def evaluate(self) -> Metrics:
+        """Metrics of the model now; :attr:`correct` keeps which examples it got right."""
         logits = self.logits()
         predictions = logits.argmax(dim=1)
         correct = predictions == self.y
+        self.correct = correct
         successes = int(correct.sum())
         n = len(self.y)
         num_classes = max(self.num_classes, logits.shape[1])

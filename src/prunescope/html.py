@@ -35,6 +35,7 @@ from prunescope.plots import (
     png_bytes,
     training_figure,
 )
+from prunescope.verdict import crossval_clause
 
 RESULT_SCHEMA = "prunescope.result"
 RESULT_VERSION = 2
@@ -345,14 +346,8 @@ def _sensitivity(doc: Mapping[str, Any]) -> _Section | None:
         return None
     curves = Curves.from_dict(scan["curves"])
     tolerance = _number(scan.get("tolerance"))
-    folds = int(_number(scan.get("folds")) or 0)
-    parts = []
-    if folds > 0:
-        parts.append(_note(f"Each curve is the mean over {folds} folds of the training split; the band is "
-                           "mean ± one standard deviation across the folds."))
-    else:
-        parts.append(_note("Each curve is measured once on the validation split; the band is the 95% interval "
-                           "of each evaluation."))
+    parts = [_note("Each curve is measured once on the validation split; the band is the 95% interval "
+                   "of each evaluation.")]
     explanation = "Each line prunes one layer alone, every other layer dense."
     if tolerance is not None:
         explanation += (f" The green band is the tolerance: {tolerance * 100:g} accuracy points below the dense "
@@ -402,7 +397,8 @@ def _allocation(doc: Mapping[str, Any]) -> _Section | None:
                      "before fine-tuning")
         if _number(pick.get("bound")) is not None:
             text += f" (bound {pick['bound'] * 100:g} pts)"
-        parts.append(_note(text + "."))
+        crossval = pick.get("crossval")
+        parts.append(_note(text + crossval_clause(crossval if isinstance(crossval, Mapping) else None) + "."))
     parts.append(_figure(lambda: allocation_figure(allocations, title), "per-layer sparsity of each method"))
     rows = [(t, *(_pct(allocations[n][t], 1) for n in names)) for t in targets]
     rows.append((Markup("<em>overall</em>"), *(_pct(m.get("sparsity"), 1) for m in methods)))

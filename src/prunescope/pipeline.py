@@ -29,7 +29,6 @@ from prunescope import measure
 from prunescope.checkpoint import load_checkpoint, plain_state_dict
 from prunescope.compare import DEFAULT_REFINER, METHODS, compare
 from prunescope.criteria import compute_scores
-from prunescope.crossval import crossval_scan
 from prunescope.curves import Curves
 from prunescope.data import load_dataset
 from prunescope.data.types import Dataset
@@ -40,6 +39,7 @@ from prunescope.io import write_csv, write_json
 from prunescope.masks import compute_masks
 from prunescope.models import build_model, model_spec
 from prunescope.pick.choose import build_picker, choose
+from prunescope.pick.crossval import val_folds
 from prunescope.report import comparison_rows, document
 from prunescope.runconfig import RunConfig, check_settings
 from prunescope.scan import scan
@@ -48,7 +48,7 @@ from prunescope.targets import find_targets
 from prunescope.train import EpochRecord, TrainConfig, TrainResult, finetune, train
 from prunescope.train.scratch import scratch_epochs, train_scratch
 from prunescope.trust import Trust
-from prunescope.verdict import layer_sentences, method_sentence, scratch_sentence
+from prunescope.verdict import crossval_clause, layer_sentences, method_sentence, scratch_sentence
 
 Progress = Callable[[str, int, int | None], None]
 """``progress(stage, done, total)``; total None while unknown."""
@@ -104,10 +104,6 @@ def _history(result: TrainResult) -> list[dict[str, Any]]:
 
 def _scan(config: RunConfig, model: torch.nn.Module, data: Dataset, out: Path, progress: Progress) -> Curves:
     storage = out / "scan" / JOURNAL_FILE
-    if config.folds:
-        return crossval_scan(model, data, folds=config.folds, criterion=config.criterion, device=config.device,
-                             storage=str(storage), seed=config.seed,
-                             on_trial=lambda done, total: progress("scan", done, total))
     return scan(model, data, criterion=config.criterion, strategy=config.strategy, tolerance=config.tolerance,
                 subset=config.subset, device=config.device, storage=storage, seed=config.seed,
                 on_trial=lambda done, total: progress("scan", done, total))
@@ -123,6 +119,8 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
             raise UsageError(f"unknown method {method!r} in methods: use {', '.join(METHODS)}")
     stages = Stages(out)
     data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed)
+    if config.folds:
+        val_folds(data.val.y.numpy(), config.folds, config.seed)  # refuse impossible folds before training
     spec = model_spec(config.model, data.input_shape, data.num_classes)
 
     # 1. dense model (resumes from out/model.pt)
@@ -135,17 +133,19 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     # 2. sensitivity scan (resumes from the journal)
     curves = _scan(config, model, data, out, progress)
     save_scan(out / "scan", curves, model=model, checkpoint=str(out / "model.pt"), model_spec=spec,
-              dataset_spec=data.spec, settings={"tolerance": config.tolerance, "folds": config.folds})
+              dataset_spec=data.spec, settings={"tolerance": config.tolerance})
 
-    # 3. how far can the whole model go within max_drop: ensemble pick, verified jointly on val
+    # 3. how far can the whole model go within max_drop: ensemble pick, cross-validated on folds of
+    # val (which chooses its per-layer threshold), verified jointly on val
     # Key later stages on what the curves say, not on the scan's bookkeeping (a scan reloaded from
     # its journal reports other ``reused`` / ``examples`` counts for the same points).
     bookkeeping = ("evaluations", "reused", "examples")
     scan_key = {"curves": {k: v for k, v in curves.to_dict().items() if k not in bookkeeping}}
-    pick = stages.get("pick", {**scan_key, "max_drop": config.max_drop, "recalibrate_bn": config.recalibrate_bn},
-                      lambda: choose(curves, build_picker("ensemble", max_drop=config.max_drop), model, data,
-                                     max_drop=config.max_drop, device=config.device,
-                                     recalibrate_bn=config.recalibrate_bn).to_dict())
+    pick_inputs = {**scan_key, "max_drop": config.max_drop, "recalibrate_bn": config.recalibrate_bn,
+                   "folds": config.folds}
+    pick = stages.get("pick", pick_inputs, lambda: choose(
+        curves, build_picker("ensemble", max_drop=config.max_drop), model, data, max_drop=config.max_drop,
+        device=config.device, recalibrate_bn=config.recalibrate_bn, folds=config.folds, seed=config.seed).to_dict())
     progress("pick", 1, 1)
 
     # 4. one-shot comparison of every method over the sparsities (val only)
@@ -215,13 +215,14 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     verdict = [
         *layer_sentences(curves, config.tolerance),
         f"within {config.max_drop * 100:g} pts the whole model can be pruned to {pick['global_sparsity']:.0%} "
-        f"(verified jointly on val: drop {pick['verified']['measured_drop'] * 100:+.2f} pts)",
+        f"(verified jointly on val: drop {pick['verified']['measured_drop'] * 100:+.2f} pts in-sample"
+        f"{crossval_clause(pick['crossval'])})",
         method_sentence(config.sparsity, dense["test"], methods),
     ]
     if (sentence := scratch_sentence(next((m for m in methods if m["method"] == "ours"), None), scratch)):
         verdict.append(sentence)
     doc = document("run", config.to_dict(), model=spec, dataset=data.spec, dense=dense,
-                   scan={"tolerance": config.tolerance, "curves": curves.to_dict(), "folds": config.folds},
+                   scan={"tolerance": config.tolerance, "curves": curves.to_dict(per_example=False)},
                    pick=pick, sparsity=config.sparsity, one_shot=one_shot, methods=methods, scratch=scratch,
                    verdict=verdict)
     write_json(out / "result.json", doc)

@@ -32,6 +32,7 @@ from prunescope.io import write_csv, write_json
 from prunescope.pick.choose import Choice
 from prunescope.plots import allocation_plot, metric_vs_sparsity_plot
 from prunescope.sweep import SweepResult
+from prunescope.verdict import crossval_clause
 
 SCHEMA = "prunescope.result"
 SCHEMA_VERSION = 2
@@ -156,7 +157,8 @@ def choice_table(choice: Choice) -> Table:
     removed = "of the parameters removed (whole channels)" if channels else "of the weights removed"
     table = Table(title=f"{choice.picker} pick: {choice.global_sparsity:.1%} {removed}; joint drop "
                   f"predicted {choice.verified.predicted_drop * 100:+.2f} pts, measured "
-                  f"{choice.verified.measured_drop * 100:+.2f} pts")
+                  f"{choice.verified.measured_drop * 100:+.2f} pts in-sample"
+                  f"{crossval_clause(None if choice.crossval is None else choice.crossval.to_dict())}")
     first = "group" if channels else "layer"
     for column in (first, "picked", "verified", "decided by", "predicted drop (pts)"):
         table.add_column(column, justify="right" if column != first else "left", no_wrap=True)

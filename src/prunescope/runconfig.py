@@ -71,9 +71,6 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule(("strategy", "tolerance", "subset"), lambda c: c.folds == 0,
-         "with folds > 0 the scan measures fixed grid levels on every fold of train on all its examples; "
-         "set folds = 0 to use it"),
     Rule(("finetune_lr", "patience"), lambda c: c.finetune_epochs > 0,
          "fine-tuning is off (finetune_epochs = 0)"),
     Rule(("scratch_max_factor",), lambda c: "B" in c.scratch, "it caps scratch-B, which scratch does not list"),

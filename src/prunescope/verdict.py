@@ -25,6 +25,20 @@ def layer_sentences(curves: Curves, tolerance: float) -> list[str]:
     return sentences
 
 
+def crossval_clause(crossval: Mapping[str, Any] | None) -> str:
+    """``; cross-validated on k val folds: held-out drop m ± s pts …`` for a pick's ``crossval`` dict ('' without)."""
+    if not crossval:
+        return ""
+    where = "folds of train, one model each" if crossval.get("mode") == "retrain" else "val folds"
+    text = (f"; cross-validated on {crossval['k']} {where}: held-out drop {crossval['held_out_mean'] * 100:+.2f} "
+            f"± {crossval['held_out_std'] * 100:.2f} pts")
+    if crossval.get("threshold") is not None:
+        text += f" with a per-layer threshold of {crossval['threshold'] * 100:g} pts"
+    if not crossval.get("holds", True):
+        text += ", above the bound"
+    return text
+
+
 def method_sentence(sparsity: float, dense: Mapping[str, Any], methods: list[Mapping[str, Any]]) -> str:
     """At the compared sparsity: each method's test-accuracy loss after fine-tuning, ± its 95% half-interval."""
     parts = []

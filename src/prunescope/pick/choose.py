@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+import numpy as np
 from torch import nn
 
 from prunescope.criteria import compute_scores
@@ -19,8 +20,9 @@ from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import global_sparsity
 from prunescope.pick.budget import BudgetPicker
+from prunescope.pick.crossval import CrossValidation, cross_validate, with_threshold
 from prunescope.pick.pickers import EnsemblePicker, KneePicker, Pick, Picker, ThresholdPicker
-from prunescope.pick.verify import Verified, model_evaluator, verify
+from prunescope.pick.verify import ExampleEvaluator, Verified, model_evaluator, verify
 from prunescope.scan.evaluation import WeightPruning
 from prunescope.structured.allocation import check_round_to
 from prunescope.structured.groups import find_groups
@@ -80,13 +82,15 @@ def build_picker(
 
 @dataclass
 class Choice:
-    """A pick and its joint verification on the val split.
+    """A pick and its joint verification on the val split, and its cross-validation there.
 
     ``bound`` is the joint drop verify backs off to (None for budget picks, which must keep
-    their size: those are measured only). ``global_sparsity`` is that of the verified
-    allocation: removed weights of the weight targets, or for channel picks the fraction of
-    the whole model's parameters removed. ``footprint`` (channel picks only): the verified
-    allocation's exact size once its channels are removed (see :func:`channel_footprint`).
+    their size: those are measured only). ``crossval``: the pick cross-validated on folds of
+    val (None when not asked for); its chosen per-layer threshold is the one ``pick`` used.
+    ``global_sparsity`` is that of the verified allocation: removed weights of the weight
+    targets, or for channel picks the fraction of the whole model's parameters removed.
+    ``footprint`` (channel picks only): the verified allocation's exact size once its
+    channels are removed (see :func:`channel_footprint`).
     """
 
     picker: str
@@ -96,6 +100,7 @@ class Choice:
     global_sparsity: float
     footprint: dict | None = None
     recalibrate_bn: int = 0  # BatchNorm recalibration batches of every verified (pruned) model
+    crossval: CrossValidation | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -107,6 +112,7 @@ class Choice:
             "footprint": self.footprint,
             "pick": self.pick.to_dict(),
             "verified": self.verified.to_dict(),
+            "crossval": None if self.crossval is None else self.crossval.to_dict(),
         }
 
 
@@ -161,12 +167,19 @@ def choose(
     round_to: int = 1,
     latency_batch: int = 1,
     recalibrate_bn: int | None = None,
+    folds: int = 0,
+    seed: int = 0,
 ) -> Choice:
     """Pick on ``curves``, then evaluate the allocation jointly on the whole val split.
 
     Pickers other than budget are verified against ``max_drop`` (default half a point):
-    targets are backed off until the joint drop holds. A budget pick is measured, not
-    backed off, so that it keeps the size it was asked for.
+    targets are backed off, by their measured drops, until the joint drop holds. A budget
+    pick is measured, not backed off, so that it keeps the size it was asked for.
+
+    ``folds`` >= 2: the pick is first cross-validated on that many stratified folds of val
+    (seeded by ``seed``; see :mod:`prunescope.pick.crossval`), which chooses the per-layer
+    threshold the pick on the whole of val then uses, and reports the held-out joint drop.
+    Needs an accuracy scan with per-example results.
 
     Channel curves: every allocation is applied with kept channel counts rounded to
     multiples of ``round_to``; a budget picker is given the model's exact footprint (and,
@@ -176,18 +189,32 @@ def choose(
     ``recalibrate_bn``: batches of training data every pruned model's BatchNorm statistics
     are re-estimated on before it is evaluated (None: 20 for a model with BatchNorm, else 0).
     """
-    pruning = pruning_for(curves, model, data, round_to)
-    if isinstance(picker, BudgetPicker) and isinstance(pruning, ChannelPruning):
-        picker = _measuring(picker, pruning, device, latency_batch)
-    picked = picker.pick(curves)
+    structure = pruning_for(curves, model, data, round_to)
+    if isinstance(picker, BudgetPicker) and isinstance(structure, ChannelPruning):
+        picker = _measuring(picker, structure, device, latency_batch)
     batches = bn_batches(model, recalibrate_bn)
-    evaluator = Evaluator(model, data.val, device=device)
-    evaluate = model_evaluator(recalibrating(pruning, data.train, batches), evaluator, curves.metric)
+    pruning = recalibrating(structure, data.train, batches)
     bound = None if isinstance(picker, BudgetPicker) else (DEFAULT_MAX_DROP if max_drop is None else max_drop)
-    verified = verify(picked, curves, evaluate, max_drop=math.inf if bound is None else bound)
-    if isinstance(pruning, WeightPruning):
-        return Choice(picker.name, picked, verified, bound, global_sparsity(verified.allocation, find_targets(model)),
-                      recalibrate_bn=batches)
-    footprint = channel_footprint(pruning, verified.allocation)
+    limit = math.inf if bound is None else bound
+    crossval = None
+    if curves.metric == "accuracy":
+        joint = ExampleEvaluator(pruning, data.val, device=device)
+        if folds:
+            crossval = cross_validate(curves, picker, joint, data.val.y.numpy(), bound=limit, k=folds, seed=seed)
+            if crossval.chosen.threshold is not None:
+                picker = with_threshold(picker, crossval.chosen.threshold)
+        picked = picker.pick(curves)
+        verified = joint.verify(picked, curves, np.arange(len(data.val)), max_drop=limit)
+    else:
+        if folds:
+            raise UsageError(f"cross-validation reads per-example accuracy: this scan's metric is {curves.metric}; "
+                             "pass --folds 0")
+        picked = picker.pick(curves)
+        verified = verify(picked, curves, model_evaluator(pruning, Evaluator(model, data.val, device=device),
+                                                          curves.metric), max_drop=limit)
+    if isinstance(structure, WeightPruning):
+        sparsity = global_sparsity(verified.allocation, find_targets(model))
+        return Choice(picker.name, picked, verified, bound, sparsity, recalibrate_bn=batches, crossval=crossval)
+    footprint = channel_footprint(structure, verified.allocation)
     removed = 1 - footprint["params"] / footprint["dense_params"]
-    return Choice(picker.name, picked, verified, bound, removed, footprint, recalibrate_bn=batches)
+    return Choice(picker.name, picked, verified, bound, removed, footprint, batches, crossval)

@@ -120,8 +120,9 @@ class ThresholdPicker:
     """Per target, the highest measured sparsity whose drop is at most ``max_drop``.
 
     max_drop: allowed drop of the metric per target (fraction, 0.005 = half a point).
-    use_lower_bound: judge ``dense.value - point.low`` (the pessimistic end of the point's
-        interval) instead of its value; for cross-validated or subset curves.
+    use_lower_bound: judge the pessimistic end of the point's drop instead of the drop: the
+        upper end of its paired interval (``point.drop_high``) where the scan kept one,
+        else ``dense.value - point.low``; for subset curves.
     absolute: judge ``|drop|``, so that an improvement beyond ``max_drop`` is rejected too
         (sconce's rule); by default an improvement always passes.
     levels: judge only measured points at these sparsities (None: every measured point).
@@ -147,7 +148,10 @@ class ThresholdPicker:
 
     def judged_drop(self, point: CurvePoint, dense: float) -> float:
         """The drop this rule compares with ``max_drop``; ``dense`` is the dense metric on the point's scale."""
-        drop = dense - (point.low if self.use_lower_bound else point.value)
+        if self.use_lower_bound and point.drop_high is not None:
+            drop = point.drop_high
+        else:
+            drop = dense - (point.low if self.use_lower_bound else point.value)
         return abs(drop) if self.absolute else drop
 
     def highest(self, curve: Curve, dense: float) -> float:

@@ -26,7 +26,7 @@ from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 from prunescope.measure import count_macs
-from prunescope.scan.evaluation import ModelEvaluation, WeightPruning
+from prunescope.scan.evaluation import ModelEvaluation, WeightPruning, example_results
 from prunescope.scan.executors import executor
 from prunescope.scan.identity import data_fingerprint, model_fingerprint
 from prunescope.scan.runner import Ladder, Runner
@@ -189,6 +189,7 @@ def scan(
     evaluate = ModelEvaluation(pruning, data.val, metric=metric, device=device, seed=seed)
     with quiet_optuna():
         study = spec.open(identity)
+        evaluate.remember(study.finished())  # the dense answers of a resumed scan, for the paired counts
         with executor(evaluate, spec, workers) as chosen:
             outcome = Runner(
                 study,
@@ -210,6 +211,7 @@ def scan(
         dense_by_n=outcome.dense,
         granularity=granularity,
         skipped=pruning.groups.skipped if granularity == "channel" else {},
+        per_example=example_results(outcome, full, seed) if metric == "accuracy" else None,
     )
 
 

@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 from prunescope.criteria import Scores
+from prunescope.curves import ExampleResults
 from prunescope.data.types import Split
-from prunescope.evaluate import Evaluator
+from prunescope.evaluate import Evaluator, pack_bits, subset_indices, unpack_bits
 from prunescope.masks import Masks, applied, compute_masks, removed_count
-from prunescope.scan.study import DENSE, Measurement
+from prunescope.scan.runner import ScanOutcome
+from prunescope.scan.study import DENSE, Measurement, Point
 from prunescope.targets import Target
 
 
@@ -68,17 +70,6 @@ class WeightPruning:
             yield self.model
 
 
-class _KeepingEvaluator(Evaluator):
-    """An :class:`~prunescope.evaluate.Evaluator` that keeps which examples its last evaluation got right."""
-
-    correct: torch.Tensor | None = None
-
-    def logits(self) -> torch.Tensor:
-        logits = super().logits()
-        self.correct = logits.argmax(dim=1) == self.y
-        return logits
-
-
 class ModelEvaluation:
     """``evaluate(target, sparsity, n) -> Measurement`` for ``pruning.model`` on ``split``.
 
@@ -87,12 +78,13 @@ class ModelEvaluation:
     when ``n >= len(split)``). ``low`` / ``high`` is the accuracy's Wilson interval for
     ``metric="accuracy"``; other metrics have no interval (``low == high == value``).
 
-    On a subset (``n < len(split)``) with ``metric="accuracy"`` the measurement also counts,
+    With ``metric="accuracy"`` the measurement also keeps which examples were right
+    (``correct``, packed; the examples are ``subset_indices(len(split), n, seed)``) and counts,
     against the dense model on the same examples, the examples ``lost`` (dense right, pruned
     wrong) and ``gained`` (the reverse): the paired comparison the scan settles points with.
-    The dense model's answers are kept from its own evaluation on that subset; a process
-    that did not evaluate it (a worker, a resumed scan) runs one extra forward pass per subset
-    size to get them.
+    The dense model's answers are kept from its own evaluation on those examples, or read
+    from a finished trial (:meth:`remember`, a resumed scan); a process that has neither (a
+    worker started before the dense trial finished) runs one extra forward pass per subset size.
 
     Picklable, so that worker processes get their own copy of the model; the per-``n``
     evaluators (inputs cached on the device) and the dense answers are rebuilt there.
@@ -113,37 +105,71 @@ class ModelEvaluation:
         self.metric = metric
         self.device = device
         self.seed = seed
-        self._evaluators: dict[int, _KeepingEvaluator] = {}
+        self._evaluators: dict[int, Evaluator] = {}
         self._dense_correct: dict[int, torch.Tensor] = {}
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_evaluators": {}, "_dense_correct": {}}
+        dense = {n: c.cpu() for n, c in self._dense_correct.items()}
+        return {**self.__dict__, "_evaluators": {}, "_dense_correct": dense}
 
-    def _evaluator(self, n: int) -> _KeepingEvaluator:
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__ = state
+        self._dense_correct = {n: c.to(self.device) for n, c in self._dense_correct.items()}
+
+    def remember(self, finished: Mapping[Point, Measurement]) -> None:
+        """Keep the dense model's answers stored in finished trials, so that none is computed again."""
+        for point, measured in finished.items():
+            if point.target == DENSE and measured.correct is not None:
+                n = len(subset_indices(len(self.split), point.n, self.seed))
+                self._dense_correct[point.n] = torch.from_numpy(unpack_bits(measured.correct, n)).to(self.device)
+
+    def _evaluator(self, n: int) -> Evaluator:
         if n not in self._evaluators:
-            self._evaluators[n] = _KeepingEvaluator(
+            self._evaluators[n] = Evaluator(
                 self.model, self.split, device=self.device, subset=n, seed=self.seed
             )
         return self._evaluators[n]
 
     def __call__(self, target: str, sparsity: float, n: int) -> Measurement:
         evaluator = self._evaluator(n)
-        paired = self.metric == "accuracy" and n < len(self.split)
+        paired = self.metric == "accuracy"
         if target == DENSE:
             metrics = evaluator.evaluate()
         else:
             if paired and n not in self._dense_correct:
-                evaluator.logits()  # the dense model's answers on these examples, for the paired counts
+                evaluator.evaluate()  # the dense model's answers on these examples, for the paired counts
                 self._dense_correct[n] = evaluator.correct
             with self.pruning.applied({target: sparsity}):
                 metrics = evaluator.evaluate()
         value = metrics.get(self.metric)
-        low, high = metrics.accuracy_ci if self.metric == "accuracy" else (value, value)
         if not paired:
-            return Measurement(value, low, high)
+            return Measurement(value, value, value)
+        low, high = metrics.accuracy_ci
+        pruned = evaluator.correct
         if target == DENSE:
-            self._dense_correct[n] = evaluator.correct
-            return Measurement(value, low, high, lost=0, gained=0)
-        dense, pruned = self._dense_correct[n], evaluator.correct
+            self._dense_correct[n] = pruned
+        dense = self._dense_correct[n]
         lost, gained = int((dense & ~pruned).sum()), int((~dense & pruned).sum())
-        return Measurement(value, low, high, lost=lost, gained=gained)
+        return Measurement(value, low, high, lost=lost, gained=gained, correct=pack_bits(pruned))
+
+
+def example_results(outcome: ScanOutcome, size: int, seed: int) -> ExampleResults:
+    """The per-example results of a scan's curves, read from its measurements (no evaluation).
+
+    size: examples in the val split; seed: the scan's seed, which drew its subsets.
+    Curve points whose measurement kept none (a trial recorded by an older prunescope) are
+    counted in ``missing``.
+    """
+    index, dense, points, missing = {}, {}, {}, 0
+    for point, measured in outcome.measured.items():
+        if point.target == DENSE and measured.correct is not None:
+            index[point.n] = subset_indices(size, point.n, seed)
+            dense[point.n] = unpack_bits(measured.correct, len(index[point.n]))
+    for name, curve in outcome.points.items():
+        for p in curve:
+            measured = outcome.measured[Point(name, p.sparsity, p.n)]
+            if measured.correct is None or p.n not in dense:
+                missing += 1
+            else:
+                points[(name, p.sparsity, p.n)] = unpack_bits(measured.correct, len(index[p.n]))
+    return ExampleResults(size, index, dense, points, missing)

@@ -25,18 +25,17 @@ where the crossing lies inside the noise.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prunescope.curves import CurvePoint
 from prunescope.errors import PrunescopeError
+from prunescope.evaluate import paired_drop_interval, population_correction
 from prunescope.scan.executors import Executor
 from prunescope.scan.strategy import Planner
 from prunescope.scan.study import DENSE, Measurement, Point, ScanStudy
 
 OnTrial = Callable[[int, int], None]
-_Z = statistics.NormalDist().inv_cdf(0.975)  # 95%, the confidence of the evaluator's Wilson interval
 
 
 @dataclass(frozen=True)
@@ -66,27 +65,6 @@ class Ladder:
         return rungs
 
 
-def _population_correction(n: int, full: int) -> float:
-    """Finite-population correction: n of ``full`` examples estimate the value on all ``full``."""
-    return math.sqrt(max(full - n, 0) / (full - 1)) if full > 1 else 0.0
-
-
-def paired_drop_interval(lost: float, gained: float, n: int, full: int | None = None) -> tuple[float, float]:
-    """95% interval of the drop ``(lost - gained) / n`` between two models judged on the same ``n`` examples.
-
-    Bonett & Price (2012), adjusted Wald interval for a difference of paired proportions:
-    one pseudo-count added to each discordant cell, so that it does not collapse to a point
-    when the models agree on every example. With ``full``, the drop estimated is that on the
-    ``full`` examples the ``n`` were drawn from (finite-population correction).
-    """
-    worse, better = (lost + 1) / (n + 2), (gained + 1) / (n + 2)
-    drop = worse - better
-    half = _Z * math.sqrt(max(worse + better - drop * drop, 0.0) / (n + 2))
-    if full is not None:
-        half *= _population_correction(n, full)
-    return drop - half, drop + half
-
-
 def drop_interval(
     measured: Measurement, dense: Measurement, n: int, full: int, *, at: int | None = None
 ) -> tuple[float, float]:
@@ -101,7 +79,7 @@ def drop_interval(
     if measured.lost is not None and measured.gained is not None:
         return paired_drop_interval(measured.lost * at / n, measured.gained * at / n, at, full)
     drop = dense.value - measured.value
-    scale = math.sqrt(n / at) * _population_correction(at, full)
+    scale = math.sqrt(n / at) * population_correction(at, full)
     return drop - scale * (measured.high - measured.value), drop + scale * (measured.value - measured.low)
 
 
@@ -111,6 +89,7 @@ class ScanOutcome:
 
     evaluations: evaluations the curves rest on (run now + reused); examples: sum of their n.
     unresolved: per target, the sparsities whose decision stayed within noise on the top rung.
+    measured: every evaluation the curves rest on, with its per-example results where kept.
     """
 
     points: dict[str, list[CurvePoint]]
@@ -119,6 +98,20 @@ class ScanOutcome:
     reused: int
     examples: int
     unresolved: dict[str, list[float]]
+    measured: dict[Point, Measurement]
+
+
+def curve_point(point: Point, measured: Measurement) -> CurvePoint:
+    """The curve point of one evaluation, with the paired interval of its drop where the counts are known.
+
+    The interval is :func:`paired_drop_interval` without finite-population correction: it
+    bounds the drop on unseen data, which is what a picker judging the pessimistic end reads.
+    """
+    at = measured.at(point)
+    if measured.lost is None or measured.gained is None:
+        return at
+    low, high = paired_drop_interval(measured.lost, measured.gained, point.n)
+    return replace(at, drop_low=low, drop_high=high)
 
 
 class Runner:
@@ -175,6 +168,7 @@ class Runner:
             reused=self.reused,
             examples=sum(p.n for p in self.used),
             unresolved={name: sorted(self.unresolved[name]) for name in self.targets},
+            measured={p: self.results[p] for p in self.used},
         )
 
     def _plan(self) -> set[Point]:
@@ -207,7 +201,7 @@ class Runner:
             if missing:
                 return missing
             measured = self.results[point]
-            self.settled[name][sparsity] = measured.at(point)
+            self.settled[name][sparsity] = curve_point(point, measured)
             n = self._climb(measured, self.results[dense], n)
             if n is None and self._undecided(measured, self.results[dense], point.n):
                 self.unresolved[name].add(sparsity)

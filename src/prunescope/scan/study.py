@@ -5,7 +5,9 @@ every target name of the model), ``sparsity`` (float in [0, 1]) and ``n`` (examp
 evaluated); its value is the metric, its user attributes ``metric``, ``low`` / ``high``
 (confidence interval), ``seconds`` (wall time of the evaluation) and, for accuracy on a
 subset, ``lost`` / ``gained`` (examples the dense model got right and this one wrong, and
-the reverse, on the same subset). Points are queued with
+the reverse, on the same examples) and ``correct``: which of the ``n`` examples it got right
+(:func:`prunescope.evaluate.pack_bits`, in the order of
+:func:`prunescope.evaluate.subset_indices`). Points are queued with
 ``enqueue_trial`` and taken with ``ask`` / ``tell``, so any number of processes can share
 one study: Optuna hands each queued trial to exactly one of them.
 
@@ -47,13 +49,16 @@ class Point:
 class Measurement:
     """One evaluation's result: the metric ``value`` with its confidence interval (``low ==
     high == value`` without one) and, when known, the paired comparison with the dense model
-    on the same examples: ``lost`` (dense right, this wrong) and ``gained`` (the reverse)."""
+    on the same examples: ``lost`` (dense right, this wrong) and ``gained`` (the reverse);
+    ``correct``: which examples it got right, packed (:func:`prunescope.evaluate.pack_bits`;
+    None for a metric other than accuracy, or a trial recorded before prunescope kept them)."""
 
     value: float
     low: float
     high: float
     lost: int | None = None
     gained: int | None = None
+    correct: str | None = None
 
     def at(self, point: Point) -> CurvePoint:
         """This result as the curve point of ``point``."""
@@ -167,7 +172,8 @@ class ScanStudy:
         """Every COMPLETE trial as ``{point: measurement}``."""
         return {
             Point(t.params["target"], t.params["sparsity"], t.params["n"]): Measurement(
-                t.value, t.user_attrs["low"], t.user_attrs["high"], t.user_attrs.get("lost"), t.user_attrs.get("gained")
+                t.value, t.user_attrs["low"], t.user_attrs["high"],
+                t.user_attrs.get("lost"), t.user_attrs.get("gained"), t.user_attrs.get("correct"),
             )
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         }
@@ -215,6 +221,8 @@ class ScanStudy:
         if measured.lost is not None and measured.gained is not None:
             trial.set_user_attr("lost", measured.lost)
             trial.set_user_attr("gained", measured.gained)
+        if measured.correct is not None:
+            trial.set_user_attr("correct", measured.correct)
         trial.set_user_attr("seconds", time.perf_counter() - start)
         self.study.tell(trial, measured.value)
         return point, measured
