@@ -59,6 +59,18 @@ def make_dataset(n_train: int = 240, n_val: int = 60, n_test: int = 60, num_clas
     )
 
 
+def fitted(data: Dataset, *, steps: int, lr: float) -> TinyNet:
+    """A TinyNet (seed 0) fitted to ``data.train`` by ``steps`` full-batch Adam steps, in eval mode."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(data.train.x), data.train.y).backward()
+        optimizer.step()
+    return model.eval()
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
     """Run ``prunescope ARGV`` in process; return (exit code, stdout, stderr)."""
     from prunescope.cli import main

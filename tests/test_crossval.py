@@ -5,8 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet, make_dataset
-from torch.nn import functional as F
+from conftest import fitted, make_dataset
 
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
@@ -28,14 +27,7 @@ TOLERANCE = 0.02
 def trained():
     """TinyNet trained full-batch on 600 synthetic examples; 600 validation examples."""
     data = make_dataset(n_train=600, n_val=600)
-    torch.manual_seed(0)
-    model = TinyNet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(150):
-        optimizer.zero_grad()
-        F.cross_entropy(model(data.train.x), data.train.y).backward()
-        optimizer.step()
-    return model.eval(), data
+    return fitted(data, steps=150, lr=0.02), data
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyNet, make_dataset
-from torch.nn import functional as F
+from conftest import fitted, make_dataset
 
 from prunescope.compare import allocation_for, compare
 from prunescope.curves import Curve, CurvePoint, Curves
@@ -123,14 +122,8 @@ def test_refiner_protocol():
 @pytest.fixture(scope="module")
 def trained():
     """TinyNet fitted to the tiny data in a few full-batch steps (once for the module)."""
-    torch.manual_seed(0)
-    model, data = TinyNet(), make_dataset()
-    optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(30):
-        optimiser.zero_grad()
-        F.cross_entropy(model(data.train.x), data.train.y).backward()
-        optimiser.step()
-    return model.eval(), data
+    data = make_dataset()
+    return fitted(data, steps=30, lr=0.05), data
 
 
 def _curves(model):
