@@ -41,7 +41,8 @@ from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.io import write_json
-from prunescope.pick.choose import Choice, build_picker, choose
+from prunescope.pick.choose import Choice, choose
+from prunescope.pick.registry import make_allocator
 from prunescope.pipeline import train_model
 from prunescope.scan import scan
 from prunescope.train import TrainConfig
@@ -111,8 +112,8 @@ def _scan(model: torch.nn.Module, data: Dataset, variant: str, tolerance: float,
 
 
 def _pick(run: Run, model: torch.nn.Module, data: Dataset, tolerance: float) -> None:
-    pickers = {"ensemble": build_picker("ensemble", max_drop=tolerance)}
-    pickers |= {f"budget {b:.0%}": build_picker("budget", target_sparsity=b) for b in BUDGETS}
+    pickers = {"ensemble": make_allocator("ensemble", max_drop=tolerance)}
+    pickers |= {f"budget {b:.0%}": make_allocator("budget", target_sparsity=b) for b in BUDGETS}
     for name, picker in pickers.items():
         try:
             run.choices[name] = choose(run.curves, picker, model, data, max_drop=tolerance, device="cpu")

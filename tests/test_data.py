@@ -26,7 +26,8 @@ from prunescope.data import (
 from prunescope.data.idx import read_idx
 from prunescope.errors import PrunescopeError, UsageError
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The MNIST files: where PRUNESCOPE_DATA_DIR points (as in CI), else ../shared/data next to the checkout.
+SHARED_DATA = Path(os.environ.get("PRUNESCOPE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 MNIST_TRAIN = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 

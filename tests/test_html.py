@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from result_fixture import result_doc
+from services import missing
 
 from prunescope.errors import UsageError
 from prunescope.html import check_result, load_result, render_html, write_html
@@ -316,11 +317,12 @@ def _chromium() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (Debian: apt-get install chromium), "
-                    "so the page is not rendered in a browser here")
 def test_chromium_renders_the_page(tmp_path: Path, hostile_html: str) -> None:
     """Headless Chromium draws the page (hostile names included) to a non-blank screenshot."""
     from matplotlib.image import imread
+
+    if _chromium() is None:
+        missing("Chromium is not installed (Debian: apt-get install chromium), so the page is not rendered here")
 
     report = tmp_path / "report.html"
     report.write_text(hostile_html, encoding="utf-8")

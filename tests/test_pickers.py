@@ -8,11 +8,12 @@ from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import removed_count
 from prunescope.pick import (
+    PICKERS,
     BudgetPicker,
     EnsemblePicker,
     KneePicker,
     ThresholdPicker,
-    make_picker,
+    make_allocator,
     predicted_drops,
 )
 from prunescope.pick.baselines import uniform
@@ -263,20 +264,20 @@ def test_ensemble_vote_takes_the_median():
         assert pick.allocation[target] == float(np.median([a[target] for a in alone.values()]))
 
 
-def test_make_picker_builds_each_picker_and_rejects_bad_requests():
-    assert make_picker("threshold", max_drop=0.01).max_drop == 0.01
-    assert make_picker("sconce").name == "sconce"
-    assert isinstance(make_picker("knee"), KneePicker)
-    assert make_picker("budget", target_sparsity=0.5).target_sparsity == 0.5
-    ensemble = make_picker("ensemble")
+def test_make_allocator_builds_each_picker_and_rejects_bad_requests():
+    assert make_allocator("threshold", max_drop=0.01).max_drop == 0.01
+    assert make_allocator("sconce").name == "sconce"
+    assert isinstance(make_allocator("knee"), KneePicker)
+    assert make_allocator("budget", target_sparsity=0.5).target_sparsity == 0.5
+    ensemble = make_allocator("ensemble")
     assert [m.name for m in ensemble.members] == ["threshold", "knee"] and ensemble.rule == "min"
     with pytest.raises(UsageError, match="unknown picker 'best'"):
-        make_picker("best")
-    with pytest.raises(UsageError, match="has no option 'target_sparsity'"):
-        make_picker("threshold", target_sparsity=0.5)
+        make_allocator("best", among=PICKERS, noun="picker")
+    with pytest.raises(UsageError, match="does not take target_sparsity"):
+        make_allocator("threshold", target_sparsity=0.5)
     with pytest.raises(UsageError, match="exactly one of"):
-        make_picker("budget", target_sparsity=0.5, target_macs=10)
+        make_allocator("budget", target_sparsity=0.5, target_macs=10)
     with pytest.raises(UsageError, match="distinct names"):
-        make_picker("ensemble", members=["threshold", "threshold"])
+        make_allocator("ensemble", members=["threshold", "threshold"])
     with pytest.raises(UsageError, match="unknown ensemble rule"):
-        make_picker("ensemble", rule="max")
+        make_allocator("ensemble", rule="max")

@@ -1,12 +1,14 @@
 """A scan stored in a real PostgreSQL server: the storage several machines share.
 
 The test starts its own server on loopback in a temporary directory and stops it after;
-it is skipped where PostgreSQL's binaries or psycopg (the [postgres] extra) are missing.
+it is skipped where PostgreSQL's binaries or psycopg (the [postgres] extra) are missing, and fails
+there under ``PRUNESCOPE_REQUIRE_SERVICES=1`` (CI).
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import shutil
 import socket
@@ -16,10 +18,10 @@ from collections import Counter
 
 import optuna
 import pytest
+from services import missing
 
 from prunescope.scan import scan
 
-pytest.importorskip("psycopg")
 BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
 
@@ -38,8 +40,10 @@ def _as_server_user(command: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def postgres_url():
+    if importlib.util.find_spec("psycopg") is None:
+        missing("psycopg is not installed (pip install -e '.[postgres]')")
     if not BINARIES:
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+        missing("PostgreSQL server binaries not installed (apt-get install postgresql)")
     bin_dir = BINARIES[-1]
     # Directly under /tmp: pytest's own temporary folders are private to root, the server user cannot enter them.
     data = tempfile.mkdtemp(prefix="prunescope-pg-")

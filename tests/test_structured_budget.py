@@ -15,7 +15,8 @@ from prunescope.errors import UsageError
 from prunescope.measure import count_macs
 from prunescope.models import build_from_spec, build_model, model_spec
 from prunescope.pick import BudgetPicker
-from prunescope.pick.choose import build_picker, choose
+from prunescope.pick.choose import choose
+from prunescope.pick.registry import make_allocator
 from prunescope.scan.files import save_scan
 from prunescope.structured.groups import ChannelGroups, find_groups, pruned_copy
 from prunescope.structured.importance import group_scores
@@ -160,7 +161,7 @@ PICKER_OPTIONS = {
 @pytest.mark.parametrize("name", list(PICKER_OPTIONS))
 def test_every_picker_applies_round_to_and_reports_the_exact_footprint(mlp, name):
     curves = _curves(find_groups(mlp, SHAPE))
-    picker = build_picker(name, **PICKER_OPTIONS[name])
+    picker = make_allocator(name, **PICKER_OPTIONS[name])
     # A bound of 100 points: nothing is backed off, so that the picks themselves are checked.
     choice = choose(curves, picker, mlp, _data(), max_drop=1.0, device="cpu", round_to=4)
     model, params, macs = _physical(_pruning(mlp, round_to=4), choice.verified.allocation)

@@ -27,8 +27,9 @@ from prunescope.io import write_json
 from prunescope.masks import check_sparsity, global_sparsity
 from prunescope.measure import measure_speedup
 from prunescope.pick.baselines import ALLOCATIONS, allocate
-from prunescope.pick.choose import build_picker, choose
+from prunescope.pick.choose import choose
 from prunescope.pick.crossval import DEFAULT_FOLDS
+from prunescope.pick.registry import PICKERS, make_allocator
 from prunescope.pipeline import run, train_model
 from prunescope.regimes_cli import app as regimes_app
 from prunescope.report import (
@@ -332,7 +333,7 @@ def scan_command(
 @app.command("pick")
 def pick_command(
     scan_dir: Annotated[Path, typer.Option("--scan", help="Directory written by prunescope scan.")],
-    picker: Annotated[str, typer.Option(help="threshold, sconce, knee, budget or ensemble.")] = "ensemble",
+    picker: Annotated[str, typer.Option(help=f"{', '.join(PICKERS)}.")] = "ensemble",
     max_drop: Points = None,
     target_sparsity: Annotated[float | None, typer.Option(help="Budget: fraction of weights to remove.")] = None,
     target_params: Annotated[int | None, typer.Option(help="Budget: weights to keep, at most (channel scans: "
@@ -360,9 +361,9 @@ def pick_command(
     trust_factory: TrustFactoryOption = False,
 ) -> None:
     """Choose per-layer sparsities from a scan, cross-validated and verified jointly on val (backing off if needed)."""
-    chosen = build_picker(picker, max_drop=_points(max_drop), target_sparsity=target_sparsity,
-                          target_params=target_params, target_macs=target_macs, target_latency_ms=target_latency_ms,
-                          lower_bound=lower_bound, vote=vote)
+    chosen = make_allocator(picker, among=PICKERS, noun="picker", max_drop=_points(max_drop),
+                            target_sparsity=target_sparsity, target_params=target_params, target_macs=target_macs,
+                            target_latency_ms=target_latency_ms, lower_bound=lower_bound or None, vote=vote or None)
     saved_scan = load_scan(scan_dir)
     source = checkpoint or saved_scan.checkpoint
     if source is None:

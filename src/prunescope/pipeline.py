@@ -38,8 +38,9 @@ from prunescope.html import write_html
 from prunescope.io import write_csv, write_json
 from prunescope.masks import compute_masks
 from prunescope.models import build_model, model_spec
-from prunescope.pick.choose import build_picker, choose
+from prunescope.pick.choose import choose
 from prunescope.pick.crossval import val_folds
+from prunescope.pick.registry import make_allocator
 from prunescope.report import comparison_rows, document
 from prunescope.runconfig import RunConfig, check_settings
 from prunescope.scan import scan
@@ -144,7 +145,7 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     pick_inputs = {**scan_key, "max_drop": config.max_drop, "recalibrate_bn": config.recalibrate_bn,
                    "folds": config.folds}
     pick = stages.get("pick", pick_inputs, lambda: choose(
-        curves, build_picker("ensemble", max_drop=config.max_drop), model, data, max_drop=config.max_drop,
+        curves, make_allocator("ensemble", max_drop=config.max_drop), model, data, max_drop=config.max_drop,
         device=config.device, recalibrate_bn=config.recalibrate_bn, folds=config.folds, seed=config.seed).to_dict())
     progress("pick", 1, 1)
 

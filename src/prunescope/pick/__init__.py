@@ -1,5 +1,6 @@
 """Turn sensitivity into per-target sparsities; baselines for comparison."""
 
+from prunescope.pick.allocator import Allocator, Problem
 from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.budget import BudgetPicker, LatencyCosts
 from prunescope.pick.pickers import (
@@ -12,13 +13,17 @@ from prunescope.pick.pickers import (
     predicted_drops,
 )
 from prunescope.pick.refine import PairwiseRefiner, Refined, Refiner, RefineStep
-from prunescope.pick.registry import PICKERS, make_picker
+from prunescope.pick.registry import ALLOCATORS, BASELINES, CHANNEL_BASELINES, PICKERS, make_allocator
 from prunescope.pick.verify import Verified, VerifyStep, model_evaluator, verify
 
 __all__ = [
     "ALLOCATIONS",
+    "ALLOCATORS",
+    "BASELINES",
+    "CHANNEL_BASELINES",
     "PICKERS",
     "SCONCE_LEVELS",
+    "Allocator",
     "BudgetPicker",
     "EnsemblePicker",
     "KneePicker",
@@ -26,6 +31,7 @@ __all__ = [
     "PairwiseRefiner",
     "Pick",
     "Picker",
+    "Problem",
     "RefineStep",
     "Refined",
     "Refiner",
@@ -33,7 +39,7 @@ __all__ = [
     "Verified",
     "VerifyStep",
     "allocate",
-    "make_picker",
+    "make_allocator",
     "model_evaluator",
     "predicted_drops",
     "verify",

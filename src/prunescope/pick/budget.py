@@ -17,6 +17,7 @@ import numpy as np
 from prunescope.curves import Curve, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity, removed_count
+from prunescope.pick.allocator import ReadsCurves
 from prunescope.pick.pickers import SAME_LEVEL, Pick, _aligned_curves, _finish
 
 if TYPE_CHECKING:
@@ -117,11 +118,16 @@ class _Budget:
         return f"{value:.4g} ms" if self.kind == "latency" else f"{value:.0f}"
 
 
+def macs_limit(target_macs: float, dense: float) -> float:
+    """A MAC target in MACs per sample: a value in (0, 1] is that fraction of ``dense``, a larger one a count."""
+    return target_macs * dense if 0 < target_macs <= 1 else float(target_macs)
+
+
 MAX_BISECTIONS = 40  # knapsack solutions tried against the exact footprint or latency
 
 
 @dataclass
-class BudgetPicker:
+class BudgetPicker(ReadsCurves):
     """Reach one global budget while losing the least predicted metric.
 
     Exactly one of:
@@ -223,8 +229,7 @@ class BudgetPicker:
         return _finish(curves, allocation, self.name, details)
 
     def _macs_limit(self, dense: float) -> float:
-        """``target_macs`` in MACs: a value in (0, 1] is that fraction of ``dense``."""
-        return self.target_macs * dense if 0 < self.target_macs <= 1 else float(self.target_macs)
+        return macs_limit(self.target_macs, dense)
 
     def _weight_budget(self, curves: Mapping[str, Curve]) -> _Budget:
         if self.target_latency_ms is not None:

@@ -1,7 +1,8 @@
-"""From curves to a verified allocation: build the picker the options ask for, pick, verify.
+"""From curves to a verified allocation: pick, then verify jointly on val.
 
-This is what ``prunescope pick`` runs; the pieces it combines are the pickers
-(:mod:`prunescope.pick.pickers`) and joint verification (:mod:`prunescope.pick.verify`).
+This is what ``prunescope pick`` runs; the pieces it combines are the pickers (built by
+name with :func:`prunescope.pick.registry.make_allocator`) and joint verification
+(:mod:`prunescope.pick.verify`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from prunescope.evaluate import Evaluator
 from prunescope.masks import global_sparsity
 from prunescope.pick.budget import BudgetPicker
 from prunescope.pick.crossval import CrossValidation, cross_validate, with_threshold
-from prunescope.pick.pickers import EnsemblePicker, KneePicker, Pick, Picker, ThresholdPicker
+from prunescope.pick.pickers import Pick, Picker
+from prunescope.pick.registry import DEFAULT_MAX_DROP
 from prunescope.pick.verify import ExampleEvaluator, Verified, model_evaluator, verify
 from prunescope.scan.evaluation import WeightPruning
 from prunescope.structured.allocation import check_round_to
@@ -31,53 +33,6 @@ from prunescope.structured.latency import LatencyTable
 from prunescope.structured.pruning import ChannelPruning
 from prunescope.targets import find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
-
-CHOICES = ("threshold", "sconce", "knee", "budget", "ensemble")
-DEFAULT_MAX_DROP = 0.005  # half an accuracy point
-
-
-def build_picker(
-    name: str,
-    *,
-    max_drop: float | None = None,
-    target_sparsity: float | None = None,
-    target_params: int | None = None,
-    target_macs: float | None = None,
-    target_latency_ms: float | None = None,
-    lower_bound: bool = False,
-    vote: bool = False,
-) -> Picker:
-    """The picker ``name`` configured from command-line style options; contradictions are errors.
-
-    ``max_drop`` (a fraction of the metric) drives threshold, knee and ensemble; the budget
-    picker meets exactly one of the four targets instead (see :class:`BudgetPicker`).
-    ``sconce`` reads ``max_drop`` as a third of sconce's ``degradation``.
-    """
-    if name not in CHOICES:
-        raise UsageError(f"unknown picker {name!r}: use one of {', '.join(CHOICES)}")
-    budgets = {"--target-sparsity": target_sparsity, "--target-params": target_params, "--target-macs": target_macs,
-               "--target-latency-ms": target_latency_ms}
-    given = [option for option, value in budgets.items() if value is not None]
-    if name == "budget":
-        if max_drop is not None:
-            raise UsageError("--max-drop does not apply to --picker budget, which meets a size target; "
-                             "its joint drop is measured and reported")
-        return BudgetPicker(target_sparsity=target_sparsity, target_params=target_params, target_macs=target_macs,
-                            target_latency_ms=target_latency_ms)
-    if given:
-        raise UsageError(f"{given[0]} applies to --picker budget; the {name} picker chooses by --max-drop")
-    if max_drop is not None and max_drop < 0:
-        raise UsageError(f"--max-drop must be at least 0, got {max_drop * 100:g} points")
-    drop = DEFAULT_MAX_DROP if max_drop is None else max_drop
-    if name == "sconce":
-        return ThresholdPicker.sconce(degradation=3 * drop) if max_drop is not None else ThresholdPicker.sconce()
-    threshold = ThresholdPicker(max_drop=drop, use_lower_bound=lower_bound)
-    knee = KneePicker(fallback_max_drop=drop)
-    if name == "threshold":
-        return threshold
-    if name == "knee":
-        return knee
-    return EnsemblePicker([threshold, knee], rule="vote" if vote else "min")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Pickers: turn sensitivity curves into per-target sparsities.
 
 Every picker is a small object with one method, ``pick(curves) -> Pick``, so that pickers
-can be swapped, combined (:class:`EnsemblePicker`) and built by name (:func:`make_picker`).
+can be swapped, combined (:class:`EnsemblePicker`) and built by name (:func:`~prunescope.pick.registry.make_allocator`).
 Sparsities are fractions of a target's weights (of a channel group's channels, for
 channel curves); metric values and drops are fractions of the scan's metric (0.005 = half
 an accuracy point). A drop is ``dense.value - value``, the dense model measured on the
@@ -19,7 +19,8 @@ negative drop, never a violation.
   predicted metric.
 - :class:`EnsemblePicker`: the most conservative (or the median) sparsity of its members.
 
-:func:`prunescope.pick.registry.make_picker` builds any of them by name.
+:func:`prunescope.pick.registry.make_allocator` builds any of them by name; as allocators
+(:class:`~prunescope.pick.allocator.Allocator`) they pick on a problem's curves.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from kneed import KneeLocator
@@ -35,9 +36,7 @@ from kneed import KneeLocator
 from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity
-
-if TYPE_CHECKING:
-    pass
+from prunescope.pick.allocator import ReadsCurves
 
 SCONCE_LEVELS = tuple(round(0.95 - 0.05 * i, 2) for i in range(18))  # 0.95, 0.90, …, 0.10
 SAME_LEVEL = 1e-9  # two sparsities closer than this are the same level
@@ -48,13 +47,14 @@ class Pick:
     """A picker's answer.
 
     allocation: ``{target: sparsity}`` for every curve (0.0 = dense).
-    predicted_drop: sum over targets of the curves' drop at the chosen sparsity (fraction of the metric).
+    predicted_drop: sum over targets of the curves' drop at the chosen sparsity (fraction of the metric);
+        None for a baseline without curves to read it from.
     decided_by: ``{target: name of the picker or ensemble member that chose its sparsity}``.
     details: picker-specific facts (knees found, fallbacks, budget reached, members' picks).
     """
 
     allocation: dict[str, float]
-    predicted_drop: float
+    predicted_drop: float | None
     decided_by: dict[str, str]
     details: dict = field(default_factory=dict)
 
@@ -116,7 +116,7 @@ def _finish(curves: Curves, allocation: dict[str, float], decided_by: str, detai
 
 
 @dataclass
-class ThresholdPicker:
+class ThresholdPicker(ReadsCurves):
     """Per target, the highest measured sparsity whose drop is at most ``max_drop``.
 
     max_drop: allowed drop of the metric per target (fraction, 0.005 = half a point).
@@ -177,7 +177,7 @@ def _is_level(sparsity: float, levels: Sequence[float]) -> bool:
 
 
 @dataclass
-class KneePicker:
+class KneePicker(ReadsCurves):
     """Per target the knee of the curve: where the metric starts to fall.
 
     ``kneed.KneeLocator(curve="concave", direction="decreasing")`` on the measured points
@@ -233,7 +233,7 @@ class KneePicker:
 
 
 @dataclass
-class EnsemblePicker:
+class EnsemblePicker(ReadsCurves):
     """Combine pickers per target.
 
     rule ``"min"``: the lowest sparsity of the members (the most conservative);

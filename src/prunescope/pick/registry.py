@@ -1,39 +1,202 @@
-"""Pickers by name: :data:`PICKERS` and :func:`make_picker`."""
+"""Every allocation method behind one interface, built by name (:data:`ALLOCATORS`, :func:`make_allocator`).
+
+An allocator (:class:`~prunescope.pick.allocator.Allocator`) turns a
+:class:`~prunescope.pick.allocator.Problem` (the model's units, and whatever else there is to read:
+sensitivity curves, the channel pruning with its exact footprint) into a
+:class:`~prunescope.pick.pickers.Pick`, per-unit sparsities. What an allocator reads is part
+of its registry entry (:attr:`Entry.reads`), so that callers never special-case a method:
+
+- ``curves``: the pickers threshold, sconce, knee, budget and ensemble
+  (:mod:`prunescope.pick.pickers`, :mod:`prunescope.pick.budget`);
+- ``weights``: the weight baselines uniform, uniform+, global, ERK and LAMP at a global
+  sparsity (:mod:`prunescope.pick.baselines`);
+- ``channels``: the channel baselines at a MAC budget, channel-uniform and channel-global
+  (:mod:`prunescope.structured.baselines`).
+
+Options are given by keyword, the same names everywhere (``max_drop``, ``target_sparsity``,
+``target_params``, ``target_macs``, ``target_latency_ms``, ``lower_bound``, ``vote``…); an
+option the method does not take is a one-line error naming the options it does take.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import fields
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+from prunescope.curves import Curves
 from prunescope.errors import UsageError
-from prunescope.pick.budget import BudgetPicker
-from prunescope.pick.pickers import EnsemblePicker, KneePicker, Picker, ThresholdPicker
+from prunescope.pick.allocator import Allocator, Problem
+from prunescope.pick.baselines import allocate
+from prunescope.pick.budget import BudgetPicker, macs_limit
+from prunescope.pick.pickers import EnsemblePicker, KneePicker, Pick, Picker, ThresholdPicker, predicted_drops
+from prunescope.structured.baselines import global_channels, uniform_channels
 
-PICKERS: dict[str, Callable[..., Picker]] = {
-    "threshold": ThresholdPicker,
-    "sconce": ThresholdPicker.sconce,
-    "knee": KneePicker,
-    "budget": BudgetPicker,
-    "ensemble": EnsemblePicker,
+DEFAULT_MAX_DROP = 0.005  # half an accuracy point
+
+
+@dataclass(frozen=True)
+class WeightBaseline:
+    """A weight baseline of :mod:`prunescope.pick.baselines` at global ``target_sparsity`` of the targets' weights."""
+
+    name: str
+    target_sparsity: float
+
+    def allocate(self, problem: Problem) -> Pick:
+        if problem.model is None or not problem.targets:
+            raise UsageError(f"the {self.name} allocation needs the model and its prunable layers")
+        allocation = allocate(self.name, problem.model, problem.targets, self.target_sparsity)
+        return _baseline_pick(self.name, allocation, problem.curves, {"target_sparsity": self.target_sparsity})
+
+
+_CHANNEL_BASELINES = {"channel-uniform": uniform_channels, "channel-global": global_channels}
+
+
+@dataclass(frozen=True)
+class ChannelBaseline:
+    """A channel baseline of :mod:`prunescope.structured.baselines`: the least pruning of its kind that brings
+    the exact MACs per sample to at most ``target_macs`` (a count, or in (0, 1] a fraction of the dense MACs)."""
+
+    name: str
+    target_macs: float
+
+    def allocate(self, problem: Problem) -> Pick:
+        if problem.pruning is None:
+            raise UsageError(f"the {self.name} allocation removes channels: it needs the model's channel groups")
+        limit = macs_limit(self.target_macs, problem.pruning.footprint({}).macs)
+        allocation = _CHANNEL_BASELINES[self.name](problem.pruning, limit)
+        return _baseline_pick(self.name, allocation, problem.curves, {"target_macs": self.target_macs, "limit": limit})
+
+
+def _baseline_pick(name: str, allocation: dict[str, float], curves: Curves | None, details: dict) -> Pick:
+    """A baseline's allocation as a Pick; its drop is predicted from the curves when there are curves for it."""
+    if curves is None or not set(allocation) <= set(curves.curves):
+        return Pick(allocation, None, dict.fromkeys(allocation, name), details)
+    drops = predicted_drops(curves, allocation)
+    return Pick(allocation, sum(drops.values()), dict.fromkeys(allocation, name), {"drops": drops, **details})
+
+
+# --------------------------------------------------------------------------- factories
+
+
+def _drop(max_drop: float | None) -> float:
+    if max_drop is not None and not max_drop >= 0:
+        raise UsageError(f"max_drop must be at least 0, got {max_drop * 100:g} points")
+    return DEFAULT_MAX_DROP if max_drop is None else max_drop
+
+
+def _threshold(max_drop: float | None = None, lower_bound: bool = False) -> ThresholdPicker:
+    return ThresholdPicker(max_drop=_drop(max_drop), use_lower_bound=lower_bound)
+
+
+def _sconce(max_drop: float | None = None) -> ThresholdPicker:
+    """sconce judges ``|drop| <= degradation / 3``: ``max_drop`` is that third (default: sconce's 0.012 / 3)."""
+    return ThresholdPicker.sconce() if max_drop is None else ThresholdPicker.sconce(3 * _drop(max_drop))
+
+
+def _knee(max_drop: float | None = None, sensitivity: float = 1.0) -> KneePicker:
+    return KneePicker(sensitivity=sensitivity, fallback_max_drop=_drop(max_drop))
+
+
+def _ensemble(
+    max_drop: float | None = None,
+    lower_bound: bool = False,
+    vote: bool = False,
+    members: Sequence[str | Picker] = ("threshold", "knee"),
+    rule: str | None = None,
+) -> EnsemblePicker:
+    """The most conservative (``vote`` or ``rule="vote"``: the median) of ``members``, pickers or picker names.
+
+    Named members get ``max_drop`` (and the threshold ``lower_bound``).
+    """
+    built = [
+        make_allocator(m, among=PICKERS, noun="picker", max_drop=max_drop,
+                       lower_bound=(lower_bound or None) if m == "threshold" else None)
+        if isinstance(m, str)
+        else m
+        for m in members
+    ]
+    if not all(isinstance(m, Picker) for m in built):
+        raise UsageError("ensemble members must be pickers or picker names")
+    return EnsemblePicker(built, rule=rule or ("vote" if vote else "min"))
+
+
+def _budget(
+    target_sparsity: float | None = None,
+    target_params: int | None = None,
+    target_macs: float | None = None,
+    target_latency_ms: float | None = None,
+    grid: float = 0.005,
+) -> BudgetPicker:
+    return BudgetPicker(target_sparsity=target_sparsity, target_params=target_params, target_macs=target_macs,
+                        target_latency_ms=target_latency_ms, grid=grid)
+
+
+def _weight_baseline(name: str) -> Callable[..., Allocator]:
+    def build(target_sparsity: float) -> Allocator:
+        return WeightBaseline(name, target_sparsity)
+
+    return build
+
+
+def _channel_baseline(name: str) -> Callable[..., Allocator]:
+    def build(target_macs: float) -> Allocator:
+        return ChannelBaseline(name, target_macs)
+
+    return build
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered method: how to build it from options, and what it reads (``curves``, ``weights``, ``channels``)."""
+
+    build: Callable[..., Allocator]
+    reads: str
+
+    @property
+    def options(self) -> list[str]:
+        return list(inspect.signature(self.build).parameters)
+
+
+ALLOCATORS: dict[str, Entry] = {
+    "threshold": Entry(_threshold, "curves"),
+    "sconce": Entry(_sconce, "curves"),
+    "knee": Entry(_knee, "curves"),
+    "budget": Entry(_budget, "curves"),
+    "ensemble": Entry(_ensemble, "curves"),
+    **{name: Entry(_weight_baseline(name), "weights") for name in ("uniform", "uniform+", "global", "erk", "lamp")},
+    **{name: Entry(_channel_baseline(name), "channels") for name in _CHANNEL_BASELINES},
 }
 
 
-def make_picker(name: str, **options: object) -> Picker:
-    """Build a picker by name: threshold, sconce, knee, budget or ensemble.
+def names(reads: str) -> tuple[str, ...]:
+    """The registered methods that read ``reads`` (``curves``: the pickers; ``weights``: the weight baselines…)."""
+    return tuple(name for name, entry in ALLOCATORS.items() if entry.reads == reads)
 
-    The ensemble's ``members`` may be pickers or picker names; by default it is the
-    ``"min"`` of threshold and knee (sconce likewise combines its two methods).
+
+PICKERS = names("curves")
+BASELINES = names("weights")
+CHANNEL_BASELINES = names("channels")
+
+
+def make_allocator(
+    name: str, *, among: Sequence[str] | None = None, noun: str = "allocation", **options: object
+) -> Allocator:
+    """The method ``name`` built from ``options`` (None values are left to the method's defaults).
+
+    ``among``: the names allowed here (default: all), ``noun`` how the error calls them
+    (``"picker"``). Unknown names and options the method does not take are UsageErrors.
     """
-    if name not in PICKERS:
-        raise UsageError(f"unknown picker {name!r}: use one of {', '.join(PICKERS)}")
-    factory = PICKERS[name]
-    allowed = {"degradation"} if name == "sconce" else {f.name for f in fields(factory) if f.init}
-    unknown = sorted(set(options) - allowed)
+    allowed = list(among if among is not None else ALLOCATORS)
+    if name not in allowed:
+        raise UsageError(f"unknown {noun} {name!r}: use one of {', '.join(allowed)}")
+    entry = ALLOCATORS[name]
+    given = {key: value for key, value in options.items() if value is not None}
+    unknown = sorted(set(given) - set(entry.options))
     if unknown:
-        raise UsageError(f"the {name} picker has no option {unknown[0]!r}; options: {', '.join(sorted(allowed))}")
-    if name == "ensemble":
-        members = options.get("members") or ["threshold", "knee"]
-        options["members"] = [make_picker(m) if isinstance(m, str) else m for m in members]
-        if not all(isinstance(m, Picker) for m in options["members"]):
-            raise UsageError("ensemble members must be pickers or picker names")
-    return factory(**options)
+        option = unknown[0]
+        takers = [other for other, e in ALLOCATORS.items() if option in e.options and other in allowed]
+        where = f"; {option} applies to {', '.join(takers)}" if takers else ""
+        raise UsageError(f"the {name} {noun} does not take {option} (--{option.replace('_', '-')}); "
+                         f"it takes {', '.join(entry.options)}{where}")
+    return entry.build(**given)

@@ -1,0 +1,62 @@
+"""The allocation interface: an :class:`Allocator` turns a :class:`Problem` into per-unit sparsities.
+
+Every method, picker or baseline, implements it (see :mod:`prunescope.pick.registry`, which
+builds them by name), so that callers never branch on which method they hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from prunescope.errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from prunescope.curves import Curves
+    from prunescope.pick.pickers import Pick
+    from prunescope.structured.pruning import ChannelPruning
+    from prunescope.targets import Target
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What an allocator may read.
+
+    model / targets: the model and its weight units (weight baselines). curves: sensitivity
+    curves of the units (pickers). pruning: the channel groups with their importance and
+    exact footprint (channel baselines).
+    """
+
+    model: nn.Module | None = None
+    targets: Sequence[Target] = ()
+    curves: Curves | None = None
+    pruning: ChannelPruning | None = field(default=None, repr=False)
+
+    def needs_curves(self, name: str) -> Curves:
+        if self.curves is None:
+            raise UsageError(f"{name} reads sensitivity curves: run prunescope scan first and pass --scan")
+        return self.curves
+
+
+@runtime_checkable
+class Allocator(Protocol):
+    """Per-unit sparsities (fractions of a unit's weights, or of a group's channels) for a problem."""
+
+    name: str
+
+    def allocate(self, problem: Problem) -> Pick: ...
+
+
+class ReadsCurves:
+    """Mixin of the pickers: as an allocator, a picker picks on the problem's curves."""
+
+    name: str
+
+    def pick(self, curves: Curves) -> Pick:
+        raise NotImplementedError
+
+    def allocate(self, problem: Problem) -> Pick:
+        return self.pick(problem.needs_curves(f"the {self.name} picker"))
