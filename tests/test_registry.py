@@ -34,7 +34,7 @@ def problem() -> Problem:
         for i, t in enumerate(targets)
     })
     pruning = ChannelPruning(groups, group_scores(groups, "l2"))
-    return Problem(model=model, targets=targets, curves=curves, pruning=pruning)
+    return Problem(model=model, targets=targets, example=torch.zeros(2, *SHAPE), curves=curves, pruning=pruning)
 
 
 def test_every_method_is_registered_once_with_what_it_reads():
@@ -60,7 +60,7 @@ def test_every_method_allocates_through_one_interface(problem, name):
 @pytest.mark.parametrize("name", BASELINES)
 def test_weight_baselines_are_the_baseline_functions_at_an_exact_count(problem, name):
     pick = make_allocator(name, target_sparsity=0.6).allocate(problem)
-    assert pick.allocation == allocate(name, problem.model, problem.targets, 0.6)
+    assert pick.allocation == allocate(name, problem.model, problem.targets, 0.6, example=problem.example)
     total = sum(t.numel for t in problem.targets)
     assert sum(removed_count(pick.allocation[t.name], t.numel) for t in problem.targets) == round(0.6 * total)
     assert pick.predicted_drop is not None  # read off the curves, which cover every target

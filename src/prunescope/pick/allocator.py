@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from prunescope.errors import UsageError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from prunescope.curves import Curves
@@ -25,13 +26,15 @@ if TYPE_CHECKING:
 class Problem:
     """What an allocator may read.
 
-    model / targets: the model and its weight units (weight baselines). curves: sensitivity
-    curves of the units (pickers). pruning: the channel groups with their importance and
-    exact footprint (channel baselines).
+    model / targets: the model and its weight units (weight baselines). example: a batch of
+    inputs, ``(N, *input_shape)``, through which uniform+ finds the data-flow order. curves:
+    sensitivity curves of the units (pickers). pruning: the channel groups with their
+    importance and exact footprint (channel baselines).
     """
 
     model: nn.Module | None = None
     targets: Sequence[Target] = ()
+    example: torch.Tensor | None = field(default=None, repr=False)
     curves: Curves | None = None
     pruning: ChannelPruning | None = field(default=None, repr=False)
 

@@ -45,7 +45,7 @@ class WeightBaseline:
     def allocate(self, problem: Problem) -> Pick:
         if problem.model is None or not problem.targets:
             raise UsageError(f"the {self.name} allocation needs the model and its prunable layers")
-        allocation = allocate(self.name, problem.model, problem.targets, self.target_sparsity)
+        allocation = allocate(self.name, problem.model, problem.targets, self.target_sparsity, example=problem.example)
         return _baseline_pick(self.name, allocation, problem.curves, {"target_sparsity": self.target_sparsity})
 
 
