@@ -6,11 +6,12 @@ import pytest
 import torch
 from conftest import fitted, make_dataset
 
-from prunescope.compare import allocation_for, compare
+from prunescope.compare import compare
 from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import removed_count
 from prunescope.pick import PairwiseRefiner, Refiner
+from prunescope.pick.ours import budget_start
 from prunescope.targets import find_targets
 
 NUMELS = {"big": 20_000, "mid": 3_000, "small": 300}
@@ -171,7 +172,7 @@ def test_ours_without_refinement_or_starts_is_the_budget_pick(trained):
     curves = _curves(model)
     comparison = compare(model, tiny_data, [0.9], ["ours"], curves=curves, refiner=None, starts=(), test=False)
     (row,) = comparison.rows
-    assert row.allocation == allocation_for("ours", model, find_targets(model), 0.9, curves)
+    assert row.allocation == budget_start(curves, find_targets(model), 0.9)
     assert row.details["start"] == "budget" and "refined" not in row.details and row.test is None
 
 

@@ -18,7 +18,19 @@ from prunescope.structured.pruning import ChannelPruning
 from prunescope.targets import find_targets
 
 SHAPE = (1, 8, 8)
-OPTIONS = {"curves": {"max_drop": 0.01}, "weights": {"target_sparsity": 0.6}, "channels": {"target_macs": 0.5}}
+OPTIONS = {"curves": {"max_drop": 0.01}, "weights": {"target_sparsity": 0.6}, "channels": {"target_macs": 0.5},
+           "validation": {"target_sparsity": 0.6}}
+
+
+class _Validation:
+    """Val accuracy falling with the sparsity of the first target: a stand-in for joint evaluations."""
+
+    def __init__(self, first: str) -> None:
+        self.first, self.evaluations = first, 0
+
+    def __call__(self, allocation):
+        self.evaluations += 1
+        return {"accuracy": 0.9 - allocation.get(self.first, 0.0) / 10}
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +46,16 @@ def problem() -> Problem:
         for i, t in enumerate(targets)
     })
     pruning = ChannelPruning(groups, group_scores(groups, "l2"))
-    return Problem(model=model, targets=targets, example=torch.zeros(2, *SHAPE), curves=curves, pruning=pruning)
+    return Problem(model=model, targets=targets, example=torch.zeros(2, *SHAPE), curves=curves, pruning=pruning,
+                   validation=_Validation(targets[0].name))
 
 
 def test_every_method_is_registered_once_with_what_it_reads():
     assert set(PICKERS) == {"threshold", "sconce", "knee", "budget", "ensemble"}
     assert set(BASELINES) == {"uniform", "uniform+", "global", "erk", "lamp"}
     assert set(CHANNEL_BASELINES) == {"channel-uniform", "channel-global"}
-    assert set(ALLOCATORS) == {*PICKERS, *BASELINES, *CHANNEL_BASELINES}
+    assert set(ALLOCATORS) == {*PICKERS, *BASELINES, *CHANNEL_BASELINES, "ours"}
+    assert ALLOCATORS["ours"].reads == "validation"
 
 
 @pytest.mark.parametrize("name", list(ALLOCATORS))
@@ -55,6 +69,10 @@ def test_every_method_allocates_through_one_interface(problem, name):
     assert set(pick.allocation) == set(units)
     assert all(0 <= s < 1 for s in pick.allocation.values())
     assert set(pick.decided_by.values()) <= {name, "threshold", "knee"}  # the ensemble names its members
+    if "target_sparsity" in options:  # budget, the weight baselines and ours remove round(s · N) weights
+        total = sum(t.numel for t in problem.targets)
+        removed = sum(removed_count(pick.allocation[t.name], t.numel) for t in problem.targets)
+        assert abs(removed - round(0.6 * total)) <= len(problem.targets)
 
 
 @pytest.mark.parametrize("name", BASELINES)

@@ -5,17 +5,11 @@ evaluator, so the only difference between rows is how the global sparsity is spl
 targets. Selection reads only the val split; the test split is evaluated once per row,
 after every val evaluation is done.
 
-``ours`` at global sparsity s, by default (see :func:`compare`'s ``refiner`` and ``starts``):
-
-1. candidates: the budget picker's allocation on the scan's curves
-   (:class:`~prunescope.pick.budget.BudgetPicker` with ``target_sparsity=s``) and the
-   allocations of the baselines in ``starts`` (uniform, uniform+, global, ERK, LAMP), each
-   measured jointly on val (the baselines' own rows are reused, not evaluated again);
-2. start from the candidate with the best val metric (ties: the budget pick, then the
-   order of ``starts``);
-3. refine it on val at constant global sparsity with ``refiner`` (by default
-   :class:`~prunescope.pick.refine.PairwiseRefiner`: greedy moves of removed weights
-   between pairs of targets, each an actual joint evaluation, at most 40).
+Every method is an allocator of :mod:`prunescope.pick.registry`, built by name with the
+same settings and asked for the same problem (the compared targets, their curves, the val
+measurements); ``ours`` (:mod:`prunescope.pick.ours`) is the budget pick or the best
+baseline on val, refined on val. Methods that select on val run after the others, so that
+they reuse the baselines' val measurements.
 
 Every allocation, ``ours``'s budget pick included, is spread over the compared targets
 only (after ``include`` / ``exclude``), and refinement moves weights without changing the
@@ -35,9 +29,8 @@ batchnorm.RecalibratedPruning`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from prunescope.criteria import compute_scores
@@ -47,15 +40,16 @@ from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator, Metrics
 from prunescope.masks import check_sparsity, compute_masks, removed_count
-from prunescope.pick.baselines import ALLOCATIONS, allocate
-from prunescope.pick.budget import BudgetPicker
-from prunescope.pick.refine import PairwiseRefiner, Refiner
+from prunescope.pick.allocator import Allocator, Problem
+from prunescope.pick.baselines import ALLOCATIONS
+from prunescope.pick.ours import DEFAULT_REFINER
+from prunescope.pick.refine import Refiner
+from prunescope.pick.registry import ALLOCATORS, COMPARED, make_allocator
 from prunescope.scan.evaluation import Pruning, WeightPruning
 from prunescope.targets import Target, find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
 
-METHODS = ("ours", *ALLOCATIONS)
-DEFAULT_REFINER = PairwiseRefiner()  # stateless: one instance serves every call
+METHODS = COMPARED
 
 
 @dataclass
@@ -120,38 +114,6 @@ class Comparison:
         }
 
 
-def allocation_for(
-    method: str,
-    model: nn.Module,
-    targets: Sequence[Target],
-    sparsity: float,
-    curves: Curves | None,
-    *,
-    example: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """The per-target sparsities ``method`` gives at global ``sparsity`` of ``targets``' weights.
-
-    For ``ours`` this is the budget pick alone (the start candidate from the scan), before
-    the val-selected start and refinement that :func:`compare` adds; the budget is spread
-    over the curves of ``targets`` only, however many more targets the scan covered.
-    ``example``: a batch of inputs (uniform+ orders the targets by data flow with it).
-    """
-    if method != "ours":
-        return allocate(method, model, targets, sparsity, example=example)
-    _check_curves(targets, curves)
-    compared = replace(curves, curves={t.name: curves.curves[t.name] for t in targets})
-    picked = BudgetPicker(target_sparsity=sparsity).pick(compared).allocation
-    return {t.name: picked.get(t.name, 0.0) for t in targets}
-
-
-def _check_curves(targets: Sequence[Target], curves: Curves | None) -> None:
-    if curves is None:
-        raise UsageError("method 'ours' needs a scan: run prunescope scan first and pass --scan")
-    missing = {t.name for t in targets} - set(curves.curves)
-    if missing:
-        raise UsageError(f"the scan has no curve for {sorted(missing)[0]}: it belongs to another model or target set")
-
-
 class _ValCache:
     """Val metrics of allocations, measured once each (keyed by removed counts) with ``pruning``."""
 
@@ -176,57 +138,6 @@ def _counted_error(sparsity: float, removed: int, weights: int) -> str | None:
         return None
     return (f"removes {removed} of {weights} weights ({removed / weights:.4%}), not {wanted} ({sparsity:g}): "
             "refused, rows are compared at equal sparsity only")
-
-
-def _ours(
-    model: nn.Module,
-    targets: Sequence[Target],
-    sparsity: float,
-    curves: Curves | None,
-    val: _ValCache,
-    *,
-    refiner: Refiner | None,
-    starts: Sequence[str],
-    metric: str,
-    example: torch.Tensor,
-) -> tuple[dict[str, float], dict]:
-    """``ours`` at ``sparsity``: the best val candidate among the budget pick and ``starts``, refined on val."""
-    _check_curves(targets, curves)
-    candidates: dict[str, dict[str, float]] = {}
-    errors: dict[str, str] = {}
-    for name in ("budget", *starts):
-        try:
-            candidates[name] = (
-                allocation_for("ours", model, targets, sparsity, curves)
-                if name == "budget"
-                else allocate(name, model, targets, sparsity, example=example)
-            )
-        except UsageError as error:
-            errors[name] = str(error)
-    if not candidates:
-        raise UsageError(f"no candidate allocation reaches {sparsity:g}: " + "; ".join(errors.values()))
-    before = val.evaluations
-    values = {name: val(allocation).get(metric) for name, allocation in candidates.items()}
-    start = max(values, key=values.get)  # the first of equals: budget, then the order of starts
-    details: dict = {
-        "candidates": values,
-        "candidate_errors": errors,
-        "start": start,
-        "metric": metric,
-        "candidate_evaluations": val.evaluations - before,
-    }
-    allocation = candidates[start]
-    refinement = 0
-    if refiner is not None:
-        numels = {t.name: t.numel for t in targets}
-        refined = refiner.refine(allocation, numels, lambda a: val(a).get(metric), start_value=values[start])
-        allocation = refined.allocation
-        details["refined"] = refined.to_dict()
-        refinement = refined.evaluations
-    # Selection effort: every allocation ours looked at on val (a baseline's row counts even when reused).
-    details["val_evaluations"] = {"candidates": len(candidates), "refinement": refinement,
-                                  "total": len(candidates) + refinement}
-    return allocation, details
 
 
 def compare(
@@ -257,11 +168,15 @@ def compare(
     ``batch_size``: examples per forward pass of the evaluations. ``recalibrate_bn``: BatchNorm
     recalibration batches for every pruned model (None: 20 for a model with BatchNorm, else 0).
     """
-    unknown = [m for m in (*methods, *starts) if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown allocation {unknown[0]!r}: use one of {', '.join(METHODS)}")
-    if "ours" in starts:
-        raise UsageError("starts are baseline allocations; 'ours' is always a candidate")
+
+    def allocator(method: str, sparsity: float) -> Allocator:
+        return make_allocator(method, applicable=True, target_sparsity=sparsity, refiner=refiner, starts=starts)
+
+    for method in methods:
+        allocator(method, 0.0)  # bad settings (an unknown start) are refused before anything is evaluated
     levels = [check_sparsity(s) for s in sparsities]
     device = resolve_device(device)
     model.to(device).eval()
@@ -271,22 +186,17 @@ def compare(
     batches = bn_batches(model, recalibrate_bn)
     pruning = recalibrating(WeightPruning(model, targets, scores), data.train, batches)
     val = _ValCache(pruning, targets, Evaluator(model, data.val, device=device, batch_size=batch_size))
-    metric = curves.metric if curves is not None else "accuracy"
-    example = data.train.x[:2]
+    problem = Problem(model=model, targets=targets, example=data.train.x[:2], curves=curves, validation=val)
     rows = []
     for sparsity in levels:
-        # Baselines first, so that ours reuses their val evaluations; rows keep the order of methods.
+        # Methods that select on val last, so that they reuse the others' val evaluations; rows keep the
+        # order of methods.
         done: dict[str, ComparisonRow] = {}
-        for method in sorted(methods, key=lambda m: m == "ours"):
+        for method in sorted(methods, key=lambda m: ALLOCATORS[m].reads == "validation"):
             row = ComparisonRow(method=method, sparsity=sparsity)
             try:
-                if method == "ours":
-                    row.allocation, row.details = _ours(
-                        model, targets, sparsity, curves, val, refiner=refiner, starts=starts, metric=metric,
-                        example=example,
-                    )
-                else:
-                    row.allocation = allocation_for(method, model, targets, sparsity, curves, example=example)
+                picked = allocator(method, sparsity).allocate(problem)
+                row.allocation, row.details = picked.allocation, picked.details
             except UsageError as error:
                 row.error = str(error)
             else:

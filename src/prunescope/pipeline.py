@@ -27,7 +27,7 @@ import torch
 
 from prunescope import measure
 from prunescope.checkpoint import load_checkpoint, plain_state_dict
-from prunescope.compare import DEFAULT_REFINER, METHODS, compare
+from prunescope.compare import METHODS, compare
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data import load_dataset
@@ -40,6 +40,7 @@ from prunescope.masks import compute_masks
 from prunescope.models import build_model, model_spec
 from prunescope.pick.choose import choose
 from prunescope.pick.crossval import val_folds
+from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.registry import make_allocator
 from prunescope.report import comparison_rows, document
 from prunescope.runconfig import RunConfig, check_settings

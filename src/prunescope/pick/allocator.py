@@ -6,7 +6,7 @@ builds them by name), so that callers never branch on which method they hold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -17,9 +17,21 @@ if TYPE_CHECKING:
     from torch import nn
 
     from prunescope.curves import Curves
+    from prunescope.evaluate import Metrics
     from prunescope.pick.pickers import Pick
     from prunescope.structured.pruning import ChannelPruning
     from prunescope.targets import Target
+
+
+class Validation(Protocol):
+    """The val metrics of the model pruned with an allocation, each allocation measured once.
+
+    ``evaluations``: how many allocations have been measured so far (a selection's effort).
+    """
+
+    evaluations: int
+
+    def __call__(self, allocation: Mapping[str, float]) -> Metrics: ...
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,8 @@ class Problem:
     model / targets: the model and its weight units (weight baselines). example: a batch of
     inputs, ``(N, *input_shape)``, through which uniform+ finds the data-flow order. curves:
     sensitivity curves of the units (pickers). pruning: the channel groups with their
-    importance and exact footprint (channel baselines).
+    importance and exact footprint (channel baselines). validation: joint val measurements
+    (``ours``, which selects and refines on val).
     """
 
     model: nn.Module | None = None
@@ -37,10 +50,17 @@ class Problem:
     example: torch.Tensor | None = field(default=None, repr=False)
     curves: Curves | None = None
     pruning: ChannelPruning | None = field(default=None, repr=False)
+    validation: Validation | None = field(default=None, repr=False)
+
+    def needs_validation(self, name: str) -> Validation:
+        if self.validation is None:
+            raise UsageError(f"{name} selects on val: it needs the val split to measure allocations on")
+        return self.validation
 
     def needs_curves(self, name: str) -> Curves:
         if self.curves is None:
-            raise UsageError(f"{name} reads sensitivity curves: run prunescope scan first and pass --scan")
+            raise UsageError(f"{name} needs a scan (it reads sensitivity curves): run prunescope scan first and "
+                             "pass --scan")
         return self.curves
 
 

@@ -11,7 +11,9 @@ of its registry entry (:attr:`Entry.reads`), so that callers never special-case 
 - ``weights``: the weight baselines uniform, uniform+, global, ERK and LAMP at a global
   sparsity (:mod:`prunescope.pick.baselines`);
 - ``channels``: the channel baselines at a MAC budget, channel-uniform and channel-global
-  (:mod:`prunescope.structured.baselines`).
+  (:mod:`prunescope.structured.baselines`);
+- ``validation``: ``ours`` (:mod:`prunescope.pick.ours`), which also reads the curves and
+  selects among the budget pick and the weight baselines on val.
 
 Options are given by keyword, the same names everywhere (``max_drop``, ``target_sparsity``,
 ``target_params``, ``target_macs``, ``target_latency_ms``, ``lower_bound``, ``vote``…); an
@@ -27,9 +29,11 @@ from dataclasses import dataclass
 from prunescope.curves import Curves
 from prunescope.errors import UsageError
 from prunescope.pick.allocator import Allocator, Problem
-from prunescope.pick.baselines import allocate
+from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.budget import BudgetPicker, macs_limit
+from prunescope.pick.ours import DEFAULT_REFINER, Ours
 from prunescope.pick.pickers import EnsemblePicker, KneePicker, Pick, Picker, ThresholdPicker, predicted_drops
+from prunescope.pick.refine import Refiner
 from prunescope.structured.baselines import global_channels, uniform_channels
 
 DEFAULT_MAX_DROP = 0.005  # half an accuracy point
@@ -85,8 +89,8 @@ def _drop(max_drop: float | None) -> float:
     return DEFAULT_MAX_DROP if max_drop is None else max_drop
 
 
-def _threshold(max_drop: float | None = None, lower_bound: bool = False) -> ThresholdPicker:
-    return ThresholdPicker(max_drop=_drop(max_drop), use_lower_bound=lower_bound)
+def _threshold(max_drop: float | None = None, lower_bound: bool | None = False) -> ThresholdPicker:
+    return ThresholdPicker(max_drop=_drop(max_drop), use_lower_bound=bool(lower_bound))
 
 
 def _sconce(max_drop: float | None = None) -> ThresholdPicker:
@@ -100,9 +104,9 @@ def _knee(max_drop: float | None = None, sensitivity: float = 1.0) -> KneePicker
 
 def _ensemble(
     max_drop: float | None = None,
-    lower_bound: bool = False,
-    vote: bool = False,
-    members: Sequence[str | Picker] = ("threshold", "knee"),
+    lower_bound: bool | None = False,
+    vote: bool | None = False,
+    members: Sequence[str | Picker] | None = ("threshold", "knee"),
     rule: str | None = None,
 ) -> EnsemblePicker:
     """The most conservative (``vote`` or ``rule="vote"``: the median) of ``members``, pickers or picker names.
@@ -110,11 +114,10 @@ def _ensemble(
     Named members get ``max_drop`` (and the threshold ``lower_bound``).
     """
     built = [
-        make_allocator(m, among=PICKERS, noun="picker", max_drop=max_drop,
-                       lower_bound=(lower_bound or None) if m == "threshold" else None)
+        make_allocator(m, among=PICKERS, noun="picker", applicable=True, max_drop=max_drop, lower_bound=lower_bound)
         if isinstance(m, str)
         else m
-        for m in members
+        for m in members or ("threshold", "knee")
     ]
     if not all(isinstance(m, Picker) for m in built):
         raise UsageError("ensemble members must be pickers or picker names")
@@ -130,6 +133,12 @@ def _budget(
 ) -> BudgetPicker:
     return BudgetPicker(target_sparsity=target_sparsity, target_params=target_params, target_macs=target_macs,
                         target_latency_ms=target_latency_ms, grid=grid)
+
+
+def _ours(
+    target_sparsity: float, refiner: Refiner | None = DEFAULT_REFINER, starts: Sequence[str] = ALLOCATIONS
+) -> Ours:
+    return Ours(target_sparsity, refiner, tuple(starts))
 
 
 def _weight_baseline(name: str) -> Callable[..., Allocator]:
@@ -166,6 +175,7 @@ ALLOCATORS: dict[str, Entry] = {
     "ensemble": Entry(_ensemble, "curves"),
     **{name: Entry(_weight_baseline(name), "weights") for name in ("uniform", "uniform+", "global", "erk", "lamp")},
     **{name: Entry(_channel_baseline(name), "channels") for name in _CHANNEL_BASELINES},
+    "ours": Entry(_ours, "validation"),
 }
 
 
@@ -175,23 +185,34 @@ def names(reads: str) -> tuple[str, ...]:
 
 
 PICKERS = names("curves")
+COMPARED = (*names("validation"), *names("weights"))  # methods compared at one global sparsity of the weights
 BASELINES = names("weights")
 CHANNEL_BASELINES = names("channels")
 
 
 def make_allocator(
-    name: str, *, among: Sequence[str] | None = None, noun: str = "allocation", **options: object
+    name: str,
+    *,
+    among: Sequence[str] | None = None,
+    noun: str = "allocation",
+    applicable: bool = False,
+    **options: object,
 ) -> Allocator:
-    """The method ``name`` built from ``options`` (None values are left to the method's defaults).
+    """The method ``name`` built from ``options``.
 
     ``among``: the names allowed here (default: all), ``noun`` how the error calls them
-    (``"picker"``). Unknown names and options the method does not take are UsageErrors.
+    (``"picker"``). Unknown names and options the method does not take are UsageErrors,
+    except a None (nothing given); ``applicable=True`` leaves out every option the method
+    does not take (a comparison hands every method the same settings).
     """
     allowed = list(among if among is not None else ALLOCATORS)
     if name not in allowed:
         raise UsageError(f"unknown {noun} {name!r}: use one of {', '.join(allowed)}")
     entry = ALLOCATORS[name]
-    given = {key: value for key, value in options.items() if value is not None}
+    if applicable:
+        options = {key: value for key, value in options.items() if key in entry.options}
+    # None leaves an option to the method's default, unless the method takes it (refiner=None: no refinement).
+    given = {key: value for key, value in options.items() if value is not None or key in entry.options}
     unknown = sorted(set(given) - set(entry.options))
     if unknown:
         option = unknown[0]

@@ -1,0 +1,101 @@
+"""``ours``: the budget pick or the best baseline, whichever is best on val, refined on val.
+
+At global sparsity s (fraction of the problem's targets' weights):
+
+1. candidates: the budget picker's allocation on the curves of the problem's targets
+   (:class:`~prunescope.pick.budget.BudgetPicker` with ``target_sparsity=s``, spread over
+   those targets only, however many more the scan covered) and the allocations of the
+   baselines in ``starts`` (uniform, uniform+, global, ERK, LAMP), each measured jointly on
+   val through the problem's ``validation`` (a cache: what was measured once is reused);
+2. start from the candidate with the best val metric (ties: the budget pick, then the
+   order of ``starts``);
+3. refine it on val at constant global sparsity with ``refiner`` (by default
+   :data:`DEFAULT_REFINER`, a :class:`~prunescope.pick.refine.PairwiseRefiner`: greedy moves of
+   removed weights between pairs of targets, each an actual joint evaluation, at most 40).
+
+Every candidate removes round(s · N) weights (±1 per target from rounding) and refinement
+moves weights without changing the total. The metric maximised is the curves'. Its val
+metric is never below the best candidate's. ``refiner=None, starts=()`` is the budget pick alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from prunescope.curves import Curves
+from prunescope.errors import UsageError
+from prunescope.pick.allocator import Problem
+from prunescope.pick.baselines import ALLOCATIONS, allocate
+from prunescope.pick.budget import BudgetPicker
+from prunescope.pick.pickers import Pick
+from prunescope.pick.refine import PairwiseRefiner, Refiner
+from prunescope.targets import Target
+
+DEFAULT_REFINER = PairwiseRefiner()  # stateless: one instance serves every call
+
+
+def budget_start(curves: Curves, targets: Sequence[Target], sparsity: float) -> dict[str, float]:
+    """The budget pick at global ``sparsity`` of ``targets``' weights, on their curves only (others stay dense)."""
+    missing = {t.name for t in targets} - set(curves.curves)
+    if missing:
+        raise UsageError(f"the scan has no curve for {sorted(missing)[0]}: it belongs to another model or target set")
+    compared = replace(curves, curves={t.name: curves.curves[t.name] for t in targets})
+    picked = BudgetPicker(target_sparsity=sparsity).pick(compared).allocation
+    return {t.name: picked.get(t.name, 0.0) for t in targets}
+
+
+@dataclass(frozen=True)
+class Ours:
+    """``ours`` at ``target_sparsity`` (see the module docstring); reads curves and the val metric."""
+
+    target_sparsity: float
+    refiner: Refiner | None = field(default_factory=lambda: DEFAULT_REFINER)
+    starts: Sequence[str] = ALLOCATIONS
+    name: str = "ours"
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.starts if s not in ALLOCATIONS]
+        if unknown:
+            raise UsageError(f"starts are baseline allocations ({', '.join(ALLOCATIONS)}), got {unknown[0]!r}")
+
+    def allocate(self, problem: Problem) -> Pick:
+        curves = problem.needs_curves("method 'ours'")
+        val = problem.needs_validation("method 'ours'")
+        sparsity, targets, metric = self.target_sparsity, problem.targets, curves.metric
+        candidates: dict[str, dict[str, float]] = {}
+        errors: dict[str, str] = {}
+        for name in ("budget", *self.starts):
+            try:
+                candidates[name] = (
+                    budget_start(curves, targets, sparsity)
+                    if name == "budget"
+                    else allocate(name, problem.model, targets, sparsity, example=problem.example)
+                )
+            except UsageError as error:
+                errors[name] = str(error)
+        if not candidates:
+            raise UsageError(f"no candidate allocation reaches {sparsity:g}: " + "; ".join(errors.values()))
+        before = val.evaluations
+        values = {name: val(allocation).get(metric) for name, allocation in candidates.items()}
+        start = max(values, key=values.get)  # the first of equals: budget, then the order of starts
+        details: dict = {
+            "candidates": values,
+            "candidate_errors": errors,
+            "start": start,
+            "metric": metric,
+            "candidate_evaluations": val.evaluations - before,
+        }
+        allocation = candidates[start]
+        refinement = 0
+        if self.refiner is not None:
+            numels = {t.name: t.numel for t in targets}
+            refined = self.refiner.refine(allocation, numels, lambda a: val(a).get(metric), start_value=values[start])
+            allocation = refined.allocation
+            details["refined"] = refined.to_dict()
+            refinement = refined.evaluations
+        # Selection effort: every allocation ours looked at on val (a baseline's row counts even when reused).
+        details["val_evaluations"] = {"candidates": len(candidates), "refinement": refinement,
+                                      "total": len(candidates) + refinement}
+        decided_by = dict.fromkeys(allocation, self.name)
+        return Pick(allocation, None, decided_by, details)
