@@ -16,8 +16,9 @@ from result_fixture import result_doc
 from services import missing
 
 from prunescope.errors import UsageError
-from prunescope.html import check_result, load_result, render_html, write_html
+from prunescope.html import render_html, write_html
 from prunescope.plots import epoch_curves_plot, interval_panels_plot, training_plot
+from prunescope.results import check_result, load_result
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert(1)</script>"

@@ -184,3 +184,10 @@ def test_bad_input_is_a_one_line_usage_error(factory_module: str, call, message:
     with pytest.raises(UsageError, match=re.escape(message)) as e:
         call()
     assert "\n" not in str(e.value)
+
+
+def test_a_pruned_spec_is_rebuilt_by_the_channel_groups_not_the_zoo():
+    spec = model_spec("mlp", (1, 4, 4), 3, hidden=[16])
+    pruned = {**spec, "removed_channels": {"0": [0, 1, 2]}}
+    with pytest.raises(UsageError, match=r"structured\.groups\.rebuild"):
+        build_from_spec(pruned)

@@ -11,7 +11,7 @@ from prunescope.data import load_dataset
 from prunescope.measure import count_macs
 from prunescope.models import build_from_spec, model_spec
 from prunescope.structured.export import load_exported
-from prunescope.structured.groups import find_groups, pruned_spec
+from prunescope.structured.groups import find_groups, pruned_spec, rebuild
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_pruned_spec_composes_and_rebuilds_the_architecture():
     spec2 = pruned_spec(spec1, groups, second)
     groups.prune(second)
     assert spec2["removed_channels"] == {"conv1": [0, 1, 2, 3], "layer1.0.conv1": [5], "layer2.0.conv1": [3, 4]}
-    rebuilt = build_from_spec(spec2)
+    rebuilt = rebuild(spec2)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.io import atomic_write
-from prunescope.models import build_from_spec
+from prunescope.structured.groups import rebuild
 from prunescope.trust import Trust, TrustFactory, check_spec
 
 FORMAT = "prunescope-checkpoint"
@@ -117,7 +117,7 @@ def _build(spec: dict[str, Any]) -> nn.Module:
     """Build a model from its spec without advancing the global RNG (saving mid-training must
     not change what the training run does next)."""
     with torch.random.fork_rng(devices=[]):
-        return build_from_spec(spec)
+        return rebuild(spec)
 
 
 def save_checkpoint(

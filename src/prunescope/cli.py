@@ -22,7 +22,7 @@ from prunescope.data import available_datasets, describe_dataset, load_dataset, 
 from prunescope.device import resolve_device
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.evaluate import Evaluator
-from prunescope.html import load_result, write_html
+from prunescope.html import write_html
 from prunescope.io import write_json
 from prunescope.masks import check_sparsity, global_sparsity
 from prunescope.measure import measure_speedup
@@ -31,24 +31,25 @@ from prunescope.pick.choose import choose
 from prunescope.pick.crossval import DEFAULT_FOLDS
 from prunescope.pick.registry import PICKERS, make_allocator
 from prunescope.pipeline import run, train_model
+from prunescope.prune import prune_channels_and_recover, read_channel_pick
 from prunescope.regimes_cli import app as regimes_app
 from prunescope.report import (
     choice_table,
     comparison_table,
-    document,
     listing_table,
     run_table,
+    save_scan,
     scan_table,
     sweep_table,
     write_comparison,
     write_sweep,
 )
+from prunescope.results import document, load_result
 from prunescope.runconfig import load_config
 from prunescope.scan import GRANULARITIES, STRATEGIES, scan
-from prunescope.scan.files import JOURNAL_FILE, SCAN_FILE, load_scan, save_scan
+from prunescope.scan.files import JOURNAL_FILE, SCAN_FILE, load_scan
 from prunescope.structured.export import comparable_modules, dense_reference, load_model_file
 from prunescope.structured.importance import IMPORTANCES
-from prunescope.structured.workflow import prune_channels_and_recover, read_channel_pick
 from prunescope.sweep import sweep
 from prunescope.targets import effective_weight, find_targets
 from prunescope.train import (

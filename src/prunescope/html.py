@@ -24,7 +24,6 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from prunescope.curves import Curves
-from prunescope.errors import UsageError
 from prunescope.io import write_text
 from prunescope.plots import (
     allocation_figure,
@@ -35,57 +34,10 @@ from prunescope.plots import (
     png_bytes,
     training_figure,
 )
+from prunescope.results import RESULT_FILE, SCHEMA, SCHEMA_VERSION, check_result
 from prunescope.verdict import crossval_clause
 
-RESULT_SCHEMA = "prunescope.result"
-RESULT_VERSION = 2
-RESULT_FILE = "result.json"
 REPORT_FILE = "report.html"
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading and checking the document
-
-
-def check_result(doc: Any, source: str = "the document") -> None:
-    """Raise a one-line :class:`UsageError` unless ``doc`` is a ``prunescope run`` result of schema v2."""
-    if not isinstance(doc, dict):
-        raise UsageError(f"{source} is not a prunescope run result (a JSON {type(doc).__name__}, not an object); "
-                         "re-run prunescope run")
-    schema, version, command = doc.get("schema"), doc.get("version"), doc.get("command", "run")
-    if schema != RESULT_SCHEMA or version != RESULT_VERSION or command not in ("run", "regimes"):
-        found = f"schema {schema!r} version {version!r}"
-        if command not in ("run", "regimes"):
-            found += f", command {command!r}"
-        raise UsageError(f"{source} is not a prunescope run result ({found}; this prunescope reads "
-                         f"{RESULT_SCHEMA!r} version {RESULT_VERSION}); re-run prunescope run")
-
-
-def load_result(out_dir: str | Path) -> dict[str, Any]:
-    """The checked ``result.json`` of ``out_dir`` (the ``--out`` directory of ``prunescope run``).
-
-    ``out_dir`` may also name the JSON file itself. Missing, unreadable, corrupt or foreign
-    files are one-line :class:`UsageError`\\ s.
-    """
-    out_dir = Path(out_dir)
-    if not out_dir.exists():
-        raise UsageError(f"{out_dir} does not exist: give the --out directory of prunescope run")
-    path = out_dir if out_dir.is_file() else out_dir / RESULT_FILE
-    if not path.is_file():
-        raise UsageError(f"no {RESULT_FILE} in {out_dir}: give the --out directory of a finished prunescope run")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text, so not a prunescope run result; re-run prunescope run") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
-                         "re-run prunescope run") from None
-    check_result(doc, str(path))
-    return doc
 
 
 def write_html(out_dir: str | Path, doc: dict[str, Any]) -> Path:
@@ -729,7 +681,7 @@ def render_html(doc: dict[str, Any]) -> str:
         f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>"
         f'<header><h1>{_e(title)}</h1><p class="meta">{_e(" · ".join(m for m in meta if m))}</p>'
         f"<nav>{nav}</nav></header>\n<main>{body}</main>\n"
-        f"<footer>Rendered by prunescope from {_e(RESULT_FILE)} (schema {_e(RESULT_SCHEMA)} v{RESULT_VERSION}). "
+        f"<footer>Rendered by prunescope from {_e(RESULT_FILE)} (schema {_e(SCHEMA)} v{SCHEMA_VERSION}). "
         "Accuracies are fractions of the examples classified correctly, shown in percent; intervals are 95%; "
         "pts are accuracy points.</footer>\n"
         "</body></html>\n"

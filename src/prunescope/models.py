@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from prunescope.errors import UsageError
-from prunescope.structured.groups import find_groups
 
 
 @dataclass(frozen=True)
@@ -431,21 +430,15 @@ def model_spec(name: str, input_shape: Sequence[int], num_classes: int, **kwargs
 
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild the model a :func:`model_spec` dict describes.
+    """Build the dense model a :func:`model_spec` dict describes.
 
-    A spec with ``"removed_channels"`` (see :func:`prunescope.structured.groups.pruned_spec`)
-    describes a structurally pruned model: the dense model is built, those channels are
-    removed, and every layer is initialised afresh for its new shape (so that a scratch
-    baseline starts from a proper initialisation; a checkpoint's state dict replaces it).
+    A spec with ``"removed_channels"`` describes a structurally pruned model: those are
+    rebuilt by :func:`prunescope.structured.groups.rebuild`, which removes the channels.
     """
     missing = [key for key in ("name", "input_shape", "num_classes") if key not in spec]
     if missing:
         raise UsageError(f"model spec is missing {missing[0]!r}: build it with prunescope.models.model_spec")
-    model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec.get("kwargs", {}))
-    removal = spec.get("removed_channels")
-    if removal:
-        find_groups(model, spec["input_shape"]).prune(removal)
-        for module in model.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    return model
+    if spec.get("removed_channels"):
+        raise UsageError("this spec describes a model with channels removed: rebuild it with "
+                         "prunescope.structured.groups.rebuild")
+    return build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec.get("kwargs", {}))

@@ -42,10 +42,11 @@ from prunescope.pick.choose import choose
 from prunescope.pick.crossval import val_folds
 from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.registry import make_allocator
-from prunescope.report import comparison_rows, document
+from prunescope.report import comparison_rows, save_scan
+from prunescope.results import document
 from prunescope.runconfig import RunConfig, check_settings
 from prunescope.scan import scan
-from prunescope.scan.files import JOURNAL_FILE, save_scan
+from prunescope.scan.files import JOURNAL_FILE
 from prunescope.targets import find_targets
 from prunescope.train import EpochRecord, TrainConfig, TrainResult, finetune, train
 from prunescope.train.scratch import scratch_epochs, train_scratch

@@ -20,7 +20,8 @@ from prunescope.plots import phase_plot
 from prunescope.regimes.classify import DEFAULT_DELTA, DEFAULT_EPSILON
 from prunescope.regimes.select import select
 from prunescope.regimes.study import PAIRINGS, TEMPERATURES, RegimeSettings, dataset_of, model_spec_of, study
-from prunescope.report import document, listing_table
+from prunescope.report import listing_table
+from prunescope.results import document
 
 app = typer.Typer(help="Three-regime model of pruning (Zhou et al., ICML 2023): which way to move a temperature, "
                        "which model to prune.")

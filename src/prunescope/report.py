@@ -19,36 +19,23 @@ in milliseconds at batch 1; throughput in samples per second at batch 256.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from torch import nn
 
-from prunescope import __version__
 from prunescope.compare import Comparison
 from prunescope.curves import Curves
 from prunescope.io import write_csv, write_json
 from prunescope.pick.choose import Choice
-from prunescope.plots import allocation_plot, metric_vs_sparsity_plot
+from prunescope.plots import allocation_plot, curves_plot, metric_vs_sparsity_plot
+from prunescope.results import document
+from prunescope.scan.files import SCAN_FILE
+from prunescope.scan.identity import model_fingerprint
 from prunescope.sweep import SweepResult
+from prunescope.targets import find_targets
 from prunescope.verdict import crossval_clause
-
-SCHEMA = "prunescope.result"
-SCHEMA_VERSION = 2
-
-
-def document(command: str, settings: dict[str, Any], **sections: Any) -> dict[str, Any]:
-    """The top-level result document of one command."""
-    return {
-        "schema": SCHEMA,
-        "version": SCHEMA_VERSION,
-        "command": command,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "prunescope_version": __version__,
-        "settings": settings,
-        **sections,
-    }
 
 
 def sweep_rows(result: SweepResult) -> list[dict[str, Any]]:
@@ -263,3 +250,30 @@ def run_table(doc: dict[str, Any]) -> Table:
     for s in doc["scratch"]:
         add(f"scratch-{s['mode']} ({s['epochs']} ep)", s)
     return table
+
+
+def save_scan(
+    out: Path,
+    curves: Curves,
+    *,
+    model: nn.Module,
+    checkpoint: str | None,
+    model_spec: dict,
+    dataset_spec: dict,
+    settings: dict[str, Any],
+) -> None:
+    """``scan.json`` (the curves, the checkpoint scanned and its fingerprint), ``scan.csv`` and ``plots/curves.png``."""
+    fingerprint = model_fingerprint(model, find_targets(model))
+    doc = document(
+        "scan", settings, model=model_spec, dataset=dataset_spec, checkpoint=checkpoint, fingerprint=fingerprint,
+        curves=curves.to_dict(),
+    )
+    write_json(out / SCAN_FILE, doc)
+    rows = [
+        {"target": name, "sparsity": p.sparsity, curves.metric: p.value, "low": p.low, "high": p.high, "n": p.n,
+         "drop": curves.dense_at(p.n).value - p.value}
+        for name, curve in curves.curves.items()
+        for p in curve.sorted_points()
+    ]
+    write_csv(out / "scan.csv", rows)
+    curves_plot(curves, out / "plots" / "curves.png", tolerance=settings.get("tolerance"))

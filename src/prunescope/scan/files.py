@@ -1,5 +1,7 @@
 """A scan's output directory: ``scan.json`` (curves + where they came from), ``scan.csv``,
-``plots/curves.png`` and the Optuna journal ``study.journal`` that makes the scan resumable."""
+``plots/curves.png`` and the Optuna journal ``study.journal`` that makes the scan resumable.
+
+Read here (:func:`load_scan`); written by :func:`prunescope.report.save_scan` (the output layer)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,6 @@ from torch import nn
 
 from prunescope.curves import Curves
 from prunescope.errors import UsageError
-from prunescope.io import write_csv, write_json
-from prunescope.plots import curves_plot
-from prunescope.report import document
 from prunescope.scan.identity import model_fingerprint
 from prunescope.targets import find_targets
 
@@ -35,32 +34,6 @@ class ScanFile:
         """Refuse to use these curves for another model (other weights or layers)."""
         if model_fingerprint(model, find_targets(model)) != self.fingerprint:
             raise UsageError(f"the scan in {where} belongs to another model; scan this checkpoint first")
-
-
-def save_scan(
-    out: Path,
-    curves: Curves,
-    *,
-    model: nn.Module,
-    checkpoint: str | None,
-    model_spec: dict,
-    dataset_spec: dict,
-    settings: dict[str, Any],
-) -> None:
-    fingerprint = model_fingerprint(model, find_targets(model))
-    doc = document(
-        "scan", settings, model=model_spec, dataset=dataset_spec, checkpoint=checkpoint, fingerprint=fingerprint,
-        curves=curves.to_dict(),
-    )
-    write_json(out / SCAN_FILE, doc)
-    rows = [
-        {"target": name, "sparsity": p.sparsity, curves.metric: p.value, "low": p.low, "high": p.high, "n": p.n,
-         "drop": curves.dense_at(p.n).value - p.value}
-        for name, curve in curves.curves.items()
-        for p in curve.sorted_points()
-    ]
-    write_csv(out / "scan.csv", rows)
-    curves_plot(curves, out / "plots" / "curves.png", tolerance=settings.get("tolerance"))
 
 
 def load_scan(directory: str | Path) -> ScanFile:

@@ -36,6 +36,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from prunescope.errors import UsageError
 from prunescope.measure import count_macs
+from prunescope.models import build_from_spec
 
 Removal = Mapping[str, Sequence[int]]  # group name -> root channel indices to remove
 Index = int | slice | torch.Tensor | tuple
@@ -579,11 +580,29 @@ def pruned_copy(model: nn.Module, input_shape: Sequence[int], removal: Removal) 
     return find_groups(twin, input_shape).prune(removal)
 
 
+def rebuild(spec: dict) -> nn.Module:
+    """The model a :func:`prunescope.models.model_spec` dict describes, dense or structurally pruned.
+
+    A spec with ``"removed_channels"`` (see :func:`pruned_spec`) describes a structurally
+    pruned model: the dense model is built, those channels are removed, and every layer is
+    initialised afresh for its new shape (so that a scratch baseline starts from a proper
+    initialisation; a checkpoint's state dict replaces it).
+    """
+    removal = spec.get("removed_channels")
+    model = build_from_spec({key: value for key, value in spec.items() if key != "removed_channels"})
+    if removal:
+        find_groups(model, spec["input_shape"]).prune(removal)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return model
+
+
 def pruned_spec(spec: dict, groups: ChannelGroups, removal: Removal) -> dict:
     """``spec`` of the model ``groups`` describes, once ``removal`` is removed from it.
 
     The spec records the removed channels as indices of the DENSE model's groups
-    (``"removed_channels"``), so that :func:`prunescope.models.build_from_spec` rebuilds the
+    (``"removed_channels"``), so that :func:`rebuild` rebuilds the
     pruned architecture; removing channels from an already pruned model composes.
     """
     removed = {name: list(idxs) for name, idxs in spec.get("removed_channels", {}).items()}

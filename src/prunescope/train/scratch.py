@@ -27,7 +27,7 @@ from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.masks import applied
 from prunescope.measure import count_macs
-from prunescope.models import build_from_spec
+from prunescope.structured.groups import rebuild
 from prunescope.targets import Target, find_targets
 from prunescope.train.loop import EpochRecord, TrainConfig, TrainResult, train
 
@@ -111,7 +111,7 @@ def train_scratch(
         raise UsageError("a scratch baseline needs the masks of the pruned model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_from_spec(model_spec)
+        model = rebuild(model_spec)
     targets = list(targets) if targets is not None else find_targets(model)
     if dense_macs is None or pruned_macs is None:
         measured_dense, measured_pruned = measure_macs(model, data.input_shape, targets, masks)

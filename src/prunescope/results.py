@@ -1,0 +1,73 @@
+"""The result schema every command writes: one JSON document per command (``result.json``, ``scan.json``,
+``pick.json``), built by :func:`document` and read back by :func:`load_result`.
+
+Its sections are described in ``docs/result-schema.md`` and :mod:`prunescope.report`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prunescope import __version__
+from prunescope.errors import UsageError
+
+SCHEMA = "prunescope.result"
+SCHEMA_VERSION = 2
+RESULT_FILE = "result.json"
+
+
+def document(command: str, settings: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    """The top-level result document of one command."""
+    return {
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "command": command,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "prunescope_version": __version__,
+        "settings": settings,
+        **sections,
+    }
+
+
+def check_result(doc: Any, source: str = "the document") -> None:
+    """Raise a one-line :class:`UsageError` unless ``doc`` is a ``prunescope run`` result of schema v2."""
+    if not isinstance(doc, dict):
+        raise UsageError(f"{source} is not a prunescope run result (a JSON {type(doc).__name__}, not an object); "
+                         "re-run prunescope run")
+    schema, version, command = doc.get("schema"), doc.get("version"), doc.get("command", "run")
+    if schema != SCHEMA or version != SCHEMA_VERSION or command not in ("run", "regimes"):
+        found = f"schema {schema!r} version {version!r}"
+        if command not in ("run", "regimes"):
+            found += f", command {command!r}"
+        raise UsageError(f"{source} is not a prunescope run result ({found}; this prunescope reads "
+                         f"{SCHEMA!r} version {SCHEMA_VERSION}); re-run prunescope run")
+
+
+def load_result(out_dir: str | Path) -> dict[str, Any]:
+    """The checked ``result.json`` of ``out_dir`` (the ``--out`` directory of ``prunescope run``).
+
+    ``out_dir`` may also name the JSON file itself. Missing, unreadable, corrupt or foreign
+    files are one-line :class:`UsageError`\\ s.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        raise UsageError(f"{out_dir} does not exist: give the --out directory of prunescope run")
+    path = out_dir if out_dir.is_file() else out_dir / RESULT_FILE
+    if not path.is_file():
+        raise UsageError(f"no {RESULT_FILE} in {out_dir}: give the --out directory of a finished prunescope run")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text, so not a prunescope run result; re-run prunescope run") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+                         "re-run prunescope run") from None
+    check_result(doc, str(path))
+    return doc
