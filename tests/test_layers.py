@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "prunescope.errors": BASE,
     "prunescope.device": BASE,
     "prunescope.io": BASE,  # atomic writes, used by checkpoints as by reports
+    "prunescope.trust": BASE,  # which factories named in a file may be imported
     "prunescope.data": INPUTS,
     "prunescope.models": INPUTS,
     "prunescope.measure": INPUTS,
@@ -63,7 +64,9 @@ OUTPUTS = ("prunescope.report", "prunescope.html", "prunescope.plots", "prunesco
 def layer(module: str) -> tuple[str, int]:
     """The longest prefix of ``module`` in :data:`LAYERS` and its rank; KeyError for an unplaced module."""
     parts = module.split(".")
-    for end in range(len(parts), 0, -1):
+    if len(parts) == 2 and (parts[1].startswith("cli") or parts[1].endswith("_cli")):
+        return module, WORKFLOW  # a command's own CLI module, registered from cli.py
+    for end in range(len(parts), 1 if len(parts) > 1 else 0, -1):
         prefix = ".".join(parts[:end])
         if prefix in LAYERS:
             return prefix, LAYERS[prefix]
@@ -78,6 +81,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _submodule(name: str) -> str:
+    """``from prunescope import name``: the module ``prunescope.name``, or the package for an attribute."""
+    exists = (PACKAGE / f"{name}.py").is_file() or (PACKAGE / name).is_dir()
+    return f"prunescope.{name}" if exists else "prunescope"
+
+
 def imports() -> list[tuple[str, str, int]]:
     """``(importer, imported, line)`` of every prunescope import in the package, typing-only ones included."""
     found = []
@@ -85,7 +94,7 @@ def imports() -> list[tuple[str, str, int]]:
         importer = _module_name(path)
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("prunescope"):
-                names = [node.module] if node.module != "prunescope" else [f"prunescope.{a.name}" for a in node.names]
+                names = [node.module] if node.module != "prunescope" else [_submodule(a.name) for a in node.names]
                 found += [(importer, name, node.lineno) for name in names]
             elif isinstance(node, ast.Import):
                 found += [(importer, a.name, node.lineno) for a in node.names if a.name.startswith("prunescope")]
