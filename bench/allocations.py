@@ -46,7 +46,7 @@ from prunescope.pick.baselines import allocate
 from prunescope.pick.pickers import ThresholdPicker
 from prunescope.pick.refine import PairwiseRefiner
 from prunescope.scan import scan
-from prunescope.scan.strategy import SCAN_LEVELS_SCONCE
+from prunescope.scan.strategy import SCONCE_LEVELS
 from prunescope.targets import find_targets
 from prunescope.train import TrainConfig, train
 
@@ -81,7 +81,7 @@ def curves_of(name: str, model: torch.nn.Module, data, seed: int, work: Path, su
     if path.exists():
         return Curves.from_dict(json.loads(path.read_text())), 0.0
     start = time.perf_counter()
-    levels = sorted({*SCAN_LEVELS_SCONCE, *HIGH_LEVELS})
+    levels = sorted({*SCONCE_LEVELS, *HIGH_LEVELS})
     curves = scan(model, data, strategy="adaptive", levels=levels, subset=subset, seed=seed)
     seconds = time.perf_counter() - start
     path.write_text(json.dumps(curves.to_dict()))
@@ -264,7 +264,7 @@ def main() -> None:
             "seeds": args.seeds,
             "refine_evaluations": args.refine_evaluations,
             "scan_subset": args.subset,
-            "scan_levels": sorted({*SCAN_LEVELS_SCONCE, *HIGH_LEVELS}),
+            "scan_levels": sorted({*SCONCE_LEVELS, *HIGH_LEVELS}),
             "criterion": "magnitude",
         },
         "runs": [],

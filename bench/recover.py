@@ -56,7 +56,7 @@ from rich.console import Console
 from rich.table import Table
 
 import prunescope
-from prunescope import pipeline
+from prunescope import measure, pipeline
 from prunescope.data import load_dataset
 from prunescope.data.registry import DATA_DIR_ENV
 from prunescope.device import resolve_device
@@ -131,18 +131,18 @@ def _pipeline_options(limit_train: int | None, val_fraction: float):
       one-shot comparison and the per-epoch val all evaluate on it) and ``limit_train`` (a
       stratified, seeded subset of the train split; val and test unchanged). Both are
       recorded in the dataset spec of every checkpoint and of the result.
-    - Latency is measured at batch size 1 only (``LATENCY_BATCHES``): the batch-256
+    - Latency is measured at batch size 1 only (``measure.LATENCY_BATCHES``): the batch-256
       latency is not reported here and costs as much as a test evaluation per model.
     """
     options: dict[str, Any] = {"val_fraction": val_fraction}
     if limit_train is not None:
         options["limit_train"] = limit_train
-    saved = pipeline.load_dataset, pipeline.LATENCY_BATCHES
-    pipeline.load_dataset, pipeline.LATENCY_BATCHES = partial(load_dataset, **options), (1,)
+    saved = pipeline.load_dataset, measure.LATENCY_BATCHES
+    pipeline.load_dataset, measure.LATENCY_BATCHES = partial(load_dataset, **options), (1,)
     try:
         yield
     finally:
-        pipeline.load_dataset, pipeline.LATENCY_BATCHES = saved
+        pipeline.load_dataset, measure.LATENCY_BATCHES = saved
 
 
 class Progress:

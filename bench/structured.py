@@ -72,7 +72,7 @@ from prunescope.data.types import Dataset, Split
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
-from prunescope.measure import count_macs, measure_latency
+from prunescope.measure import LATENCY_BATCHES, count_macs, measure_latency
 from prunescope.models import build_model, model_spec
 from prunescope.pick.budget import BudgetPicker
 from prunescope.scan import scan
@@ -85,7 +85,6 @@ from prunescope.train import TrainConfig, train
 MODELS = ("resnet56", "vgg")
 REDUCTIONS = (2, 3)  # target MACs = dense MACs / reduction
 METHODS = ("ours", "uniform", "global")
-LATENCY_BATCHES = (1, 256)
 GOAL_RATIO = 0.7  # the issue: speed-up >= 0.7 x MAC reduction at batch 256 on the GPU
 CRITERION = "l2"
 PAD = (2, 2, 2, 2)  # 28x28 -> 32x32

@@ -19,7 +19,7 @@ from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import applied, compute_masks
-from prunescope.scan import SCAN_LEVELS_SCONCE, STRATEGIES, auto_subset, scan
+from prunescope.scan import SCONCE_LEVELS, STRATEGIES, auto_subset, scan
 from prunescope.scan.evaluation import ModelEvaluation, WeightPruning
 from prunescope.scan.executors import InProcess
 from prunescope.scan.runner import Ladder, Runner, ScanOutcome, paired_drop_interval
@@ -128,11 +128,11 @@ def highest_within(points, dense: float, tolerance: float) -> float:
 
 
 def test_sconce_levels_and_strategies():
-    assert tuple(round(x / 100, 2) for x in range(10, 100, 5)) == SCAN_LEVELS_SCONCE
-    assert len(SCAN_LEVELS_SCONCE) == 18
+    assert tuple(round(x / 100, 2) for x in range(10, 100, 5)) == SCONCE_LEVELS
+    assert len(SCONCE_LEVELS) == 18
     assert set(STRATEGIES) == {"grid", "adaptive"}
-    assert Grid().ask({}) == list(SCAN_LEVELS_SCONCE)
-    assert Grid().ask(dict.fromkeys(SCAN_LEVELS_SCONCE, 0.0)) == []
+    assert Grid().ask({}) == list(SCONCE_LEVELS)
+    assert Grid().ask(dict.fromkeys(SCONCE_LEVELS, 0.0)) == []
 
 
 def test_adaptive_brackets_a_monotone_crossing_with_few_points():
@@ -142,7 +142,7 @@ def test_adaptive_brackets_a_monotone_crossing_with_few_points():
     [(a, b)] = crossings(points, 0.9, 0.01)
     assert a <= 0.74 < b and b - a <= 0.01 + 1e-9
     assert a == highest_within(points, 0.9, 0.01)
-    assert outcome.evaluations <= 13 < len(SCAN_LEVELS_SCONCE)  # 5 coarse + 5 bisections + bend + dense
+    assert outcome.evaluations <= 13 < len(SCONCE_LEVELS)  # 5 coarse + 5 bisections + bend + dense
 
 
 def test_adaptive_probes_between_a_violation_and_a_later_recovery():
@@ -196,7 +196,7 @@ def test_adaptive_stops_bisecting_where_both_ends_are_within_noise():
     assert 0.85 in Adaptive(0.005).ask(drops)
     assert 0.85 in Adaptive(0.005).ask(drops, unresolved={0.9})  # one end decided: the crossing can be narrowed
     assert 0.85 not in Adaptive(0.005).ask(drops, unresolved={0.8, 0.9})
-    assert Grid().ask({}, unresolved={0.5}) == list(SCAN_LEVELS_SCONCE)
+    assert Grid().ask({}, unresolved={0.5}) == list(SCONCE_LEVELS)
 
 
 def test_subset_grows_straight_to_the_size_that_decides():
@@ -292,7 +292,7 @@ def test_grid_scan_has_the_sconce_levels_and_matches_independent_evaluations(tra
     assert list(curves.curves) == [t.name for t in targets]
     for target in targets:
         curve = curves.curves[target.name]
-        assert [p.sparsity for p in curve.points] == list(SCAN_LEVELS_SCONCE)
+        assert [p.sparsity for p in curve.points] == list(SCONCE_LEVELS)
         assert curve.numel == target.numel and curve.macs > 0
         assert all(p.n == 600 for p in curve.points)
     assert curves.evaluations == 18 * len(targets) + 1 and curves.reused == 0

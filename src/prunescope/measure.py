@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 
+LATENCY_BATCHES = (1, 256)  # batch sizes every report times: one sample, and a throughput batch
 _ORIG_SUFFIX = "_orig"
 _MASK_SUFFIX = "_mask"
 

@@ -56,8 +56,6 @@ from prunescope.verdict import crossval_clause, layer_sentences, method_sentence
 Progress = Callable[[str, int, int | None], None]
 """``progress(stage, done, total)``; total None while unknown."""
 
-LATENCY_BATCHES = (1, 256)
-
 
 def train_model(
     data: Dataset,
@@ -204,7 +202,7 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
         return {"val": Evaluator(model_, data.val, device=config.device).evaluate().to_dict(),
                 "test": Evaluator(model_, data.test, device=config.device).evaluate().to_dict(),
                 "measure": measure.measure_all(model_, data.input_shape, device=config.device,
-                                               batch_sizes=LATENCY_BATCHES)}
+                                               batch_sizes=measure.LATENCY_BATCHES)}
 
     trained = [m for m in methods if "model" in m] + scratch
     evaluated = stages.get("test", {"models": [str(out / "model.pt")] + [_fingerprint(m["model"]) for m in trained]},

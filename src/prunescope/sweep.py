@@ -25,8 +25,6 @@ from prunescope.scan.evaluation import WeightPruning
 from prunescope.targets import Target, find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
 
-LATENCY_BATCHES = (1, 256)
-
 
 @dataclass(frozen=True)
 class SweepPoint:
@@ -117,7 +115,7 @@ def sweep(
                 allocation=per_target,
                 metrics=evaluator.evaluate(),
                 measure=measure.measure_all(model, data.input_shape, device=evaluator.device,
-                                            batch_sizes=LATENCY_BATCHES, repeats=latency_repeats),
+                                            batch_sizes=measure.LATENCY_BATCHES, repeats=latency_repeats),
             )
         points.append(point)
         if on_point is not None:

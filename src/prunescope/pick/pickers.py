@@ -37,8 +37,8 @@ from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity
 from prunescope.pick.allocator import ReadsCurves
+from prunescope.scan.strategy import SCONCE_LEVELS
 
-SCONCE_LEVELS = tuple(round(0.95 - 0.05 * i, 2) for i in range(18))  # 0.95, 0.90, …, 0.10
 SAME_LEVEL = 1e-9  # two sparsities closer than this are the same level
 
 
@@ -144,7 +144,7 @@ class ThresholdPicker(ReadsCurves):
     @classmethod
     def sconce(cls, degradation: float = 0.012) -> ThresholdPicker:
         """sconce's ``auto_sensitivity_picker``: first level from 0.95 down with |dense - acc| <= degradation / 3."""
-        return cls(max_drop=degradation / 3, absolute=True, levels=SCONCE_LEVELS, name="sconce")
+        return cls(max_drop=degradation / 3, absolute=True, levels=SCONCE_LEVELS[::-1], name="sconce")  # from 0.95 down
 
     def judged_drop(self, point: CurvePoint, dense: float) -> float:
         """The drop this rule compares with ``max_drop``; ``dense`` is the dense metric on the point's scale."""

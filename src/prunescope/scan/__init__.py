@@ -30,14 +30,14 @@ from prunescope.scan.evaluation import ModelEvaluation, WeightPruning, example_r
 from prunescope.scan.executors import executor
 from prunescope.scan.identity import data_fingerprint, model_fingerprint
 from prunescope.scan.runner import Ladder, Runner
-from prunescope.scan.strategy import SCAN_LEVELS_SCONCE, STRATEGIES, make_planner
+from prunescope.scan.strategy import SCONCE_LEVELS, STRATEGIES, make_planner
 from prunescope.scan.study import DENSE, StudySpec, quiet_optuna
 from prunescope.structured.groups import find_groups
 from prunescope.structured.importance import group_scores
 from prunescope.structured.pruning import ChannelPruning, masking_error
 from prunescope.targets import find_targets
 
-__all__ = ["GRANULARITIES", "SCAN_LEVELS_SCONCE", "SCAN_METRICS", "STRATEGIES", "auto_subset", "scan"]
+__all__ = ["GRANULARITIES", "SCAN_METRICS", "SCONCE_LEVELS", "STRATEGIES", "auto_subset", "scan"]
 
 SCAN_METRICS = ("accuracy", "macro_f1")  # higher is better, as curves and pickers assume
 GRANULARITIES = ("weight", "channel")

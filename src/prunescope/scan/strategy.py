@@ -23,7 +23,7 @@ from typing import Protocol
 
 from prunescope.errors import UsageError
 
-SCAN_LEVELS_SCONCE: tuple[float, ...] = tuple(round(0.10 + 0.05 * i, 2) for i in range(18))  # 0.10, …, 0.95
+SCONCE_LEVELS: tuple[float, ...] = tuple(round(0.10 + 0.05 * i, 2) for i in range(18))  # 0.10, …, 0.95
 COARSE_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98)
 BEYOND_LEVELS: tuple[float, ...] = (0.99, 0.995, 0.999)  # probed above 0.98 while a curve has not collapsed
 BEYOND_REACH = 10.0  # ... that is, while its drop is at most 10 × tolerance (5 points for half a point)
@@ -64,7 +64,7 @@ def within(drop: float, tolerance: float) -> bool:
 class Grid:
     """Every level of a fixed grid, all at once."""
 
-    levels: tuple[float, ...] = SCAN_LEVELS_SCONCE
+    levels: tuple[float, ...] = SCONCE_LEVELS
 
     def ask(self, drops: Mapping[float, float], unresolved: Collection[float] = ()) -> list[float]:
         return [s for s in self.levels if s not in drops]
@@ -141,7 +141,7 @@ class Adaptive:
 PlannerFactory = Callable[[Sequence[float] | None, float], Planner]
 
 STRATEGIES: dict[str, PlannerFactory] = {
-    "grid": lambda levels, tolerance: Grid(check_levels(levels) if levels is not None else SCAN_LEVELS_SCONCE),
+    "grid": lambda levels, tolerance: Grid(check_levels(levels) if levels is not None else SCONCE_LEVELS),
     "adaptive": lambda levels, tolerance: Adaptive(
         tolerance, check_levels(levels) if levels is not None else COARSE_LEVELS
     ),
