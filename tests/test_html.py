@@ -342,3 +342,12 @@ def test_chromium_renders_the_page(tmp_path: Path, hostile_html: str) -> None:
     assert len(colours) > 20  # text, table bands, plots: far from a blank page
     non_white = (rgb < 240).any(axis=1).mean()
     assert 0.02 < non_white < 0.9
+
+
+def test_templates_ship_as_package_data() -> None:
+    """The page comes from the package's own template files (declared in pyproject's package-data)."""
+    from importlib.resources import files
+
+    templates = files("prunescope") / "templates"
+    assert {"report.html.j2", "report.css"} <= {entry.name for entry in templates.iterdir()}
+    assert (templates / "report.css").read_text(encoding="utf-8").strip() in render_html(result_doc())

@@ -2,8 +2,10 @@
 
 The page embeds its plots as base64 PNG ``data:`` URIs and its CSS inline; it has no
 JavaScript and references nothing outside itself (a Content-Security-Policy forbids it
-too), so it can be mailed, archived or printed as one file. Every string that comes from
-the document (layer names, settings, model names, verdict text) is HTML-escaped.
+too), so it can be mailed, archived or printed as one file. The page is a Jinja2 template
+(``templates/report.html.j2``, its CSS ``templates/report.css``) with autoescaping: every
+string that comes from the document (layer names, settings, model names, verdict text) is
+HTML-escaped. The sections below prepare plain data (:class:`Table`, :class:`Note`…) for it.
 
 Like :mod:`prunescope.report` this renders; it computes nothing beyond differences of the
 numbers it shows. Each section appears only when its data is in the document.
@@ -15,11 +17,12 @@ import base64
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from html import escape
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import jinja2
 import matplotlib
 from matplotlib.figure import Figure
 
@@ -47,17 +50,6 @@ def write_html(out_dir: str | Path, doc: dict[str, Any]) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Formatting
-
-
-class Markup(str):
-    """HTML that is already safe: built here from escaped parts, never from document text."""
-
-
-def _e(value: Any) -> Markup:
-    """``value`` as escaped HTML text (Markup passes through)."""
-    if isinstance(value, Markup):
-        return value
-    return Markup(escape(str(value), quote=True))
 
 
 def _number(value: Any) -> float | None:
@@ -131,15 +123,12 @@ def _ci(metrics: Any) -> tuple[float, float] | None:
     return None
 
 
-def _acc_ci(metrics: Any) -> Markup:
+def _acc_ci(metrics: Any) -> Cell:
     """Accuracy with its 95% interval underneath, small."""
     accuracy, ci = _accuracy(metrics), _ci(metrics)
     if accuracy is None:
-        return _e("–")
-    text = _e(_pct(accuracy))
-    if ci is not None:
-        text = Markup(f'{text} <span class="ci">{_e(_pct(ci[0], 1))}–{_e(_pct(ci[1], 1))}</span>')
-    return text
+        return Cell("–")
+    return Cell(_pct(accuracy), None if ci is None else f"{_pct(ci[0], 1)}–{_pct(ci[1], 1)}")
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -156,58 +145,117 @@ def _latency(measure: Mapping[str, Any], batch: str = "1") -> Mapping[str, Any]:
 # HTML pieces
 
 
+@dataclass(frozen=True)
+class Cell:
+    """A table cell: its text, optionally a 95% interval shown small beneath it, or emphasised."""
+
+    text: str
+    ci: str | None = None
+    em: bool = False
+
+
+def _cell(value: Any) -> Cell:
+    return value if isinstance(value, Cell) else Cell(str(value))
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of cells under headers; the first ``left`` columns are text (left-aligned), the others numbers, and
+    the first cell of a row is its header."""
+
+    headers: list[str]
+    rows: list[list[Cell]]
+    caption: str | None = None
+    left: int = 1
+    css: str = ""
+    kind: ClassVar[str] = "table"
+
+
+@dataclass(frozen=True)
+class Note:
+    text: str
+    kind: ClassVar[str] = "note"
+
+
+@dataclass(frozen=True)
+class Error:
+    """What could not be shown, and why, in red."""
+
+    text: str
+    kind: ClassVar[str] = "error"
+
+
+@dataclass(frozen=True)
+class Items:
+    """A list of sentences (``css``: ``plain``, or ``verdict`` for the highlighted box)."""
+
+    items: list[str]
+    css: str = "plain"
+    kind: ClassVar[str] = "items"
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A plot as base64 PNG data, with its alt text and an optional caption."""
+
+    png: str
+    alt: str
+    caption: str | None = None
+    kind: ClassVar[str] = "figure"
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Parts side by side."""
+
+    parts: list[Any]
+    kind: ClassVar[str] = "columns"
+
+
 def _table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], *, caption: Any = None,
-           left: int = 1, css: str = "") -> Markup:
-    """A table; the first ``left`` columns are text (left-aligned), the others numbers."""
-    parts = [f'<table class="{_e(css)}">' if css else "<table>"]
-    if caption is not None:
-        parts.append(f"<caption>{_e(caption)}</caption>")
-    parts.append("<thead><tr>" + "".join(
-        f'<th scope="col"{"" if i < left else " class=num"}>{_e(h)}</th>' for i, h in enumerate(headers)
-    ) + "</tr></thead><tbody>")
-    for row in rows:
-        cells = []
-        for i, cell in enumerate(row):
-            if i == 0:
-                cells.append(f'<th scope="row">{_e(cell)}</th>')
-            else:
-                cells.append(f"<td{'' if i < left else ' class=num'}>{_e(cell)}</td>")
-        parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</tbody></table>")
-    return Markup("".join(parts))
+           left: int = 1, css: str = "") -> Table:
+    return Table([str(h) for h in headers], [[_cell(c) for c in row] for row in rows],
+                 None if caption is None else str(caption), left, css)
 
 
-def _note(text: Any) -> Markup:
-    return Markup(f'<p class="note">{_e(text)}</p>')
+def _note(text: Any) -> Note:
+    return Note(str(text))
 
 
-def _figure(build: Callable[[], Figure], alt: str, caption: Any = None) -> Markup:
+def _figure(build: Callable[[], Figure], alt: str, caption: Any = None) -> Picture | Error:
     """A plot embedded as a base64 PNG; a plot that fails becomes a visible note, not a failed page."""
     try:
         # Document strings (layer names) are drawn as they are: a "$" starts no mathtext.
         with matplotlib.rc_context({"text.parse_math": False}):
             png = png_bytes(build())
     except Exception as error:  # one plot must not take the whole report down
-        return Markup(f'<p class="section-error">plot not drawn: {_e(type(error).__name__)}: {_e(error)}</p>')
-    data = base64.b64encode(png).decode("ascii")
-    figcaption = f"<figcaption>{_e(caption)}</figcaption>" if caption is not None else ""
-    return Markup(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">{figcaption}</figure>')
+        return Error(f"plot not drawn: {type(error).__name__}: {error}")
+    return Picture(base64.b64encode(png).decode("ascii"), alt, None if caption is None else str(caption))
 
 
 @dataclass
 class _Section:
+    """A section: the template draws ``lead`` (the notes and the first table or plot, kept on one printed page
+    with the heading), then ``rest``."""
+
     anchor: str
     title: str
-    parts: list[Markup]
+    parts: list[Any] = field(default_factory=list)
 
-    def html(self) -> str:
-        # The heading, its notes and the first table or plot stay on one printed page.
-        lead = 0
-        while lead < len(self.parts) and self.parts[lead].startswith('<p class="note">'):
-            lead += 1
-        head, rest = self.parts[: lead + 1], self.parts[lead + 1 :]
-        return (f'<section id="{_e(self.anchor)}"><div class="keep"><h2>{_e(self.title)}</h2>{"".join(head)}</div>'
-                f'{"".join(rest)}</section>')
+    @property
+    def _leading(self) -> int:
+        count = 0
+        while count < len(self.parts) and isinstance(self.parts[count], Note):
+            count += 1
+        return count + 1
+
+    @property
+    def lead(self) -> list[Any]:
+        return self.parts[: self._leading]
+
+    @property
+    def rest(self) -> list[Any]:
+        return self.parts[self._leading :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,8 +276,7 @@ def _verdict(doc: Mapping[str, Any]) -> _Section | None:
     if not verdict:
         return None
     items = [verdict] if isinstance(verdict, str) else list(verdict)
-    body = Markup('<ul class="verdict">' + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul>")
-    return _Section("verdict", "Verdict", [body])
+    return _Section("verdict", "Verdict", [Items([str(item) for item in items], "verdict")])
 
 
 def _settings(doc: Mapping[str, Any]) -> _Section | None:
@@ -242,7 +289,7 @@ def _settings(doc: Mapping[str, Any]) -> _Section | None:
                                 css="settings"))
     if not parts:
         return None
-    return _Section("settings", "Run settings", [Markup('<div class="side-by-side">' + "".join(parts) + "</div>")])
+    return _Section("settings", "Run settings", [Columns(parts)])
 
 
 def _measure_rows(measure: Mapping[str, Any], dense: bool) -> list[tuple[str, str]]:
@@ -280,7 +327,7 @@ def _dense(doc: Mapping[str, Any]) -> _Section | None:
     if isinstance(measure, Mapping):
         parts.append(_table(("measurement", "value"), _measure_rows(measure, dense=True),
                             caption="size and speed of the dense model", left=1, css="settings"))
-    parts = [Markup('<div class="side-by-side">' + "".join(parts) + "</div>")] if parts else []
+    parts = [Columns(parts)] if parts else []
     history = dense.get("history")
     if isinstance(history, list) and history:
         seconds = sum(_number(r.get("seconds")) or 0.0 for r in history if isinstance(r, Mapping))
@@ -353,7 +400,7 @@ def _allocation(doc: Mapping[str, Any]) -> _Section | None:
         parts.append(_note(text + crossval_clause(crossval if isinstance(crossval, Mapping) else None) + "."))
     parts.append(_figure(lambda: allocation_figure(allocations, title), "per-layer sparsity of each method"))
     rows = [(t, *(_pct(allocations[n][t], 1) for n in names)) for t in targets]
-    rows.append((Markup("<em>overall</em>"), *(_pct(m.get("sparsity"), 1) for m in methods)))
+    rows.append((Cell("overall", em=True), *(_pct(m.get("sparsity"), 1) for m in methods)))
     parts.append(_table(("layer", *names), rows, caption="sparsity of each layer (share of its weights set to zero)"))
     return _Section("allocation", "Chosen allocation per method", parts)
 
@@ -384,7 +431,7 @@ def _before_after(doc: Mapping[str, Any]) -> _Section | None:
 
     rows = []
     if dense:
-        rows.append(row(Markup("<em>dense</em>"), 0.0, "–", dense, True))
+        rows.append(row(Cell("dense", em=True), 0.0, "–", dense, True))
     failed = []
     for m in methods:
         if not _ok(m):
@@ -401,8 +448,7 @@ def _before_after(doc: Mapping[str, Any]) -> _Section | None:
                            + (f", test {_pct(dense_test)}." if dense_test is not None else ".")))
     parts.append(_table(headers, rows, caption="before (dense) and after pruning and fine-tuning", css="wide"))
     for m in failed:
-        parts.append(Markup(f'<p class="section-error">{_e(m.get("method", "?"))} did not reach '
-                            f'{_e(_pct(m.get("sparsity"), 1))}: {_e(m.get("error"))}</p>'))
+        parts.append(Error(f'{m.get("method", "?")} did not reach {_pct(m.get("sparsity"), 1)}: {m.get("error")}'))
     return _Section("before-after", "Before and after, per method", parts)
 
 
@@ -534,7 +580,7 @@ def _scratch(doc: Mapping[str, Any]) -> _Section | None:
             label = f"scratch-{mode}"
             series[label] = _epoch_series(s.get("history"))
             dashed.append(label)
-    parts = [Markup('<ul class="plain">' + "".join(f"<li>{_e(s)}</li>" for s in sentences) + "</ul>"),
+    parts = [Items(sentences),
              _table(("model", "epochs", "val acc. (95% CI)", "test acc. (95% CI)",
                      "fine-tuned minus scratch, val (pts)", "fine-tuned minus scratch, test (pts)"), rows,
                     caption="fine-tuning the pruned network vs training the same sparse network from scratch"),
@@ -573,7 +619,7 @@ def _regimes(doc: Mapping[str, Any]) -> _Section | None:
     items = [f"density {a['density']:g}: rule {' → '.join(f'{t:g}' for t in a['walk'])} stops at {a['chosen']:g} "
              f"({_pct(a['chosen_error'])}); measured best {a['best']:g} ({_pct(a['best_error'])})"
              for a in study["advice"]]
-    parts.append(Markup('<ul class="verdict">' + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"))
+    parts.append(Items(items, "verdict"))
     return _Section("regimes", "Three regimes", parts)
 
 
@@ -584,69 +630,17 @@ SECTIONS = (_verdict, _settings, _dense, _sensitivity, _allocation, _before_afte
 # ---------------------------------------------------------------------------------------------
 # The page
 
-_CSS = """
-:root { color-scheme: light; --ink: #1d232b; --muted: #5b6573; --rule: #d6dbe1; --band: #f4f6f8;
-        --accent: #2b5d8a; --bad: #a33a2c; }
-* { box-sizing: border-box; }
-html { font-size: 15px; }
-body { margin: 0 auto; max-width: 1180px; padding: 1.5rem 2rem 3rem; color: var(--ink); background: #fff;
-       font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "Noto Sans",
-                    "DejaVu Sans", sans-serif; line-height: 1.45; }
-header { border-bottom: 2px solid var(--accent); margin-bottom: 1rem; padding-bottom: .6rem; }
-h1 { font-size: 1.6rem; margin: 0 0 .2rem; }
-h2 { font-size: 1.25rem; margin: 2rem 0 .6rem; padding-bottom: .2rem; border-bottom: 1px solid var(--rule);
-     color: var(--accent); }
-.meta { color: var(--muted); margin: 0; }
-nav { margin: .6rem 0 0; font-size: .9rem; display: flex; flex-wrap: wrap; gap: .2rem .9rem; }
-nav a { color: var(--accent); text-decoration: none; white-space: nowrap; }
-nav a:hover { text-decoration: underline; }
-ul.verdict { margin: 0; padding: .7rem 1rem .7rem 2.2rem; background: #eef4fa; border-left: 4px solid var(--accent);
-             font-size: 1.05rem; }
-ul.verdict li { margin: .25rem 0; }
-ul.plain li { margin: .3rem 0; }
-.note { color: var(--muted); margin: .4rem 0; font-size: .92rem; max-width: 60rem; }
-.section-error { color: var(--bad); font-weight: 600; }
-table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .88rem; }
-caption { caption-side: top; text-align: left; font-weight: 600; padding: 0 0 .3rem; }
-th, td { border-bottom: 1px solid var(--rule); padding: .28rem .55rem; vertical-align: top; }
-thead th { border-bottom: 2px solid var(--ink); text-align: left; vertical-align: bottom; font-weight: 600; }
-tbody th { text-align: left; font-weight: 600; }
-tbody tr:nth-child(even) { background: var(--band); }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.wide { width: 100%; }
-table.wide td.num { white-space: nowrap; }
-table.settings td { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "DejaVu Sans Mono", monospace;
-                    font-size: .85rem; word-break: break-word; }
-.side-by-side { display: flex; flex-wrap: wrap; gap: 0 2.5rem; align-items: flex-start; }
-.ci { display: block; color: var(--muted); font-size: .78rem; }
-th, td { overflow-wrap: break-word; }
-table.wide tbody th { white-space: nowrap; }
-figure { margin: .8rem 0 1.2rem; }
-figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--rule); }
-figcaption { color: var(--muted); font-size: .88rem; margin-top: .3rem; }
-footer { margin-top: 2.5rem; padding-top: .6rem; border-top: 1px solid var(--rule); color: var(--muted);
-         font-size: .85rem; }
-@media print {
-  @page { size: A4; margin: 14mm 12mm; }
-  html { font-size: 11px; }
-  body { max-width: none; padding: 0; }
-  nav { display: none; }
-  h2 { break-after: avoid; page-break-after: avoid; }
-  table, figure, ul.verdict, .keep { break-inside: avoid; page-break-inside: avoid; }
-  tbody tr:nth-child(even) { background: none; }
-  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-}
-"""
-
-# No script, no network: everything the page shows is inside it.
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+@cache
+def _templates() -> jinja2.Environment:
+    """The report's templates, package data of prunescope, every value autoescaped."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("prunescope", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined)
 
 
 def _error_section(render: Callable, error: Exception) -> _Section:
     name = render.__name__.strip("_").replace("_", " ")
     return _Section(f"error-{render.__name__.strip('_')}", f"{name} (not rendered)",
-                    [Markup(f'<p class="section-error">This part of the result could not be shown: '
-                           f"{_e(type(error).__name__)}: {_e(error)}</p>")])
+                    [Error(f"This part of the result could not be shown: {type(error).__name__}: {error}")])
 
 
 def render_html(doc: dict[str, Any]) -> str:
@@ -670,19 +664,7 @@ def render_html(doc: dict[str, Any]) -> str:
     meta = [f"pruned to {sparsity:.0%} of the weights" if sparsity is not None else None,
             f"created {doc['created']}" if doc.get("created") else None,
             f"prunescope {doc['prunescope_version']}" if doc.get("prunescope_version") else None]
-    nav = "".join(f'<a href="#{_e(s.anchor)}">{_e(s.title)}</a>' for s in sections)
-    body = "".join(section.html() for section in sections)
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="generator" content="prunescope">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>"
-        f'<header><h1>{_e(title)}</h1><p class="meta">{_e(" · ".join(m for m in meta if m))}</p>'
-        f"<nav>{nav}</nav></header>\n<main>{body}</main>\n"
-        f"<footer>Rendered by prunescope from {_e(RESULT_FILE)} (schema {_e(SCHEMA)} v{SCHEMA_VERSION}). "
-        "Accuracies are fractions of the examples classified correctly, shown in percent; intervals are 95%; "
-        "pts are accuracy points.</footer>\n"
-        "</body></html>\n"
+    return _templates().get_template("report.html.j2").render(
+        title=title, meta=" · ".join(m for m in meta if m), sections=sections, result_file=RESULT_FILE, schema=SCHEMA,
+        version=SCHEMA_VERSION,
     )
