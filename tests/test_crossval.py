@@ -12,9 +12,10 @@ from prunescope.curves import Curves
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator, paired_drop, subset_indices
-from prunescope.pick.choose import build_picker, choose
+from prunescope.pick.choose import choose
 from prunescope.pick.crossval import cross_validate, thresholds_for, val_folds, with_threshold
 from prunescope.pick.pickers import ThresholdPicker
+from prunescope.pick.registry import make_allocator
 from prunescope.pick.verify import ExampleEvaluator
 from prunescope.scan import scan
 from prunescope.scan.evaluation import ModelEvaluation, WeightPruning
@@ -113,15 +114,15 @@ def test_a_journal_without_per_example_results_resumes_but_refuses_cross_validat
     assert calls == []  # nothing evaluated again
     assert resumed.per_example.missing == 2 * len(resumed.curves)
     with pytest.raises(UsageError, match=r"older prunescope.*--folds 0"):
-        choose(resumed, build_picker("threshold"), model, data, device="cpu", folds=3)
-    assert choose(resumed, build_picker("threshold"), model, data, device="cpu", folds=0).crossval is None
+        choose(resumed, make_allocator("threshold"), model, data, device="cpu", folds=3)
+    assert choose(resumed, make_allocator("threshold"), model, data, device="cpu", folds=0).crossval is None
 
 
 def test_held_out_drop_is_measured_on_examples_the_pick_never_saw(trained, scanned):
     model, data = trained
     curves, _ = scanned
     labels = data.val.y.numpy()
-    picker = build_picker("ensemble", max_drop=0.01)
+    picker = make_allocator("ensemble", max_drop=0.01)
     cv = cross_validate(curves, picker, ExampleEvaluator(_pruning(model), data.val, device="cpu"), labels,
                         bound=0.01, k=3, seed=1)
     for candidate in cv.candidates:
@@ -165,14 +166,14 @@ def test_held_out_drop_is_measured_on_examples_the_pick_never_saw(trained, scann
 def test_the_threshold_chosen_is_the_largest_whose_held_out_drop_holds(trained, scanned):
     model, data = trained
     curves, _ = scanned
-    choice = choose(curves, build_picker("ensemble", max_drop=0.01), model, data, max_drop=0.01, device="cpu",
+    choice = choose(curves, make_allocator("ensemble", max_drop=0.01), model, data, max_drop=0.01, device="cpu",
                     folds=3, seed=1)
     cv = choice.crossval
-    assert [c.threshold for c in cv.candidates] == thresholds_for(build_picker("ensemble"), 0.01)
+    assert [c.threshold for c in cv.candidates] == thresholds_for(make_allocator("ensemble"), 0.01)
     holding = [c.threshold for c in cv.candidates if c.held_out[0] <= 0.01]
     assert cv.chosen.threshold == (max(holding) if holding else cv.candidates[0].threshold)
     # The pick on the whole of val is the picker at that threshold.
-    tuned = with_threshold(build_picker("ensemble", max_drop=0.01), cv.chosen.threshold)
+    tuned = with_threshold(make_allocator("ensemble", max_drop=0.01), cv.chosen.threshold)
     assert choice.pick.allocation == tuned.pick(curves).allocation
     doc = choice.to_dict()["crossval"]
     assert doc["threshold"] == cv.chosen.threshold and doc["k"] == 3
@@ -197,13 +198,13 @@ def test_example_evaluator_evaluates_each_example_of_an_allocation_once(trained,
 def test_budget_picks_are_cross_validated_as_they_are(trained, scanned):
     model, data = trained
     curves, _ = scanned
-    choice = choose(curves, build_picker("budget", target_sparsity=0.5), model, data, device="cpu", folds=3)
+    choice = choose(curves, make_allocator("budget", target_sparsity=0.5), model, data, device="cpu", folds=3)
     assert [c.threshold for c in choice.crossval.candidates] == [None]
     assert choice.to_dict()["crossval"]["bound"] is None
 
 
 def test_with_threshold_and_bad_folds(trained):
-    ensemble = with_threshold(build_picker("ensemble", max_drop=0.005), 0.02)
+    ensemble = with_threshold(make_allocator("ensemble", max_drop=0.005), 0.02)
     assert [getattr(m, "max_drop", getattr(m, "fallback_max_drop", None)) for m in ensemble.members] == [0.02, 0.02]
     assert with_threshold(ThresholdPicker.sconce(), 0.01).levels is not None  # a preset keeps its rule
     _, data = trained
