@@ -166,3 +166,40 @@ def test_a_family_of_different_architectures_is_refused(tmp_path):
         check_family([(tmp_path / "a.pt", mlp, data), (tmp_path / "b.pt", cnn, data)])
     with pytest.raises(UsageError, match="at least two"):
         check_family([(tmp_path / "a.pt", mlp, data)])
+
+
+def test_select_cli_refuses_a_family_of_two_architectures(cli, tmp_path):
+    from prunescope.data import load_dataset
+    from prunescope.models import build_model, model_spec
+    from prunescope.train import TrainConfig, train
+
+    data = load_dataset("digits", limit_train=100)
+    paths = []
+    for hidden in ([16], [32]):
+        path = tmp_path / f"h{hidden[0]}.pt"
+        model = build_model("mlp", data.input_shape, data.num_classes, hidden=hidden)
+        train(model, data, TrainConfig(epochs=1), device="cpu", checkpoint=path,
+              model_spec=model_spec("mlp", data.input_shape, data.num_classes, hidden=hidden))
+        paths.append(str(path))
+    out = tmp_path / "out"
+    code, _, err = cli("regimes", "select", "--checkpoints", *paths, "--density", "0.1", "--out", str(out))
+    assert code == 2 and "different architectures" in err and "\n" not in err.strip()
+    code, _, err = cli("regimes", "select", "--checkpoints", *paths, "--density", "1.5", "--out", str(out))
+    assert code == 2 and "outside (0, 1]" in err
+    assert not out.exists()
+
+
+@pytest.mark.slow  # spawns two processes that import torch: minutes on a loaded 2-core machine
+def test_two_workers_share_the_jobs_and_run_each_once(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    settings = RegimeSettings(**(TINY | {"densities": (0.5,)}))
+    summary = study(settings, tmp_path, workers=2)
+    assert len(summary["cells"]) == 2
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
+    trials = optuna.load_study(study_name="regimes", storage=storage).get_trials(states=(TrialState.COMPLETE,))
+    keys = [t.params["job"] for t in trials]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 4

@@ -85,6 +85,7 @@ class RegimeSettings:
     data: str = "digits"
     data_dir: str | None = None
     limit_train: int | None = None
+    val_fraction: float = 0.1
     temperature: str = "epochs"
     values: tuple[float, ...] = (1, 3, 10, 30)
     densities: tuple[float, ...] = (0.02, 0.05, 0.1, 0.3)
@@ -99,6 +100,7 @@ class RegimeSettings:
     criterion: str = "magnitude"
     pairing: str = "one-mask"
     points: int = MIN_POINTS
+    bn_batches: int = 20
     scratch: bool = False
     seed: int = 0
     device: str = "cpu"
@@ -160,6 +162,8 @@ def check(settings: RegimeSettings) -> None:
     if s.temperature in ("lr", "sam-rho") and any(not v >= 0 or (s.temperature == "lr" and v == 0)
                                                   for v in s.values):
         raise UsageError(f"--values of {s.temperature} must be positive numbers, got {list(s.values)}")
+    if s.bn_batches < 1:
+        raise UsageError(f"--bn-batches {s.bn_batches}: BatchNorm recomputation needs at least one batch")
     if s.points < MIN_POINTS:
         raise UsageError(f"--points {s.points}: the line needs at least {MIN_POINTS} points")
     for value in s.values:  # every TrainConfig the study will build, checked before any work
@@ -182,7 +186,8 @@ def _parse(key: str) -> tuple[str, dict[str, float]]:
 @functools.cache
 def dataset_of(settings: RegimeSettings) -> Dataset:
     options = {"limit_train": settings.limit_train} if settings.limit_train else {}
-    return load_dataset(settings.data, data_dir=settings.data_dir, seed=settings.seed, **options)
+    return load_dataset(settings.data, data_dir=settings.data_dir, val_fraction=settings.val_fraction,
+                        seed=settings.seed, **options)
 
 
 def _dense_path(out: Path, value: float, seed: int) -> Path:
@@ -222,13 +227,14 @@ def recover(dense: torch.nn.Module, data: Dataset, density: float, config: Train
     return make_permanent(result.model), masks
 
 
-def compare(models: Sequence[torch.nn.Module], data: Dataset, *, points: int, device: str,
-            seed: int = 0) -> list[dict[str, Any]]:
-    """mc (linear path on val, BN recomputed on train) and CKA of every pair of ``models``."""
+def compare(models: Sequence[torch.nn.Module], data: Dataset, *, points: int, device: str, seed: int = 0,
+            bn_batches: int = 20) -> list[dict[str, Any]]:
+    """mc (linear path on val, BN recomputed on ``bn_batches`` train batches) and CKA of every pair of ``models``."""
     reps = [representations(m, data.val, device=device) for m in models]
     pairs = []
     for i, j in itertools.combinations(range(len(models)), 2):
-        path = linear_path(models[i], models[j], data.val, data.train, points=points, device=device, seed=seed)
+        path = linear_path(models[i], models[j], data.val, data.train, points=points, device=device, seed=seed,
+                           bn_batches=bn_batches)
         pairs.append({"pair": [i, j], **similarity(reps[i], reps[j]), "path": path.to_dict(), "mc": path.mc})
     return pairs
 
@@ -251,7 +257,8 @@ def _measure_cell(settings: RegimeSettings, out: Path, value: float, density: fl
     measured = [_error(m, data, settings.device) for m in models]
     return {"temperature": value, "density": density, "errors": [m["error"] for m in measured],
             "losses": [m["loss"] for m in measured], "scratch_errors": scratch,
-            "pairs": compare(models, data, points=settings.points, device=settings.device, seed=settings.seed)}
+            "pairs": compare(models, data, points=settings.points, device=settings.device, seed=settings.seed,
+                             bn_batches=settings.bn_batches)}
 
 
 def run_job(settings: RegimeSettings, out: str, key: str) -> dict[str, Any]:
