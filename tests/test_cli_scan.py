@@ -52,6 +52,7 @@ def test_pick_threshold_and_budget(cli, scanned, tmp_path):
     assert doc["verified"]["measured_drop"] <= 0.01 or not doc["verified"]["within_bound"]
     # Cross-validated on 3 val folds by default: the threshold used is the one chosen there.
     assert doc["crossval"]["k"] == 3 and doc["pick"]["details"]["max_drop"] == doc["crossval"]["threshold"]
+    assert doc["bound"] == doc["crossval"]["threshold"] <= 0.01
     assert "cross-validated on 3 val folds: held-out drop" in " ".join(out.split())
     code, _, _ = cli("pick", "--scan", scanned, "--picker", "budget", "--target-sparsity", "0.5",
                       "--out", tmp_path / "budget.json", "--device", "cpu")

@@ -1,5 +1,6 @@
 """Cross-validation of the pick on val folds, from the scan's per-example results."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -7,8 +8,10 @@ import pytest
 import torch
 from conftest import fitted, make_dataset
 
+from prunescope import pipeline, retrain_cv
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
+from prunescope.data import load_dataset
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator, paired_drop, subset_indices
@@ -17,6 +20,7 @@ from prunescope.pick.crossval import cross_validate, thresholds_for, val_folds, 
 from prunescope.pick.pickers import ThresholdPicker
 from prunescope.pick.registry import make_allocator
 from prunescope.pick.verify import ExampleEvaluator
+from prunescope.runconfig import RunConfig
 from prunescope.scan import scan
 from prunescope.scan.evaluation import ModelEvaluation, WeightPruning
 from prunescope.targets import find_targets
@@ -172,9 +176,13 @@ def test_the_threshold_chosen_is_the_largest_whose_held_out_drop_holds(trained, 
     assert [c.threshold for c in cv.candidates] == thresholds_for(make_allocator("ensemble"), 0.01)
     holding = [c.threshold for c in cv.candidates if c.held_out[0] <= 0.01]
     assert cv.chosen.threshold == (max(holding) if holding else cv.candidates[0].threshold)
-    # The pick on the whole of val is the picker at that threshold.
+    # The pick on the whole of val is the picker at that threshold, verified to it.
     tuned = with_threshold(make_allocator("ensemble", max_drop=0.01), cv.chosen.threshold)
     assert choice.pick.allocation == tuned.pick(curves).allocation
+    assert choice.bound == cv.chosen.threshold and cv.bound == 0.01
+    assert choice.verified.measured_drop <= cv.chosen.threshold or not choice.verified.within_bound
+    for fold in cv.chosen.folds:  # each fold's pick was verified to the same allowance on its seen examples
+        assert fold.seen_drop <= cv.chosen.threshold or all(s == 0 for s in fold.allocation.values())
     doc = choice.to_dict()["crossval"]
     assert doc["threshold"] == cv.chosen.threshold and doc["k"] == 3
     assert doc["held_out_mean"] == pytest.approx(np.mean([f.held_out_drop[0] for f in cv.chosen.folds]))
@@ -216,3 +224,71 @@ def test_with_threshold_and_bad_folds(trained):
         val_folds(labels, 1)
     with pytest.raises(UsageError, match="of every class"):
         val_folds(labels, 1000)
+
+
+def test_run_cross_validates_the_pick_on_val_folds_by_default(tmp_path):
+    config = RunConfig(epochs=3, finetune_epochs=1, sparsity=0.8, sparsities=(0.8,), methods=("ours",), scratch=(),
+                       device="cpu")
+    assert (config.folds, config.cv) == (3, "val")
+    doc = pipeline.run(config, tmp_path)
+    crossval = doc["pick"]["crossval"]
+    assert crossval["mode"] == "val" and crossval["k"] == 3 and doc["pick"]["bound"] == crossval["threshold"]
+    assert any("cross-validated on 3 val folds: held-out drop" in sentence for sentence in doc["verdict"])
+    assert doc["scan"]["curves"]["per_example"] is None  # kept in scan/scan.json, not in result.json
+    saved = json.loads((tmp_path / "scan" / "scan.json").read_text())
+    assert Curves.from_dict(saved["curves"]).per_example.missing == 0
+
+
+def test_retrain_cross_validation_fits_and_scans_a_model_per_train_fold(tmp_path):
+    data = make_dataset(n_train=240, n_val=120)
+    fits, scans = [], []
+
+    def fit(fold_data, directory):
+        fits.append(fold_data)
+        return fitted(fold_data, steps=30, lr=0.05)
+
+    def scan_(model, fold_data, directory):
+        scans.append(fold_data)
+        return scan(model, fold_data, strategy="grid", levels=(0.5, 0.9), device="cpu")
+
+    cv = retrain_cv.retrain_cross_validate(data, fit, scan_, tmp_path, max_drop=0.02, k=2, device="cpu")
+    assert cv.mode == "retrain" and len(fits) == 2
+    train_rows = {tuple(r) for r in data.train.x.flatten(1).tolist()}
+    for fitted_on, scanned_on in zip(fits, scans, strict=True):
+        assert fitted_on.val is data.val  # its training history reads val, the real one
+        trained = {tuple(r) for r in fitted_on.train.x.flatten(1).tolist()}
+        scanned = {tuple(r) for r in scanned_on.val.x.flatten(1).tolist()}
+        assert not trained & scanned and trained | scanned == train_rows  # scanned on the fold it did not train on
+    for candidate in cv.candidates:
+        assert [len(f.held_out) for f in candidate.folds] == [len(data.val)] * 2  # measured on val, never trained on
+    assert cv.chosen.threshold in thresholds_for(make_allocator("ensemble"), 0.02)
+
+
+@pytest.mark.slow
+def test_run_cv_retrain_trains_and_scans_one_model_per_train_fold(tmp_path, monkeypatch):
+    seen = []
+    original = retrain_cv.retrain_cross_validate
+
+    def spying(data, fit, scan_, out, **kwargs):
+        def fitting(fold_data, directory):
+            seen.append((fold_data, directory))
+            return fit(fold_data, directory)
+
+        return original(data, fitting, scan_, out, **kwargs)
+
+    monkeypatch.setattr(pipeline, "retrain_cross_validate", spying)
+    config = RunConfig(epochs=2, folds=2, cv="retrain", finetune_epochs=1, sparsity=0.8, sparsities=(0.8,),
+                       methods=("ours",), scratch=(), device="cpu")
+    data = load_dataset("digits", seed=0)
+    doc = pipeline.run(config, tmp_path)
+    crossval = doc["pick"]["crossval"]
+    assert crossval["mode"] == "retrain" and crossval["k"] == 2 and len(seen) == 2
+    trained_on = [fold_data.train for fold_data, _ in seen]
+    assert sum(len(s) for s in trained_on) == len(data.train)  # k - 1 = 1 fold each: the two folds
+    for fold_data, directory in seen:
+        assert len(fold_data.train) < len(data.train) and len(fold_data.val) == len(data.val)
+        assert (directory / "model.pt").is_file() and (directory / "scan" / "study.journal").is_file()
+    for candidate in crossval["candidates"]:
+        assert all(f["held_out_examples"] == len(data.val) for f in candidate["folds"])  # measured on val
+    with pytest.raises(UsageError, match="unknown cv"):
+        pipeline.run(RunConfig(cv="bootstrap", device="cpu"), tmp_path / "other")

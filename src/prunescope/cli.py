@@ -140,7 +140,10 @@ def run_command(
     sparsities: Annotated[str | None, typer.Option(help="One-shot sparsities for the curves per method.")] = None,
     methods: Annotated[str | None, typer.Option(help=f"Comma-separated: {', '.join(METHODS)}.")] = None,
     criterion: Annotated[str | None, typer.Option(help=f"{', '.join(CRITERIA)} [magnitude].")] = None,
-    folds: Annotated[int | None, typer.Option(help="Cross-validate the pick on this many val folds (0: off) [3].")]
+    folds: Annotated[int | None, typer.Option(help="Cross-validate the pick on this many folds (0: off) [3].")]
+    = None,
+    cv: Annotated[str | None, typer.Option(help="val (folds of val, from the one scan) or retrain (a model trained "
+                                                "and scanned per fold of train: training variance too) [val].")]
     = None,
     max_drop: Points = None,
     finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs per method [10].")] = None,
@@ -154,7 +157,7 @@ def run_command(
         "model": model, "data": data, "data_dir": data_dir, "epochs": epochs, "sparsity": sparsity,
         "sparsities": _parse_sparsities(sparsities) if sparsities else None,
         "methods": [m.strip() for m in methods.split(",")] if methods else None, "criterion": criterion,
-        "folds": folds, "max_drop": _points(max_drop), "finetune_epochs": finetune_epochs, "device": device,
+        "folds": folds, "cv": cv, "max_drop": _points(max_drop), "finetune_epochs": finetune_epochs, "device": device,
         "seed": seed, "recalibrate_bn": recalibrate_bn,
     }
     settings = load_config(config, overrides)

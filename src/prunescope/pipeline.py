@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,12 @@ from prunescope.io import write_csv, write_json
 from prunescope.masks import compute_masks
 from prunescope.models import build_model, model_spec
 from prunescope.pick.choose import choose
-from prunescope.pick.crossval import val_folds
+from prunescope.pick.crossval import val_folds, with_threshold
 from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.registry import make_allocator
 from prunescope.report import comparison_rows, save_scan
 from prunescope.results import document
+from prunescope.retrain_cv import retrain_cross_validate
 from prunescope.runconfig import RunConfig, check_settings
 from prunescope.scan import scan
 from prunescope.scan.files import JOURNAL_FILE
@@ -110,18 +111,46 @@ def _scan(config: RunConfig, model: torch.nn.Module, data: Dataset, out: Path, p
                 on_trial=lambda done, total: progress("scan", done, total))
 
 
+CV_MODES = ("val", "retrain")
+
+
+def _pick(config: RunConfig, curves: Curves, model: torch.nn.Module, data: Dataset, dense_config: TrainConfig,
+          out: Path, progress: Progress) -> dict[str, Any]:
+    """The ensemble pick within ``max_drop``, cross-validated as ``config.cv`` says, verified jointly on val."""
+    picker = make_allocator("ensemble", max_drop=config.max_drop)
+    if config.cv != "retrain" or not config.folds:
+        return choose(curves, picker, model, data, max_drop=config.max_drop, device=config.device,
+                      recalibrate_bn=config.recalibrate_bn, folds=config.folds, seed=config.seed).to_dict()
+
+    def fit(fold_data: Dataset, directory: Path) -> torch.nn.Module:
+        return train_model(fold_data, config.model, dense_config, directory, device=config.device,
+                           on_epoch=lambda r: progress(f"cv: training {directory.name}", r.epoch,
+                                                       config.epochs)).model.eval()
+
+    crossval = retrain_cross_validate(
+        data, fit, lambda m, fold_data, directory: _scan(config, m, fold_data, directory, progress), out / "cv",
+        max_drop=config.max_drop, k=config.folds, seed=config.seed, device=config.device,
+        recalibrate_bn=config.recalibrate_bn)
+    allowed = crossval.chosen.threshold
+    choice = choose(curves, with_threshold(picker, allowed), model, data, max_drop=allowed, device=config.device,
+                    recalibrate_bn=config.recalibrate_bn)
+    return replace(choice, crossval=crossval).to_dict()
+
+
 def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Progress | None = None) -> dict[str, Any]:
     """Run the whole pipeline into ``out``; return the result document (also ``out/result.json``)."""
     out = Path(out)
     progress = progress or (lambda stage, done, total: None)
     check_settings(config)
+    if config.cv not in CV_MODES:
+        raise UsageError(f"unknown cv {config.cv!r}: use val (folds of val, one scan) or retrain (a model per fold)")
     for method in config.methods:
         if method not in METHODS:
             raise UsageError(f"unknown method {method!r} in methods: use {', '.join(METHODS)}")
     stages = Stages(out)
     data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed)
-    if config.folds:
-        val_folds(data.val.y.numpy(), config.folds, config.seed)  # refuse impossible folds before training
+    if config.folds:  # refuse impossible folds before training
+        val_folds((data.train if config.cv == "retrain" else data.val).y.numpy(), config.folds, config.seed)
     spec = model_spec(config.model, data.input_shape, data.num_classes)
 
     # 1. dense model (resumes from out/model.pt)
@@ -143,10 +172,8 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     bookkeeping = ("evaluations", "reused", "examples")
     scan_key = {"curves": {k: v for k, v in curves.to_dict().items() if k not in bookkeeping}}
     pick_inputs = {**scan_key, "max_drop": config.max_drop, "recalibrate_bn": config.recalibrate_bn,
-                   "folds": config.folds}
-    pick = stages.get("pick", pick_inputs, lambda: choose(
-        curves, make_allocator("ensemble", max_drop=config.max_drop), model, data, max_drop=config.max_drop,
-        device=config.device, recalibrate_bn=config.recalibrate_bn, folds=config.folds, seed=config.seed).to_dict())
+                   "folds": config.folds, "cv": config.cv}
+    pick = stages.get("pick", pick_inputs, lambda: _pick(config, curves, model, data, dense_config, out, progress))
     progress("pick", 1, 1)
 
     # 4. one-shot comparison of every method over the sparsities (val only)

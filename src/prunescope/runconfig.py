@@ -42,7 +42,8 @@ class RunConfig:
     strategy: str = "adaptive"
     tolerance: float = 0.005
     subset: int | None = None
-    folds: int = 3
+    folds: int = 3  # the pick is cross-validated on this many folds (0: off)
+    cv: str = "val"  # "val": folds of val, from the one scan; "retrain": one model per fold of train, each scanned
     # pick and compare
     max_drop: float = 0.005
     sparsity: float = 0.9
@@ -71,6 +72,7 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule(("cv",), lambda c: c.folds > 0, "cross-validation is off (folds = 0)"),
     Rule(("finetune_lr", "patience"), lambda c: c.finetune_epochs > 0,
          "fine-tuning is off (finetune_epochs = 0)"),
     Rule(("scratch_max_factor",), lambda c: "B" in c.scratch, "it caps scratch-B, which scratch does not list"),

@@ -33,7 +33,7 @@ def crossval_clause(crossval: Mapping[str, Any] | None) -> str:
     text = (f"; cross-validated on {crossval['k']} {where}: held-out drop {crossval['held_out_mean'] * 100:+.2f} "
             f"± {crossval['held_out_std'] * 100:.2f} pts")
     if crossval.get("threshold") is not None:
-        text += f" with a per-layer threshold of {crossval['threshold'] * 100:g} pts"
+        text += f", allowing {crossval['threshold'] * 100:g} pts per layer and jointly in-sample"
     if not crossval.get("holds", True):
         text += ", above the bound"
     return text

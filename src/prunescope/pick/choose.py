@@ -41,7 +41,8 @@ class Choice:
 
     ``bound`` is the joint drop verify backs off to (None for budget picks, which must keep
     their size: those are measured only). ``crossval``: the pick cross-validated on folds of
-    val (None when not asked for); its chosen per-layer threshold is the one ``pick`` used.
+    val (None when not asked for); its chosen threshold is the one ``pick`` and verify used
+    (then ``bound``), chosen so that the held-out drop stays within ``crossval.bound``.
     ``global_sparsity`` is that of the verified allocation: removed weights of the weight
     targets, or for channel picks the fraction of the whole model's parameters removed.
     ``footprint`` (channel picks only): the verified allocation's exact size once its
@@ -132,9 +133,10 @@ def choose(
     pick is measured, not backed off, so that it keeps the size it was asked for.
 
     ``folds`` >= 2: the pick is first cross-validated on that many stratified folds of val
-    (seeded by ``seed``; see :mod:`prunescope.pick.crossval`), which chooses the per-layer
-    threshold the pick on the whole of val then uses, and reports the held-out joint drop.
-    Needs an accuracy scan with per-example results.
+    (seeded by ``seed``; see :mod:`prunescope.pick.crossval`), which chooses the allowed
+    degradation the pick on the whole of val then uses (per-layer threshold, and the joint
+    drop verify backs off to: ``Choice.bound``) so that the held-out joint drop stays within
+    ``max_drop``, and reports that held-out drop. Needs an accuracy scan with per-example results.
 
     Channel curves: every allocation is applied with kept channel counts rounded to
     multiples of ``round_to``; a budget picker is given the model's exact footprint (and,
@@ -156,8 +158,9 @@ def choose(
         joint = ExampleEvaluator(pruning, data.val, device=device)
         if folds:
             crossval = cross_validate(curves, picker, joint, data.val.y.numpy(), bound=limit, k=folds, seed=seed)
-            if crossval.chosen.threshold is not None:
+            if crossval.chosen.threshold is not None:  # the allowed degradation, per layer and jointly in-sample
                 picker = with_threshold(picker, crossval.chosen.threshold)
+                bound = limit = crossval.chosen.threshold
         picked = picker.pick(curves)
         verified = joint.verify(picked, curves, np.arange(len(data.val)), max_drop=limit)
     else:

@@ -8,17 +8,24 @@ never saw, with no scan beyond the one already made:
 1. val is cut into ``k`` stratified, seeded folds (:func:`val_folds`);
 2. for fold ``i`` the curves are recomputed on the other ``k - 1`` folds from the scan's
    per-example results (:meth:`prunescope.curves.Curves.on`; nothing is evaluated again),
-   the picker picks on them and :func:`~prunescope.pick.verify.verify` backs the pick off on
-   those same ``k - 1`` folds: the whole of what ``choose`` does, on the fold's training part;
+   the picker picks on them with a per-layer threshold ``t`` and
+   :func:`~prunescope.pick.verify.verify` backs the pick off on those same ``k - 1`` folds
+   until their joint drop is at most ``t``: the whole of what ``choose`` does, on the fold's
+   training part;
 3. the joint drop of that verified allocation is measured on fold ``i``, against the dense
    model on the same examples, with its paired interval (the only new evaluations, besides
    the joint ones verify needs on the training part).
 
-This is done for every candidate per-layer threshold (``THRESHOLD_FACTORS`` × the bound), and
-the threshold chosen is the largest whose held-out drop, averaged over the folds, stays within
-the bound (the smallest candidate, flagged ``holds=False``, when none does). Pickers without a
-per-layer threshold (a budget) are cross-validated as they are. Every allocation is
-evaluated on each example at most once (:class:`~prunescope.pick.verify.ExampleEvaluator`).
+``t``, the allowed degradation, bounds both the per-layer drops the picker accepts and the
+in-sample joint drop verify backs off to: a pick verified to the user's bound itself lands,
+on unseen examples, above it by the optimism of selecting on the same examples, so the
+in-sample allowance has to be smaller than the bound for the held-out drop to keep it.
+Every candidate ``t`` (``THRESHOLD_FACTORS`` × the bound) is cross-validated, and the one
+chosen is the largest whose held-out drop, averaged over the folds, stays within the bound
+(the smallest candidate, flagged ``holds=False``, when none does). Pickers without a
+per-layer threshold (a budget) are cross-validated as they are, their joint drop measured,
+not bounded. Every allocation is evaluated on each example at most once
+(:class:`~prunescope.pick.verify.ExampleEvaluator`).
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from prunescope.pick.pickers import EnsemblePicker, KneePicker, Picker, Threshol
 from prunescope.pick.verify import Drop, ExampleEvaluator
 
 DEFAULT_FOLDS = 3
-THRESHOLD_FACTORS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # candidate per-layer thresholds, multiples of the bound
+# Candidate allowed degradations, fractions of the bound: never looser in-sample than the bound itself.
+THRESHOLD_FACTORS = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 def val_folds(labels: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
@@ -126,6 +134,16 @@ class CrossValidation:
     mode: str = "val"
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def conclude(cls, candidates: list[Candidate], *, k: int, seed: int, bound: float, evaluated: int = 0,
+                 mode: str = "val") -> CrossValidation:
+        """Choose the largest candidate threshold whose held-out mean is within ``bound`` (else the first)."""
+        holding = [c for c in candidates if c.held_out[0] <= bound]
+        notes = [] if holding else [f"no candidate threshold kept the held-out drop within {bound * 100:g} pts: "
+                                    "the smallest was taken"]
+        chosen = holding[-1] if holding else candidates[0]
+        return cls(k, seed, bound, candidates, chosen, evaluated, mode, notes)
+
     @property
     def holds(self) -> bool:
         return self.chosen.held_out[0] <= self.bound
@@ -157,7 +175,8 @@ def cross_validate(
     seed: int = 0,
     thresholds: Sequence[float | None] | None = None,
 ) -> CrossValidation:
-    """Cross-validate ``picker`` (pick + verify within ``bound``) on ``k`` folds of val; see the module.
+    """Cross-validate ``picker`` (pick + verify, both at each candidate threshold) on ``k`` folds of val; see the
+    module.
 
     curves: a scan with per-example results on the val split ``joint`` evaluates.
     labels: val labels (N,), for stratified folds.
@@ -174,12 +193,9 @@ def cross_validate(
         results = []
         for i, held in enumerate(folds):
             seen = np.setdiff1d(everything, held)
-            verified = joint.verify(tuned.pick(seen_curves[i]), seen_curves[i], seen, max_drop=bound)
+            allowed = bound if threshold is None else threshold
+            verified = joint.verify(tuned.pick(seen_curves[i]), seen_curves[i], seen, max_drop=allowed)
             results.append(FoldResult(i, verified.allocation, seen, held, verified.measured_drop,
                                       joint.drop(verified.allocation, held)))
         candidates.append(Candidate(threshold, results))
-    holding = [c for c in candidates if c.held_out[0] <= bound]
-    chosen = holding[-1] if holding else candidates[0]
-    notes = [] if holding else [f"no candidate threshold kept the held-out drop within {bound * 100:g} pts: "
-                                "the smallest was taken"]
-    return CrossValidation(k, seed, bound, candidates, chosen, joint.evaluated - before, notes=notes)
+    return CrossValidation.conclude(candidates, k=k, seed=seed, bound=bound, evaluated=joint.evaluated - before)
