@@ -41,7 +41,7 @@ LAYERS: dict[str, int] = {
     "prunescope.scan": STUDY,
     "prunescope.trials": STUDY,
     "prunescope.pick": STUDY,
-    "prunescope.crossval": STUDY,
+    "prunescope.retrain_cv": STUDY,
     "prunescope.apply": STUDY,
     "prunescope.train": STUDY,
     "prunescope.hparams": STUDY,
