@@ -21,6 +21,11 @@ Scores are computed once per model and reused for every allocation.
   & Torr, "SNIP: single-shot network pruning based on connection sensitivity", ICLR 2019;
   meant at initialisation, used here as a cheap proxy on the trained model). Its
   normalisation by Σ|g·w| is one constant for all weights and changes no mask.
+- ``wanda``: |W_ij| · ‖X_j‖₂, X_j the j-th input feature of the layer over ``calibration``
+  examples of the train split (for a convolution its im2col feature (in-channel, kh, kw)),
+  compared within each output row (Sun et al., "A Simple and Effective Pruning Approach for
+  Large Language Models", ICLR 2024). Scores are within-row ranks, so a layer's removed
+  weights are spread evenly over its rows (at most one apart) and are not comparable across layers.
 - ``lamp``: w[u]² / Σ_{v ≥ u} w[v]², weights of one layer sorted ascending by w²
   (Lee et al., "Layer-adaptive sparsity for the magnitude-based pruning", ICLR 2021).
   Scores are comparable across layers, so a global threshold gives LAMP's allocation.
@@ -36,6 +41,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from prunescope.calibration import calibration_inputs, check_supported, input_norms
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.targets import Target, effective_weight, parameter
@@ -199,6 +205,24 @@ def fisher(
     return {name: 0.5 * weights[name] ** 2 * total / max(samples, 1) for name, total in squares.items()}
 
 
+def wanda(
+    model: nn.Module, targets: Sequence[Target], *, data: Split | None = None, calibration: int = 1024,
+    seed: int = 0, **_: object
+) -> Scores:
+    if data is None:
+        raise UsageError("the wanda criterion needs training data for its calibration inputs")
+    check_supported(model, targets)
+    inputs = calibration_inputs(data, calibration, seed=seed)
+    scores = {}
+    for t in targets:
+        saliency = effective_weight(model, t).reshape(t.shape[0], -1).abs() * input_norms(model, t.module, inputs)
+        # Rank within each row; ties between rows at one rank go to the smaller saliency (scaled into [0, 0.5)).
+        rank = saliency.argsort(1).argsort(1).double()
+        tie_break = saliency.double() / (2 * saliency.max().double() + 1e-30)
+        scores[t.name] = (rank + tie_break).reshape(t.shape).float()
+    return scores
+
+
 CRITERIA: dict[str, Callable[..., Scores]] = {
     "magnitude": magnitude,
     "random": random,
@@ -206,8 +230,9 @@ CRITERIA: dict[str, Callable[..., Scores]] = {
     "fisher": fisher,
     "snip": snip,
     "lamp": lamp,
+    "wanda": wanda,
 }
-NEEDS_DATA = frozenset({"taylor", "fisher", "snip"})
+NEEDS_DATA = frozenset({"taylor", "fisher", "snip", "wanda"})
 
 
 def compute_scores(
@@ -219,12 +244,16 @@ def compute_scores(
     batches: int = 16,
     batch_size: int = 128,
     seed: int = 0,
+    calibration: int = 1024,
 ) -> Scores:
     """Importance of every weight of every target under ``criterion`` (lower = pruned first).
 
     ``data`` (the train split) is needed by the gradient criteria ``taylor``, ``fisher`` and
-    ``snip``, which read the same ``batches`` seeded mini-batches of ``batch_size`` samples.
+    ``snip``, which read the same ``batches`` seeded mini-batches of ``batch_size`` samples,
+    and by ``wanda``, which reads ``calibration`` seeded train inputs (no labels).
     """
     if criterion not in CRITERIA:
         raise UsageError(f"unknown criterion {criterion!r}: use one of {', '.join(CRITERIA)}")
-    return CRITERIA[criterion](model, targets, data=data, batches=batches, batch_size=batch_size, seed=seed)
+    return CRITERIA[criterion](
+        model, targets, data=data, batches=batches, batch_size=batch_size, seed=seed, calibration=calibration
+    )
