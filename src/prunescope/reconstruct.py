@@ -85,6 +85,7 @@ def reconstruct(
     masks: Masks | None = None,
     select: str = "obs",
     refit: bool = True,
+    sequential: bool = True,
     blocksize: int = 128,
     damping: float = 0.01,
     batch_size: int = 256,
@@ -95,6 +96,8 @@ def reconstruct(
     select: ``obs`` chooses each layer's mask by OBS saliency; ``mask`` keeps the given
         ``masks`` (from any criterion) and only updates the kept weights.
     refit: re-fit every row's kept weights exactly after the sweep.
+    sequential: feed each layer the outputs of the already pruned layers (default); False
+        fits every layer on the dense network's inputs, independently of the others.
     Targets absent from ``allocation`` (or at sparsity 0) are left untouched. Pruned weights
     are exactly zero afterwards; the model's weights are plain tensors (no re-parametrisation).
     """
@@ -125,6 +128,7 @@ def reconstruct(
             _reconstruct_layer(
                 model, dense, target, allocation[target.name], calibration,
                 mask=mask, refit=refit, blocksize=blocksize, damping=damping, batch_size=batch_size,
+                inputs_from=model if sequential else dense,
             )
         )
     return Reconstruction(layers, len(calibration), time.perf_counter() - start)
@@ -147,6 +151,7 @@ def _reconstruct_layer(
     blocksize: int,
     damping: float,
     batch_size: int,
+    inputs_from: nn.Module,
 ) -> LayerReconstruction:
     start = time.perf_counter()
     module = model.get_submodule(target.module)
@@ -154,7 +159,7 @@ def _reconstruct_layer(
     # Second moments of the pruned (X̃) and dense (X) inputs: H = X̃ᵀX̃, cross = X̃ᵀX, dense_h = XᵀX.
     h = cross = dense_h = None
     for pruned_rows, dense_rows in zip(
-        layer_inputs(model, target.module, calibration, batch_size=batch_size),
+        layer_inputs(inputs_from, target.module, calibration, batch_size=batch_size),
         layer_inputs(dense, target.module, calibration, batch_size=batch_size),
         strict=True,
     ):
