@@ -188,3 +188,15 @@ def test_a_later_layer_is_fitted_to_the_dense_networks_outputs_not_to_its_pruned
 
     # Removing a single weight of the last layer lets it also correct the first layer's loss.
     assert output_error({"0.weight": 0.8, "1.weight": 0.01}) < 0.8 * output_error({"0.weight": 0.8})
+
+
+def test_independent_fits_ignore_the_pruning_of_earlier_layers() -> None:
+    x = torch.randn(300, 24)
+
+    def last_layer(allocation: dict[str, float]) -> torch.Tensor:
+        torch.manual_seed(5)
+        model = nn.Sequential(nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 4))
+        reconstruct(model, find_targets(model), allocation, x, sequential=False)
+        return model[2].weight.detach()
+
+    assert torch.equal(last_layer({"0.weight": 0.8, "2.weight": 0.5}), last_layer({"2.weight": 0.5}))
