@@ -158,11 +158,14 @@ def _reconstruct_layer(
     has_bias = getattr(module, "bias", None) is not None
     # Second moments of the pruned (X̃) and dense (X) inputs: H = X̃ᵀX̃, cross = X̃ᵀX, dense_h = XᵀX.
     h = cross = dense_h = None
-    for pruned_rows, dense_rows in zip(
-        layer_inputs(inputs_from, target.module, calibration, batch_size=batch_size),
-        layer_inputs(dense, target.module, calibration, batch_size=batch_size),
-        strict=True,
-    ):
+    dense_inputs = layer_inputs(dense, target.module, calibration, batch_size=batch_size)
+    # One capture per model: two live captures on one model would stop each other's forward pass.
+    pairs = (
+        ((rows, rows) for rows in dense_inputs)
+        if inputs_from is dense
+        else zip(layer_inputs(inputs_from, target.module, calibration, batch_size=batch_size), dense_inputs, strict=True)
+    )
+    for pruned_rows, dense_rows in pairs:
         x_tilde, x = _augmented(pruned_rows, has_bias), _augmented(dense_rows, has_bias)
         h = x_tilde.T @ x_tilde if h is None else h + x_tilde.T @ x_tilde
         cross = x_tilde.T @ x if cross is None else cross + x_tilde.T @ x
