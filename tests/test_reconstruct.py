@@ -200,3 +200,22 @@ def test_independent_fits_ignore_the_pruning_of_earlier_layers() -> None:
         return model[2].weight.detach()
 
     assert torch.equal(last_layer({"0.weight": 0.8, "2.weight": 0.5}), last_layer({"2.weight": 0.5}))
+
+
+def test_reconstructed_pruning_restores_every_parameter_bit_exactly_also_after_an_exception() -> None:
+    from prunescope.reconstruct import ReconstructedPruning
+
+    model = _ConvNet()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    targets = find_targets(model)
+    x = torch.randn(64, 2, 8, 8)
+    pruning = ReconstructedPruning(model, targets, compute_scores(model, targets), x)
+    allocation = uniform(targets, 0.6)
+    with pruning.applied(allocation) as pruned:
+        for t in targets:
+            assert int((pruned.get_submodule(t.module).weight == 0).sum()) == removed_count(0.6, t.numel)
+    with pytest.raises(RuntimeError), pruning.applied(allocation):
+        raise RuntimeError("interrupted")
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+    assert pruning.last is not None and len(pruning.last.layers) == 3

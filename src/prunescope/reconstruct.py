@@ -30,9 +30,10 @@ Calibration inputs come from the train split; no label is read.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -40,7 +41,8 @@ from torch import nn
 
 from prunescope.calibration import check_supported, data_flow_order, layer_inputs, weight_matrix
 from prunescope.errors import UsageError
-from prunescope.masks import Masks, check_sparsity, removed_count
+from prunescope.criteria import Scores
+from prunescope.masks import Masks, check_sparsity, compute_masks, removed_count
 from prunescope.targets import Target
 
 SELECTIONS = ("obs", "mask")
@@ -132,6 +134,48 @@ def reconstruct(
             )
         )
     return Reconstruction(layers, len(calibration), time.perf_counter() - start)
+
+
+class ReconstructedPruning:
+    """Pruning by reconstruction for a ``with`` block: the scan's ``Pruning`` protocol.
+
+    ``applied(allocation)`` prunes ``model`` with :func:`reconstruct` (masks from ``scores``
+    with ``select="mask"``, or chosen by OBS with ``select="obs"``) and restores every
+    parameter bit-exactly on exit, also after an exception. ``last`` keeps the latest
+    :class:`Reconstruction` (per-layer errors, seconds).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Sequence[Target],
+        scores: Scores,
+        calibration: torch.Tensor,
+        *,
+        select: str = "mask",
+    ) -> None:
+        if select not in SELECTIONS:
+            raise UsageError(f"unknown mask selection {select!r}: use {' or '.join(SELECTIONS)}")
+        check_supported(model, targets)
+        self.model, self.targets, self.scores = model, list(targets), scores
+        self.calibration, self.select = calibration, select
+        self.last: Reconstruction | None = None
+
+    @contextlib.contextmanager
+    def applied(self, allocation: Mapping[str, float]) -> Iterator[nn.Module]:
+        pruned = {name: s for name, s in allocation.items() if s > 0}
+        saved = [(p, p.detach().clone()) for p in self.model.parameters()]
+        try:
+            if pruned:
+                masks = compute_masks(self.scores, pruned) if self.select == "mask" else None
+                self.last = reconstruct(
+                    self.model, self.targets, pruned, self.calibration, masks=masks, select=self.select
+                )
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for parameter, original in saved:
+                    parameter.copy_(original)
 
 
 def _augmented(rows: torch.Tensor, bias: bool) -> torch.Tensor:
