@@ -157,10 +157,16 @@ def main() -> None:
                      "calibration": args.calibration, "bn_recalibration_batches": 20},
         "runs": [],
     }
+    if args.out.exists():  # resume: keep the finished (model, seed) runs of an earlier invocation
+        earlier = json.loads(args.out.read_text())
+        if earlier["settings"]["calibration"] == args.calibration:
+            record["runs"] = earlier["runs"]
     for name in args.models.split(","):
         data = load_dataset(MODELS[name][0], data_dir=args.data_dir)
-        runs = []
+        runs = [r for r in record["runs"] if r["model"] == name]
         for seed in range(args.seeds):
+            if any(r["seed"] == seed for r in runs):
+                continue
             start = time.perf_counter()
             runs.append(run_seed(name, data, seed, args))
             record["runs"].append(runs[-1])
