@@ -219,3 +219,27 @@ def test_reconstructed_pruning_restores_every_parameter_bit_exactly_also_after_a
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name
     assert pruning.last is not None and len(pruning.last.layers) == 3
+
+
+def test_compare_with_reconstruction_keeps_every_rows_sparsity_and_beats_plain_masks_on_val() -> None:
+    from prunescope.compare import compare
+    from conftest import make_dataset
+
+    data = make_dataset(n_train=300, n_val=90, n_test=60)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(150):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(data.train.x), data.train.y).backward()
+        optimizer.step()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    methods = ["global", "erk", "uniform"]
+    plain = compare(model, data, [0.9], methods, test=False)
+    refit = compare(model, data, [0.9], methods, test=False, reconstruct="mask", calibration=200)
+    assert refit.to_dict()["reconstruct"] == "mask"
+    for p_row, r_row in zip(plain.rows, refit.rows, strict=True):
+        assert r_row.error is None and r_row.removed == p_row.removed
+        assert r_row.val.loss < p_row.val.loss, r_row.method
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name])

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from prunescope.calibration import calibration_inputs
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data.types import Dataset
@@ -45,6 +46,7 @@ from prunescope.pick.baselines import ALLOCATIONS
 from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.refine import Refiner
 from prunescope.pick.registry import ALLOCATORS, COMPARED, make_allocator
+from prunescope.reconstruct import ReconstructedPruning
 from prunescope.scan.evaluation import Pruning, WeightPruning
 from prunescope.targets import Target, find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
@@ -101,6 +103,7 @@ class Comparison:
     weights: int = 0
     recalibrate_bn: int = 0
     val_evaluations: int = 0
+    reconstruct: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -111,6 +114,7 @@ class Comparison:
             "weights": self.weights,
             "recalibrate_bn": self.recalibrate_bn,
             "val_evaluations": self.val_evaluations,
+            "reconstruct": self.reconstruct,
         }
 
 
@@ -157,6 +161,8 @@ def compare(
     starts: Sequence[str] = ALLOCATIONS,
     batch_size: int = 1024,
     recalibrate_bn: int | None = None,
+    reconstruct: str | None = None,
+    calibration: int = 1024,
 ) -> Comparison:
     """Evaluate every method at every global sparsity on val, then each once on test.
 
@@ -167,6 +173,9 @@ def compare(
     the budget pick alone. The metric ``ours`` maximises is the scan's (``curves.metric``).
     ``batch_size``: examples per forward pass of the evaluations. ``recalibrate_bn``: BatchNorm
     recalibration batches for every pruned model (None: 20 for a model with BatchNorm, else 0).
+    ``reconstruct``: ``mask`` or ``obs`` prunes every method's allocation by layer-wise
+    reconstruction (:mod:`prunescope.reconstruct`) on ``calibration`` train inputs instead of
+    masking alone, the same for every row; None: plain masks.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -184,7 +193,12 @@ def compare(
     weights = sum(t.numel for t in targets)
     scores = compute_scores(model, targets, criterion, data=data.train)
     batches = bn_batches(model, recalibrate_bn)
-    pruning = recalibrating(WeightPruning(model, targets, scores), data.train, batches)
+    base: Pruning = (
+        ReconstructedPruning(model, targets, scores, calibration_inputs(data.train, calibration), select=reconstruct)
+        if reconstruct
+        else WeightPruning(model, targets, scores)
+    )
+    pruning = recalibrating(base, data.train, batches)
     val = _ValCache(pruning, targets, Evaluator(model, data.val, device=device, batch_size=batch_size))
     problem = Problem(model=model, targets=targets, example=data.train.x[:2], curves=curves, validation=val)
     rows = []
@@ -220,4 +234,4 @@ def compare(
                     row.test = test_evaluator.evaluate()
     dense_val = val({})
     return Comparison(criterion=criterion, dense_val=dense_val, dense_test=dense_test, rows=rows, weights=weights,
-                      recalibrate_bn=batches, val_evaluations=val.evaluations)
+                      recalibrate_bn=batches, val_evaluations=val.evaluations, reconstruct=reconstruct)
