@@ -51,6 +51,8 @@ from prunescope.train import recalibrate_batchnorm
 SPARSITIES = (0.8, 0.9, 0.95, 0.98)
 ALLOCATIONS = ("uniform", "global", "erk", "lamp")
 MODES = ("plain", "lsq", "refit", "obs")
+# Every allocation plain and re-fitted; the least-squares baseline and OBS selection under global counts only.
+CONFIGS = [(a, m) for a in ALLOCATIONS for m in ("plain", "refit")] + [("global", "lsq"), ("global", "obs")]
 console = Console(width=160)
 
 
@@ -82,7 +84,7 @@ def run_seed(name: str, data, seed: int, args: argparse.Namespace) -> dict:
     calibration = calibration_inputs(data.train, args.calibration, seed=seed)
     rows = []
     for sparsity in SPARSITIES:
-        configs = [(a, m) for a in ALLOCATIONS for m in MODES] + [("global", "wanda")]
+        configs = [*CONFIGS, ("global", "wanda")]
         for allocation_name, mode in configs:
             allocation = allocate(allocation_name, dense, targets, sparsity)
             model, seconds = prune_one(dense, data, allocation, mode, calibration)
