@@ -73,6 +73,22 @@ def test_compare_with_a_scan(cli, checkpoints, scanned, tmp_path):
     assert (tmp_path / "plots" / "val_accuracy.png").exists()
 
 
+def test_compare_with_reconstruction_and_wanda(cli, checkpoints, tmp_path):
+    code, out, _ = cli("compare", "--checkpoint", checkpoints[0], "--allocations", "global,erk", "--sparsities", "0.9",
+                        "--reconstruct", "mask", "--calibration", "256", "--out", tmp_path / "refit", "--device", "cpu")
+    assert code == 0, out
+    refit = json.loads((tmp_path / "refit" / "result.json").read_text())
+    assert refit["comparison"]["reconstruct"] == "mask" and refit["settings"]["calibration"] == 256
+    code, _, _ = cli("compare", "--checkpoint", checkpoints[0], "--allocations", "global,erk", "--sparsities", "0.9",
+                      "--out", tmp_path / "plain", "--device", "cpu")
+    plain = json.loads((tmp_path / "plain" / "result.json").read_text())
+    for r, p in zip(refit["comparison"]["rows"], plain["comparison"]["rows"], strict=True):
+        assert r["removed"] == p["removed"] and r["val"]["loss"] < p["val"]["loss"]
+    code, _, _ = cli("compare", "--checkpoint", checkpoints[0], "--allocations", "uniform", "--sparsities", "0.5",
+                      "--criterion", "wanda", "--out", tmp_path / "wanda", "--device", "cpu")
+    assert code == 0
+
+
 BAD = [
     (lambda c, s, t: ["pick", "--scan", t / "nowhere"], "no scan in"),
     (lambda c, s, t: ["pick", "--scan", s, "--checkpoint", c[1]], "belongs to another model"),
@@ -93,6 +109,10 @@ BAD = [
     (lambda c, s, t: ["scan", "--checkpoint", c[0], "--out", t, "--granularity", "channel", "--importance", "x"],
      "--importance"),
     (lambda c, s, t: ["compare", "--checkpoint", c[0], "--allocations", "ours,magic", "--out", t], "magic"),
+    (lambda c, s, t: ["compare", "--checkpoint", c[0], "--allocations", "global", "--reconstruct", "exact",
+                      "--out", t], "--reconstruct"),
+    (lambda c, s, t: ["compare", "--checkpoint", c[0], "--allocations", "global", "--reconstruct", "mask",
+                      "--calibration", "0", "--out", t], "calibration size 0"),
 ]
 
 

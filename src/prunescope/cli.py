@@ -32,6 +32,7 @@ from prunescope.pick.crossval import DEFAULT_FOLDS
 from prunescope.pick.registry import PICKERS, make_allocator
 from prunescope.pipeline import run, train_model
 from prunescope.prune import prune_channels_and_recover, read_channel_pick
+from prunescope.reconstruct import SELECTIONS
 from prunescope.regimes_cli import app as regimes_app
 from prunescope.report import (
     choice_table,
@@ -92,6 +93,10 @@ Granularity = Annotated[str, typer.Option(help="weight (unstructured) or channel
                                                 "removable).")]
 Importance = Annotated[str, typer.Option(help=f"With --granularity channel, which channels go first: "
                                                f"{', '.join(IMPORTANCES)}.")]
+Reconstruct = Annotated[str | None, typer.Option(
+    help="Prune by layer-wise reconstruction on train calibration inputs: 'mask' re-fits the kept weights of the "
+         "criterion's masks, 'obs' also chooses the masks by OBS saliency [off: masks only].")]
+Calibration = Annotated[int, typer.Option(help="Train examples used as calibration inputs (no labels).")]
 RecalibrateBN = Annotated[int | None, typer.Option(help=f"Re-estimate BatchNorm statistics of every pruned model on "
                                                         f"this many batches of 128 training examples, the same for "
                                                         f"every method (0: off). Default: {DEFAULT_BN_BATCHES} for a "
@@ -414,6 +419,8 @@ def compare_command(
     exclude: Exclude = None,
     test: Annotated[bool, typer.Option(help="Evaluate the test split once per row, after selection.")] = True,
     recalibrate_bn: RecalibrateBN = None,
+    reconstruct: Reconstruct = None,
+    calibration: Calibration = 1024,
     out: Out = Path("prunescope-out/compare"),
     data_dir: DataDir = None,
     device: Device = "auto",
@@ -425,6 +432,8 @@ def compare_command(
     for method in methods:
         _check_choice("allocation", method, METHODS)
     _check_choice("--criterion", criterion, list(CRITERIA))
+    if reconstruct is not None:
+        _check_choice("--reconstruct", reconstruct, SELECTIONS)
     saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
     curves = None
     if "ours" in methods:
@@ -443,10 +452,11 @@ def compare_command(
     with _progress("comparing", len(levels) * len(methods)) as row_done:
         comparison = compare(saved.model, dataset, levels, methods, curves=curves, criterion=criterion,
                              include=include or (), exclude=exclude or (), device=device, test=test, on_row=row_done,
-                             recalibrate_bn=recalibrate_bn)
+                             recalibrate_bn=recalibrate_bn, reconstruct=reconstruct, calibration=calibration)
     settings = {"checkpoint": str(checkpoint), "sparsities": levels, "allocations": methods,
                 "scan": str(scan_dir) if scan_dir else None, "criterion": criterion, "test": test,
-                "include": include or [], "exclude": exclude or [], "recalibrate_bn": comparison.recalibrate_bn}
+                "include": include or [], "exclude": exclude or [], "recalibrate_bn": comparison.recalibrate_bn,
+                "reconstruct": reconstruct, "calibration": calibration if reconstruct else None}
     doc = document("compare", settings, model=saved.model_spec, dataset=saved.dataset_spec,
                    comparison=comparison.to_dict())
     write_comparison(out, doc, comparison)
