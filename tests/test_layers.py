@@ -33,6 +33,8 @@ LAYERS: dict[str, int] = {
     "prunescope.units": LIBRARY,
     "prunescope.criteria": LIBRARY,
     "prunescope.masks": LIBRARY,
+    "prunescope.calibration": LIBRARY,  # a layer's inputs on calibration data
+    "prunescope.reconstruct": LIBRARY,  # layer-wise OBS reconstruction
     "prunescope.structured": LIBRARY,  # groups, importance, allocation: the engine behind channel units
     "prunescope.structured.pruning": STUDY,
     "prunescope.structured.export": STUDY,
@@ -52,6 +54,7 @@ LAYERS: dict[str, int] = {
     "prunescope.cli": WORKFLOW,
     "prunescope.runconfig": WORKFLOW,
     "prunescope.prune": WORKFLOW,
+    "prunescope.recovered": WORKFLOW,
     "prunescope.results": OUTPUT,
     "prunescope.report": OUTPUT,
     "prunescope.html": OUTPUT,
