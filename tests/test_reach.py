@@ -8,7 +8,7 @@ from prunescope.errors import UsageError
 from prunescope.pick.reach import reach
 
 
-def _curve(knee: float):  # noqa: ANN202
+def _curve(knee: float):
     """Accuracy 0.98 up to ``knee``, then falling 2 points per percent of sparsity."""
     calls: list[float] = []
 

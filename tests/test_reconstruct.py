@@ -115,7 +115,7 @@ def test_exact_refit_is_optimal_for_its_mask() -> None:
 
 
 @pytest.mark.parametrize("allocator", [uniform, erk])
-def test_reconstruction_keeps_any_allocations_counts_and_zeros_exactly(allocator) -> None:  # noqa: ANN001
+def test_reconstruction_keeps_any_allocations_counts_and_zeros_exactly(allocator) -> None:
     model = _ConvNet()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     targets = find_targets(model)
@@ -222,8 +222,9 @@ def test_reconstructed_pruning_restores_every_parameter_bit_exactly_also_after_a
 
 
 def test_compare_with_reconstruction_keeps_every_rows_sparsity_and_beats_plain_masks_on_val() -> None:
-    from prunescope.compare import compare
     from conftest import make_dataset
+
+    from prunescope.compare import compare
 
     data = make_dataset(n_train=300, n_val=90, n_test=60)
     torch.manual_seed(0)

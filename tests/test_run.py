@@ -12,7 +12,7 @@ from prunescope.evaluate import Evaluator
 from prunescope.runconfig import RunConfig
 
 FAST = RunConfig(epochs=3, folds=0, finetune_epochs=2, sparsity=0.8, sparsities=(0.5, 0.8), methods=("ours", "uniform"),
-                 scratch=("E",), device="cpu")
+                 scratch=("E",), device="cpu", recovered=False, reconstruct=None)
 
 
 class Recorder:

@@ -13,6 +13,7 @@ Only train examples serve as calibration data (never val or test), and no label 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -60,7 +61,10 @@ def as_rows(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Conv1d):  # a 1-D convolution is a 2-D one of height 1
         inputs = inputs.unsqueeze(2)
         kernel, dilation, padding, stride = (
-            (1, module.kernel_size[0]), (1, module.dilation[0]), (0, module.padding[0]), (1, module.stride[0])
+            (1, module.kernel_size[0]),
+            (1, module.dilation[0]),
+            (0, module.padding[0]),
+            (1, module.stride[0]),
         )
     else:
         kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
@@ -121,11 +125,8 @@ def layer_inputs(
     try:
         for start in range(0, len(calibration), batch_size):
             taken.clear()
-            with torch.no_grad():
-                try:
-                    model(calibration[start : start + batch_size].to(device))
-                except _Captured:
-                    pass
+            with torch.no_grad(), contextlib.suppress(_Captured):
+                model(calibration[start : start + batch_size].to(device))
             if not taken:
                 raise UsageError(f"the forward pass never reaches {module_name}: exclude it")
             yield taken[0]
@@ -134,7 +135,9 @@ def layer_inputs(
         model.train(was_training)
 
 
-def input_norms(model: nn.Module, module_name: str, calibration: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+def input_norms(
+    model: nn.Module, module_name: str, calibration: torch.Tensor, *, batch_size: int = 256
+) -> torch.Tensor:
     """‖X_j‖₂ over the calibration rows for every input feature j: shape (d_in,)."""
     total: torch.Tensor | None = None
     for rows in layer_inputs(model, module_name, calibration, batch_size=batch_size):

@@ -42,6 +42,7 @@ from prunescope.pick.choose import choose
 from prunescope.pick.crossval import val_folds, with_threshold
 from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.registry import make_allocator
+from prunescope.recovered import recovered_sweep
 from prunescope.report import comparison_rows, save_scan
 from prunescope.results import document
 from prunescope.retrain_cv import retrain_cross_validate
@@ -52,7 +53,14 @@ from prunescope.targets import find_targets
 from prunescope.train import EpochRecord, TrainConfig, TrainResult, finetune, train
 from prunescope.train.scratch import scratch_epochs, train_scratch
 from prunescope.trust import Trust
-from prunescope.verdict import crossval_clause, layer_sentences, method_sentence, scratch_sentence
+from prunescope.verdict import (
+    crossval_clause,
+    layer_sentences,
+    method_sentence,
+    reconstruction_sentence,
+    recovered_sentence,
+    scratch_sentence,
+)
 
 Progress = Callable[[str, int, int | None], None]
 """``progress(stage, done, total)``; total None while unknown."""
@@ -186,6 +194,17 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
         model, data, levels, config.methods, curves=curves, criterion=config.criterion, device=config.device,
         test=False, on_row=lambda row: progress("one-shot comparison", next(rows_done), None),
         recalibrate_bn=config.recalibrate_bn).to_dict())
+    # the same rows pruned by layer-wise reconstruction on calibration inputs (no fine-tuning either)
+    reconstructed = None
+    if config.reconstruct is not None:
+        rows_done = iter(range(1, len(levels) * len(config.methods) + 1))
+        reconstructed = stages.get(
+            "one_shot_reconstructed", {**inputs, "reconstruct": config.reconstruct, "calibration": config.calibration},
+            lambda: compare(model, data, levels, config.methods, curves=curves, criterion=config.criterion,
+                            device=config.device, test=False, recalibrate_bn=config.recalibrate_bn,
+                            reconstruct=config.reconstruct, calibration=config.calibration,
+                            on_row=lambda row: progress("one-shot with reconstruction", next(rows_done), None),
+                            ).to_dict())
 
     # 5. fine-tune every method at the compared sparsity, same budget for all
     scores = compute_scores(model, targets, config.criterion, data=data.train)
@@ -240,6 +259,21 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
         entry |= result
     dense = {**evaluated["dense"], "history": _history(dense_run)}
 
+    # 8. how far after fine-tuning: ours and the best fine-tuned baseline over the recovered sparsities
+    recovered = None
+    tuned_baselines = [m for m in methods if m["method"] != "ours" and m.get("val")]
+    if config.recovered and config.finetune_epochs > 0 and tuned_baselines:
+        baseline = max(tuned_baselines, key=lambda m: m["val"]["accuracy"])["method"]
+        recovered = stages.get(
+            "recovered",
+            {**scan_key, "sparsities": config.recovered_sparsities, "max_drop": config.max_drop, "baseline": baseline,
+             "tune": tune.to_dict(), "recalibrate_bn": config.recalibrate_bn},
+            lambda: recovered_sweep(model, data, curves, sparsities=config.recovered_sparsities,
+                                    max_drop=config.max_drop, baseline=baseline, tune=tune, out=out / "recovered",
+                                    model_spec=spec, criterion=config.criterion, device=config.device,
+                                    recalibrate_bn=config.recalibrate_bn,
+                                    progress=lambda message: progress(message, 1, None)))
+
     verdict = [
         *layer_sentences(curves, config.tolerance),
         f"within {config.max_drop * 100:g} pts the whole model can be pruned to {pick['global_sparsity']:.0%} "
@@ -249,10 +283,14 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     ]
     if (sentence := scratch_sentence(next((m for m in methods if m["method"] == "ours"), None), scratch)):
         verdict.append(sentence)
+    if reconstructed is not None:
+        verdict.append(reconstruction_sentence(config.sparsity, one_shot, reconstructed))
+    if recovered is not None:
+        verdict.append(recovered_sentence(recovered, config.max_drop))
     doc = document("run", config.to_dict(), model=spec, dataset=data.spec, dense=dense,
                    scan={"tolerance": config.tolerance, "curves": curves.to_dict(per_example=False)},
                    pick=pick, sparsity=config.sparsity, one_shot=one_shot, methods=methods, scratch=scratch,
-                   verdict=verdict)
+                   one_shot_reconstructed=reconstructed, recovered=recovered, verdict=verdict)
     write_json(out / "result.json", doc)
     write_csv(out / "methods.csv", [_method_row(m) for m in methods])
     write_csv(out / "one_shot.csv", comparison_rows(one_shot))

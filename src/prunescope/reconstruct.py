@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from prunescope.calibration import check_supported, data_flow_order, layer_inputs, weight_matrix
-from prunescope.errors import UsageError
 from prunescope.criteria import Scores
+from prunescope.errors import UsageError
 from prunescope.masks import Masks, check_sparsity, compute_masks, removed_count
 from prunescope.targets import Target
 
@@ -128,8 +128,16 @@ def reconstruct(
         mask = None if masks is None or select == "obs" else masks[target.name]
         layers.append(
             _reconstruct_layer(
-                model, dense, target, allocation[target.name], calibration,
-                mask=mask, refit=refit, blocksize=blocksize, damping=damping, batch_size=batch_size,
+                model,
+                dense,
+                target,
+                allocation[target.name],
+                calibration,
+                mask=mask,
+                refit=refit,
+                blocksize=blocksize,
+                damping=damping,
+                batch_size=batch_size,
                 inputs_from=model if sequential else dense,
             )
         )
@@ -207,7 +215,9 @@ def _reconstruct_layer(
     pairs = (
         ((rows, rows) for rows in dense_inputs)
         if inputs_from is dense
-        else zip(layer_inputs(inputs_from, target.module, calibration, batch_size=batch_size), dense_inputs, strict=True)
+        else zip(
+            layer_inputs(inputs_from, target.module, calibration, batch_size=batch_size), dense_inputs, strict=True
+        )
     )
     for pruned_rows, dense_rows in pairs:
         x_tilde, x = _augmented(pruned_rows, has_bias), _augmented(dense_rows, has_bias)
@@ -231,7 +241,9 @@ def _reconstruct_layer(
 
     def error(w: torch.Tensor) -> float:
         target_energy = torch.einsum("ij,jk,ik->", w_dense, dense_h, w_dense)
-        residual = target_energy - 2 * torch.einsum("ij,kj,ik->", w_dense, cross, w) + torch.einsum("ij,jk,ik->", w, h, w)
+        residual = (
+            target_energy - 2 * torch.einsum("ij,kj,ik->", w_dense, cross, w) + torch.einsum("ij,jk,ik->", w, h, w)
+        )
         return float(residual.clamp_min(0) / target_energy.clamp_min(torch.finfo(torch.float64).tiny))
 
     _write(module, weights, has_bias)

@@ -67,17 +67,35 @@ def recovered_sweep(
 
     def fine_tuned(method: str, sparsity: float) -> tuple[float, nn.Module] | None:
         if (method, sparsity) not in recovered:
-            row = compare(model, data, [sparsity], [method], curves=curves, criterion=criterion, device=device,
-                          test=False, recalibrate_bn=recalibrate_bn).rows[0]
+            row = compare(
+                model,
+                data,
+                [sparsity],
+                [method],
+                curves=curves,
+                criterion=criterion,
+                device=device,
+                test=False,
+                recalibrate_bn=recalibrate_bn,
+            ).rows[0]
             if row.error is not None:
                 recovered[method, sparsity] = None
             else:
                 progress(f"fine-tuning {method} at {sparsity:.1%}")
-                result = finetune(copy.deepcopy(model), data, targets, compute_masks(scores, row.allocation), tune,
-                                  checkpoint=out / f"{method}@{sparsity:g}" / "model.pt", model_spec=model_spec,
-                                  device=device)
-                recovered[method, sparsity] = (Evaluator(result.model, data.val, device=device).evaluate().accuracy,
-                                               result.model)
+                result = finetune(
+                    copy.deepcopy(model),
+                    data,
+                    targets,
+                    compute_masks(scores, row.allocation),
+                    tune,
+                    checkpoint=out / f"{method}@{sparsity:g}" / "model.pt",
+                    model_spec=model_spec,
+                    device=device,
+                )
+                recovered[method, sparsity] = (
+                    Evaluator(result.model, data.val, device=device).evaluate().accuracy,
+                    result.model,
+                )
         return recovered[method, sparsity]
 
     def ours_at(sparsity: float) -> float:
@@ -93,8 +111,11 @@ def recovered_sweep(
         "baseline": baseline,
         "dense_val": dense_val,
         "curves": {
-            method: [{"sparsity": s, "val": r[0] if (r := recovered[m, s]) else None}
-                     for (m, s) in sorted(recovered) if m == method]
+            method: [
+                {"sparsity": s, "val": r[0] if (r := recovered[m, s]) else None}
+                for (m, s) in sorted(recovered)
+                if m == method
+            ]
             for method in ("ours", baseline)
         },
         "reach": found.to_dict(),
@@ -111,16 +132,30 @@ def recovered_sweep(
 
 
 def _gradual(
-    model: nn.Module, data: Dataset, sparsity: float, tune: TrainConfig, out: Path, model_spec: dict,
-    criterion: str, device: str,
+    model: nn.Module,
+    data: Dataset,
+    sparsity: float,
+    tune: TrainConfig,
+    out: Path,
+    model_spec: dict,
+    criterion: str,
+    device: str,
 ) -> dict[str, Any]:
     """AGP (cubic) to ``sparsity`` with global magnitude allocation, same total epochs as one fine-tuning run."""
     steps = max(1, min(tune.epochs, 5))
     per_step = TrainConfig(**{**asdict(tune), "epochs": max(1, tune.epochs // steps)})
     pruned = copy.deepcopy(model)
-    result = gradual_prune(pruned, data, lambda s: allocate("global", pruned, find_targets(pruned), s),
-                           polynomial_schedule(0.0, sparsity, steps), per_step, criterion=criterion, device=device,
-                           checkpoint_dir=out, model_spec=model_spec)
+    result = gradual_prune(
+        pruned,
+        data,
+        lambda s: allocate("global", pruned, find_targets(pruned), s),
+        polynomial_schedule(0.0, sparsity, steps),
+        per_step,
+        criterion=criterion,
+        device=device,
+        checkpoint_dir=out,
+        model_spec=model_spec,
+    )
     return {
         "sparsity": sparsity,
         "steps": steps,

@@ -55,6 +55,12 @@ class RunConfig:
     patience: int | None = None
     scratch: tuple[str, ...] = ("E", "B")
     scratch_max_factor: float | None = None
+    # how far after fine-tuning: ours and the best baseline fine-tuned at each sparsity, then bisection on val
+    recovered: bool = True
+    recovered_sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+    # one-shot comparison repeated with layer-wise reconstruction ("mask" or "obs"; None: off)
+    reconstruct: str | None = "mask"
+    calibration: int = 1024
     # one-shot evaluation of pruned models (scan aside): BatchNorm batches, None = 20 with BatchNorm, else 0
     recalibrate_bn: int | None = None
 
@@ -76,6 +82,9 @@ RULES: tuple[Rule, ...] = (
     Rule(("finetune_lr", "patience"), lambda c: c.finetune_epochs > 0,
          "fine-tuning is off (finetune_epochs = 0)"),
     Rule(("scratch_max_factor",), lambda c: "B" in c.scratch, "it caps scratch-B, which scratch does not list"),
+    Rule(("recovered_sparsities",), lambda c: c.recovered and c.finetune_epochs > 0,
+         "the recovered sweep is off (recovered = false or finetune_epochs = 0)"),
+    Rule(("calibration",), lambda c: c.reconstruct is not None, "reconstruction is off (reconstruct unset)"),
 )
 """Which settings apply in which mode. A setting in no rule is always used."""
 

@@ -67,3 +67,30 @@ def scratch_sentence(ours: Mapping[str, Any] | None, scratch: list[Mapping[str, 
             word = "beat" if difference > 0 else "trailed"
             comparisons.append(f"{word} {name} by {_pts(abs(difference))} pts")
     return "fine-tuning ours " + "; ".join(comparisons)
+
+
+def reconstruction_sentence(sparsity: float, plain: Mapping[str, Any], reconstructed: Mapping[str, Any]) -> str:
+    """One-shot val accuracy at ``sparsity`` of each method with masks alone → with layer-wise reconstruction."""
+    parts = []
+    for before, after in zip(plain["rows"], reconstructed["rows"], strict=True):
+        if before["sparsity"] == sparsity and before.get("val") and after.get("val"):
+            parts.append(f"{before['method']} {before['val']['accuracy']:.1%} → {after['val']['accuracy']:.1%}")
+    if not parts:
+        return f"no method reached {sparsity:.0%} one-shot"
+    return (f"one-shot at {sparsity:.0%}, val accuracy with masks alone → re-fitted by layer-wise reconstruction "
+            f"({reconstructed['reconstruct']}, no labels): " + ", ".join(parts))
+
+
+def recovered_sentence(recovered: Mapping[str, Any], max_drop: float) -> str:
+    """How far the whole model goes within ``max_drop`` after fine-tuning, its test accuracy there, and AGP there."""
+    epochs = recovered["epochs"]
+    if recovered["answer"] == 0:
+        return (f"with {epochs} epochs of fine-tuning no swept sparsity stays within {_pts(max_drop)} pts on val "
+                f"(lowest tried: {recovered['reach']['points'][0]['sparsity']:.1%})")
+    text = (f"with {epochs} epochs of fine-tuning the whole model can be pruned to {recovered['answer']:.1%} within "
+            f"{_pts(max_drop)} pts on val (test {recovered['test']['accuracy']:.2%})")
+    if recovered.get("gradual"):
+        gradual = recovered["gradual"]
+        text += (f"; gradual AGP to the same sparsity in {gradual['epochs']} epochs: test "
+                 f"{gradual['test']['accuracy']:.2%}")
+    return text

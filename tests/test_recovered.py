@@ -1,0 +1,47 @@
+"""The recovered answer in `prunescope run`: fine-tuned sweep, bisection on val, test read once at the answer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from test_run import FAST, Recorder
+
+from prunescope import pipeline
+from prunescope.checkpoint import load_checkpoint
+from prunescope.targets import find_targets
+from prunescope.trust import Trust
+
+RECOVERED = replace(FAST, recovered=True, recovered_sparsities=(0.5, 0.9), reconstruct="mask", calibration=256,
+                    max_drop=0.02, scratch=())
+
+
+def test_run_answers_how_far_after_fine_tuning_and_reads_test_once_there(tmp_path, monkeypatch):
+    recorder = Recorder(monkeypatch)
+    doc = pipeline.run(RECOVERED, tmp_path, progress=recorder)
+    recovered = doc["recovered"]
+    reach = recovered["reach"]
+    swept = [p["sparsity"] for p in reach["points"]]
+    assert {0.5, 0.9} <= set(swept) and recovered["baseline"] == "uniform"
+    bound = recovered["dense_val"] - RECOVERED.max_drop
+    answer = recovered["answer"]
+    # The answer is an evaluated point within the bound, below every evaluated point outside it.
+    assert answer in swept and next(p["accuracy"] for p in reach["points"] if p["sparsity"] == answer) >= bound
+    assert all(p["sparsity"] > answer for p in reach["points"] if p["accuracy"] < bound)
+    # ours and the baseline are fine-tuned at the same sparsities, each model at exactly its sparsity.
+    assert [p["sparsity"] for p in recovered["curves"]["ours"]] == [p["sparsity"] for p in recovered["curves"]["uniform"]]
+    for point in recovered["curves"]["ours"]:
+        saved = load_checkpoint(tmp_path / "recovered" / f"ours@{point['sparsity']:g}" / "model.pt",
+                                trust_factory=Trust.of_specs(doc["model"], doc["dataset"])).model
+        targets = find_targets(saved)
+        zeros = sum(int((saved.get_submodule(t.module).weight == 0).sum()) for t in targets)
+        assert abs(zeros / sum(t.numel for t in targets) - point["sparsity"]) < 2 / 1000
+    # test: dense, two fine-tuned methods, and, for the recovered answer, its model and the AGP run.
+    assert recorder.test_reads == 1 + 2 + (2 if answer > 0 else 0)
+    assert any("epochs of fine-tuning" in sentence for sentence in doc["verdict"])
+    assert doc["one_shot_reconstructed"]["reconstruct"] == "mask"
+    assert any("layer-wise reconstruction" in sentence for sentence in doc["verdict"])
+    # A rerun trains nothing again and reads the test split no more.
+    recorder = Recorder(monkeypatch)
+    assert pipeline.run(RECOVERED, tmp_path, progress=recorder)["recovered"] == json.loads(json.dumps(recovered))
+    assert recorder.test_reads == 0 and not any("fine-tuning" in stage for stage in recorder.stages)
