@@ -102,8 +102,10 @@ def _cell(values: list[float]) -> str:
 
 
 def print_model(name: str, runs: list[dict]) -> None:
-    table = Table(title=f"{name}: one-shot test accuracy % (mean ± std over {len(runs)} seeds), no fine-tuning; "
-                  f"dense {_cell([r['dense']['test'] for r in runs])}")
+    table = Table(
+        title=f"{name}: one-shot test accuracy % (mean ± std over {len(runs)} seeds), no fine-tuning; "
+        f"dense {_cell([r['dense']['test'] for r in runs])}"
+    )
     table.add_column("allocation / mode")
     for s in SPARSITIES:
         table.add_column(f"{s:.0%}", justify="right")
@@ -112,20 +114,40 @@ def print_model(name: str, runs: list[dict]) -> None:
     for allocation, mode in keys:
         cells = []
         for s in SPARSITIES:
-            test = [r["test"] for run in runs for r in run["rows"] if (r["allocation"], r["mode"], r["sparsity"]) == (allocation, mode, s)]
+            test = [
+                r["test"]
+                for run in runs
+                for r in run["rows"]
+                if (r["allocation"], r["mode"], r["sparsity"]) == (allocation, mode, s)
+            ]
             cells.append(_cell(test))
-        seconds = [r["seconds"] for run in runs for r in run["rows"] if (r["allocation"], r["mode"]) == (allocation, mode)]
+        seconds = [
+            r["seconds"] for run in runs for r in run["rows"] if (r["allocation"], r["mode"]) == (allocation, mode)
+        ]
         table.add_row(f"{allocation} / {mode}", *cells, f"{statistics.fmean(seconds):.2f}")
     best = []
     for s in SPARSITIES:
         # Chosen on val (mean over seeds), reported on test.
         def val_mean(key: tuple[str, str], s: float = s) -> float:
-            return statistics.fmean(r["val"] for run in runs for r in run["rows"] if (r["allocation"], r["mode"], r["sparsity"]) == (*key, s))
+            return statistics.fmean(
+                r["val"]
+                for run in runs
+                for r in run["rows"]
+                if (r["allocation"], r["mode"], r["sparsity"]) == (*key, s)
+            )
 
         key = max(keys, key=val_mean)
-        test = [r["test"] for run in runs for r in run["rows"] if (r["allocation"], r["mode"], r["sparsity"]) == (*key, s)]
-        baseline = [r["test"] for run in runs for r in run["rows"] if (r["allocation"], r["mode"], r["sparsity"]) == ("global", "lsq", s)]
-        best.append(f"{'/'.join(key)}: {_cell(test)} (vs global/lsq {_cell([a - b for a, b in zip(test, baseline, strict=True)])})")
+        test = [
+            r["test"] for run in runs for r in run["rows"] if (r["allocation"], r["mode"], r["sparsity"]) == (*key, s)
+        ]
+        baseline = [
+            r["test"]
+            for run in runs
+            for r in run["rows"]
+            if (r["allocation"], r["mode"], r["sparsity"]) == ("global", "lsq", s)
+        ]
+        paired = [a - b for a, b in zip(test, baseline, strict=True)]
+        best.append(f"{'/'.join(key)}: {_cell(test)} (vs global/lsq {_cell(paired)})")
     table.add_row("best on val (paired Δ)", *best, "")
     console.print(table)
 
@@ -133,8 +155,12 @@ def print_model(name: str, runs: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="folder with mnist/ and fashion-mnist/ (IDX files)")
-    parser.add_argument("--work", type=Path, default=Path("prunescope-out/bench-allocations"),
-                        help="cache of dense models (shared with bench/allocations.py)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("prunescope-out/bench-allocations"),
+        help="cache of dense models (shared with bench/allocations.py)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/oneshot.json"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--models", default=",".join(MODELS))
@@ -151,12 +177,21 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "command": "python bench/oneshot.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "report_only"),
+        "command": "python bench/oneshot.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "report_only"),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                    "note": "2-core CPU shared with other jobs"},
-        "settings": {"sparsities": SPARSITIES, "models": {m: MODELS[m] for m in args.models.split(",")},
-                     "calibration": args.calibration, "bn_recalibration_batches": 20},
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "note": "2-core CPU shared with other jobs",
+        },
+        "settings": {
+            "sparsities": SPARSITIES,
+            "models": {m: MODELS[m] for m in args.models.split(",")},
+            "calibration": args.calibration,
+            "bn_recalibration_batches": 20,
+        },
         "runs": [],
     }
     if args.out.exists():  # resume: keep the finished (model, seed) runs of an earlier invocation
