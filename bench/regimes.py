@@ -20,7 +20,7 @@ temperature, densities 0.02, 0.05, 0.1, 0.3, 2 recovery epochs at lr 0.1, 4 Batc
 batches per point of the line. ResNet-20 does not fit this budget without a GPU (there was
 none), so it is not run by default (``--model resnet20``).
 
-    python bench/regimes.py --data-dir ../shared/data                 # the 4 × 4 diagram (≈ 20 min)
+    python bench/regimes.py --data-dir ../shared/data                 # the 4 × 4 diagram (45 min, loaded 2-core CPU)
     python bench/regimes.py --values 1,4 --densities 0.05,0.3          # a smaller one
 
 Raw results (every cell, every seed, every pair's path) go to ``bench/results/regimes.json``

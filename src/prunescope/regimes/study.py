@@ -22,8 +22,9 @@ Which two models are compared (``pairing``):
 - ``seeds``: pruned models from dense models trained with different seeds (their masks
   differ; pruned weights are zeros and the plain weights are interpolated, so points between
   keep the union of both masks). Independently trained networks are permuted copies of one
-  another, so a straight line between them crosses a barrier almost everywhere (on digits'
-  MLP every cell above chance was regime I), which hides the transitions the model is about.
+  another, so a straight line between them tends to cross a barrier whatever the
+  temperature (in a trial with digits' MLP every cell above chance was regime I), which
+  hides the transitions the model is about.
 
 Every job is an Optuna trial in ``out/study.journal`` (:mod:`prunescope.regimes.trials`):
 a rerun skips finished jobs, ``workers`` processes share the queue. Regimes are assigned
