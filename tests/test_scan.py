@@ -477,7 +477,7 @@ def test_study_of_another_model_or_setting_is_refused_and_left_unchanged(tiny_mo
 
 @pytest.mark.parametrize("url", ["sqlite:////nonexistent-prunescope-dir/deeper/scan.db", "nosuchdialect://host/db"])
 def test_storage_url_that_cannot_be_opened(tiny_model, tiny_data, url):
-    with pytest.raises(UsageError, match="cannot open scan storage") as error:
+    with pytest.raises(UsageError, match="cannot open storage") as error:
         scan(tiny_model, tiny_data, storage=url)
     assert "\n" not in str(error.value)
 

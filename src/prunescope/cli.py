@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from prunescope import cli_study as study_options
 from prunescope import models as zoo
 from prunescope.apply import export, load_allocation, prune
 from prunescope.checkpoint import load_checkpoint
@@ -62,6 +63,7 @@ from prunescope.train import (
     polynomial_schedule,
     train_scratch,
 )
+from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from prunescope.trust import Trust, check_spec
 
 app = typer.Typer(
@@ -305,8 +307,14 @@ def scan_command(
     subset: Annotated[str | None, typer.Option(help="Start on a seeded subset of this many val examples, or 'auto' "
                                                     "(3 / tolerance examples); grown where a decision is within "
                                                     "noise.")] = None,
-    workers: Annotated[int, typer.Option(help="Processes sharing the study.")] = 1,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: a journal file in OUT).")] = None,
+    workers: study_options.Workers = 1,
+    storage: study_options.Storage = None,
+    study_name: study_options.StudyName = "scan",
+    executor: study_options.ExecutorKind = None,
+    ray_address: study_options.RayAddress = None,
+    gpus_per_worker: study_options.GpusPerWorker = 0.0,
+    heartbeat_interval: study_options.HeartbeatInterval = HEARTBEAT_INTERVAL,
+    grace_period: study_options.GracePeriod = GRACE_PERIOD,
     include: Include = None,
     exclude: Exclude = None,
     data_dir: DataDir = None,
@@ -323,13 +331,17 @@ def scan_command(
     subset = _subset(subset)
     saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
-                "tolerance": tolerance / 100, "subset": subset, "workers": workers, "include": include or [],
+                "tolerance": tolerance / 100, "subset": subset, "workers": workers, "study_name": study_name,
+                "include": include or [],
                 "exclude": exclude or [], "seed": seed}
     with _growing_progress("scanning") as advance:
         curves = scan(
             saved.model, dataset, criterion=criterion, strategy=strategy, tolerance=tolerance / 100, subset=subset,
-            include=include or (), exclude=exclude or (), device=device, storage=storage or out / JOURNAL_FILE,
-            workers=workers, seed=seed, on_trial=advance, granularity=granularity,
+            include=include or (), exclude=exclude or (), device=device,
+            storage=out / JOURNAL_FILE if storage is None else storage,
+            workers=workers, seed=seed, on_trial=advance, granularity=granularity, study_name=study_name,
+            executor_kind=executor, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
+            heartbeat_interval=heartbeat_interval, grace_period=grace_period,
         )
     save_scan(out, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
               dataset_spec=saved.dataset_spec, settings=settings)
@@ -425,6 +437,7 @@ def compare_command(
     data_dir: DataDir = None,
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
+    study_name: study_options.StudyName = "scan",
 ) -> None:
     """One-shot accuracy of our allocation vs uniform, uniform+, global, ERK and LAMP at equal sparsity."""
     levels = _parse_sparsities(sparsities)
@@ -442,7 +455,7 @@ def compare_command(
             with _growing_progress("scanning") as advance:
                 curves = scan(saved.model, dataset, criterion=criterion, include=include or (),
                               exclude=exclude or (), device=device, storage=scan_dir / JOURNAL_FILE,
-                              on_trial=advance)
+                              study_name=study_name, on_trial=advance)
             save_scan(scan_dir, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
                       dataset_spec=saved.dataset_spec, settings={"criterion": criterion, "tolerance": 0.005})
         else:
@@ -729,6 +742,9 @@ def _measure_rows(result: dict, labels: tuple[str, str]) -> list[list[str]]:
                 f"{result['mac_reduction']:.2f}×" if compared and result["mac_reduction"] else "-",
             ])
     return rows
+
+
+app.command("status")(study_options.status_command)
 
 
 @app.command("report")

@@ -5,7 +5,8 @@ Pieces, one job each:
 - :mod:`~prunescope.scan.strategy`: planners choosing the sparsities (``grid``, ``adaptive``).
 - :mod:`~prunescope.scan.runner`: the rounds (plan, settle on a subset, evaluate).
 - :mod:`~prunescope.scan.study`: the Optuna study recording every evaluation (resume, sharing).
-- :mod:`~prunescope.scan.executors`: this process or spawned workers draining the study's queue.
+- :mod:`~prunescope.scan.executors`: the scan on :mod:`prunescope.trials` executors (local,
+  processes, Ray) evaluating the study's queued points.
 - :mod:`~prunescope.scan.evaluation`: the evaluation of a real model under masks.
 - :mod:`~prunescope.scan.identity`: fingerprints that tie a study to one model and dataset.
 """
@@ -36,6 +37,8 @@ from prunescope.structured.groups import find_groups
 from prunescope.structured.importance import group_scores
 from prunescope.structured.pruning import ChannelPruning, masking_error
 from prunescope.targets import find_targets
+from prunescope.trials.executors import EXECUTORS
+from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 __all__ = ["GRANULARITIES", "SCAN_METRICS", "SCONCE_LEVELS", "STRATEGIES", "auto_subset", "scan"]
 
@@ -64,7 +67,7 @@ def auto_subset(val: int, tolerance: float) -> int | None:
 
 def _check(
     tolerance: float, metric: str, subset: int | str | None, max_subset: int | None, workers: int, storage: object,
-    val: int,
+    val: int, executor_kind: str,
 ) -> None:
     if tolerance < 0:
         raise UsageError(f"tolerance must be at least 0 (a fraction of the metric, e.g. 0.005), got {tolerance:g}")
@@ -79,7 +82,9 @@ def _check(
         raise UsageError(f"max_subset must be a positive number of examples, got {max_subset}")
     if workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}")
-    if workers > 1 and storage is None:
+    if executor_kind not in EXECUTORS:
+        raise UsageError(f"unknown executor {executor_kind!r}: use one of {', '.join(EXECUTORS)}")
+    if (workers > 1 or executor_kind != "local") and storage is None:
         raise UsageError("several workers share a study on disk: give a storage (an --out directory or a URL)")
     if val < 1:
         raise UsageError("the validation split is empty: a scan evaluates on it")
@@ -105,6 +110,11 @@ def scan(
     on_trial: Callable[[int, int], None] | None = None,
     max_subset: int | None = None,
     granularity: str = "weight",
+    executor_kind: str | None = None,
+    ray_address: str | None = None,
+    gpus_per_worker: float = 0.0,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
 ) -> Curves:
     """Sensitivity curves of every target of ``model`` on ``data.val``: one target pruned, others dense.
 
@@ -139,8 +149,11 @@ def scan(
         storage: where the Optuna study lives: a journal file path, a database URL
             (``sqlite:///scan.db``, ``postgresql://…``), or None (in memory, no resume).
             Finished evaluations found there are reused, so a killed scan resumes.
-        study_name: name of the study in ``storage``.
-        workers: processes evaluating in parallel (needs a persistent ``storage``).
+        study_name: name of the study in ``storage`` (one database holds many scans).
+        workers: workers evaluating in parallel (more than one needs a persistent ``storage``).
+            Any number of scans (processes, machines) with the same ``storage`` and
+            ``study_name`` share the study: none evaluates a point another has evaluated or
+            is evaluating, and each waits for the points it needs wherever they run.
         seed: seed of the subset sample and of the random / gradient criteria.
         on_trial: ``on_trial(done, planned)`` after every evaluation (run or reused);
             ``planned`` grows as the adaptive strategy plans more.
@@ -151,6 +164,14 @@ def scan(
             :func:`prunescope.structured.groups.find_groups`, sparsity the fraction of a
             group's channels removed, all its members' slices masked at once so that the
             drop is the one physical removal causes; checked on a val batch before scanning).
+        executor_kind: who evaluates (:mod:`prunescope.trials.executors`): ``local`` (this
+            process), ``processes`` (``workers`` spawned processes; a dead one is replaced)
+            or ``ray`` (``workers`` Ray actors); None: ``local`` for one worker, else ``processes``.
+        ray_address: the Ray cluster to join (``auto``: the running one; None: a local one).
+        gpus_per_worker: the GPU share of each Ray worker (0.25: four workers per GPU).
+        heartbeat_interval / grace_period: seconds; a trial running in ``storage`` whose
+            heartbeat is older than ``grace_period`` (or whose process on this host is
+            gone) is failed and its point evaluated again.
 
     Returns:
         :class:`~prunescope.curves.Curves` with one curve per target (one point per
@@ -160,7 +181,8 @@ def scan(
     The model's weights are bit-identical afterwards: pruning is applied in place and undone.
     """
     planner = make_planner(strategy, levels, tolerance)
-    _check(tolerance, metric, subset, max_subset, workers, storage, len(data.val))
+    executor_kind = executor_kind or ("local" if workers == 1 else "processes")
+    _check(tolerance, metric, subset, max_subset, workers, storage, len(data.val), executor_kind)
     if granularity not in GRANULARITIES:
         raise UsageError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
     device = resolve_device(device)
@@ -176,7 +198,10 @@ def scan(
     every_name = list(find_groups(model, data.input_shape).groups) if granularity == "channel" else [
         t.name for t in every_target
     ]
-    spec = StudySpec.at(storage, study_name, (DENSE, *every_name), full, metric)
+    spec = StudySpec.at(
+        storage, study_name, (DENSE, *every_name), full, metric,
+        heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+    )
     # An in-memory study is new and private to this call: no stored identity to check, so no fingerprints.
     identity = {} if storage is None else {
         "model": model_fingerprint(model, every_target),
@@ -190,7 +215,9 @@ def scan(
     with quiet_optuna():
         study = spec.open(identity)
         evaluate.remember(study.finished())  # the dense answers of a resumed scan, for the paired counts
-        with executor(evaluate, spec, workers) as chosen:
+        with executor(
+            evaluate, spec, executor_kind, workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker
+        ) as chosen:
             outcome = Runner(
                 study,
                 planner,

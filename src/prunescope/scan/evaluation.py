@@ -35,31 +35,27 @@ class WeightPruning:
     """Unstructured pruning: per target the ``round(sparsity · numel)`` lowest-scored weights are zeroed.
 
     Masks are those of :func:`prunescope.masks.compute_masks`, computed faster for one
-    target: each target's scores are sorted once, and where the ``k`` lowest scores are a
-    unique set (no tie at the ``k``-th) the mask is ``score > k-th lowest``, which is
-    exactly that set; on a tie ``compute_masks`` itself decides.
+    target: where the ``k`` lowest scores are a unique set (the ``k``-th and ``k+1``-th lowest
+    differ, found by selection) the mask is ``score > k-th lowest``, which is exactly that
+    set; on a tie ``compute_masks`` itself decides. Nothing is cached per target, so that a
+    scan holds no copy of the scores beyond ``scores`` itself.
     """
 
     def __init__(self, model: nn.Module, targets: Sequence[Target], scores: Scores) -> None:
         self.model = model
         self.targets = list(targets)
         self.scores = scores
-        self._sorted: dict[str, torch.Tensor | None] = {}
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_sorted": {}}
 
     def masks(self, target: str, sparsity: float) -> Masks:
-        """``compute_masks(scores, {target: sparsity})``, from the target's sorted scores where that is exact."""
+        """``compute_masks(scores, {target: sparsity})``, by selecting the ``k``-th lowest score where exact."""
         score = self.scores[target]
-        if target not in self._sorted:
-            ordered = torch.sort(score.flatten()).values
-            self._sorted[target] = None if bool(torch.isnan(ordered).any()) else ordered
-        ordered = self._sorted[target]
-        k = removed_count(sparsity, score.numel())
-        if ordered is None or not 0 < k <= score.numel() or (k < score.numel() and ordered[k] == ordered[k - 1]):
-            return compute_masks(self.scores, {target: sparsity})
-        return {target: score > ordered[k - 1]}
+        flat = score.flatten()
+        k = removed_count(sparsity, flat.numel())
+        if 0 < k <= flat.numel() and not bool(torch.isnan(flat).any()):
+            kth = torch.kthvalue(flat, k).values
+            if k == flat.numel() or torch.kthvalue(flat, k + 1).values != kth:
+                return {target: score > kth}
+        return compute_masks(self.scores, {target: sparsity})
 
     @contextlib.contextmanager
     def applied(self, allocation: Mapping[str, float]) -> Iterator[nn.Module]:

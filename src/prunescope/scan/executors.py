@@ -1,109 +1,114 @@
-"""Who drains the study's queue: this process, or a pool of spawned worker processes.
+"""The scan on :mod:`prunescope.trials.executors`: who evaluates its queued points.
 
-An executor's ``run(study, points, on_done)`` queues ``points`` in the study, evaluates
-every queued trial, and calls ``on_done(point, measurement)`` for each of ``points`` as it
-finishes; ``close()`` releases its processes. Workers share the study only: each one repeatedly takes a queued
-trial with ``ask`` (Optuna gives every trial to exactly one taker) and ``tell``s its value.
+The runner hands a round's points to ``run(study, points, on_done)``: the points no trial
+holds are queued (by this process or any other sharing the study), the workers evaluate
+queued trials, and ``run`` returns once every one of ``points`` is finished, wherever it
+ran, calling ``on_done(point, measurement)`` for each as it finishes. A point whose worker
+died is queued again while we wait (see :func:`prunescope.trials.queue.plan`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import multiprocessing
-import pickle
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-import optuna
-import torch
-
 from prunescope.scan.study import Evaluate, Measurement, Point, ScanStudy, StudySpec
+from prunescope.trials.executors import POLL_SECONDS, Local, make_executor
+from prunescope.trials.executors import Executor as Workers
 
 OnDone = Callable[[Point, Measurement], None]
-POLL_SECONDS = 0.5  # how often the parent reads the study for finished trials while workers run
 
 
 class Executor(Protocol):
     def run(self, study: ScanStudy, points: Sequence[Point], on_done: OnDone) -> None:
-        """Queue ``points`` in ``study``, evaluate the queue, call ``on_done`` for each of ``points``."""
+        """Have every one of ``points`` finished in ``study``; call ``on_done`` for each."""
         ...
 
-    def close(self) -> None: ...
+
+def settle_points(workers: Workers, study: ScanStudy, points: Sequence[Point], on_done: OnDone) -> None:
+    """Queue ``points`` and let ``workers`` evaluate until all are finished (see the module's docstring).
+
+    Finished points are collected at every settle (after each trial in this process);
+    planning, which takes the study's lock and reads every trial, at most every
+    :data:`~prunescope.trials.executors.POLL_SECONDS`.
+    """
+    pending = set(points)
+    next_plan = 0.0
+
+    def settle() -> bool:
+        nonlocal next_plan
+        finished = study.finished()
+        for point in sorted(pending & finished.keys()):
+            pending.discard(point)
+            on_done(point, finished[point])
+        if pending and time.monotonic() >= next_plan:
+            study.enqueue(sorted(pending))
+            next_plan = time.monotonic() + POLL_SECONDS
+        return not pending
+
+    workers.run(settle)
 
 
 class InProcess:
-    """Evaluate queued trials one by one in this process."""
+    """Evaluate in this process (any storage, in memory included)."""
 
     def __init__(self, evaluate: Evaluate) -> None:
         self.evaluate = evaluate
 
     def run(self, study: ScanStudy, points: Sequence[Point], on_done: OnDone) -> None:
-        study.enqueue(points)
-        while (finished := study.run_next(self.evaluate)) is not None:
-            on_done(*finished)
-
-    def close(self) -> None:
-        """Nothing to release."""
+        settle_points(Local(lambda limit: study.run_queued(self.evaluate, limit)), study, points, on_done)
 
 
-# A worker process's study and evaluation function, set once by the pool's initializer so
-# that the model is unpickled once per process, not once per task.
-_worker: tuple[ScanStudy, Evaluate] | None = None
+class ScanDrain:
+    """A worker's drain of the scan's study: opens the study once, then evaluates queued trials.
+
+    Picklable (the evaluation carries the model); a worker gets its own copy.
+    """
+
+    def __init__(self, spec: StudySpec, evaluate: Evaluate) -> None:
+        self.spec = spec
+        self.evaluate = evaluate
+        self.study: ScanStudy | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "study": None}
+
+    def __call__(self, limit: int | None) -> int:
+        if self.study is None:
+            self.study = self.spec.attach()
+        return self.study.run_queued(self.evaluate, limit)
 
 
-def _start_worker(evaluate: bytes, spec: StudySpec, threads: int) -> None:
-    global _worker
-    torch.set_num_threads(threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is the parent's job
-    _worker = (spec.attach(), pickle.loads(evaluate))
+class Pooled:
+    """Evaluate on the workers of a :mod:`prunescope.trials.executors` executor."""
 
-
-def _drain() -> None:
-    """Evaluate queued trials until none is left."""
-    assert _worker is not None, "worker not initialised"
-    study, evaluate = _worker
-    while study.run_next(evaluate) is not None:
-        pass
-
-
-class WorkerPool:
-    """``workers`` spawned processes draining a persistent study; kept alive across rounds."""
-
-    def __init__(self, evaluate: Evaluate, spec: StudySpec, workers: int) -> None:
+    def __init__(self, workers: Workers) -> None:
         self.workers = workers
-        self.pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            # Plain pickle, not multiprocessing's: torch's reducer would move the model's
-            # tensors into memory shared by every worker, and each worker masks them in place.
-            initargs=(pickle.dumps(evaluate), spec, max(1, torch.get_num_threads() // workers)),
-        )
 
     def run(self, study: ScanStudy, points: Sequence[Point], on_done: OnDone) -> None:
-        study.enqueue(points)
-        pending = set(points)
-        futures = [self.pool.submit(_drain) for _ in range(self.workers)]
-        running = set(futures)
-        while running:
-            _, running = concurrent.futures.wait(running, timeout=POLL_SECONDS)
-            finished = study.finished()
-            for point in sorted(pending & finished.keys()):
-                pending.discard(point)
-                on_done(point, finished[point])
-        for future in futures:
-            future.result()  # a worker's error surfaces here
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        settle_points(self.workers, study, points, on_done)
 
 
 @contextlib.contextmanager
-def executor(evaluate: Evaluate, spec: StudySpec, workers: int) -> Iterator[Executor]:
-    """An executor for ``workers`` processes (1: this one), closed on exit."""
-    chosen: Executor = InProcess(evaluate) if workers == 1 else WorkerPool(evaluate, spec, workers)
+def executor(
+    evaluate: Evaluate,
+    spec: StudySpec,
+    kind: str,
+    workers: int,
+    *,
+    ray_address: str | None = None,
+    gpus_per_worker: float = 0.0,
+) -> Iterator[Executor]:
+    """The scan's executor of ``kind`` (``local``, ``processes``, ``ray``), its workers stopped on exit."""
+    if kind == "local" and workers == 1:
+        yield InProcess(evaluate)
+        return
+    pool = make_executor(
+        kind, ScanDrain(spec, evaluate), workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker
+    )
     try:
-        yield chosen
+        yield Pooled(pool)
     finally:
-        chosen.close()
+        pool.close()

@@ -7,12 +7,15 @@ evaluated); its value is the metric, its user attributes ``metric``, ``low`` / `
 subset, ``lost`` / ``gained`` (examples the dense model got right and this one wrong, and
 the reverse, on the same examples) and ``correct``: which of the ``n`` examples it got right
 (:func:`prunescope.evaluate.pack_bits`, in the order of
-:func:`prunescope.evaluate.subset_indices`). Points are queued with
-``enqueue_trial`` and taken with ``ask`` / ``tell``, so any number of processes can share
-one study: Optuna hands each queued trial to exactly one of them.
+:func:`prunescope.evaluate.subset_indices`). Any number of processes (on any number of
+machines) can share one study: Optuna hands each queued trial to exactly one of them.
 
 The study's user attributes hold the scan's identity (model and data fingerprints,
 criterion, metric, seed); a study with another identity is refused, untouched.
+
+Sharing rests on :mod:`prunescope.trials`: points are queued by
+:func:`~prunescope.trials.queue.plan` (never one that a trial holds anywhere; again when
+its worker died) and evaluated by :func:`~prunescope.trials.queue.run_queued`.
 """
 
 from __future__ import annotations
@@ -20,17 +23,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from prunescope.curves import CurvePoint
 from prunescope.errors import UsageError
+from prunescope.trials.queue import Place, optuna_verbosity, plan, run_queued
+from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, is_url
 
 DENSE = "(dense)"  # the ``target`` of the dense reference (sparsity 0)
 
@@ -72,97 +75,85 @@ confidence interval and optionally the paired counts; a plain ``(value, low, hig
 accepted too."""
 
 
-@contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
+def quiet_optuna() -> contextlib.AbstractContextManager[None]:
     """Silence Optuna's per-trial INFO lines (progress goes through ``on_trial``); restore after."""
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return optuna_verbosity(optuna.logging.WARNING)
 
 
 @dataclass(frozen=True)
 class StudySpec:
     """Where a scan's study lives and how its trials are parametrised; picklable, for workers.
 
-    storage: a journal file path, a database URL (contains ``://``) or None (in memory).
+    place: the study's storage and name (:class:`~prunescope.trials.queue.Place`).
     targets: the categorical choices of ``target``: :data:`DENSE` and every target of the model.
     full: examples in the validation split, the largest ``n``.
     metric: name of the metric stored as the trial value.
     """
 
-    storage: str | None
-    name: str
+    place: Place
     targets: tuple[str, ...]
     full: int
     metric: str
 
     @classmethod
     def at(
-        cls, storage: str | os.PathLike | None, name: str, targets: tuple[str, ...], full: int, metric: str
+        cls,
+        storage: str | os.PathLike | None,
+        name: str,
+        targets: tuple[str, ...],
+        full: int,
+        metric: str,
+        *,
+        heartbeat_interval: int = HEARTBEAT_INTERVAL,
+        grace_period: int = GRACE_PERIOD,
     ) -> StudySpec:
-        return cls(None if storage is None else os.fspath(storage), name, targets, full, metric)
-
-    def _is_url(self) -> bool:
-        return self.storage is not None and "://" in self.storage
+        """``storage``: a journal file path, a database URL (contains ``://``) or None (in memory)."""
+        location = None if storage is None else os.fspath(storage)
+        return cls(Place(location, name, heartbeat_interval, grace_period), targets, full, metric)
 
     def where(self) -> str:
-        """How a message names this study: its directory for a journal file, else the URL."""
-        if self._is_url():
-            return f"study {self.name!r} at {self.storage}"
-        return f"scan directory {Path(self.storage or '.').parent}"
-
-    def _backend(self) -> BaseStorage:
-        if self.storage is None:
-            return InMemoryStorage()
-        try:
-            if self._is_url():
-                return optuna.storages.get_storage(self.storage)
-            Path(self.storage).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(self.storage))
-        # A database URL fails in many ways (unknown dialect, missing driver, no server, bad
-        # path); a journal file with OSError or a corrupt log. All are the user's to fix.
-        except Exception as error:
-            raise UsageError(f"cannot open scan storage {self.storage}: {_first_line(error)}") from None
+        """How a message names this study: its directory for a journal file, else its name and URL."""
+        if is_url(self.place.location):
+            return f"study {self.place.name!r} at {self.place.location}"
+        return f"scan directory {Path(self.place.location or '.').parent}"
 
     def open(self, identity: dict[str, str | int]) -> ScanStudy:
         """Load the study or create it; refuse, without writing to it, a study with another identity."""
-        storage = self._backend()
-        try:
-            # load_study first: create_study(load_if_exists=True) appends to a journal even when the study exists.
-            study = optuna.load_study(study_name=self.name, storage=storage)
-        except KeyError:
-            study = optuna.create_study(
-                storage=storage, study_name=self.name, direction="maximize", load_if_exists=True
-            )
-        stored = study.user_attrs
-        if not stored and study.trials:
-            raise UsageError(f"{self.where()} holds a study that is not a prunescope scan; use another --out")
-        for key, value in identity.items():
-            if key in stored and stored[key] != value:
-                if key == "model":
-                    raise UsageError(f"{self.where()} belongs to another model; use another --out")
-                raise UsageError(
-                    f"{self.where()} holds a scan with {key}={stored[key]!r}, not {value!r}; use another --out"
+        storage = self.place.storage()
+        with self.place.lock():  # two processes on a fresh storage: one creates, the other loads
+            try:
+                # load_study first: create_study(load_if_exists=True) appends to a journal even when the study exists.
+                study = optuna.load_study(study_name=self.place.name, storage=storage)
+            except KeyError:
+                study = optuna.create_study(
+                    storage=storage, study_name=self.place.name, direction="maximize", load_if_exists=True
                 )
-        for key, value in identity.items():
-            if key not in stored:
-                study.set_user_attr(key, value)
+            stored = study.user_attrs
+            if not stored and study.trials:
+                raise UsageError(f"{self.where()} holds a study that is not a prunescope scan; use another --out")
+            for key, value in identity.items():
+                if key in stored and stored[key] != value:
+                    if key == "model":
+                        raise UsageError(f"{self.where()} belongs to another model; use another --out")
+                    raise UsageError(
+                        f"{self.where()} holds a scan with {key}={stored[key]!r}, not {value!r}; use another --out"
+                    )
+            for key, value in identity.items():
+                if key not in stored:
+                    study.set_user_attr(key, value)
         return ScanStudy(study, self)
 
     def attach(self) -> ScanStudy:
         """Load the study that :meth:`open` checked (in a worker process)."""
-        return ScanStudy(optuna.load_study(study_name=self.name, storage=self._backend()), self)
+        return ScanStudy(optuna.load_study(study_name=self.place.name, storage=self.place.storage()), self)
+
+
+def _point(params: dict) -> Point:
+    return Point(params["target"], params["sparsity"], params["n"])
 
 
 class ScanStudy:
-    """One scan's trials: queue points, run queued ones, read finished ones back."""
+    """One scan's trials: queue points, evaluate queued ones, read finished ones back."""
 
     def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
         self.study = study
@@ -171,58 +162,39 @@ class ScanStudy:
     def finished(self) -> dict[Point, Measurement]:
         """Every COMPLETE trial as ``{point: measurement}``."""
         return {
-            Point(t.params["target"], t.params["sparsity"], t.params["n"]): Measurement(
+            _point(t.params): Measurement(
                 t.value, t.user_attrs["low"], t.user_attrs["high"],
                 t.user_attrs.get("lost"), t.user_attrs.get("gained"), t.user_attrs.get("correct"),
             )
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         }
 
-    def _waiting(self) -> list[dict]:
-        # enqueue_trial keeps the params of a queued trial in its system attributes.
-        return [
-            t.system_attrs["fixed_params"] for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        ]
+    def enqueue(self, points: Iterable[Point]) -> int:
+        """Queue the ``points`` that no trial holds anywhere (see :func:`~prunescope.trials.queue.plan`)."""
+        params = [{"target": p.target, "sparsity": p.sparsity, "n": p.n} for p in points]
+        return plan(self.study, self.spec.place, params, user_attrs={"metric": self.spec.metric})
 
-    def enqueue(self, points: Iterable[Point]) -> None:
-        """Queue ``points``, skipping those already queued (by an interrupted run or another process)."""
-        queued = {Point(p["target"], p["sparsity"], p["n"]) for p in self._waiting()}
-        for point in points:
-            if point not in queued:
-                params = {"target": point.target, "sparsity": point.sparsity, "n": point.n}
-                self.study.enqueue_trial(params, user_attrs={"metric": self.spec.metric})
+    def run_queued(self, evaluate: Evaluate, limit: int | None = None) -> int:
+        """Evaluate up to ``limit`` queued trials (None: until none waits); how many were evaluated."""
 
-    def run_next(self, evaluate: Evaluate) -> tuple[Point, Measurement] | None:
-        """Take one queued trial, evaluate and tell it; None when the queue is empty."""
-        if not self._waiting():
-            return None
-        trial = self.study.ask()
-        if "metric" not in trial.user_attrs:
-            # Another worker took the last queued trial between our look and our ask, so ask
-            # made a fresh trial; it must not stay RUNNING.
-            trial.set_user_attr("note", "queue was empty")
-            self.study.tell(trial, state=TrialState.FAIL)
-            return None
-        point = Point(
-            trial.suggest_categorical("target", self.spec.targets),
-            trial.suggest_float("sparsity", 0.0, 1.0),
-            trial.suggest_int("n", 1, self.spec.full),
-        )
-        start = time.perf_counter()
-        try:
+        def objective(trial: optuna.Trial) -> float:
+            point = Point(
+                trial.suggest_categorical("target", self.spec.targets),
+                trial.suggest_float("sparsity", 0.0, 1.0),
+                trial.suggest_int("n", 1, self.spec.full),
+            )
+            start = time.perf_counter()
             measured = evaluate(point.target, point.sparsity, point.n)
-        except BaseException:
-            self.study.tell(trial, state=TrialState.FAIL)
-            raise
-        if not isinstance(measured, Measurement):
-            measured = Measurement(*measured)
-        trial.set_user_attr("low", measured.low)
-        trial.set_user_attr("high", measured.high)
-        if measured.lost is not None and measured.gained is not None:
-            trial.set_user_attr("lost", measured.lost)
-            trial.set_user_attr("gained", measured.gained)
-        if measured.correct is not None:
-            trial.set_user_attr("correct", measured.correct)
-        trial.set_user_attr("seconds", time.perf_counter() - start)
-        self.study.tell(trial, measured.value)
-        return point, measured
+            if not isinstance(measured, Measurement):
+                measured = Measurement(*measured)
+            trial.set_user_attr("low", measured.low)
+            trial.set_user_attr("high", measured.high)
+            if measured.lost is not None and measured.gained is not None:
+                trial.set_user_attr("lost", measured.lost)
+                trial.set_user_attr("gained", measured.gained)
+            if measured.correct is not None:
+                trial.set_user_attr("correct", measured.correct)
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+            return measured.value
+
+        return run_queued(self.study, objective, limit)

@@ -1,0 +1,212 @@
+"""Where a shared study lives, a lock for planning in it, and how a dead worker's trial is found.
+
+A location is a journal file path (the default, Optuna's ``JournalFileBackend``), a
+database URL (``postgresql://…``, ``mysql://…``, ``sqlite:///…``: Optuna's RDB storage) or
+None (in memory, private to this process).
+
+Dead workers. A worker records, in its running trial, its host and process id (user
+attribute ``worker``) and a heartbeat every ``heartbeat_interval`` seconds: Optuna's own
+heartbeat on a database, the same mechanism written into the journal for a journal file. A
+RUNNING trial is *stale* when its heartbeat is older than ``grace_period`` seconds (its
+worker died or lost the storage, on any machine) or, at once, when its worker ran on this
+host and that process no longer exists. ``optuna.storages.fail_stale_trials`` marks stale
+trials FAIL; :func:`prunescope.trials.queue.plan` then queues their points again.
+
+Locks. Planning (look at the trials, queue the missing points) must not interleave
+between processes, or two of them queue one point. :func:`planning_lock` serialises it per
+study: a PostgreSQL advisory lock (or MySQL ``GET_LOCK``) held by a transaction, an
+``flock`` on a file next to a journal or SQLite file. Both are released by the operating
+system or the server when their holder dies. The same lock guards the creation of the
+tables in a fresh database, where concurrent ``CREATE TABLE`` fails (``UniqueViolation``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlalchemy
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.pool import NullPool
+
+from prunescope.errors import UsageError
+
+HEARTBEAT_INTERVAL = 10  # seconds between heartbeats of a running trial
+GRACE_PERIOD = 60  # seconds without a heartbeat after which a running trial's worker counts as dead
+WORKER_ATTR = "worker"  # user attribute of a trial: {"host": …, "pid": …} of the process running it
+SCHEMA_LOCK = "prunescope:schema"  # lock name guarding table creation in a fresh database
+LOCK_SUFFIX = ".plan.lock"  # next to a journal or SQLite file: the planning lock
+
+
+def is_url(location: str | None) -> bool:
+    """Whether ``location`` is a database URL rather than a journal file path."""
+    return location is not None and "://" in location
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def worker_tag() -> dict[str, str | int]:
+    """This process as a trial's ``worker`` attribute."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists and is not a zombie (killed, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def died_here(trial: FrozenTrial) -> bool:
+    """Whether ``trial``'s worker ran on this host and is gone."""
+    worker = trial.user_attrs.get(WORKER_ATTR)
+    return isinstance(worker, dict) and worker.get("host") == socket.gethostname() and not _alive(worker["pid"])
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage with heartbeats, as its RDB storage has: a trial's ``heartbeat``
+    system attribute (Unix time) is renewed every ``heartbeat_interval`` seconds while it runs."""
+
+    def __init__(self, path: str, *, heartbeat_interval: int, grace_period: int) -> None:
+        super().__init__(JournalFileBackend(path))
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        # The trial may have been failed meanwhile (declared dead): its worker's result is dropped anyway.
+        with contextlib.suppress(UpdateFinishedTrialError):
+            self.set_trial_system_attr(trial_id, "heartbeat", time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        return [
+            t._trial_id
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+            if died_here(t) or now - t.system_attrs.get("heartbeat", t.datetime_start.timestamp()) > self.grace_period
+        ]
+
+    def get_heartbeat_interval(self) -> int:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> None:
+        return None  # prunescope.trials.queue.plan queues a dead trial's point again, under its lock
+
+
+class HeartbeatRDBStorage(RDBStorage):
+    """Optuna's RDB storage with heartbeats; a trial whose worker died on this host is stale at once."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = set(super()._get_stale_trial_ids(study_id))
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        return sorted(stale | {t._trial_id for t in running if died_here(t)})
+
+
+def open_storage(
+    location: str | None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD
+) -> BaseStorage:
+    """The storage at ``location`` (see the module's docstring); a location that cannot be
+    opened (unknown dialect, missing driver, no server, unwritable path) is a one-line UsageError."""
+    if location is None:
+        return InMemoryStorage()
+    if not location.strip():
+        raise UsageError("the storage is empty: give a database URL (postgresql://user@host/db) or a journal file")
+    if heartbeat_interval < 1 or grace_period <= heartbeat_interval:
+        raise UsageError(
+            f"heartbeat interval must be at least 1 s and the grace period longer than it, "
+            f"got {heartbeat_interval} and {grace_period}"
+        )
+    try:
+        if is_url(location):
+            # A fresh database: only one process creates the tables.
+            with _database_lock(location, SCHEMA_LOCK), warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: experimental since Optuna 2.9
+                return HeartbeatRDBStorage(
+                    location, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+                )
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        return HeartbeatJournalStorage(location, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    except UsageError:
+        raise
+    # A database URL fails in many ways (unknown dialect, missing driver, no server, bad
+    # path); a journal file with OSError or a corrupt log. All are the user's to fix.
+    except Exception as error:
+        raise UsageError(f"cannot open storage {location}: {_first_line(error)}") from None
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by close, or by the kernel when the holder dies
+        yield
+
+
+def _lock_key(name: str) -> int:
+    """A signed 64-bit key for PostgreSQL's advisory locks."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _database_lock(url: str, name: str) -> Iterator[None]:
+    parsed = sqlalchemy.engine.make_url(url)
+    dialect = parsed.get_backend_name()
+    if dialect == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            yield  # private to this process
+            return
+        with _file_lock(parsed.database + LOCK_SUFFIX):
+            yield
+        return
+    statements = {
+        "postgresql": ("SELECT pg_advisory_xact_lock(:key)", None),
+        "mysql": ("SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)"),
+    }
+    if dialect not in statements:
+        raise UsageError(f"cannot open storage {url}: use a postgresql, mysql or sqlite URL, or a journal file")
+    take, release = statements[dialect]
+    key = _lock_key(name) if dialect == "postgresql" else name[:64]
+    # A connection of its own, closed on exit: the lock ends with it, even if we die.
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(take), {"key": key})
+            yield
+            if release is not None:
+                connection.execute(sqlalchemy.text(release), {"key": key})
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def planning_lock(location: str | None, study_name: str) -> Iterator[None]:
+    """Hold the study's planning lock (no lock for an in-memory study, private to this process)."""
+    if location is None:
+        yield
+    elif is_url(location):
+        with _database_lock(location, f"prunescope:plan:{study_name}"):
+            yield
+    else:
+        with _file_lock(location + LOCK_SUFFIX):
+            yield
