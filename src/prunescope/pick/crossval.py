@@ -20,9 +20,10 @@ never saw, with no scan beyond the one already made:
 in-sample joint drop verify backs off to: a pick verified to the user's bound itself lands,
 on unseen examples, above it by the optimism of selecting on the same examples, so the
 in-sample allowance has to be smaller than the bound for the held-out drop to keep it.
-Every candidate ``t`` (``THRESHOLD_FACTORS`` × the bound) is cross-validated, and the one
-chosen is the largest whose held-out drop, averaged over the folds, stays within the bound
-(the smallest candidate, flagged ``holds=False``, when none does). Pickers without a
+The candidates ``t`` (``THRESHOLD_FACTORS`` × the bound) are cross-validated from the largest
+down, and the one chosen is the largest whose held-out drop, averaged over the folds, stays
+within the bound (the candidates below it are not evaluated; the smallest candidate, flagged
+``holds=False``, when none does). Pickers without a
 per-layer threshold (a budget) are cross-validated as they are, their joint drop measured,
 not bounded. Every allocation is evaluated on each example at most once
 (:class:`~prunescope.pick.verify.ExampleEvaluator`).
@@ -181,14 +182,16 @@ def cross_validate(
     curves: a scan with per-example results on the val split ``joint`` evaluates.
     labels: val labels (N,), for stratified folds.
     bound: allowed joint drop (fraction of the metric; inf: a budget pick, measured only).
-    thresholds: candidate per-layer thresholds (None: :func:`thresholds_for`).
+    thresholds: candidate per-layer thresholds (None: :func:`thresholds_for`). The result lists those evaluated,
+        smallest first.
     """
     folds = val_folds(labels, k, seed)
     everything = np.arange(len(labels))
     seen_curves = [curves.on(np.setdiff1d(everything, held)) for held in folds]
     before = joint.evaluated
     candidates = []
-    for threshold in thresholds_for(picker, bound) if thresholds is None else thresholds:
+    # From the largest down: the first that holds is the one chosen, so no smaller one needs evaluating.
+    for threshold in reversed(thresholds_for(picker, bound) if thresholds is None else sorted(thresholds)):
         tuned = picker if threshold is None else with_threshold(picker, threshold)
         results = []
         for i, held in enumerate(folds):
@@ -197,5 +200,7 @@ def cross_validate(
             verified = joint.verify(tuned.pick(seen_curves[i]), seen_curves[i], seen, max_drop=allowed)
             results.append(FoldResult(i, verified.allocation, seen, held, verified.measured_drop,
                                       joint.drop(verified.allocation, held)))
-        candidates.append(Candidate(threshold, results))
+        candidates.insert(0, Candidate(threshold, results))
+        if candidates[0].held_out[0] <= bound:
+            break
     return CrossValidation.conclude(candidates, k=k, seed=seed, bound=bound, evaluated=joint.evaluated - before)
