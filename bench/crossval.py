@@ -131,7 +131,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="folder with mnist/ (IDX files)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-crossval"), help="cache of models and scans")
     parser.add_argument("--out", type=Path, default=None, help="raw per-seed JSON (default: WORK/crossval.json)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of the dense models")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds FIRST..FIRST+N-1 of the dense models")
+    parser.add_argument("--first-seed", type=int, default=0, help="FIRST (to run seeds in parallel processes)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--max-drop", type=float, default=0.005, help="bound on the joint drop (fraction)")
     parser.add_argument("--folds", type=int, default=3, help="val folds of the cross-validated pick")
@@ -152,7 +153,7 @@ def main() -> None:
         "max_drop": args.max_drop, "folds": args.folds, "runs": [],
     }
     for name in args.models.split(","):
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             run = run_seed(name, seed, args)
             record["runs"].append(run)
             mine, cv = run["in_sample"], run["crossval"]
