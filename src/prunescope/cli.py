@@ -17,6 +17,7 @@ from prunescope import cli_study as study_options
 from prunescope import models as zoo
 from prunescope.apply import export, load_allocation, prune
 from prunescope.checkpoint import load_checkpoint
+from prunescope.cli_hparams import hparams_command
 from prunescope.compare import METHODS, compare
 from prunescope.criteria import CRITERIA
 from prunescope.data import available_datasets, describe_dataset, load_dataset, load_from_spec
@@ -754,6 +755,9 @@ def report_command(directory: Annotated[Path, typer.Argument(help="Output direct
     path = write_html(directory, doc)
     console.print(run_table(doc))
     console.print(f"wrote {path}")
+
+
+app.command("hparams")(hparams_command)
 
 
 @app.command("models")
