@@ -57,6 +57,12 @@ def test_tiny_default_study_runs_and_resumes(tiny_run, capsys):
     dense_shift = section["landscapes"][0]["shift"]
     assert not dense_shift["distance"]["significant"] and not dense_shift["regret"]["significant"]
 
+    html = (out / "report.html").read_text()
+    assert "Hyperparameter sensitivity under pruning" in html and "class=\"section-error\"" not in html
+    assert html.count("data:image/png;base64") >= 2  # landscapes and shift curves
+    code, stdout, _ = run_cli(capsys, "report", out)
+    assert code == 0 and "landscape shift" in stdout
+
     # a rerun trains nothing: every trial is found in the journal
     storage = open_storage(out / JOURNAL)
     before = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
@@ -133,3 +139,32 @@ def test_python_api_returns_every_table(tmp_path):
     storage = open_storage(tmp_path / JOURNAL)
     grid_study = optuna.load_study(study_name="grid weight global 0.8", storage=storage)
     assert len(finished(grid_study)) == 8
+
+
+def test_run_gains_an_optional_hparams_stage(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import prunescope.hparams
+    from prunescope import pipeline
+    from prunescope.runconfig import RunConfig
+
+    calls = []
+
+    class Done:
+        def to_dict(self):
+            return {"verdict": {"sentence": "the dense hyperparameters hold at every degree tested, up to 0.25x MACs"}}
+
+    def fake_study(config, out, progress=None):
+        calls.append((config, out))
+        return Done()
+
+    monkeypatch.setattr(prunescope.hparams, "study", fake_study)
+    fast = RunConfig(epochs=2, folds=0, finetune_epochs=1, sparsity=0.8, sparsities=(0.8,), methods=("uniform",),
+                     scratch=(), device="cpu")
+    assert "hparams" not in pipeline.run(fast, tmp_path / "off")  # off by default
+    assert calls == []
+    doc = pipeline.run(replace(fast, hparams=True), tmp_path / "on")
+    (config, out), = calls
+    assert out == tmp_path / "on" / "hparams" and config.model == "mlp" and config.data == "digits"
+    assert doc["hparams"]["verdict"]["sentence"].startswith("the dense hyperparameters hold")
+    assert doc["verdict"][-1].startswith("hyperparameters: the dense hyperparameters hold")

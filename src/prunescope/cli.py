@@ -18,6 +18,7 @@ from prunescope import models as zoo
 from prunescope.apply import export, load_allocation, prune
 from prunescope.checkpoint import load_checkpoint
 from prunescope.cli_hparams import hparams_command
+from prunescope.report_hparams import shift_table
 from prunescope.compare import METHODS, compare
 from prunescope.criteria import CRITERIA
 from prunescope.data import available_datasets, describe_dataset, load_dataset, load_from_spec
@@ -158,6 +159,8 @@ def run_command(
     recalibrate_bn: RecalibrateBN = None,
     device: Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of split, initialisation and shuffling [0].")] = None,
+    hparams: Annotated[bool | None, typer.Option("--hparams", help="Also run the hyperparameter study "
+                                                                    "(prunescope hparams' defaults).")] = None,
     trust_factory: TrustFactoryOption = False,
 ) -> None:
     """The whole job: dense → scan → pick → verify → prune → fine-tune → compare → test once → report."""
@@ -166,7 +169,7 @@ def run_command(
         "sparsities": _parse_sparsities(sparsities) if sparsities else None,
         "methods": [m.strip() for m in methods.split(",")] if methods else None, "criterion": criterion,
         "folds": folds, "cv": cv, "max_drop": _points(max_drop), "finetune_epochs": finetune_epochs, "device": device,
-        "seed": seed, "recalibrate_bn": recalibrate_bn,
+        "seed": seed, "recalibrate_bn": recalibrate_bn, "hparams": hparams,
     }
     settings = load_config(config, overrides)
     if config is not None:  # a factory named only in the config file is a name read from a file
@@ -753,7 +756,7 @@ def report_command(directory: Annotated[Path, typer.Argument(help="Output direct
     """Re-render report.html from DIRECTORY/result.json."""
     doc = load_result(directory)
     path = write_html(directory, doc)
-    console.print(run_table(doc))
+    console.print(shift_table(doc["hparams"]) if doc.get("command") == "hparams" else run_table(doc))
     console.print(f"wrote {path}")
 
 

@@ -83,7 +83,7 @@ def hparams_command(
     with _stage_progress() as progress:
         result = study(config, out, progress=progress)
     write_result(out, result)
-    console.print(shift_table(result))
+    console.print(shift_table(result.to_dict()))
     console.print(f"• {result.verdict['sentence']}", highlight=False)
-    console.print(f"wrote {out / 'result.json'}, {out / 'landscapes.csv'}, {out / 'shift.csv'}; studies in "
+    console.print(f"wrote {out / 'report.html'}, {out / 'result.json'}, landscapes.csv, shift.csv; studies in "
                   f"{result.settings['storage']}")

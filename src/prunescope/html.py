@@ -32,9 +32,11 @@ from prunescope.plots import (
     allocation_figure,
     curves_figure,
     epoch_curves_figure,
+    heatmaps_figure,
     interval_panels_figure,
     phase_figure,
     png_bytes,
+    shift_figure,
     training_figure,
 )
 from prunescope.results import RESULT_FILE, SCHEMA, SCHEMA_VERSION, check_result
@@ -623,8 +625,77 @@ def _regimes(doc: Mapping[str, Any]) -> _Section | None:
     return _Section("regimes", "Three regimes", parts)
 
 
+def _hparams(doc: Mapping[str, Any]) -> _Section | None:
+    """The hyperparameter study (``prunescope hparams`` or ``run --hparams``): landscapes, shifts, verdict."""
+    study = doc.get("hparams")
+    if not isinstance(study, Mapping) or "landscapes" not in study:
+        return None
+    grid, search, landscapes = study["grid"], study["search"], study["landscapes"]
+    settings = study.get("settings", {})
+    parts = [_note(f"Dense search: {search['method']}, {len(search['trials'])} trials, {search['epochs_spent']} "
+                   f"epochs, best val {_pct(search['best_value'])} at {_setting(search['best'])}. Grid "
+                   f"{' × '.join(grid['axes'])} around it ({len(study['seeds'])} seeds per point; other knobs at the "
+                   f"optimum), recovered by {settings.get('recover', '?')} at every degree; val split only. "
+                   f"Distributions softmax(acc / τ), τ = {study['temperature']:.3g} (the dense seed-to-seed spread); "
+                   "floors: the same measure between dense seeds (95th percentile; 5th for rank agreement).")]
+    if len(grid["axes"]) <= 2:
+        means = [_as_rows(ls["mean"]) for ls in landscapes]
+        names = (grid["axes"][0], grid["axes"][1] if len(grid["axes"]) > 1 else "")
+        ticks = ([f"{v:.3g}" if isinstance(v, float) else str(v) for v in grid["values"][0]],
+                 [f"{v:.3g}" if isinstance(v, float) else str(v) for v in grid["values"][1]]
+                 if len(grid["axes"]) > 1 else [""])
+        panels = [(ls["degree"]["label"], m) for ls, m in zip(landscapes, means, strict=True)]
+        marks = [_argmax(m) for m in means]
+        parts.append(_figure(lambda: heatmaps_figure(panels, names, ticks, marks, marks[0]),
+                             "val accuracy landscapes per degree",
+                             "Mean val accuracy over seeds per degree, one colour scale; star: each degree's best "
+                             "point, ring: the dense optimum."))
+    measures = (("Wasserstein-1 distance", "distance", 1), ("transfer regret (pts)", "regret", 100),
+                ("weighted Kendall tau", "rank", 1))
+    curves = []
+    for title, key, scale in measures:
+        judged = [(ls["degree"]["removed"], ls["shift"][key]) for ls in landscapes]
+        curves.append((title, [(x, j["mean"] * scale, j["std"] * scale, j["floor"] * scale) for x, j in judged],
+                       key == "rank"))
+    parts.append(_figure(lambda: shift_figure(curves, "fraction removed"), "landscape shift vs pruning",
+                         "Mean ± sd over seed pairs; grey band: the noise floor."))
+    rows = []
+    for ls in landscapes:
+        shift, degree = ls["shift"], ls["degree"]
+        moved = "; ".join(f"{axis} {j['mean']:+.2g}{' *' if j['significant'] else ''}"
+                          for axis, j in shift["displacement"].items())
+        rows.append((degree["label"], _pct(degree["removed"], 0), _pct(degree["one_shot_val_accuracy"]),
+                     _pct(max(max(r) for r in _as_rows(ls["mean"]))),
+                     *(_judged(shift[key], scale) for _, key, scale in measures), moved))
+    parts.append(_table(("degree", "removed", "one-shot val", "best recovered val", "W1 (floor)", "regret pts (floor)",
+                         "weighted tau (floor)", f"optimum moved ({', '.join(study['units'].values())})"), rows,
+                        caption="* beyond the noise floor", css="wide"))
+    parts.append(Items([study["verdict"]["sentence"]], "verdict"))
+    return _Section("hparams", "Hyperparameter sensitivity under pruning", parts)
+
+
+def _judged(judged: Mapping[str, Any], scale: float) -> str:
+    mark = " *" if judged["significant"] else ""
+    return f"{judged['mean'] * scale:.3g} ± {judged['std'] * scale:.2g} ({judged['floor'] * scale:.3g}){mark}"
+
+
+def _as_rows(values: Any) -> list[list[float]]:
+    """A landscape's mean as rows: 1 axis → one row per point, 3+ axes → averaged over the axes after two."""
+    if not isinstance(values[0], list):
+        return [[float(v)] for v in values]
+    return [[sum(_flatten(cell)) / len(_flatten(cell)) for cell in row] for row in values]
+
+
+def _flatten(values: Any) -> list[float]:
+    return [x for v in values for x in _flatten(v)] if isinstance(values, list) else [float(values)]
+
+
+def _argmax(rows: list[list[float]]) -> tuple[int, int]:
+    return max(((i, j) for i, row in enumerate(rows) for j in range(len(row))), key=lambda ij: rows[ij[0]][ij[1]])
+
+
 SECTIONS = (_verdict, _settings, _dense, _sensitivity, _allocation, _before_after, _accuracy_vs_sparsity, _finetune,
-            _scratch, _regimes)
+            _scratch, _regimes, _hparams)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from prunescope import measure
+from prunescope import hparams, measure
 from prunescope.checkpoint import load_checkpoint, plain_state_dict
 from prunescope.compare import METHODS, compare
 from prunescope.criteria import compute_scores
@@ -287,10 +287,16 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
         verdict.append(reconstruction_sentence(config.sparsity, one_shot, reconstructed))
     if recovered is not None:
         verdict.append(recovered_sentence(recovered, config.max_drop))
+    studies = {}
+    if config.hparams:  # resumable in out/hparams, like every stage
+        studies["hparams"] = hparams.study(hparams.HparamsConfig(
+            model=config.model, data=config.data, data_dir=config.data_dir, device=config.device, seed=config.seed),
+            out / "hparams", progress=progress).to_dict()
+        verdict.append(f"hyperparameters: {studies['hparams']['verdict']['sentence']}")
     doc = document("run", config.to_dict(), model=spec, dataset=data.spec, dense=dense,
                    scan={"tolerance": config.tolerance, "curves": curves.to_dict(per_example=False)},
                    pick=pick, sparsity=config.sparsity, one_shot=one_shot, methods=methods, scratch=scratch,
-                   one_shot_reconstructed=reconstructed, recovered=recovered, verdict=verdict)
+                   one_shot_reconstructed=reconstructed, recovered=recovered, verdict=verdict, **studies)
     write_json(out / "result.json", doc)
     write_csv(out / "methods.csv", [_method_row(m) for m in methods])
     write_csv(out / "one_shot.csv", comparison_rows(one_shot))

@@ -282,3 +282,66 @@ def phase_plot(
 ) -> Path:
     """:func:`phase_figure` as a PNG file."""
     return _save(phase_figure(temperatures, densities, panels, regimes, temperature), path)
+
+
+def heatmaps_figure(
+    panels: Sequence[tuple[str, Sequence[Sequence[float]]]],
+    axes_names: tuple[str, str],
+    ticks: tuple[Sequence[str], Sequence[str]],
+    marks: Sequence[tuple[int, int] | None] = (),
+    reference_mark: tuple[int, int] | None = None,
+) -> Figure:
+    """Side-by-side heatmaps on ONE colour scale, e.g. a val-accuracy landscape per degree of pruning.
+
+    ``panels``: ``(title, values)`` with ``values[i][j]`` at row ``i`` (first axis, ``ticks[0]``)
+    and column ``j`` (second axis, ``ticks[1]``). ``marks``: per panel the (row, column) of its
+    best cell, drawn as a white star; ``reference_mark``: a cell drawn as a black circle on every
+    panel (e.g. the dense optimum).
+    """
+    low = min(min(min(row) for row in values) for _, values in panels)
+    high = max(max(max(row) for row in values) for _, values in panels)
+    figure = Figure(figsize=(max(3.2 * len(panels), 5), 3.6))
+    axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
+    image = None
+    for k, (axes, (title, values)) in enumerate(zip(axes_list, panels, strict=True)):
+        image = axes.imshow(values, origin="lower", cmap="viridis", vmin=low, vmax=high, aspect="auto")
+        axes.set_xticks(range(len(ticks[1])), ticks[1], rotation=45, fontsize="x-small")
+        axes.set_yticks(range(len(ticks[0])), ticks[0], fontsize="x-small")
+        axes.set_xlabel(axes_names[1], fontsize="small")
+        if k == 0:
+            axes.set_ylabel(axes_names[0], fontsize="small")
+        axes.set_title(title, fontsize="medium")
+        if reference_mark is not None:
+            axes.plot(reference_mark[1], reference_mark[0], "o", markersize=11, markerfacecolor="none",
+                      markeredgecolor="black", markeredgewidth=1.5)
+        if k < len(marks) and marks[k] is not None:
+            axes.plot(marks[k][1], marks[k][0], "*", color="white", markersize=11, markeredgecolor="black")
+    if image is not None:
+        figure.colorbar(image, ax=list(axes_list), shrink=0.85, label="val accuracy")
+    return figure
+
+
+def shift_figure(
+    panels: Sequence[tuple[str, Sequence[tuple[float, float, float, float]], bool]],
+    xlabel: str,
+) -> Figure:
+    """One panel per measure vs the degree of pruning: mean ± sd as error bars, the noise floor as a grey band.
+
+    ``panels``: ``(title, [(x, mean, sd, floor)], lower_is_shift)``; the band runs from 0 up to the
+    floor, or from the floor up to 1 when lower values mean a shift (rank agreement).
+    """
+    figure = Figure(figsize=(max(3.6 * len(panels), 6), 3.6))
+    axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axes, (title, points, lower) in zip(axes_list, panels, strict=True):
+        points = sorted(points)
+        xs = [p[0] for p in points]
+        floors = [p[3] for p in points]
+        if lower:
+            axes.fill_between(xs, floors, [1.0] * len(xs), color="black", alpha=0.08, label="noise floor")
+        else:
+            axes.fill_between(xs, [0.0] * len(xs), floors, color="black", alpha=0.08, label="noise floor")
+        axes.errorbar(xs, [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3)
+        axes.set_xlabel(xlabel)
+        axes.set_title(title, fontsize="medium")
+        axes.legend(fontsize="small")
+    return figure

@@ -25,22 +25,25 @@ from typing import Any
 
 from rich.table import Table
 
-from prunescope.hparams import HparamsResult
+from prunescope.html import write_html
 from prunescope.io import write_csv, write_json
-from prunescope.report import document, listing_table
+from prunescope.report import listing_table
+from prunescope.results import document
 
 
-def hparams_document(result: HparamsResult, model: dict[str, Any] | None = None,
-                     dataset: dict[str, Any] | None = None) -> dict[str, Any]:
-    return document("hparams", result.settings, model=model, dataset=dataset, hparams=result.to_dict())
+def hparams_document(result: Any) -> dict[str, Any]:
+    """The result document of a :class:`~prunescope.hparams.HparamsResult`."""
+    return document("hparams", result.settings, model=result.model_spec, dataset=result.dataset_spec,
+                    hparams=result.to_dict(), verdict=[result.verdict["sentence"]])
 
 
-def write_result(out: Path, result: HparamsResult) -> dict[str, Any]:
-    """``result.json``, ``landscapes.csv`` and ``shift.csv`` in ``out``; return the document."""
-    doc = hparams_document(result, result.model_spec, result.dataset_spec)
+def write_result(out: Path, result: Any) -> dict[str, Any]:
+    """``result.json``, ``report.html``, ``landscapes.csv`` and ``shift.csv`` of an ``HparamsResult`` in ``out``."""
+    doc = hparams_document(result)
     write_json(out / "result.json", doc)
     write_csv(out / "landscapes.csv", result.landscape_rows())
     write_csv(out / "shift.csv", result.shift_rows())
+    write_html(out, doc)
     return doc
 
 
@@ -50,9 +53,9 @@ def _judged(judged: dict[str, Any], scale: float = 100, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} ({floor:.{digits}f}){mark}"
 
 
-def shift_table(result: HparamsResult | dict[str, Any]) -> Table:
-    """Per degree: one-shot and best recovered val accuracy, distance, regret, rank agreement vs their floors."""
-    section = result.to_dict() if isinstance(result, HparamsResult) else result
+def shift_table(section: dict[str, Any]) -> Table:
+    """Per degree of the ``hparams`` section: one-shot and best recovered val accuracy, distance, regret and
+    rank agreement against their floors."""
     rows = []
     for ls in section["landscapes"]:
         degree, shift = ls["degree"], ls["shift"]

@@ -38,9 +38,9 @@ def check_result(doc: Any, source: str = "the document") -> None:
         raise UsageError(f"{source} is not a prunescope run result (a JSON {type(doc).__name__}, not an object); "
                          "re-run prunescope run")
     schema, version, command = doc.get("schema"), doc.get("version"), doc.get("command", "run")
-    if schema != SCHEMA or version != SCHEMA_VERSION or command not in ("run", "regimes"):
+    if schema != SCHEMA or version != SCHEMA_VERSION or command not in ("run", "regimes", "hparams"):
         found = f"schema {schema!r} version {version!r}"
-        if command not in ("run", "regimes"):
+        if command not in ("run", "regimes", "hparams"):
             found += f", command {command!r}"
         raise UsageError(f"{source} is not a prunescope run result ({found}; this prunescope reads "
                          f"{SCHEMA!r} version {SCHEMA_VERSION}); re-run prunescope run")

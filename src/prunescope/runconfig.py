@@ -63,6 +63,8 @@ class RunConfig:
     calibration: int = 1024
     # one-shot evaluation of pruned models (scan aside): BatchNorm batches, None = 20 with BatchNorm, else 0
     recalibrate_bn: int | None = None
+    # optional studies: the hyperparameter study (prunescope hparams' defaults) into OUT/hparams
+    hparams: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,8 +9,9 @@ Built from prunescope's own stages, nothing re-implemented:
   ``global`` (:mod:`prunescope.structured.baselines`); channels removed physically
   (:func:`prunescope.apply.prune_channels`).
 - ``weight``: per global sparsity, the budget pick on a weight scan
-  (:func:`prunescope.compare.allocation_for`) or any allocation baseline by name (uniform,
-  uniform+, global, ERK, LAMP), pruned by magnitude with :func:`prunescope.apply.prune`.
+  (:class:`~prunescope.pick.budget.BudgetPicker`) or any allocation baseline by name
+  (:func:`prunescope.pick.baselines.allocate`: uniform, uniform+, global, ERK, LAMP), pruned by
+  magnitude with :func:`prunescope.apply.prune`.
 
 Level 1 (MAC fraction) or 0 (sparsity) is the dense model itself: the reference the shift is
 measured from, required in every list.
@@ -25,12 +26,11 @@ from typing import Any
 
 from prunescope.apply import export, prune, prune_channels
 from prunescope.checkpoint import load_checkpoint, save_checkpoint
-from prunescope.compare import allocation_for
 from prunescope.curves import Curves
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
-from prunescope.pick.baselines import ALLOCATIONS
+from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.budget import BudgetPicker
 from prunescope.pick.choose import choose
 from prunescope.scan import scan
@@ -147,7 +147,11 @@ def prune_degrees(
 def _prune_weights(model, spec: dict, data: Dataset, curves: Curves | None, allocator: str, sparsity: float,
                    path: Path) -> None:
     targets = find_targets(model)
-    allocation = allocation_for("ours" if allocator == "budget" else allocator, model, targets, sparsity, curves)
+    if allocator == "budget":
+        picked = BudgetPicker(target_sparsity=sparsity).pick(curves).allocation
+        allocation = {t.name: picked.get(t.name, 0.0) for t in targets}
+    else:
+        allocation = allocate(allocator, model, targets, sparsity)
     prune(model, allocation, criterion="magnitude")
     export(model, path, spec, data.spec, meta={"allocation": allocation, "sparsity": sparsity})
 

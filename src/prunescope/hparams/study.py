@@ -53,6 +53,7 @@ class HparamsConfig:
     data: str = "digits"
     data_dir: str | None = None
     limit_train: int | None = None
+    val_fraction: float = 0.1
     space: str | dict | None = None
     search: str = "tpe"
     budget: int = 20
@@ -196,7 +197,7 @@ def study(
     if config.storage is not None:
         open_storage(config.storage)  # a storage that cannot be opened is refused before any work
     data = data if data is not None else load_dataset(
-        config.data, data_dir=config.data_dir, seed=config.seed,
+        config.data, data_dir=config.data_dir, seed=config.seed, val_fraction=config.val_fraction,
         **({"limit_train": config.limit_train} if config.limit_train else {}))
     spec = model_spec(config.model, data.input_shape, data.num_classes)
     fresh = Recipe(spec, data.spec, data_dir=config.data_dir, device=config.device, data=data)
