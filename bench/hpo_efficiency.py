@@ -36,7 +36,7 @@ import torch
 
 from prunescope.data import load_dataset
 from prunescope.hparams.grid import Grid, run_grid
-from prunescope.hparams.search import SEARCHES, TrainObjective, sampler_for
+from prunescope.hparams.search import SEARCHES, STARTUP_TRIALS, TrainObjective, sampler_for
 from prunescope.hparams.space import parse_space
 from prunescope.hparams.studies import finished
 from prunescope.hparams.trials import Recipe
@@ -57,9 +57,9 @@ def _grid(space, points: int) -> Grid:
     return Grid(("lr", "momentum"), (lr, momentum), ())
 
 
-def _search(space, recipe: Recipe, method: str, seed: int, budget_epochs: int) -> list[dict]:
+def _search(space, recipe: Recipe, method: str, seed: int, budget_epochs: int, startup: int) -> list[dict]:
     """Run ``method`` until it has spent ``budget_epochs``; the trials in order."""
-    sampler, pruner = sampler_for(method, seed)
+    sampler, pruner = sampler_for(method, seed, startup)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
 
     def stop_when_spent(study_: optuna.Study, _trial) -> None:
@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=0.25, help="search budget as a fraction of the grid's")
     parser.add_argument("--searches", default=",".join(SEARCHES))
+    parser.add_argument("--startup", type=int, default=STARTUP_TRIALS,
+                        help="random trials before TPE / GP model the results")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -115,7 +117,8 @@ def main() -> None:
         runs[method] = []
         for repeat in range(args.repeats):
             with quiet_optuna():
-                runs[method].append(_search(space, recipe, method, seed=repeat, budget_epochs=budget))
+                runs[method].append(_search(space, recipe, method, seed=repeat, budget_epochs=budget,
+                                            startup=args.startup))
             print(f"{method} repeat {repeat}: best {_best_by(runs[method][-1], budget, args.epochs)}", flush=True)
     checkpoints = sorted({max(args.epochs, budget // 4), budget // 2, budget})
     table = {}

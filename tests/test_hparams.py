@@ -59,13 +59,6 @@ def test_bad_space_is_one_line(declared, message):
     assert "\n" not in str(error.value)
 
 
-def test_space_difference_names_the_knob():
-    space = parse_space(SPACE)
-    assert space.difference(space.to_dict()) is None
-    changed = parse_space({**SPACE, "lr": {"low": 1e-4, "high": 1.0, "log": True}})
-    assert "lr was" in changed.difference(space.to_dict())
-
-
 def test_axis_values_span_a_decade_each_side_and_stay_inside():
     lr = parse_space(SPACE).param("lr")
     assert axis_values(lr, 0.01, 3) == pytest.approx([0.001, 0.01, 0.1])

@@ -18,7 +18,6 @@ from prunescope import models as zoo
 from prunescope.apply import export, load_allocation, prune
 from prunescope.checkpoint import load_checkpoint
 from prunescope.cli_hparams import hparams_command
-from prunescope.report_hparams import shift_table
 from prunescope.compare import METHODS, compare
 from prunescope.criteria import CRITERIA
 from prunescope.data import available_datasets, describe_dataset, load_dataset, load_from_spec
@@ -48,6 +47,7 @@ from prunescope.report import (
     write_comparison,
     write_sweep,
 )
+from prunescope.report_hparams import shift_table
 from prunescope.results import document, load_result
 from prunescope.runconfig import load_config
 from prunescope.scan import GRANULARITIES, STRATEGIES, scan

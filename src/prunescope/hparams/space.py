@@ -119,18 +119,6 @@ class Space:
     def to_dict(self) -> dict[str, Any]:
         return {**dict(self.fixed), **{p.name: p.to_dict() for p in self.params}}
 
-    def difference(self, other: Mapping[str, Any]) -> str | None:
-        """How ``other`` (a stored :meth:`to_dict`) differs from this space, in words; None when equal."""
-        mine = self.to_dict()
-        for name in sorted(set(mine) | set(other)):
-            if name not in other:
-                return f"{name} is new"
-            if name not in mine:
-                return f"{name} was searched or fixed before and is not now"
-            if mine[name] != other[name]:
-                return f"{name} was {other[name]!r}, now {mine[name]!r}"
-        return None
-
 
 DEFAULT_SPACE: dict[str, Any] = {
     "lr": {"low": 1e-3, "high": 0.5, "log": True},
