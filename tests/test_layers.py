@@ -57,11 +57,13 @@ LAYERS: dict[str, int] = {
     "prunescope.recovered": WORKFLOW,
     "prunescope.results": OUTPUT,
     "prunescope.report": OUTPUT,
+    "prunescope.report_hparams": OUTPUT,
     "prunescope.html": OUTPUT,
     "prunescope.plots": OUTPUT,
     "prunescope.verdict": OUTPUT,
 }
-OUTPUTS = ("prunescope.report", "prunescope.html", "prunescope.plots", "prunescope.verdict", "prunescope.results")
+OUTPUTS = ("prunescope.report", "prunescope.report_hparams", "prunescope.html", "prunescope.plots", "prunescope.verdict",
+           "prunescope.results")
 
 
 def layer(module: str) -> tuple[str, int]:
