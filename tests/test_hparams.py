@@ -135,6 +135,9 @@ def test_noise_floor_comes_from_the_seeds_of_the_reference():
     assert len(judged.distance.values) == 6  # every ordered pair of different seeds
     assert judged.distance.significant and judged.regret.significant and judged.rank.significant
     assert judged.displacement["lr"].significant and judged.displacement["lr"].mean == pytest.approx(1.5)
+    # one pair in six moving one step is no move, even on a floor of exactly 0
+    few = judge(np.array([0.75, 0, 0, 0, 0, 0]), np.zeros(6), absolute=True, at_least=0.75 / 2)
+    assert few.floor == 0 and not few.significant
     # the reference against itself is its own floor: nothing significant
     same = shift(dense, dense, axes)
     assert not same.distance.significant and not same.regret.significant and not same.rank.significant

@@ -15,7 +15,8 @@ A landscape is the val accuracy at every grid point, one array per seed, shape
   hyperbolic weights, top ranks weigh most); 1 = same order.
 - **optimum displacement** per axis: coordinate of θ*_b minus that of θ*_a, in decades on a
   log axis, in the knob's own unit on a linear one, in steps of the choice list for a
-  categorical knob.
+  categorical knob. Its mean over seed pairs must also exceed half a grid step to count as a
+  move (a floor of exactly 0 from a few seeds would otherwise call a move of one pair in six).
 - **importance change** per axis: the share of the landscape's variance that axis explains
   alone (functional ANOVA main effects, computed exactly on the full factorial grid, shares
   summing to 1), ``b``'s minus ``a``'s.
@@ -72,6 +73,10 @@ class Axes:
                 native.append(np.asarray(values, float))
                 units.append(name)
         return cls(tuple(grid.axes), tuple(unit), tuple(native), tuple(units))
+
+    def steps(self) -> list[float]:
+        """The smallest step between neighbouring values of each axis, in displacement units."""
+        return [float(np.diff(np.sort(native)).min()) if len(native) > 1 else 0.0 for native in self.native]
 
     def points(self) -> np.ndarray:
         """Unit coordinates of every grid point in C order, shape (points, axes)."""
@@ -174,8 +179,12 @@ class Judged:
 
 
 def judge(values: np.ndarray, floor_values: np.ndarray, *, lower_is_shift: bool = False,
-          absolute: bool = False) -> Judged:
-    """Mean of ``values`` against the floor's 95th percentile (5th with ``lower_is_shift``; |x| with ``absolute``)."""
+          absolute: bool = False, at_least: float = 0.0) -> Judged:
+    """Mean of ``values`` against the floor's 95th percentile (5th with ``lower_is_shift``; |x| with ``absolute``).
+
+    ``at_least``: a shift must also exceed this (e.g. half a grid step: a floor of 0 from a few
+    seeds does not make a move of a minority of seed pairs significant).
+    """
     mean = float(values.mean())
     if lower_is_shift:
         floor = float(np.percentile(floor_values, 100 - FLOOR_QUANTILE))
@@ -183,7 +192,7 @@ def judge(values: np.ndarray, floor_values: np.ndarray, *, lower_is_shift: bool 
     else:
         floor_of = np.abs(floor_values) if absolute else floor_values
         floor = float(np.percentile(floor_of, FLOOR_QUANTILE))
-        significant = (abs(mean) if absolute else mean) > floor
+        significant = (abs(mean) if absolute else mean) > max(floor, at_least)
     return Judged(mean, float(values.std(ddof=1)) if len(values) > 1 else 0.0, floor, significant,
                   [float(v) for v in values])
 
@@ -215,8 +224,8 @@ def shift(reference: np.ndarray, other: np.ndarray, axes: Axes, tau: float | Non
         judge(_values(moved, "distance"), _values(floor, "distance")),
         judge(_values(moved, "regret"), _values(floor, "regret")),
         judge(_values(moved, "rank"), _values(floor, "rank"), lower_is_shift=True),
-        {n: judge(_values(moved, "displacement", n), _values(floor, "displacement", n), absolute=True)
-         for n in axes.names},
+        {n: judge(_values(moved, "displacement", n), _values(floor, "displacement", n), absolute=True,
+                  at_least=step / 2) for n, step in zip(axes.names, axes.steps(), strict=True)},
         {n: judge(_values(moved, "importance", n), _values(floor, "importance", n), absolute=True)
          for n in axes.names},
     )
