@@ -297,3 +297,11 @@ def test_weight_pruned_recovery_holds_the_zeros(tmp_path, monkeypatch, fresh):
     # fine-tuning starts from the pruned weights, scratch from a fresh initialisation
     started_pruned = bool((seen["weight"] == 0).float().mean() > 0.75)
     assert started_pruned != fresh
+
+
+def test_flat_search_ranks_knobs_equally():
+    from prunescope.hparams.grid import importances
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("a", 0, 1) * 0 + t.suggest_float("b", 0, 1) * 0 + 0.5, n_trials=4)
+    assert importances(study) == {"a": 0.5, "b": 0.5}

@@ -62,8 +62,8 @@ LAYERS: dict[str, int] = {
     "prunescope.plots": OUTPUT,
     "prunescope.verdict": OUTPUT,
 }
-OUTPUTS = ("prunescope.report", "prunescope.report_hparams", "prunescope.html", "prunescope.plots", "prunescope.verdict",
-           "prunescope.results")
+OUTPUTS = ("prunescope.report", "prunescope.report_hparams", "prunescope.html", "prunescope.plots",
+           "prunescope.verdict", "prunescope.results")
 
 
 def layer(module: str) -> tuple[str, int]:

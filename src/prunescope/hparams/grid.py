@@ -35,11 +35,19 @@ SEED_BOUND = 2**31 - 1
 
 
 def importances(study: optuna.Study, seed: int = 0) -> dict[str, float]:
-    """fANOVA importance of every searched knob on the study's finished trials (sums to 1)."""
+    """fANOVA importance of every searched knob on the study's finished trials (sums to 1).
+
+    When every finished trial scored the same there is nothing to rank: equal shares, in
+    the order the knobs were declared.
+    """
     complete = finished(study, (TrialState.COMPLETE,))
     if len(complete) < 2:
         raise UsageError("importance needs at least two finished trials: raise --budget")
-    return dict(get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed)))
+    try:
+        return dict(get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed)))
+    except RuntimeError:  # fANOVA's "zero total variance": a flat search
+        names = list(complete[0].params)
+        return dict.fromkeys(names, 1 / len(names))
 
 
 def choose_axes(ranked: Mapping[str, float], count: int, chosen: Sequence[str] | None, space: Space) -> list[str]:
