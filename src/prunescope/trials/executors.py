@@ -174,8 +174,8 @@ class RayExecutor:
             except (ConnectionError, ValueError, RuntimeError) as error:
                 raise UsageError(f"cannot connect to Ray at {address}: {error}") from None
         actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=-1)(_RayWorker)
-        shared = ray.put(drain)
-        self.actors = [actor.remote(shared, 1) for _ in range(workers)]
+        self.shared = ray.put(drain)  # kept referenced: a restarted actor is built from it again
+        self.actors = [actor.remote(self.shared, 1) for _ in range(workers)]
         self.calls: dict[Any, Any] = {}  # pending call -> actor
 
     def run(self, settle: Settle) -> None:
