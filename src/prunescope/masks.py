@@ -12,6 +12,17 @@ Two ways to apply them:
 - :func:`apply_permanently` makes the pruning stick, either as a
   ``torch.nn.utils.prune`` re-parametrisation (``weight = weight_orig * weight_mask``, so
   fine-tuning keeps pruned weights at zero) or by baking the zeros into the tensor.
+
+``torch.nn.utils.prune`` recomputes ``weight`` in a forward pre-hook of the module that owns
+it, which is not enough when another module reads the tensor without calling its owner:
+``nn.MultiheadAttention`` (and so ``nn.TransformerEncoderLayer``) reads ``out_proj.weight``
+directly, and so does a user's weight tying. Such a tensor would keep the graph of its first
+computation, and the second backward pass would fail. :func:`apply_permanently` therefore
+also registers one pre-hook on the root model that refreshes every pruned tensor before each
+forward pass; the masks then hold for every module PyTorch ships (attention, GRU / LSTM
+flat weights, depthwise and grouped convolutions, embeddings) and for any user module that
+reads another's weight. A target left dense (an all-``True`` mask) gets no
+re-parametrisation at all.
 """
 
 from __future__ import annotations
@@ -109,19 +120,44 @@ def apply_permanently(
     """
     for target, tensor, mask in _resolve(model, targets, masks):
         if reparametrize:
+            if bool(mask.all()) and not _is_reparametrized(model, target):
+                continue  # a dense target stays a plain parameter
             prune.custom_from_mask(model.get_submodule(target.module), target.param, mask)
         else:
             with torch.no_grad():
                 tensor.masked_fill_(~mask, 0)
+    if reparametrize and _refresh_pruned not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(_refresh_pruned)
     return model
+
+
+def _is_reparametrized(model: nn.Module, target: Target) -> bool:
+    return target.param + "_orig" in model.get_submodule(target.module)._parameters
+
+
+def _pruning_hooks(model: nn.Module) -> Iterator[tuple[nn.Module, prune.BasePruningMethod]]:
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                yield module, hook
+
+
+def _refresh_pruned(model: nn.Module, _inputs: object) -> None:
+    """Forward pre-hook of the root: recompute every pruned ``weight = weight_orig * weight_mask``.
+
+    A module-level function (not a closure), so that deep copies and pickles of the model keep it.
+    """
+    for module, hook in _pruning_hooks(model):
+        hook(module, None)
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
     """Turn every ``torch.nn.utils.prune`` re-parametrisation into plain zeroed parameters."""
-    for module in model.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(module, hook._tensor_name)
+    for module, hook in _pruning_hooks(model):
+        prune.remove(module, hook._tensor_name)
+    for key, hook in list(model._forward_pre_hooks.items()):
+        if hook is _refresh_pruned:
+            del model._forward_pre_hooks[key]
     return model
 
 

@@ -1,4 +1,4 @@
-"""Discover what can be pruned: the weight tensors of Linear, ConvNd, RNN/LSTM/GRU and attention.
+"""Discover what can be pruned: the weight tensors of Linear, ConvNd, RNN/LSTM/GRU, attention and embeddings.
 
 A target is one weight tensor, named by its parameter path (``"fc1.weight"``,
 ``"rnn.weight_hh_l0"``, ``"attn.in_proj_weight"``). Biases and normalisation parameters
@@ -27,7 +27,7 @@ class Target:
     name: parameter path, e.g. ``"layer1.0.conv1.weight"``.
     module: path of the owning module (``""`` for the root).
     param: attribute name on that module (``"weight"``, ``"weight_ih_l0"``, ``"in_proj_weight"``).
-    kind: ``linear``, ``conv``, ``recurrent`` or ``attention``.
+    kind: ``linear``, ``conv``, ``recurrent``, ``attention`` or ``embedding``.
     shape: shape of the tensor.
     """
 
@@ -63,6 +63,8 @@ def _weights_of(module: nn.Module) -> Iterator[tuple[str, str]]:
         for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
             if _tensor_or_none(module, name) is not None:
                 yield name, "attention"
+    elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        yield "weight", "embedding"
 
 
 def _tensor_or_none(module: nn.Module, param: str) -> torch.Tensor | None:
@@ -114,7 +116,7 @@ def find_targets(
         for param, kind in _weights_of(module)
     ]
     if not found:
-        raise UsageError("model has no prunable layers (Linear, Conv, RNN/LSTM/GRU or MultiheadAttention)")
+        raise UsageError("model has no prunable layers (Linear, Conv, RNN/LSTM/GRU, MultiheadAttention or Embedding)")
 
     def matches(target: Target, pattern: str) -> bool:
         return fnmatch.fnmatchcase(target.name, pattern) or fnmatch.fnmatchcase(target.module, pattern)
