@@ -7,7 +7,10 @@ same name works for 8x8 digits, 28x28 MNIST and 32x32 CIFAR. Every layer is a na
 attribute, so parameter paths read like ``conv1.weight`` or ``layer1.0.conv1.weight``.
 
 A model name is either a zoo name (see :func:`available_models`) or a user factory
-``"package.module:function"``, called as ``function(input_shape=..., num_classes=..., **kwargs)``.
+``"package.module:function"``, called with keyword arguments: the user's options plus
+whatever of ``input_shape`` / ``in_channels`` / ``in_features`` / ``num_classes`` (or a
+common alias) its signature asks for (:func:`factory_arguments`). The zoo's ``mlp`` and
+``lenet300`` take any input shape, flat (tabular) ones included.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunescope.errors import UsageError
+from prunescope.errors import PrunescopeError, UsageError
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class ConvBNReLU(nn.Module):
 
 
 class MLP(nn.Sequential):
-    """Flatten → (Linear → ReLU) per hidden width → Linear; (N, C, H, W) → (N, num_classes).
+    """Flatten → (Linear → ReLU) per hidden width → Linear; (N, *input_shape) → (N, num_classes).
 
     Layers are named ``fc1``, ``relu1``, ``fc2`` …, the last ``fc{len(hidden)+1}``.
     """
@@ -323,6 +326,19 @@ _ZOO: dict[str, tuple[Callable[..., nn.Module], str]] = {
 }
 
 _FIXED_ARGS = ("input_shape", "num_classes")
+_ANY_SHAPE = ("mlp", "lenet300")  # zoo models that flatten any input (tabular data included)
+
+# How a factory may spell what prunescope knows about the data, and how each is derived from
+# (input_shape, num_classes). Features are the flattened input (what a first nn.Linear sees).
+_ALIASES: dict[str, Callable[[tuple[int, ...], int], Any]] = {
+    **dict.fromkeys(("input_shape", "in_shape", "shape"), lambda shape, n: shape),
+    **dict.fromkeys(("in_channels", "input_channels", "num_channels", "channels", "in_chans"),
+                    lambda shape, n: shape[0]),
+    **dict.fromkeys(("in_features", "num_features", "n_features", "input_dim", "in_dim", "features"),
+                    lambda shape, n: int(torch.Size(shape).numel())),
+    **dict.fromkeys(("num_classes", "n_classes", "classes", "nclasses", "num_outputs", "n_outputs",
+                     "out_features", "output_dim", "out_dim", "num_labels"), lambda shape, n: n),
+}
 
 
 def available_models() -> list[ModelInfo]:
@@ -357,30 +373,59 @@ def _resolve(name: str) -> Callable[..., nn.Module]:
     return _ZOO[name][0]
 
 
-def _check_call(name: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
-    """Raise UsageError unless ``builder(input_shape=, num_classes=, **kwargs)`` is a valid call."""
+def _what(name: str) -> str:
+    return f"model factory {name!r}" if ":" in name else f"model {name!r}"
+
+
+def factory_arguments(
+    name: str, builder: Callable[..., nn.Module], shape: tuple[int, ...], num_classes: int, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The keyword arguments ``builder`` is called with: ``kwargs`` plus what it asks of the data.
+
+    A parameter named like ``input_shape``, ``in_channels``, ``in_features`` or ``num_classes``
+    (see ``_ALIASES``) and not given in ``kwargs`` gets its value from the data; a factory
+    with ``**kwargs`` gets ``input_shape=`` and ``num_classes=``. Raises a one-line UsageError
+    for an option the factory does not take, or a required parameter nobody can supply.
+    """
     try:
         signature = inspect.signature(builder)
-    except (TypeError, ValueError):  # builtins without a signature: let the call itself decide
-        return
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
-        options = [p for p in signature.parameters if p not in _FIXED_ARGS]
-        unknown = sorted(set(kwargs) - set(options))
+    except (TypeError, ValueError):  # builtins without a signature: the classic call
+        return {"input_shape": shape, "num_classes": num_classes, **kwargs}
+    parameters = signature.parameters
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    named = [p for p, v in parameters.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    if not open_ended:
+        options = [p for p in named if p not in _ALIASES]
+        unknown = sorted(set(kwargs) - set(named))
         if unknown:
             accepted = f"its options are {', '.join(options)}" if options else "it takes no options"
-            raise UsageError(f"model {name!r} has no option {unknown[0]!r}: {accepted}")
-    try:
-        signature.bind(input_shape=(), num_classes=0, **kwargs)
-    except TypeError as e:
-        raise UsageError(f"model factory {name!r} cannot be called as f(input_shape=, num_classes=, ...): {e}") from e
+            raise UsageError(f"{_what(name)} has no option {unknown[0]!r}: {accepted}")
+    call = dict(kwargs)
+    for parameter in named:
+        if parameter not in call and parameter in _ALIASES:
+            call[parameter] = _ALIASES[parameter](shape, num_classes)
+    if open_ended:
+        call = {"input_shape": shape, "num_classes": num_classes} | call
+    missing = [p for p in named if p not in call and parameters[p].default is inspect.Parameter.empty]
+    positional = [p for p, v in parameters.items() if v.kind is v.POSITIONAL_ONLY and v.default is v.empty]
+    if missing or positional:
+        needed = (missing or positional)[0]
+        raise UsageError(
+            f"{_what(name)} needs argument {needed!r}, which prunescope cannot derive from the data "
+            f"(it supplies {', '.join(sorted(_ALIASES))}): pass --model-arg {needed}=VALUE"
+        )
+    return call
 
 
 def _check_shape(name: str, input_shape: Sequence[int], num_classes: int) -> tuple[int, ...]:
     shape = tuple(input_shape)
     if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
         raise UsageError(f"input shape must be positive integers, got {shape!r}")
-    if name in _ZOO and len(shape) != 3:
-        raise UsageError(f"model {name!r} needs an image input shape (C, H, W), got {shape!r}")
+    if name in _ZOO and name not in _ANY_SHAPE and len(shape) != 3:
+        raise UsageError(
+            f"model {name!r} needs an image input shape (C, H, W), got {shape!r}: "
+            f"for flat (tabular) inputs use {' or '.join(_ANY_SHAPE)}"
+        )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UsageError(f"number of classes must be a positive integer, got {num_classes!r}")
     return shape
@@ -389,18 +434,28 @@ def _check_shape(name: str, input_shape: Sequence[int], num_classes: int) -> tup
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
     """Build zoo model or user factory ``name`` for inputs (N, *input_shape) → (N, num_classes).
 
+    A user factory is called with keyword arguments only (see :func:`factory_arguments`).
     Deterministic given ``torch.manual_seed``. Raises UsageError for unknown names or
-    options, bad shapes and factories that cannot be imported or return no nn.Module.
+    options, bad shapes and factories that cannot be imported; PrunescopeError, naming the
+    factory, for one that raises or returns something other than an nn.Module.
     """
     shape = _check_shape(name, input_shape, num_classes)
     builder = _resolve(name)
-    _check_call(name, builder, kwargs)
-    model = builder(input_shape=shape, num_classes=num_classes, **kwargs)
+    call = factory_arguments(name, builder, shape, num_classes, kwargs)
+    try:
+        model = builder(**call)
+    except PrunescopeError:
+        raise
+    except Exception as e:  # the user's code failing is reported as one line naming it
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise PrunescopeError(f"{_what(name)} failed when called with {_shown(call)}: {reason}") from e
     if not isinstance(model, nn.Module):
-        raise UsageError(
-            f"cannot import model factory {name!r}: it returned a {type(model).__name__}, not a torch.nn.Module"
-        )
+        raise UsageError(f"{_what(name)} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _shown(call: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in call.items()) or "no arguments"
 
 
 def _json_like(value: Any, where: str) -> Any:
@@ -420,7 +475,7 @@ def model_spec(name: str, input_shape: Sequence[int], num_classes: int, **kwargs
     Checks the name and option names (without building) so a bad spec fails early.
     """
     shape = _check_shape(name, input_shape, num_classes)
-    _check_call(name, _resolve(name), kwargs)
+    factory_arguments(name, _resolve(name), shape, num_classes, kwargs)
     return {
         "name": name,
         "input_shape": list(shape),

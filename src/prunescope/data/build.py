@@ -43,9 +43,16 @@ def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
 
 
 def assemble(
-    name: str, raw: RawData, *, val_fraction: float, seed: int, limit_train: int | None, spec: dict[str, Any]
+    name: str,
+    raw: RawData,
+    *,
+    val_fraction: float,
+    seed: int,
+    spec: dict[str, Any],
+    limit_train: int | None = None,
+    limit_val: int | None = None,
 ) -> Dataset:
-    """Carve val (stratified, ``seed``), cut train to ``limit_train``, normalise, return tensors."""
+    """Carve val (stratified, ``seed``), cut train to ``limit_train`` and val to ``limit_val``, normalise."""
     x, y = raw.train
     if raw.val is None:
         rest, taken = stratified_split(y, val_fraction, seed, what=f"{name}: val_fraction={val_fraction}")
@@ -55,6 +62,9 @@ def assemble(
     if limit_train is not None and limit_train < len(train[1]):
         _, keep = stratified_split(train[1], limit_train, seed, what=f"{name}: limit_train={limit_train}")
         train = (train[0][keep], train[1][keep])
+    if limit_val is not None and limit_val < len(val[1]):
+        _, keep = stratified_split(val[1], limit_val, seed, what=f"{name}: limit_val={limit_val}")
+        val = (val[0][keep], val[1][keep])
     # Statistics come from the whole original train data, so they (and hence the normalised
     # val/test tensors) do not depend on seed or limit_train.
     mean, std = _moments(x, raw.normalise)

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import TensorDataset
 
 from prunescope.data.build import Pair, RawData, check_labels
 from prunescope.data.messages import one_line
@@ -30,7 +32,8 @@ def run_factory(spec: str, options: Mapping[str, Any]) -> tuple[str, RawData]:
 
     The factory returns a :class:`Dataset`; or a dict with "train", "test", optional "val",
     "input_shape", "num_classes", "name"; or a tuple (train, test) / (train, val, test).
-    Each split is an (x, y) pair of tensors or arrays, x (N, *input_shape), y (N,) labels.
+    Each split is an (x, y) pair of tensors or arrays, x (N, *input_shape), y (N,) labels, a
+    ``TensorDataset`` of (x, y), or any map-style ``torch.utils.data.Dataset`` of (x, y) items.
     """
     factory = _import(spec)
     try:
@@ -114,13 +117,50 @@ def _to_raw(spec: str, result: object) -> tuple[str, RawData]:
 
 
 def _pair(where: str, split: object) -> Pair:
-    """An (x, y) pair (or Split) of tensors/arrays as numpy: x (N, ...), y (N,) integers."""
-    pair = (split.x, split.y) if hasattr(split, "x") and hasattr(split, "y") else split
+    """A split as numpy: x (N, ...), y (N,) integers.
+
+    ``split`` is an (x, y) pair of tensors or arrays, a Split, a ``TensorDataset`` of (x, y),
+    or any map-style ``torch.utils.data.Dataset`` whose items are (x, y) with y an integer
+    (read once, item by item, and stacked).
+    """
+    if isinstance(split, TensorDataset):
+        pair: object = split.tensors
+        if len(split.tensors) != 2:
+            raise UsageError(f"{where}: a TensorDataset must hold two tensors (x, y), it holds {len(split.tensors)}")
+    elif hasattr(split, "x") and hasattr(split, "y"):
+        pair = (split.x, split.y)
+    elif isinstance(split, TorchDataset) or (hasattr(split, "__getitem__") and hasattr(split, "__len__")
+                                             and not isinstance(split, (tuple, list))):
+        pair = _stacked(where, split)
+    else:
+        pair = split
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise UsageError(f"{where}: expected an (x, y) pair, got {type(split).__name__}")
+        raise UsageError(
+            f"{where}: expected an (x, y) pair, a TensorDataset or a map-style Dataset of (x, y) items, "
+            f"got {type(split).__name__}"
+        )
     x, y = (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for v in pair)
     if x.ndim < 2 or len(x) != len(y):
         raise UsageError(f"{where}: x must be (N, ...) with one row per label; got x {x.shape}, y {y.shape}")
     if not np.issubdtype(x.dtype, np.number):
         raise UsageError(f"{where}: x must be numeric, got dtype {x.dtype}")
+    return x, y
+
+
+def _stacked(where: str, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (x, y) item of a map-style dataset, stacked: x (N, ...), y (N,)."""
+    try:
+        count = len(dataset)
+        items = [dataset[i] for i in range(count)]
+    except Exception as error:  # the user's __getitem__ failing is their input error
+        raise UsageError(f"{where}: reading the dataset item by item failed: {one_line(error)}") from error
+    if not items:
+        raise UsageError(f"{where}: the dataset is empty")
+    if not all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
+        raise UsageError(f"{where}: items must be (x, y) pairs, item 0 is a {type(items[0]).__name__}")
+    try:
+        x = torch.stack([torch.as_tensor(item[0]) for item in items])
+        y = torch.as_tensor([int(item[1]) for item in items])
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise UsageError(f"{where}: items do not stack into x (N, ...) and integer y (N,): {one_line(error)}") from error
     return x, y

@@ -18,7 +18,7 @@ from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 
 DATA_DIR_ENV = "PRUNESCOPE_DATA_DIR"
-_COMMON_OPTIONS = ("limit_train",)
+_COMMON_OPTIONS = ("limit_train", "limit_val")
 
 
 @dataclass(frozen=True)
@@ -96,18 +96,17 @@ def load_dataset(
 
     ``val`` is carved from the original train data (stratified, ``seed``); ``test`` is the
     dataset's own. ``data_dir`` defaults to $PRUNESCOPE_DATA_DIR. ``limit_train`` (any
-    dataset) keeps a stratified subset of that many train samples; val and test are unchanged.
+    dataset) keeps a stratified subset of that many train samples, ``limit_val`` of val (after
+    carving it); test is never cut.
     Bad names, options, values or files raise UsageError.
     """
     if not isinstance(name, str) or not name.strip():
         raise UsageError(f"dataset name must be a non-empty string, got {name!r}")
     val_fraction = as_float("val_fraction", val_fraction, low=0.0, high=1.0, open_low=True)
     seed = as_int("seed", seed, minimum=0)
-    limit = options.pop("limit_train", None)
-    limit_train = None if limit is None else as_int("limit_train", limit, minimum=1)
-    spec: dict[str, Any] = {"name": name, "val_fraction": val_fraction, "seed": seed, **options}
-    if limit_train is not None:
-        spec["limit_train"] = limit_train
+    limits = {key: options.pop(key, None) for key in _COMMON_OPTIONS}
+    limits = {key: as_int(key, value, minimum=1) for key, value in limits.items() if value is not None}
+    spec: dict[str, Any] = {"name": name, "val_fraction": val_fraction, "seed": seed, **options, **limits}
     if factory.is_factory(name):
         display_name, raw = factory.run_factory(name, options)
     else:
@@ -116,7 +115,7 @@ def load_dataset(
         if folder is not None:
             spec["data_dir"] = str(folder)
     _check_json(spec)
-    return assemble(display_name, raw, val_fraction=val_fraction, seed=seed, limit_train=limit_train, spec=spec)
+    return assemble(display_name, raw, val_fraction=val_fraction, seed=seed, spec=spec, **limits)
 
 
 def load_from_spec(spec: Mapping[str, Any], *, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
