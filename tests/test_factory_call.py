@@ -58,5 +58,5 @@ def test_zoo_mlp_takes_flat_inputs(name):
 
 
 def test_zoo_cnn_refuses_flat_inputs_and_names_what_works():
-    with pytest.raises(UsageError, match="needs an image input shape.*use mlp or lenet300"):
+    with pytest.raises(UsageError, match=r"needs an image input shape.*use mlp or lenet300"):
         build_model("cnn", (30,), 3)

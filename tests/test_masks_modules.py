@@ -24,7 +24,7 @@ MODELS = {
     "transformer-encoder-layer": (um.encoder, um.images),
     "gru": (um.gru, um.images),
     "lstm-2-layers": (um.lstm, um.images),
-    "depthwise-grouped-residual-concat": (um.separable, um.images),
+    "depthwise-grouped-residual-concat": (lambda shape, n: um.separable(shape, n, groups=3), um.images),
     "embedding": (um.bag, um.tokens),
     "tabular": (um.tabular, um.features),
 }

@@ -18,7 +18,7 @@ from prunescope.curves import Curves
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
-from prunescope.masks import applied, compute_masks
+from prunescope.masks import applied, compute_masks, removed_count
 from prunescope.scan import SCONCE_LEVELS, STRATEGIES, auto_subset, scan
 from prunescope.scan.evaluation import ModelEvaluation, WeightPruning
 from prunescope.scan.executors import InProcess
@@ -323,7 +323,9 @@ def test_adaptive_needs_far_fewer_evaluations_and_finds_the_grid_crossing(traine
         found = highest_within(curve.points, adaptive.dense.value, TOLERANCE)
         assert crossing <= found < beyond  # the grid's crossing, refined
         above = min(p.sparsity for p in curve.points if p.sparsity > found)
-        assert above - found <= 0.01 + 1e-9  # to the adaptive resolution
+        # to the adaptive resolution, or to one weight where a weight is more than that (conv: 36 weights)
+        next_weight = removed_count(above, curve.numel) - removed_count(found, curve.numel) == 1
+        assert above - found <= 0.01 + 1e-9 or next_weight
     # Progress: one call per evaluation; planned grows but never lags behind.
     assert [done for done, _ in progress] == list(range(1, adaptive.evaluations + 1))
     assert all(done <= planned for done, planned in progress)

@@ -16,19 +16,20 @@ from torch.utils.data import TensorDataset
 
 
 class Attention(nn.Module):
-    """Rows of an (1, 8, 8) image as 8 tokens → MultiheadAttention → mean → head."""
+    """Rows of an (1, 8, 8) image as 8 tokens → MultiheadAttention → mean → hidden → head."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, dim: int = 16) -> None:
         super().__init__()
         self.embed = nn.Linear(input_shape[-1], dim)
         self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+        self.hidden = nn.Linear(dim, 16)
+        self.head = nn.Linear(16, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(x.flatten(1, -2))
         attended, _ = self.attn(tokens, tokens, tokens, need_weights=False)
-        return self.head(self.norm(tokens + attended).mean(1))
+        return self.head(torch.relu(self.hidden(self.norm(tokens + attended).mean(1))))
 
 
 class Encoder(nn.Module):
@@ -84,15 +85,18 @@ class SeparableBlock(nn.Module):
 
 
 class SeparableNet(nn.Module):
-    """Stem conv, a depthwise-separable block with a residual add, a second branch concatenated, head."""
+    """Stem conv, a depthwise-separable block with a residual add, a second branch concatenated, head.
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+    ``groups`` > 1 makes the last conv a grouped one (which channel pruning refuses).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, groups: int = 1) -> None:
         super().__init__()
         self.stem = nn.Conv2d(input_shape[0], 8, 3, padding=1, bias=False)
         self.stem_bn = nn.BatchNorm2d(8)
         self.block = SeparableBlock(8, 8)
         self.branch = nn.Conv2d(8, 4, 1, bias=False)
-        self.grouped = nn.Conv2d(12, 12, 3, padding=1, groups=3, bias=False)
+        self.grouped = nn.Conv2d(12, 12, 3, padding=1, groups=groups, bias=False)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(12, num_classes)
 
@@ -145,8 +149,8 @@ def lstm(input_shape, num_classes):
     return RowLSTM(input_shape, num_classes)
 
 
-def separable(input_shape, num_classes):
-    return SeparableNet(input_shape, num_classes)
+def separable(input_shape, num_classes, groups=1):
+    return SeparableNet(input_shape, num_classes, groups)
 
 
 def bag(input_shape, num_classes, vocab=32):
@@ -163,6 +167,25 @@ def other_names(in_channels: int, n_classes: int, width: int = 8) -> nn.Module:
         nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
         nn.Linear(width * 4, n_classes),
     )
+
+
+class BatchBound(nn.Module):
+    """Adds a positional table sliced by the batch size: torch.export cannot make its batch dynamic."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        self.embed = nn.Linear(input_shape[-1], 16)
+        self.hidden = nn.Linear(16, 16)
+        self.head = nn.Linear(16, num_classes)
+        self.register_buffer("table", torch.zeros(1024, input_shape[-2], 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.flatten(1, -2)) + self.table[: x.shape[0]]
+        return self.head(torch.relu(self.hidden(tokens.mean(1))))
+
+
+def batch_bound(input_shape, num_classes):
+    return BatchBound(input_shape, num_classes)
 
 
 def raises(input_shape, num_classes):

@@ -18,6 +18,19 @@ from prunescope import models as zoo
 from prunescope.apply import export, load_allocation, prune
 from prunescope.checkpoint import load_checkpoint
 from prunescope.cli_hparams import hparams_command
+from prunescope.cliargs import (
+    BatchSize,
+    DataArg,
+    DataChoice,
+    LabelSmoothing,
+    LimitTrain,
+    LimitVal,
+    ModelArg,
+    Optimizer,
+    WeightDecay,
+    assignments,
+    data_choice,
+)
 from prunescope.compare import METHODS, compare
 from prunescope.criteria import CRITERIA
 from prunescope.data import available_datasets, describe_dataset, load_dataset, load_from_spec
@@ -143,7 +156,16 @@ def run_command(
     model: Annotated[str | None, typer.Option(help="Zoo model or package.module:factory [mlp].")] = None,
     data: Annotated[str | None, typer.Option(help="Dataset name or package.module:factory [digits].")] = None,
     data_dir: DataDir = None,
+    model_arg: ModelArg = None,
+    data_arg: DataArg = None,
+    limit_train: LimitTrain = None,
+    limit_val: LimitVal = None,
     epochs: Annotated[int | None, typer.Option(help="Dense training epochs [30].")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd or adamw [sgd].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Dense peak learning rate [0.05].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size [64].")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay [5e-4].")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing [0].")] = None,
     sparsity: Annotated[float | None, typer.Option(help="Global sparsity every method is compared at [0.9].")]
     = None,
     sparsities: Annotated[str | None, typer.Option(help="One-shot sparsities for the curves per method.")] = None,
@@ -168,8 +190,12 @@ def run_command(
         "model": model, "data": data, "data_dir": data_dir, "epochs": epochs, "sparsity": sparsity,
         "sparsities": _parse_sparsities(sparsities) if sparsities else None,
         "methods": [m.strip() for m in methods.split(",")] if methods else None, "criterion": criterion,
-        "folds": folds, "cv": cv, "max_drop": _points(max_drop), "finetune_epochs": finetune_epochs, "device": device,
-        "seed": seed, "recalibrate_bn": recalibrate_bn, "hparams": hparams,
+        "folds": folds, "cv": cv, "max_drop": _points(max_drop), "finetune_epochs": finetune_epochs,
+        "device": device, "seed": seed, "recalibrate_bn": recalibrate_bn, "hparams": hparams,
+        "model_args": assignments("--model-arg", model_arg) or None,
+        "data_args": assignments("--data-arg", data_arg) or None, "limit_train": limit_train, "limit_val": limit_val,
+        "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
+        "label_smoothing": label_smoothing,
     }
     settings = load_config(config, overrides)
     if config is not None:  # a factory named only in the config file is a name read from a file
@@ -206,14 +232,18 @@ def train_command(
     model: Annotated[str, typer.Option(help="Zoo model or package.module:factory.")] = "mlp",
     data: Annotated[str, typer.Option(help="Dataset name or package.module:factory.")] = "digits",
     data_dir: DataDir = None,
+    model_arg: ModelArg = None,
+    data_arg: DataArg = None,
+    limit_train: LimitTrain = None,
+    limit_val: LimitVal = None,
     out: Out = Path("runs/model"),
     epochs: Epochs = 10,
     optimizer: Annotated[str, typer.Option(help="sgd, adamw, sam (SAM around SGD) or sam-adamw.")] = "sgd",
     sam_rho: Annotated[float | None, typer.Option(help="SAM radius rho (optimizer sam*) [0.05].")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 0.05,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing in [0, 1).")] = 0.0,
+    batch_size: BatchSize = 128,
+    weight_decay: WeightDecay = 5e-4,
+    label_smoothing: LabelSmoothing = 0.0,
     device: Device = "auto",
     seed: Seed = 0,
 ) -> None:
@@ -222,9 +252,11 @@ def train_command(
         epochs=epochs, optimizer=optimizer, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
         label_smoothing=label_smoothing, seed=seed, sam_rho=sam_rho,
     )
-    dataset = load_dataset(data, data_dir=data_dir, seed=seed)
+    choice = data_choice(data_dir, data_arg, limit_train, limit_val)
+    dataset = load_dataset(data, data_dir=data_dir, seed=seed, **choice.overrides())
     with _progress(f"training {model}", epochs) as epoch_done:
-        result = train_model(dataset, model, config, out, device=device, on_epoch=epoch_done)
+        result = train_model(dataset, model, config, out, model_args=assignments("--model-arg", model_arg),
+                             device=device, on_epoch=epoch_done)
     columns = ["epoch", "train loss", "val accuracy", "val macro-F1", "val loss", "seconds"]
     rows = [
         [str(r.epoch), f"{r.train_loss:.4f}", f"{r.val_accuracy:.2%}", f"{r.val_macro_f1:.3f}", f"{r.val_loss:.4f}",
@@ -246,6 +278,9 @@ def sweep_command(
     subset: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset of this many examples.")] = None,
     recalibrate_bn: RecalibrateBN = None,
     data_dir: DataDir = None,
+    data_arg: DataArg = None,
+    limit_train: LimitTrain = None,
+    limit_val: LimitVal = None,
     out: Out = Path("prunescope-out"),
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
@@ -254,7 +289,8 @@ def sweep_command(
     levels = _parse_sparsities(sparsities)
     _check_choice("--criterion", criterion, list(CRITERIA))
     _check_choice("--allocation", allocation, ALLOCATIONS)
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
+    data = data_choice(data_dir, data_arg, limit_train, limit_val)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
     with _progress("sweeping", len(levels) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
@@ -269,9 +305,9 @@ def sweep_command(
     console.print(f"wrote {out / 'result.json'} and {out / 'sweep.csv'}")
 
 
-def _checkpoint_and_data(checkpoint: Path, data_dir: str | None, trust_factory: bool):
+def _checkpoint_and_data(checkpoint: Path, data: DataChoice, trust_factory: bool):
     saved = load_checkpoint(checkpoint, trust_factory=trust_factory)
-    return saved, load_from_spec(saved.dataset_spec, data_dir=data_dir)
+    return saved, load_from_spec(saved.dataset_spec, data_dir=data.data_dir, overrides=data.overrides())
 
 
 def _subset(text: str | None) -> int | str | None:
@@ -322,6 +358,9 @@ def scan_command(
     include: Include = None,
     exclude: Exclude = None,
     data_dir: DataDir = None,
+    data_arg: DataArg = None,
+    limit_train: LimitTrain = None,
+    limit_val: LimitVal = None,
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
     seed: Seed = 0,
@@ -333,7 +372,8 @@ def scan_command(
     _check_choice("--importance", importance, list(IMPORTANCES))
     criterion = importance if granularity == "channel" else criterion
     subset = _subset(subset)
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
+    data = data_choice(data_dir, data_arg, limit_train, limit_val)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
                 "tolerance": tolerance / 100, "subset": subset, "workers": workers, "study_name": study_name,
                 "include": include or [],
@@ -382,6 +422,9 @@ def pick_command(
                                                    "per-example results].")] = None,
     seed: Seed = 0,
     data_dir: DataDir = None,
+    data_arg: DataArg = None,
+    limit_train: LimitTrain = None,
+    limit_val: LimitVal = None,
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
 ) -> None:
@@ -393,7 +436,8 @@ def pick_command(
     source = checkpoint or saved_scan.checkpoint
     if source is None:
         raise UsageError(f"the scan in {scan_dir} names no checkpoint: pass --checkpoint")
-    saved, dataset = _checkpoint_and_data(Path(source), data_dir, trust_factory)
+    data = data_choice(data_dir, data_arg, limit_train, limit_val)
+    saved, dataset = _checkpoint_and_data(Path(source), data, trust_factory)
     saved_scan.check_model(saved.model, scan_dir)
     if folds is None:
         reason = saved_scan.curves.without_per_example()
@@ -413,7 +457,7 @@ def pick_command(
                 "seed": seed}
     write_json(path, document("pick", settings, model=saved.model_spec, dataset=saved.dataset_spec,
                               **choice.to_dict()))
-    console.print(choice_table(choice))
+    console.print(choice_table(choice, {name: c.numel for name, c in saved_scan.curves.curves.items()}))
     if choice.footprint is not None:
         size = choice.footprint
         console.print(f"params {size['dense_params']:,} → {size['params']:,}, MACs {size['dense_macs']:,} → "
@@ -439,6 +483,9 @@ def compare_command(
     calibration: Calibration = 1024,
     out: Out = Path("prunescope-out/compare"),
     data_dir: DataDir = None,
+    data_arg: DataArg = None,
+    limit_train: LimitTrain = None,
+    limit_val: LimitVal = None,
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
     study_name: study_options.StudyName = "scan",
@@ -451,7 +498,8 @@ def compare_command(
     _check_choice("--criterion", criterion, list(CRITERIA))
     if reconstruct is not None:
         _check_choice("--reconstruct", reconstruct, SELECTIONS)
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
+    data = data_choice(data_dir, data_arg, limit_train, limit_val)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
     curves = None
     if "ours" in methods:
         if scan_dir is None:
@@ -487,6 +535,10 @@ def prune_command(
     allocation: Annotated[Path, typer.Option(help="pick.json from prunescope pick, or a {layer: sparsity} JSON.")],
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (0: one-shot).")] = 5,
     lr: Annotated[float, typer.Option(help="Fine-tuning peak learning rate.")] = 0.01,
+    optimizer: Optimizer = "sgd",
+    batch_size: BatchSize = 128,
+    weight_decay: WeightDecay = 5e-4,
+    label_smoothing: LabelSmoothing = 0.0,
     patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without val gain.")] = None,
     criterion: Criterion = "magnitude",
     granularity: Granularity = "weight",
@@ -502,19 +554,28 @@ def prune_command(
     = 0,
     out: Out = Path("prunescope-out/pruned"),
     data_dir: DataDir = None,
+    data_arg: DataArg = None,
+    limit_train: LimitTrain = None,
+    limit_val: LimitVal = None,
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
     seed: Seed = 0,
 ) -> None:
     """Prune a checkpoint to an allocation, fine-tune, save OUT/model.pt (channel granularity: physically smaller)."""
     _check_choice("--granularity", granularity, GRANULARITIES)
+    tune = None
+    if finetune_epochs > 0:
+        tune = TrainConfig(epochs=finetune_epochs, optimizer=optimizer, lr=lr, batch_size=batch_size,
+                           weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed)
     if granularity == "channel":
-        _prune_channels(checkpoint, allocation, finetune_epochs, lr, patience, importance, round_to, export_path,
-                        recalibrate_bn, out, data_dir, device, seed, trust_factory)
+        _prune_channels(checkpoint, allocation, tune, patience, importance, round_to, export_path,
+                        recalibrate_bn, out, data_choice(data_dir, data_arg, limit_train, limit_val), device,
+                        seed, trust_factory)
         return
     if importance is not None or round_to is not None or export_path is not None or recalibrate_bn:
         raise UsageError("--importance, --round-to, --export and --recalibrate-bn apply to --granularity channel")
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
+    data = data_choice(data_dir, data_arg, limit_train, limit_val)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
     model = saved.model
     targets = find_targets(model)
     per_target = load_allocation(allocation, targets)
@@ -522,46 +583,54 @@ def prune_command(
     masks = prune(model, per_target, criterion=criterion, data=dataset.train, seed=seed)
     one_shot = Evaluator(model, dataset.val, device=device).evaluate()
     history = []
-    if finetune_epochs > 0:
-        config = TrainConfig(epochs=finetune_epochs, lr=lr, seed=seed)
+    if tune is not None:
         with _progress("fine-tuning", finetune_epochs) as epoch_done:
-            result = finetune(model, dataset, targets, masks, config, checkpoint=out / "finetune.pt",
+            result = finetune(model, dataset, targets, masks, tune, checkpoint=out / "finetune.pt",
                               model_spec=saved.model_spec, patience=patience, device=device, on_epoch=epoch_done)
         model, history = result.model, [asdict(r) for r in result.history]
     after = Evaluator(model, dataset.val, device=device).evaluate()
     export(model, out / "model.pt", saved.model_spec, saved.dataset_spec, meta={"pruned_from": str(checkpoint)})
     doc = document("prune", {"checkpoint": str(checkpoint), "allocation": str(allocation), "lr": lr,
-                             "finetune_epochs": finetune_epochs, "criterion": criterion},
+                             "finetune_epochs": finetune_epochs, "criterion": criterion,
+                             "finetune": tune.to_dict() if tune else None},
                    model=saved.model_spec, dataset=saved.dataset_spec, allocation=per_target,
                    val={"dense": before.to_dict(), "one_shot": one_shot.to_dict(), "finetuned": after.to_dict()},
                    finetune={"history": history})
     write_json(out / "result.json", doc)
-    rows = [[name, f"{m.accuracy:.2%}", f"{(m.accuracy - before.accuracy) * 100:+.2f}"]
-            for name, m in (("dense", before), ("pruned, one-shot", one_shot), ("pruned, fine-tuned", after))]
-    console.print(listing_table(f"val accuracy, {global_sparsity(per_target, targets):.1%} of the weights removed",
-                                ["model", "accuracy", "Δ pts"], rows))
+    console.print(listing_table(f"val accuracy ({len(dataset.val)} examples), "
+                                f"{global_sparsity(per_target, targets):.1%} of the weights removed",
+                                ["model", "accuracy", "Δ pts"], _prune_rows(before, one_shot, after, tune)))
     console.print(f"wrote {out / 'model.pt'} and {out / 'result.json'}")
 
 
+def _prune_rows(before, one_shot, after, tune: TrainConfig | None) -> list[list[str]]:
+    """Rows dense / one-shot / fine-tuned (only when it was) of val metrics, Δ against dense in points."""
+    rows = [("dense", before), ("pruned, one-shot", one_shot)]
+    if tune is not None:
+        rows.append((f"pruned, fine-tuned {tune.epochs} ep ({tune.optimizer})", after))
+    return [[name, f"{m.accuracy:.2%}", f"{(m.accuracy - before.accuracy) * 100:+.2f}"] for name, m in rows]
+
+
 def _prune_channels(
-    checkpoint: Path, allocation: Path, finetune_epochs: int, lr: float, patience: int | None, importance: str | None,
-    round_to: int | None, export_path: Path | None, bn_batches: int, out: Path, data_dir: str | None, device: str,
+    checkpoint: Path, allocation: Path, tune: TrainConfig | None, patience: int | None, importance: str | None,
+    round_to: int | None, export_path: Path | None, bn_batches: int, out: Path, data: DataChoice, device: str,
     seed: int, trust_factory: bool,
 ) -> None:
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
     pick = read_channel_pick(allocation, saved.model, saved.model_spec)
     importance = importance or pick.importance or "l2"
     _check_choice("--importance", importance, list(IMPORTANCES))
-    config = TrainConfig(epochs=finetune_epochs, lr=lr, seed=seed) if finetune_epochs > 0 else None
+    finetune_epochs = tune.epochs if tune else 0
     with _progress("fine-tuning", finetune_epochs) as epoch_done:
         result = prune_channels_and_recover(
             saved.model, saved.model_spec, saved.dataset_spec, dataset, pick.allocation, importance=importance,
-            round_to=round_to or pick.round_to or 1, config=config, out=out, export=export_path, patience=patience,
+            round_to=round_to or pick.round_to or 1, config=tune, out=out, export=export_path, patience=patience,
             device=resolve_device(device), meta={"pruned_from": str(checkpoint)}, on_epoch=epoch_done,
             bn_batches=bn_batches,
         )
     dense, pruned = result.pruned.dense, result.pruned.pruned
-    doc = document("prune", {"checkpoint": str(checkpoint), "allocation": str(allocation), "lr": lr,
+    doc = document("prune", {"checkpoint": str(checkpoint), "allocation": str(allocation),
+                             "lr": tune.lr if tune else None, "finetune": tune.to_dict() if tune else None,
                              "finetune_epochs": finetune_epochs, "granularity": "channel", "importance": importance,
                              "round_to": round_to or pick.round_to or 1, "export": str(export_path or ""),
                              "recalibrate_bn": bn_batches},
@@ -572,14 +641,19 @@ def _prune_channels(
                         "finetuned": result.finetuned.to_dict()},
                    finetune={"history": [asdict(r) for r in result.history]},
                    export={"path": str(result.export) if result.export else None,
-                           "max_logit_difference": result.export_difference})
+                           "max_logit_difference": result.export_difference, "batch": result.export_batch,
+                           "batch_reason": result.export_batch_reason})
     write_json(out / "result.json", doc)
-    rows = [[name, f"{m.accuracy:.2%}", f"{(m.accuracy - result.dense.accuracy) * 100:+.2f}"]
-            for name, m in (("dense", result.dense), ("pruned, one-shot", result.one_shot),
-                            ("pruned, fine-tuned", result.finetuned))]
+    rows = _prune_rows(result.dense, result.one_shot, result.finetuned, tune)
     console.print(listing_table(
-        f"val accuracy; params {dense.params:,} → {pruned.params:,}, MACs {dense.macs:,} → {pruned.macs:,} "
+        f"val accuracy ({len(dataset.val)} examples); params {dense.params:,} → {pruned.params:,}, "
+        f"MACs {dense.macs:,} → {pruned.macs:,} "
         f"({dense.macs / max(pruned.macs, 1):.2f}× fewer)", ["model", "accuracy", "Δ pts"], rows))
+    if result.export_batch is not None and result.export_batch != "dynamic":
+        console.print(f"[yellow]{result.export} runs batches of {result.export_batch} only: a dynamic batch could "
+                      f"not be captured ({result.export_batch_reason})[/yellow]", highlight=False)
+    elif result.export is not None:
+        console.print(f"{result.export} runs any batch size (dynamic batch)", highlight=False)
     written = [str(out / "model.pt"), str(out / "result.json")] + ([str(result.export)] if result.export else [])
     console.print(f"wrote {', '.join(written)}")
 
@@ -598,8 +672,15 @@ def gradual_command(
     fixed: Annotated[bool, typer.Option(help="Keep the final allocation's proportions instead of re-picking.")]
     = False,
     lr: Annotated[float, typer.Option(help="Fine-tuning peak learning rate.")] = 0.01,
+    optimizer: Optimizer = "sgd",
+    batch_size: BatchSize = 128,
+    weight_decay: WeightDecay = 5e-4,
+    label_smoothing: LabelSmoothing = 0.0,
     out: Out = Path("prunescope-out/gradual"),
     data_dir: DataDir = None,
+    data_arg: DataArg = None,
+    limit_train: LimitTrain = None,
+    limit_val: LimitVal = None,
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
     seed: Seed = 0,
@@ -610,13 +691,16 @@ def gradual_command(
     _check_choice("--allocation", allocation, ALLOCATIONS)
     sparsities = (polynomial_schedule(initial_sparsity, target_sparsity, steps) if schedule == "polynomial"
                   else iterative_schedule(target_sparsity, fraction))
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
+    data = data_choice(data_dir, data_arg, limit_train, limit_val)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
     model = saved.model
     targets = find_targets(model)
     with _progress("pruning steps", len(sparsities)) as step_done:
         result = gradual_prune(
             model, dataset, lambda s: allocate(allocation, model, targets, s, example=dataset.train.x[:2]), sparsities,
-            TrainConfig(epochs=epochs_per_step, lr=lr, seed=seed), repick=not fixed, device=device,
+            TrainConfig(epochs=epochs_per_step, optimizer=optimizer, lr=lr, batch_size=batch_size,
+                        weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed),
+            repick=not fixed, device=device,
             checkpoint_dir=out / "steps", model_spec=saved.model_spec, seed=seed, on_step=step_done,
         )
     export(result.model, out / "model.pt", saved.model_spec, saved.dataset_spec, meta={"pruned_from": str(checkpoint)})
@@ -638,23 +722,33 @@ def baseline_command(
     = "B",
     epochs: Annotated[int, typer.Option(help="Epochs the dense model was trained for.")] = 30,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.05,
+    optimizer: Optimizer = "sgd",
+    batch_size: BatchSize = 128,
+    weight_decay: WeightDecay = 5e-4,
+    label_smoothing: LabelSmoothing = 0.0,
     max_factor: Annotated[float | None, typer.Option(help="Cap scratch-B at this multiple of the epochs.")] = None,
     out: Out = Path("prunescope-out/scratch"),
     data_dir: DataDir = None,
+    data_arg: DataArg = None,
+    limit_train: LimitTrain = None,
+    limit_val: LimitVal = None,
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
     seed: Seed = 1,
 ) -> None:
     """Train the pruned architecture's mask from a fresh initialisation (Liu et al. 2019) and compare."""
     _check_choice("--scratch", scratch.upper(), ("E", "B"))
-    saved, dataset = _checkpoint_and_data(checkpoint, data_dir, trust_factory)
+    data = data_choice(data_dir, data_arg, limit_train, limit_val)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
     targets = find_targets(saved.model)
     masks = {t.name: effective_weight(saved.model, t) != 0 for t in targets}
     pruned_accuracy = Evaluator(saved.model, dataset.val, device=device).evaluate().accuracy
     with _progress(f"scratch-{scratch.upper()}", None) as epoch_done:
-        result = train_scratch(saved.model_spec, dataset, targets, masks, TrainConfig(epochs=epochs, lr=lr, seed=seed),
-                               scratch.upper(), None, None, seed, max_factor=max_factor, device=device,
-                               checkpoint=out / "model.pt", on_epoch=epoch_done)
+        config = TrainConfig(epochs=epochs, optimizer=optimizer, lr=lr, batch_size=batch_size,
+                             weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed)
+        result = train_scratch(saved.model_spec, dataset, targets, masks, config, scratch.upper(), None, None, seed,
+                               max_factor=max_factor, device=device, checkpoint=out / "model.pt",
+                               on_epoch=epoch_done)
     accuracy = Evaluator(result.model, dataset.val, device=device).evaluate().accuracy
     rows = [["fine-tuned pruned model", f"{pruned_accuracy:.2%}", "-"],
             [f"scratch-{scratch.upper()}", f"{accuracy:.2%}", str(len(result.history))]]
@@ -692,6 +786,10 @@ def measure_command(
             raise UsageError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     model = load_model_file(checkpoint, target, trust_export=trust_export, trust_factory=trust_factory)
+    if model.static_batch is not None and sizes != (model.static_batch,):
+        console.print(f"[yellow]{checkpoint.name} was exported with a static batch of {model.static_batch} (its "
+                      f"batch cannot be dynamic): timing batch {model.static_batch} only[/yellow]")
+        sizes = (model.static_batch,)
     reference = dense_reference(model, dense, target, trust_export=trust_export, trust_factory=trust_factory)
     if reference is None:
         console.print("[yellow]no dense reference: the file names no dense architecture (or is dense itself); "

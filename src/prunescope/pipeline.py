@@ -72,13 +72,14 @@ def train_model(
     config: TrainConfig,
     out: Path,
     *,
+    model_args: dict[str, Any] | None = None,
     device: str = "auto",
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> TrainResult:
-    """Build ``model_name`` for ``data`` and train it, checkpointing to ``out/model.pt``."""
-    spec = model_spec(model_name, data.input_shape, data.num_classes)
+    """Build ``model_name`` (options ``model_args``) for ``data``; train it, checkpointing to ``out/model.pt``."""
+    spec = model_spec(model_name, data.input_shape, data.num_classes, **(model_args or {}))
     torch.manual_seed(config.seed)
-    model = build_model(model_name, data.input_shape, data.num_classes)
+    model = build_model(model_name, data.input_shape, data.num_classes, **(model_args or {}))
     return train(model, data, config, device=device, checkpoint=out / "model.pt", model_spec=spec, on_epoch=on_epoch)
 
 
@@ -156,15 +157,17 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
         if method not in METHODS:
             raise UsageError(f"unknown method {method!r} in methods: use {', '.join(METHODS)}")
     stages = Stages(out)
-    data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed)
+    limits = {"limit_train": config.limit_train, "limit_val": config.limit_val}
+    data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, **config.data_args,
+                        **{k: v for k, v in limits.items() if v is not None})
     if config.folds:  # refuse impossible folds before training
         val_folds((data.train if config.cv == "retrain" else data.val).y.numpy(), config.folds, config.seed)
-    spec = model_spec(config.model, data.input_shape, data.num_classes)
+    spec = model_spec(config.model, data.input_shape, data.num_classes, **config.model_args)
 
     # 1. dense model (resumes from out/model.pt)
     dense_config = _train_config(config, epochs=config.epochs, lr=config.lr)
-    dense_run = train_model(data, config.model, dense_config, out, device=config.device,
-                            on_epoch=lambda r: progress("dense training", r.epoch, config.epochs))
+    dense_run = train_model(data, config.model, dense_config, out, model_args=config.model_args,
+                            device=config.device, on_epoch=lambda r: progress("dense training", r.epoch, config.epochs))
     model = dense_run.model.eval()
     targets = find_targets(model)
 

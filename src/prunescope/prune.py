@@ -73,6 +73,8 @@ class ChannelPruneResult:
     checkpoint: Path | None = None
     export: Path | None = None
     export_difference: float | None = None
+    export_batch: int | str | None = None  # "dynamic", or the one batch size the export runs
+    export_batch_reason: str | None = None  # why the batch is static
 
 
 def _predictions(model: nn.Module, split: Split, device: torch.device, batch_size: int = 256) -> torch.Tensor:
@@ -82,18 +84,26 @@ def _predictions(model: nn.Module, split: Split, device: torch.device, batch_siz
         return torch.cat([model(split.x[i : i + batch_size].to(device)).cpu() for i in batches])
 
 
-def check_export(model: nn.Module, path: Path, split: Split, device: torch.device) -> float:
-    """Largest logit difference on ``split`` between the exported file and ``model``; error if predictions differ."""
-    exported = load_exported(path, device, trusted=True).module  # the file this process just wrote
+def check_export(model: nn.Module, path: Path, split: Split, device: torch.device) -> tuple[float, dict[str, Any]]:
+    """Largest logit difference on ``split`` between the exported file and ``model``, and the file's metadata.
+
+    Raises PrunescopeError if the predictions differ.
+    """
+    loaded = load_exported(path, device, trusted=True)  # the file this process just wrote
+    batch = loaded.metadata.get("batch")
+    size = 256
+    if isinstance(batch, int):  # a static export runs only its own batch size
+        size, whole = batch, len(split) - len(split) % batch
+        split = Split(split.x[:whole], split.y[:whole])
     model.eval()
-    ours, theirs = _predictions(model, split, device), _predictions(exported, split, device)
+    ours, theirs = _predictions(model, split, device, size), _predictions(loaded.module, split, device, size)
     difference = float((ours - theirs).abs().max()) if len(split) else 0.0
     if difference > EXPORT_TOLERANCE * max(1.0, float(ours.abs().max())) or not torch.equal(
         ours.argmax(1), theirs.argmax(1)
     ):
         raise PrunescopeError(f"the exported model {path} does not reproduce the pruned model "
                               f"(logits differ by up to {difference:.3g}); the checkpoint next to it is still valid")
-    return difference
+    return difference, loaded.metadata
 
 
 def prune_channels_and_recover(
@@ -145,7 +155,8 @@ def prune_channels_and_recover(
                     "input_shape": list(model_spec["input_shape"]), "num_classes": model_spec["num_classes"],
                     "removal": pruned.model_spec["removed_channels"], "val_accuracy": finetuned.accuracy, **meta}
         outcome.export = export_model(model, tuple(model_spec["input_shape"]), export, metadata)
-        outcome.export_difference = check_export(model, outcome.export, data.val, device)
+        outcome.export_difference, written = check_export(model, outcome.export, data.val, device)
+        outcome.export_batch, outcome.export_batch_reason = written.get("batch"), written.get("batch_reason")
     return outcome
 
 

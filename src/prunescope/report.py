@@ -28,11 +28,13 @@ from torch import nn
 from prunescope.compare import Comparison
 from prunescope.curves import Curves
 from prunescope.io import write_csv, write_json
+from prunescope.masks import removed_count
 from prunescope.pick.choose import Choice
 from prunescope.plots import allocation_plot, curves_plot, metric_vs_sparsity_plot
 from prunescope.results import document
 from prunescope.scan.files import SCAN_FILE
 from prunescope.scan.identity import model_fingerprint
+from prunescope.structured.groups import find_groups
 from prunescope.sweep import SweepResult
 from prunescope.targets import find_targets
 from prunescope.verdict import crossval_clause
@@ -110,6 +112,13 @@ def listing_table(title: str, columns: list[str], rows: list[list[str]]) -> Tabl
     return table
 
 
+def level_text(sparsity: float, size: int, channels: bool) -> str:
+    """A sparsity as the user reads it: ``"13/16 kept"`` for a channel group, ``"90.0%"`` for weights."""
+    if channels:
+        return f"{size - removed_count(sparsity, size)}/{size} kept"
+    return f"{sparsity:.1%}"
+
+
 def scan_table(curves: Curves, tolerance: float) -> Table:
     """Per target: points measured, and the highest measured sparsity within ``tolerance`` of dense."""
     channels = curves.granularity == "channel"
@@ -118,27 +127,32 @@ def scan_table(curves: Curves, tolerance: float) -> Table:
                   f"dense {curves.dense.value:.2%}, tolerance {tolerance * 100:g} pts; sparsity = fraction of {unit})")
     for column in ("group" if channels else "layer", unit, "points", "highest sparsity within tolerance",
                    "drop there (pts)", "drop at the highest level (pts)"):
-        table.add_column(column, justify="right" if column not in ("layer", "group") else "left", no_wrap=True)
+        table.add_column(column, justify="right" if column not in ("layer", "group") else "left",
+                         overflow="fold")
     for name, curve in curves.curves.items():
         points = curve.sorted_points()
         within = [p for p in points if curves.dense_at(p.n).value - p.value <= tolerance]
         best = within[-1] if within else None
-        last = points[-1]
+        last = points[-1] if points else None
         table.add_row(
             name,
             _si(curve.numel),
             str(len(points)),
-            f"{best.sparsity:.1%}" if best else "none",
+            level_text(best.sparsity, curve.numel, channels) if best else "none",
             f"{(curves.dense_at(best.n).value - best.value) * 100:+.2f}" if best else "-",
-            f"{(curves.dense_at(last.n).value - last.value) * 100:+.2f} at {last.sparsity:.0%}",
+            f"{(curves.dense_at(last.n).value - last.value) * 100:+.2f} at "
+            f"{level_text(last.sparsity, curve.numel, channels)}" if last else "-",
         )
     for name, reason in curves.skipped.items():
         table.add_row(f"[dim]{name}[/dim]", "-", "-", "left dense", "-", f"[dim]{reason}[/dim]")
     return table
 
 
-def choice_table(choice: Choice) -> Table:
-    """The verified allocation per target, who decided it, and the predicted drop there."""
+def choice_table(choice: Choice, sizes: dict[str, int] | None = None) -> Table:
+    """The verified allocation per target, who decided it, and the predicted drop there.
+
+    ``sizes`` (channel picks: each group's width) shows channels kept / total instead of a fraction.
+    """
     drops = choice.pick.details.get("drops", {})
     channels = choice.footprint is not None
     removed = "of the parameters removed (whole channels)" if channels else "of the weights removed"
@@ -148,12 +162,17 @@ def choice_table(choice: Choice) -> Table:
                   f"{crossval_clause(None if choice.crossval is None else choice.crossval.to_dict())}")
     first = "group" if channels else "layer"
     for column in (first, "picked", "verified", "decided by", "predicted drop (pts)"):
-        table.add_column(column, justify="right" if column != first else "left", no_wrap=True)
+        table.add_column(column, justify="right" if column != first else "left", overflow="fold")
     for name, sparsity in choice.verified.allocation.items():
+        size = (sizes or {}).get(name)
+
+        def shown(value: float, size: int | None = size) -> str:
+            return level_text(value, size, True) if channels and size else f"{value:.1%}"
+
         table.add_row(
             name,
-            f"{choice.pick.allocation.get(name, 0.0):.1%}",
-            f"{sparsity:.1%}",
+            shown(choice.pick.allocation.get(name, 0.0)),
+            shown(sparsity),
             choice.pick.decided_by.get(name, choice.picker),
             f"{drops[name] * 100:+.2f}" if name in drops else "-",
         )
@@ -264,9 +283,13 @@ def save_scan(
 ) -> None:
     """``scan.json`` (the curves, the checkpoint scanned and its fingerprint), ``scan.csv`` and ``plots/curves.png``."""
     fingerprint = model_fingerprint(model, find_targets(model))
+    extra = {}
+    if curves.granularity == "channel":  # each group's members: the layers whose slices go with its channels
+        groups = find_groups(model, model_spec["input_shape"]).groups
+        extra["groups"] = {name: groups[name].to_dict() for name in curves.curves if name in groups}
     doc = document(
         "scan", settings, model=model_spec, dataset=dataset_spec, checkpoint=checkpoint, fingerprint=fingerprint,
-        curves=curves.to_dict(),
+        curves=curves.to_dict(), **extra,
     )
     write_json(out / SCAN_FILE, doc)
     rows = [

@@ -13,7 +13,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,12 @@ class RunConfig:
 
     # what
     model: str = "mlp"
+    model_args: dict[str, Any] = field(default_factory=dict)  # options of the model (factory)
     data: str = "digits"
+    data_args: dict[str, Any] = field(default_factory=dict)  # options of the dataset (factory)
     data_dir: str | None = None
+    limit_train: int | None = None
+    limit_val: int | None = None
     device: str = "auto"
     seed: int = 0
     # dense training
@@ -117,6 +121,10 @@ def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:
         if value is None:
             return None
         return _coerce(key, value, options[0], where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"key {key!r} in {where} must be a table of options, got {type(value).__name__}")
+        return dict(value)
     if origin is tuple:
         (item,) = {a for a in typing.get_args(annotation) if a is not Ellipsis}
         if not isinstance(value, list | tuple):

@@ -162,5 +162,6 @@ def _stacked(where: str, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([torch.as_tensor(item[0]) for item in items])
         y = torch.as_tensor([int(item[1]) for item in items])
     except (RuntimeError, TypeError, ValueError) as error:
-        raise UsageError(f"{where}: items do not stack into x (N, ...) and integer y (N,): {one_line(error)}") from error
+        reason = one_line(error)
+        raise UsageError(f"{where}: items do not stack into x (N, ...) and integer y (N,): {reason}") from error
     return x, y

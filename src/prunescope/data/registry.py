@@ -118,13 +118,19 @@ def load_dataset(
     return assemble(display_name, raw, val_fraction=val_fraction, seed=seed, spec=spec, **limits)
 
 
-def load_from_spec(spec: Mapping[str, Any], *, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
-    """Rebuild the dataset a ``Dataset.spec`` describes.
+def load_from_spec(
+    spec: Mapping[str, Any],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Dataset:
+    """Rebuild the dataset a ``Dataset.spec`` describes, with ``overrides`` replacing its options.
 
     An explicit ``data_dir`` wins; then the stored one, unless it no longer exists and
-    $PRUNESCOPE_DATA_DIR is set (e.g. a checkpoint moved to another machine).
+    $PRUNESCOPE_DATA_DIR is set (e.g. a checkpoint moved to another machine). ``overrides``
+    (``--data-arg``, ``--limit-train``, ``--limit-val``) replace stored options of the same name.
     """
-    arguments = dict(spec)
+    arguments = dict(spec) | dict(overrides or {})
     stored = arguments.pop("data_dir", None)
     if "name" not in arguments:
         raise UsageError("dataset spec has no 'name'; it does not come from prunescope")

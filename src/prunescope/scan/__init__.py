@@ -31,7 +31,7 @@ from prunescope.scan.evaluation import ModelEvaluation, WeightPruning, example_r
 from prunescope.scan.executors import executor
 from prunescope.scan.identity import data_fingerprint, model_fingerprint
 from prunescope.scan.runner import Ladder, Runner
-from prunescope.scan.strategy import SCONCE_LEVELS, STRATEGIES, make_planner
+from prunescope.scan.strategy import SCONCE_LEVELS, STRATEGIES, Whole, make_planner
 from prunescope.scan.study import DENSE, StudySpec, quiet_optuna
 from prunescope.structured.groups import find_groups
 from prunescope.structured.importance import group_scores
@@ -220,7 +220,7 @@ def scan(
         ) as chosen:
             outcome = Runner(
                 study,
-                planner,
+                {unit.target: Whole(planner, unit.numel, exact=granularity == "channel") for unit in units},
                 [curve.target for curve in units],
                 tolerance=tolerance,
                 ladder=Ladder(first, full, top),

@@ -25,7 +25,7 @@ where the crossing lies inside the noise.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from prunescope.curves import CurvePoint
@@ -119,7 +119,8 @@ class Runner:
 
     Args:
         study: where evaluations are recorded and looked up (finished ones are reused).
-        planner: chooses each target's sparsities from the drops measured so far.
+        planner: chooses each target's sparsities from the drops measured so far (one for all,
+            or one per target name).
         targets: names of the targets to scan.
         tolerance: allowed drop from dense (fraction of the metric).
         ladder: subset sizes for settling a point.
@@ -130,7 +131,7 @@ class Runner:
     def __init__(
         self,
         study: ScanStudy,
-        planner: Planner,
+        planner: Planner | Mapping[str, Planner],
         targets: Sequence[str],
         *,
         tolerance: float,
@@ -187,7 +188,8 @@ class Runner:
             if missing:
                 return missing
             drops = {s: self.results[Point(DENSE, 0.0, p.n)].value - p.value for s, p in self.settled[name].items()}
-            new = [s for s in self.planner.ask(drops, frozenset(self.unresolved[name])) if s not in asked]
+            planner = self.planner[name] if isinstance(self.planner, Mapping) else self.planner
+            new = [s for s in planner.ask(drops, frozenset(self.unresolved[name])) if s not in asked]
             if not new:
                 return set()
             asked.extend(new)

@@ -12,6 +12,10 @@ interrupted one did.
 - :class:`Adaptive`: coarse levels (extended up to 0.999 while the curve has not
   collapsed), then bisection of every interval where the curve crosses the tolerance
   while the crossing can be resolved, plus one point where the coarse curve bends.
+- :class:`Whole` wraps either for one unit of ``size`` whole elements (weights or
+  channels): a level that removes as many elements as one already planned is not
+  evaluated again (the planner is told that point's drop), none removes all of them, and
+  for channel groups every level is exactly ``k / size`` (whole channels, nothing between).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prunescope.errors import UsageError
+from prunescope.masks import removed_count
 
 SCONCE_LEVELS: tuple[float, ...] = tuple(round(0.10 + 0.05 * i, 2) for i in range(18))  # 0.10, …, 0.95
 COARSE_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98)
@@ -136,6 +141,52 @@ class Adaptive:
         knee = increases.index(max(increases)) + 1  # increases[i] is at coarse[i + 1]
         (a, _), (b, _) = coarse[knee], coarse[knee + 1]
         return _midpoint(a, b) if b - a > self.resolution + _EPS else None
+
+
+@dataclass(frozen=True)
+class Whole:
+    """``planner``'s levels for a unit of ``size`` elements, one level per distinct removed count.
+
+    The count a level removes is ``removed_count(level, size)``, at least 1 and at most
+    ``size - 1`` (removing every element disconnects the network; removing none is the
+    dense model). A level whose count is already measured is answered to ``planner`` with
+    that measurement, so it plans on as if it had been evaluated. ``exact``: report each
+    level as ``k / size`` (channel groups: whole channels); otherwise the planner's own level
+    is kept, unless it had to be clamped.
+    """
+
+    planner: Planner
+    size: int
+    exact: bool = False
+
+    def count(self, level: float) -> int:
+        return min(removed_count(level, self.size), self.size - 1)
+
+    def ask(self, drops: Mapping[float, float], unresolved: Collection[float] = ()) -> list[float]:
+        if self.size < 2:
+            return []  # one element: nothing to remove but all of it
+        measured = {self.count(s): s for s in drops}
+        seen: dict[float, float] = {}  # the planner's levels, with the drop of the level removing as many
+        seen_unresolved: set[float] = set()
+        while True:
+            new: dict[int, float] = {}
+            answered = False
+            for level in self.planner.ask(seen, frozenset(seen_unresolved)):
+                k = self.count(level)
+                if level in seen:
+                    continue
+                if k == 0 or k in measured:
+                    seen[level] = drops[measured[k]] if k else 0.0  # removing nothing is the dense model
+                    if k and measured[k] in unresolved:
+                        seen_unresolved.add(level)
+                    answered = True
+                else:
+                    new.setdefault(k, level)
+            if not answered:  # else ask again: knowing more, the planner may plan otherwise
+                return sorted(self._level(k, level) for k, level in new.items())
+
+    def _level(self, k: int, level: float) -> float:
+        return k / self.size if self.exact or removed_count(level, self.size) != k else level
 
 
 PlannerFactory = Callable[[Sequence[float] | None, float], Planner]

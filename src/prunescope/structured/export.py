@@ -11,8 +11,11 @@ file format still changes between releases: use the version in ``torch_version``
     logits = program.module()(images)            # images: (N, *input_shape), any N >= 1
     metadata = json.loads(extra["prunescope.json"])
 
-The batch dimension is dynamic (any N >= 1); the other dimensions are fixed to
-``input_shape``. The graph is captured in eval mode (BatchNorm uses its running statistics,
+The batch dimension is dynamic (any N >= 1) when torch.export can capture it so; for a
+model whose code fixes the batch (e.g. slices a buffer by it), the program is captured with
+a static batch of ``STATIC_BATCH`` instead and ``"batch"`` in the metadata says which
+(``"dynamic"`` or the number), with ``"batch_reason"`` saying why. The other dimensions are
+fixed to ``input_shape``. The graph is captured in eval mode (BatchNorm uses its running statistics,
 dropout is off) on the CPU; :func:`load_exported` moves it to another device.
 
 Metadata (``prunescope.json`` inside the archive, a JSON object)::
@@ -71,6 +74,7 @@ VERSION = 1
 METADATA_FILE = "prunescope.json"
 # torch.export specialises a dimension traced at size 1 to the constant 1: trace a batch of 2.
 _TRACE_BATCH = 2
+STATIC_BATCH = 1  # the batch of an export whose batch cannot be dynamic
 _HOW_TO_WRITE = "write one with prunescope prune --granularity channel --export FILE.pt2"
 
 
@@ -96,22 +100,41 @@ class ModelFile:
     input_shape: tuple[int, ...]
     dense_spec: dict[str, Any] | None
     exported: bool
+    static_batch: int | None = None  # an export captured for this batch size only
 
 
 def export_program(model: nn.Module, input_shape: Sequence[int]) -> ExportedProgram:
-    """Capture ``model`` in eval mode for inputs ``(N, *input_shape)``, any batch size N >= 1.
+    """Capture ``model`` in eval mode for inputs ``(N, *input_shape)``, any batch size N >= 1 if possible.
 
     Traced on zeros on the model's device and in its floating dtype; the model's training
-    flags are restored afterwards. Raises PrunescopeError, naming the cause, for a model
-    torch.export cannot capture (e.g. Python control flow on tensor values).
+    flags are restored afterwards. When a dynamic batch cannot be captured (the model's
+    code fixes it), the program is captured for a batch of ``STATIC_BATCH``;
+    :func:`static_batch` tells which. Raises PrunescopeError, naming the cause, for a model
+    torch.export cannot capture at all (e.g. Python control flow on tensor values).
     """
+    try:
+        return _capture(model, input_shape, _TRACE_BATCH, dynamic=True)
+    except Exception as error:  # torch.export raises many kinds: report the first line
+        dynamic_error = error
+    try:
+        program = _capture(model, input_shape, STATIC_BATCH, dynamic=False)
+    except Exception as error:
+        raise PrunescopeError(
+            f"torch.export cannot capture the model, neither for any batch size ({_first_line(dynamic_error)}) "
+            f"nor for batch {STATIC_BATCH} ({_first_line(error)})"
+        ) from error
+    program.prunescope_batch_reason = _first_line(dynamic_error)  # read by export_model
+    return program
+
+
+def _capture(model: nn.Module, input_shape: Sequence[int], batch_size: int, *, dynamic: bool) -> ExportedProgram:
     parameter = next(model.parameters(), None)
     example = torch.zeros(
-        (_TRACE_BATCH, *input_shape),
+        (batch_size, *input_shape),
         device=parameter.device if parameter is not None else "cpu",
         dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32,
     )
-    batch = torch.export.Dim("batch", min=1)
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
@@ -119,14 +142,18 @@ def export_program(model: nn.Module, input_shape: Sequence[int]) -> ExportedProg
             # nn.LSTM re-assigns its flat weight list in forward; the captured graph reads the
             # registered parameters all the same (the outputs match), so the warning is noise.
             warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
-            return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    except Exception as error:  # torch.export raises many kinds: report the first line
-        raise PrunescopeError(
-            f"torch.export cannot capture the model for any batch size: {_first_line(error)}"
-        ) from error
+            return torch.export.export(model, (example,), dynamic_shapes=shapes)
     finally:
         for module, training in modes:
             module.training = training
+
+
+def static_batch(program: ExportedProgram) -> int | None:
+    """The batch size ``program`` is fixed to, or None when its batch dimension is dynamic."""
+    name = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+    size = node.meta["val"].shape[0]
+    return size if isinstance(size, int) else None
 
 
 def exported_module(
@@ -150,15 +177,20 @@ def export_model(
     ``input_shape`` and ``torch_version`` are set here (see the module docstring for the rest).
     """
     shape = [int(d) for d in input_shape]
+    captured = export_program(model, shape)
+    fixed = static_batch(captured)
     document = {
         **metadata,
         "format": FORMAT,
         "version": VERSION,
         "input_shape": shape,
         "torch_version": torch.__version__,
+        "batch": "dynamic" if fixed is None else fixed,
     }
+    if fixed is not None:
+        document["batch_reason"] = getattr(captured, "prunescope_batch_reason", "")
     extra = {METADATA_FILE: json.dumps(document)}
-    program = move_to_device_pass(export_program(model, shape), "cpu")  # loadable without a GPU
+    program = move_to_device_pass(captured, "cpu")  # loadable without a GPU
     return atomic_write(path, lambda file: torch.export.save(program, file, extra_files=extra))
 
 
@@ -249,7 +281,9 @@ def load_model_file(
         dense_spec = loaded.metadata.get("model_spec")
         if dense_spec is not None:  # rebuilt later as the dense reference
             check_spec(dense_spec, "model", f"exported model {path}", Trust(everything=trust_factory))
-        return ModelFile(loaded.module, shape, dense_spec, exported=True)
+        batch = loaded.metadata.get("batch")
+        return ModelFile(loaded.module, shape, dense_spec, exported=True,
+                         static_batch=batch if isinstance(batch, int) else None)
     saved = load_checkpoint(path, trust_factory=trust_factory)
     spec = saved.model_spec
     dense_spec = {k: v for k, v in spec.items() if k != "removed_channels"} if spec.get("removed_channels") else None

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
+from prunescope.errors import UsageError
 from prunescope.structured.allocation import removal_for
 from prunescope.structured.groups import ChannelGroups, Footprint, find_groups, pruned_copy
 from prunescope.structured.importance import GroupScores
@@ -65,7 +66,9 @@ def masking_error(groups: ChannelGroups, inputs: torch.Tensor, seed: int = 0) ->
     Relative to the largest output magnitude (at least 1). Zero up to float rounding when
     every reader of a removed channel is a member of its group; a larger value means some
     layer outside the groups reads removed channels (e.g. a normalisation over channels),
-    so masked scans would not predict removal.
+    so masked scans would not predict removal. Raises a one-line UsageError naming the
+    groups whose removal breaks the forward pass (a buffer or constant combined with their
+    channels, which Torch-Pruning's graph does not see).
     ``inputs``: a batch of shape ``(N, *input_shape)``.
     """
     generator = torch.Generator().manual_seed(seed)
@@ -73,6 +76,23 @@ def masking_error(groups: ChannelGroups, inputs: torch.Tensor, seed: int = 0) ->
         name: torch.randperm(group.width, generator=generator)[: group.width // 2].tolist()
         for name, group in groups.groups.items()
     }
+    try:
+        return _difference(groups, inputs, removal)
+    except RuntimeError:
+        broken = {}
+        for name, channels in removal.items():
+            try:
+                _difference(groups, inputs, {name: channels})
+            except RuntimeError as error:
+                broken[name] = str(error).splitlines()[0]
+        named = "; ".join(f"{name}: {reason}" for name, reason in broken.items()) or "several groups together"
+        raise UsageError(
+            f"removing channels breaks the model's forward pass ({named}): a tensor outside Torch-Pruning's graph "
+            f"(a buffer or constant) is combined with those channels; --exclude {' --exclude '.join(broken) or 'them'}"
+        ) from None
+
+
+def _difference(groups: ChannelGroups, inputs: torch.Tensor, removal: dict[str, list[int]]) -> float:
     model = groups.model
     was_training = model.training
     model.eval()

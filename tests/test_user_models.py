@@ -1,0 +1,113 @@
+"""The whole command-line workflow on models and data the zoo has never seen (tests/user_models.py).
+
+train → scan → pick → compare → prune with fine-tuning → channel scan → budget pick →
+channel prune → export → measure, on each model as far as its layers allow; where channel
+pruning is impossible the refusal is one line naming the layer and the reason.
+"""
+
+import json
+
+import pytest
+import torch
+
+from prunescope.checkpoint import load_checkpoint
+from prunescope.targets import effective_weight, find_targets
+
+# name: (model, data, extra train arguments, expected channel refusal or None)
+CASES = {
+    "attention": ("user_models:attention", "user_models:images", [], None),
+    "gru": ("user_models:gru", "user_models:tensor_datasets", [],
+            "gru: recurrent layer"),
+    "depthwise-residual-concat": ("user_models:separable", "user_models:map_style", [], None),
+    "grouped": ("user_models:separable", "user_models:images", ["--model-arg", "groups=3"],
+                "grouped: grouped convolution"),
+    "embedding": ("user_models:bag", "user_models:tokens", ["--model-arg", "vocab=32"], None),
+    "tabular": ("mlp", "user_models:features", ["--model-arg", "hidden=16,8"], None),
+    "other-keywords": ("user_models:other_names", "user_models:images", ["--model-arg", "width=6"], None),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_workflow(cli, tmp_path, name):
+    model, data, extra, refusal = CASES[name]
+    cpu = ("--device", "cpu")
+    ckpt = tmp_path / "train" / "model.pt"
+    code, out, err = cli("train", "--model", model, "--data", data, *extra, "--epochs", "1", "--batch-size", "32",
+                         "--out", tmp_path / "train", *cpu)
+    assert code == 0, err
+    code, _, err = cli("scan", "--checkpoint", ckpt, "--out", tmp_path / "scan",
+                       "--limit-val", "12", *cpu)
+    assert code == 0, err
+    code, _, err = cli("pick", "--scan", tmp_path / "scan", "--picker", "budget", "--target-sparsity", "0.5",
+                       "--limit-val", "12", *cpu)
+    assert code == 0, err
+    code, _, err = cli("compare", "--checkpoint", ckpt, "--scan", tmp_path / "scan", "--sparsities", "0.5",
+                       "--allocations", "ours,global", "--out", tmp_path / "compare", *cpu)
+    assert code == 0, err
+    code, out, err = cli("prune", "--checkpoint", ckpt, "--allocation", tmp_path / "scan" / "pick.json",
+                         "--finetune-epochs", "1", "--optimizer", "adamw", "--lr", "0.001", "--batch-size", "32",
+                         "--out", tmp_path / "pruned", *cpu)
+    assert code == 0, err
+    pick = json.loads((tmp_path / "scan" / "pick.json").read_text())["verified"]["allocation"]
+    pruned = load_checkpoint(tmp_path / "pruned" / "model.pt").model
+    for target in find_targets(pruned):  # exactly round(s · n) zeros survived fine-tuning
+        zeros = int((effective_weight(pruned, target) == 0).sum())
+        assert zeros >= round(pick[target.name] * target.numel), target.name
+    result = json.loads((tmp_path / "pruned" / "result.json").read_text())
+    assert result["settings"]["finetune"]["optimizer"] == "adamw"
+
+    code, out, err = cli("scan", "--checkpoint", ckpt, "--granularity", "channel", "--out", tmp_path / "cscan", *cpu)
+    if refusal is not None:
+        assert code == 2 and refusal in err and len(err.strip().splitlines()) == 1, err
+        return
+    assert code == 0, err
+    scanned = json.loads((tmp_path / "cscan" / "scan.json").read_text())
+    for name, curve in scanned["curves"]["curves"].items():  # whole channels, each count once, members listed
+        width = scanned["groups"][name]["width"]
+        removed = [round(p["sparsity"] * width) for p in curve["points"]]
+        assert [p["sparsity"] for p in curve["points"]] == [k / width for k in removed]
+        assert len(set(removed)) == len(removed) and max(removed) < width
+        assert f"{name} (out)" in scanned["groups"][name]["members"]
+    assert "kept" in out
+    code, out, err = cli("pick", "--scan", tmp_path / "cscan", "--picker", "budget", "--target-macs", "0.99", *cpu)
+    assert code == 0, err
+    assert "kept" in out  # channels kept / total
+    code, out, err = cli("prune", "--checkpoint", ckpt, "--allocation", tmp_path / "cscan" / "pick.json",
+                         "--granularity", "channel", "--finetune-epochs", "1", "--export", tmp_path / "small.pt2",
+                         "--out", tmp_path / "cpruned", *cpu)
+    assert code == 0, err
+    assert "runs any batch size" in out
+    exported = torch.export.load(tmp_path / "small.pt2").module()
+    small = load_checkpoint(tmp_path / "cpruned" / "model.pt").model
+    x = torch.zeros(3, *json.loads((tmp_path / "cpruned" / "result.json").read_text())["model"]["input_shape"])
+    with torch.no_grad():
+        assert torch.allclose(exported(x), small(x), atol=1e-5)
+    code, out, err = cli("measure", "--checkpoint", tmp_path / "cpruned" / "model.pt", "--repeats", "2",
+                         "--batch-sizes", "1", *cpu)
+    assert code == 0, err
+
+
+def test_export_falls_back_to_a_static_batch_and_says_so(cli, tmp_path):
+    cpu = ("--device", "cpu")
+    ckpt = tmp_path / "train" / "model.pt"
+    assert cli("train", "--model", "user_models:batch_bound", "--data", "user_models:images", "--epochs", "1",
+               "--out", tmp_path / "train", *cpu)[0] == 0
+    code, _, err = cli("scan", "--checkpoint", ckpt, "--granularity", "channel", "--out", tmp_path / "cscan", *cpu)
+    # embed's outputs are added to a buffer Torch-Pruning does not see: refused in one line naming it
+    assert code == 2 and "breaks the model's forward pass (embed: " in err and "--exclude embed" in err, err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = cli("scan", "--checkpoint", ckpt, "--granularity", "channel", "--exclude", "embed", "--out",
+                       tmp_path / "cscan", *cpu)
+    assert code == 0, err
+    (tmp_path / "alloc.json").write_text(json.dumps({"hidden": 0.5}))
+    code, out, err = cli("prune", "--checkpoint", ckpt, "--allocation", tmp_path / "alloc.json", "--granularity",
+                         "channel", "--finetune-epochs", "0", "--export", tmp_path / "small.pt2", "--out",
+                         tmp_path / "pruned", *cpu)
+    assert code == 0, err
+    assert "runs batches of 1 only: a dynamic batch could not be captured" in out
+    assert "fine-tuned" not in out
+    doc = json.loads((tmp_path / "pruned" / "result.json").read_text())
+    assert doc["export"]["batch"] == 1
+    code, out, err = cli("measure", "--checkpoint", tmp_path / "small.pt2", "--trust-export", "--repeats", "2", *cpu)
+    assert code == 0, err
+    assert "static batch of 1" in out
