@@ -9,9 +9,9 @@ from prunescope.models import build_from_spec, build_model, factory_arguments, m
 
 
 def test_other_keyword_names_are_mapped():
-    model = build_model("user_models:other_names", (3, 8, 8), 4, width=5)
+    model = build_model("own_models:other_names", (3, 8, 8), 4, width=5)
     assert model[0].in_channels == 3 and model[0].out_channels == 5 and model[-1].out_features == 4
-    spec = model_spec("user_models:other_names", (3, 8, 8), 4, width=5)
+    spec = model_spec("own_models:other_names", (3, 8, 8), 4, width=5)
     assert build_from_spec(spec)(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
 
 
@@ -41,14 +41,14 @@ def test_required_argument_nobody_supplies_is_one_line():
 
 
 def test_factory_that_raises_is_one_line_naming_it():
-    with pytest.raises(PrunescopeError, match=r"model factory 'user_models:raises' failed .*out of cheese") as error:
-        build_model("user_models:raises", (1, 8, 8), 3)
+    with pytest.raises(PrunescopeError, match=r"model factory 'own_models:raises' failed .*out of cheese") as error:
+        build_model("own_models:raises", (1, 8, 8), 3)
     assert "\n" not in str(error.value) and not isinstance(error.value, UsageError)
 
 
 def test_factory_returning_no_module_is_one_line_naming_it():
-    with pytest.raises(UsageError, match=r"model factory 'user_models:not_a_module' returned a str, not a torch"):
-        build_model("user_models:not_a_module", (1, 8, 8), 3)
+    with pytest.raises(UsageError, match=r"model factory 'own_models:not_a_module' returned a str, not a torch"):
+        build_model("own_models:not_a_module", (1, 8, 8), 3)
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet300"])

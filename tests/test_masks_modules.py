@@ -2,9 +2,9 @@
 
 import copy
 
+import own_models as um
 import pytest
 import torch
-import user_models as um
 
 from prunescope.apply import prune
 from prunescope.checkpoint import plain_state_dict

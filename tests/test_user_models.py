@@ -1,4 +1,4 @@
-"""The whole command-line workflow on models and data the zoo has never seen (tests/user_models.py).
+"""The whole command-line workflow on models and data the zoo has never seen (tests/own_models.py).
 
 train → scan → pick → compare → prune with fine-tuning → channel scan → budget pick →
 channel prune → export → measure, on each model as far as its layers allow; where channel
@@ -15,15 +15,15 @@ from prunescope.targets import effective_weight, find_targets
 
 # name: (model, data, extra train arguments, expected channel refusal or None)
 CASES = {
-    "attention": ("user_models:attention", "user_models:images", [], None),
-    "gru": ("user_models:gru", "user_models:tensor_datasets", [],
+    "attention": ("own_models:attention", "own_models:images", [], None),
+    "gru": ("own_models:gru", "own_models:tensor_datasets", [],
             "gru: recurrent layer"),
-    "depthwise-residual-concat": ("user_models:separable", "user_models:map_style", [], None),
-    "grouped": ("user_models:separable", "user_models:images", ["--model-arg", "groups=3"],
+    "depthwise-residual-concat": ("own_models:separable", "own_models:map_style", [], None),
+    "grouped": ("own_models:separable", "own_models:images", ["--model-arg", "groups=3"],
                 "grouped: grouped convolution"),
-    "embedding": ("user_models:bag", "user_models:tokens", ["--model-arg", "vocab=32"], None),
-    "tabular": ("mlp", "user_models:features", ["--model-arg", "hidden=16,8"], None),
-    "other-keywords": ("user_models:other_names", "user_models:images", ["--model-arg", "width=6"], None),
+    "embedding": ("own_models:bag", "own_models:tokens", ["--model-arg", "vocab=32"], None),
+    "tabular": ("mlp", "own_models:features", ["--model-arg", "hidden=16,8"], None),
+    "other-keywords": ("own_models:other_names", "own_models:images", ["--model-arg", "width=6"], None),
 }
 
 
@@ -91,7 +91,7 @@ def test_workflow(cli, tmp_path, name):
 def test_export_falls_back_to_a_static_batch_and_says_so(cli, tmp_path):
     cpu = ("--device", "cpu", "--trust-factory")  # the checkpoints name the factories these tests wrote
     ckpt = tmp_path / "train" / "model.pt"
-    assert cli("train", "--model", "user_models:batch_bound", "--data", "user_models:images", "--epochs", "1",
+    assert cli("train", "--model", "own_models:batch_bound", "--data", "own_models:images", "--epochs", "1",
                "--out", tmp_path / "train", "--device", "cpu")[0] == 0
     code, _, err = cli("scan", "--checkpoint", ckpt, "--granularity", "channel", "--out", tmp_path / "cscan", *cpu)
     # embed's outputs are added to a buffer Torch-Pruning does not see: refused in one line naming it

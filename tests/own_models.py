@@ -1,6 +1,6 @@
 """Models and datasets that a user might bring, none of them from the zoo.
 
-Imported by name (``user_models:attention``) by the tests of the plug-in contract; pytest
+Imported by name (``own_models:attention``) by the tests of the plug-in contract; pytest
 puts this folder on ``sys.path``. Everything is tiny so that a whole workflow on one model
 takes seconds.
 """
