@@ -6,6 +6,7 @@ pruning is impossible the refusal is one line naming the layer and the reason.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +114,35 @@ def test_export_falls_back_to_a_static_batch_and_says_so(cli, tmp_path):
     code, out, err = cli("measure", "--checkpoint", tmp_path / "small.pt2", "--trust-export", "--repeats", "2", *cpu)
     assert code == 0, err
     assert "static batch of 1" in out
+
+
+def test_the_readme_example_file(cli, tmp_path, monkeypatch):
+    """examples/my_model.py, as the README shows it: train with a model option, then scan its checkpoint."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    code, _, err = cli("train", "--model", "my_model:build", "--data", "my_model:data", "--model-arg", "width=6",
+                       "--data-arg", "n_train=120", "--epochs", "1", "--out", tmp_path / "mine", "--device", "cpu")
+    assert code == 0, err
+    saved = load_checkpoint(tmp_path / "mine" / "model.pt", trust_factory=True)
+    assert saved.model.stem.out_channels == 6 and saved.model_spec["kwargs"] == {"width": 6}
+    assert saved.dataset_spec["n_train"] == 120
+    code, _, err = cli("scan", "--checkpoint", tmp_path / "mine" / "model.pt", "--trust-factory", "--out",
+                       tmp_path / "scan", "--device", "cpu")
+    assert code == 0, err
+
+
+def test_partial_allocation_file(cli, tmp_path):
+    """A {layer: sparsity} file naming some layers prunes those; the rest stay dense; unknown names list the known."""
+    ckpt = tmp_path / "train" / "model.pt"
+    assert cli("train", "--model", "mlp", "--data", "own_models:features", "--epochs", "1", "--out",
+               tmp_path / "train", "--device", "cpu")[0] == 0
+    (tmp_path / "some.json").write_text(json.dumps({"fc2.weight": 0.5}))
+    code, _, err = cli("prune", "--checkpoint", ckpt, "--allocation", tmp_path / "some.json", "--finetune-epochs", "0",
+                       "--out", tmp_path / "pruned", "--device", "cpu", "--trust-factory")
+    assert code == 0, err
+    pruned = load_checkpoint(tmp_path / "pruned" / "model.pt", trust_factory=True).model
+    zeros = {t.name: int((effective_weight(pruned, t) == 0).sum()) for t in find_targets(pruned)}
+    assert zeros == {"fc1.weight": 0, "fc2.weight": 64 * 128 // 2, "fc3.weight": 0}
+    (tmp_path / "bad.json").write_text(json.dumps({"fc9.weight": 0.5}))
+    code, _, err = cli("prune", "--checkpoint", ckpt, "--allocation", tmp_path / "bad.json", "--out",
+                       tmp_path / "bad", "--device", "cpu", "--trust-factory")
+    assert code == 2 and "unknown targets fc9.weight; known: fc1.weight, fc2.weight, fc3.weight" in err

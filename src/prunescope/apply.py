@@ -78,6 +78,8 @@ def check_allocation(
             parts.append(f"unknown targets {_listing(unknown)}")
         if missing:
             parts.append(f"missing targets {_listing(missing)}")
+        if unknown:
+            parts.append(f"known: {_listing(names, 20)}")
         raise UsageError(
             f"{source} does not fit this model's prunable layers ({'; '.join(parts)}): "
             "was it made for another model or other --include/--exclude?"
@@ -234,11 +236,14 @@ def load_allocation(
     made for another model, or with other include / exclude patterns) is refused with a
     one-line UsageError naming the differences. Target names alone cannot tell two models
     apart whose layers are named alike; given ``model_spec``, a pick file that records
-    another model spec is refused too.
+    another model spec is refused too. A bare object may name only some targets: the others
+    stay dense (0.0); a name that is no target is an error listing the known ones.
     """
     allocation, _ = read_pick(path, model_spec=model_spec)
     source = f"allocation file {Path(path)}"
-    return check_allocation(allocation, targets, source=source, dense_if_missing=dense_if_missing)
+    # A bare {layer: sparsity} file may name only some layers: the others stay dense.
+    partial = dense_if_missing or "allocation" not in json.loads(Path(path).read_text())
+    return check_allocation(allocation, targets, source=source, dense_if_missing=partial)
 
 
 @dataclass
