@@ -240,3 +240,15 @@ def test_auto_device_is_accepted():
     from prunescope.measure import measure_latency
 
     assert measure_latency(torch.nn.Linear(4, 2), (4,), device="auto", repeats=2).median_ms > 0
+
+
+def test_fastest_batch_size_takes_the_best_measured_throughput_among_usable_candidates(monkeypatch):
+    from prunescope import measure
+
+    rates = {32: 100.0, 64: 900.0, 128: 500.0, 256: 2000.0}
+    monkeypatch.setattr(measure, "measure_latency", lambda *a, batch_size, **k: measure.Latency(
+        batch_size=batch_size, median_ms=1.0, p10_ms=1.0, p90_ms=1.0, throughput=rates[batch_size]))
+    model = torch.nn.Linear(4, 2)
+    assert measure.fastest_batch_size(model, (4,), candidates=(32, 64, 128, 256)) == 256
+    assert measure.fastest_batch_size(model, (4,), candidates=(32, 64, 128, 256), most=200) == 64
+    assert measure.fastest_batch_size(model, (4,), candidates=(32, 64), most=10) == 32  # fewer examples than any

@@ -14,6 +14,7 @@ from prunescope.curves import ExampleResults
 from prunescope.data.types import Split
 from prunescope.evaluate import Evaluator, pack_bits, subset_indices, unpack_bits
 from prunescope.masks import Masks, applied, compute_masks, removed_count
+from prunescope.measure import fastest_batch_size
 from prunescope.scan.runner import ScanOutcome
 from prunescope.scan.study import DENSE, Measurement, Point
 from prunescope.targets import Target
@@ -103,10 +104,11 @@ class ModelEvaluation:
         self.seed = seed
         self._evaluators: dict[int, Evaluator] = {}
         self._dense_correct: dict[int, torch.Tensor] = {}
+        self._batch_size: int | None = None  # the fastest on this process's device, measured at first use
 
     def __getstate__(self) -> dict:
         dense = {n: c.cpu() for n, c in self._dense_correct.items()}
-        return {**self.__dict__, "_evaluators": {}, "_dense_correct": dense}
+        return {**self.__dict__, "_evaluators": {}, "_dense_correct": dense, "_batch_size": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__ = state
@@ -120,9 +122,13 @@ class ModelEvaluation:
                 self._dense_correct[point.n] = torch.from_numpy(unpack_bits(measured.correct, n)).to(self.device)
 
     def _evaluator(self, n: int) -> Evaluator:
+        if self._batch_size is None:
+            self._batch_size = fastest_batch_size(
+                self.model, tuple(self.split.x.shape[1:]), device=self.device, most=len(self.split)
+            )
         if n not in self._evaluators:
             self._evaluators[n] = Evaluator(
-                self.model, self.split, device=self.device, subset=n, seed=self.seed
+                self.model, self.split, device=self.device, subset=n, seed=self.seed, batch_size=self._batch_size
             )
         return self._evaluators[n]
 
