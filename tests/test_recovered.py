@@ -29,7 +29,8 @@ def test_run_answers_how_far_after_fine_tuning_and_reads_test_once_there(tmp_pat
     assert answer in swept and next(p["accuracy"] for p in reach["points"] if p["sparsity"] == answer) >= bound
     assert all(p["sparsity"] > answer for p in reach["points"] if p["accuracy"] < bound)
     # ours and the baseline are fine-tuned at the same sparsities, each model at exactly its sparsity.
-    assert [p["sparsity"] for p in recovered["curves"]["ours"]] == [p["sparsity"] for p in recovered["curves"]["uniform"]]
+    swept_by = {method: [p["sparsity"] for p in points] for method, points in recovered["curves"].items()}
+    assert swept_by["ours"] == swept_by["uniform"]
     for point in recovered["curves"]["ours"]:
         saved = load_checkpoint(tmp_path / "recovered" / f"ours@{point['sparsity']:g}" / "model.pt",
                                 trust_factory=Trust.of_specs(doc["model"], doc["dataset"])).model
