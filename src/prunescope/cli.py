@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from prunescope import cli_input
 from prunescope import cli_study as study_options
 from prunescope import models as zoo
 from prunescope.apply import export, load_allocation, prune
@@ -35,7 +35,7 @@ from prunescope.compare import METHODS, compare
 from prunescope.criteria import CRITERIA
 from prunescope.data import available_datasets, describe_dataset, load_dataset, load_from_spec
 from prunescope.device import resolve_device
-from prunescope.errors import PrunescopeError, UsageError
+from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.html import write_html
 from prunescope.io import write_json
@@ -91,10 +91,12 @@ console = Console()
 if not console.is_terminal:
     console.width = max(console.width, 140)  # wide tables stay readable in logs and pipes
 
-Out = Annotated[Path, typer.Option(help="Output directory; rerunning with the same one resumes.")]
+Out = Annotated[Path, typer.Option(help="Output directory; rerunning with the same one resumes.",
+                                   callback=cli_input.output_dir)]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 DataDir = Annotated[
-    str | None, typer.Option(help="Folder with the dataset files (or set PRUNESCOPE_DATA_DIR).", show_default=False)
+    str | None, typer.Option(help="Folder with the dataset files (or set PRUNESCOPE_DATA_DIR).", show_default=False,
+                             callback=cli_input.data_dir)
 ]
 Seed = Annotated[int, typer.Option(help="Seed of the split, the initialisation and the shuffling.")]
 Criterion = Annotated[str, typer.Option(help=f"Which weights go first: {', '.join(CRITERIA)}.")]
@@ -372,6 +374,10 @@ def scan_command(
     _check_choice("--importance", importance, list(IMPORTANCES))
     criterion = importance if granularity == "channel" else criterion
     subset = _subset(subset)
+    if not tolerance > 0:
+        raise UsageError(f"--tolerance must be a positive number of points, got {tolerance:g}")
+    if storage is not None and not storage.strip():
+        raise UsageError("--storage is empty: give an Optuna storage URL, or leave it out for a journal file in --out")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
@@ -416,7 +422,8 @@ def pick_command(
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to verify on (default: the scanned one).")]
     = None,
     recalibrate_bn: RecalibrateBN = None,
-    out: Annotated[Path | None, typer.Option(help="Where to write the pick (default: SCAN/pick.json).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the pick (default: SCAN/pick.json).",
+                                             callback=cli_input.output_file("--out"))] = None,
     folds: Annotated[int | None, typer.Option(help="Cross-validate the pick on this many val folds, which chooses "
                                                    "the per-layer threshold (0: off) [3 when the scan kept "
                                                    "per-example results].")] = None,
@@ -774,7 +781,8 @@ def measure_command(
     trust_export: Annotated[bool, typer.Option(help="Allow torch.export (.pt2) files, whose loader can run code "
                                                     "from a crafted file: only for files you wrote.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the numbers to this JSON file.",
-                                                  show_default=False)] = None,
+                                                  show_default=False, callback=cli_input.output_file("--json"))]
+    = None,
 ) -> None:
     """Time a model against its dense reference: params, MACs per sample, latency, throughput, speed-up."""
     target = resolve_device(device)
@@ -853,8 +861,13 @@ app.command("status")(study_options.status_command)
 def report_command(directory: Annotated[Path, typer.Argument(help="Output directory of prunescope run.")]) -> None:
     """Re-render report.html from DIRECTORY/result.json."""
     doc = load_result(directory)
-    path = write_html(directory, doc)
-    console.print(shift_table(doc["hparams"]) if doc.get("command") == "hparams" else run_table(doc))
+    try:  # the document passed the schema check; an entry it lacks is a damaged file, not a bug
+        table = shift_table(doc["hparams"]) if doc.get("command") == "hparams" else run_table(doc)
+        path = write_html(directory, doc)
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        raise UsageError(f"the result in {directory} is incomplete or damaged ({type(error).__name__}: {error}); "
+                         "re-run prunescope run to complete it") from None
+    console.print(table)
     console.print(f"wrote {path}")
 
 
@@ -887,13 +900,5 @@ app.add_typer(regimes_app, name="regimes")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: bad input and failures end with one line on stderr, never a traceback.
-
-    Typer itself reports usage errors (exit code 2) and Ctrl-C; prunescope's own errors
-    are caught here.
-    """
-    try:
-        app(args=argv)
-    except PrunescopeError as error:
-        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-        sys.exit(error.exit_code)
+    """Entry point: bad input (exit code 2) and failures (1) end with one line on stderr, never a traceback."""
+    cli_input.run_app(app, argv)

@@ -1,4 +1,8 @@
-"""Atomic file output: a crash or Ctrl-C never leaves a half-written result behind."""
+"""Atomic file output: a crash or Ctrl-C never leaves a half-written result behind.
+
+Output paths are checked before any work (:func:`check_output_dir`, :func:`check_output_file`)
+and a path that still cannot be written is a one-line error, never an ``OSError`` traceback.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +15,90 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from prunescope.errors import PrunescopeError, UsageError
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     ``os.replace`` is atomic on one file system, so readers see the old file or the new
-    one, never a mix. Parent directories are created.
+    one, never a mix. Parent directories are created. A path that cannot be created (a file
+    where a folder should be, no permission) is a UsageError; a failure while writing (disk
+    full) a PrunescopeError; either leaves ``path`` as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a directory")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {_reason(error)}; choose an output path you can write to") from None
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise PrunescopeError(f"cannot write {path}: {_reason(error)}") from error
         raise
     return path
+
+
+def _reason(error: OSError) -> str:
+    return (error.strerror or str(error)).lower()
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (what a mkdir -p would create into)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_creatable(folder: Path, path: Path, option: str) -> None:
+    """UsageError unless ``folder`` (where ``path`` goes) is, or can be created as, a writable directory."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path} is inside {existing}, which is a file: choose another path")
+    try:  # a probe, not os.access: root passes os.access on read-only file systems and in /proc
+        os.rmdir(tempfile.mkdtemp(prefix=".prunescope-probe-", dir=existing))
+    except OSError as error:
+        reason = _reason(error)
+        raise UsageError(f"{option} {path}: cannot write in {existing} ({reason}); choose another path") from None
+
+
+def check_output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """``path`` if it is, or can be created as, a directory this process can write in; else UsageError.
+
+    Checked before any work, so that a mistyped ``--out`` costs nothing and changes nothing.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file, not a directory: give a directory (created if missing)")
+    _check_creatable(path, path, option)
+    return path
+
+
+def check_output_file(path: str | os.PathLike[str], option: str) -> Path:
+    """``path`` if a file can be written there (not a directory, parent creatable); else UsageError."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory: give a file name")
+    _check_creatable(path.parent, path, option)
+    return path
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def loads_finite(text: str) -> Any:
+    """``json.loads`` that refuses ``NaN`` and ``Infinity`` (ValueError): for files whose numbers are measurements."""
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -27,12 +27,11 @@ import torch
 
 from prunescope import hparams, measure
 from prunescope.checkpoint import load_checkpoint, plain_state_dict
-from prunescope.compare import METHODS, compare
+from prunescope.compare import compare
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data import load_dataset
 from prunescope.data.types import Dataset
-from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.html import write_html
 from prunescope.io import write_csv, write_json
@@ -46,7 +45,7 @@ from prunescope.recovered import recovered_sweep
 from prunescope.report import comparison_rows, save_scan
 from prunescope.results import document
 from prunescope.retrain_cv import retrain_cross_validate
-from prunescope.runconfig import RunConfig, check_settings
+from prunescope.runconfig import RunConfig, check_settings, validate
 from prunescope.scan import scan
 from prunescope.scan.files import JOURNAL_FILE
 from prunescope.targets import find_targets
@@ -95,9 +94,9 @@ class Stages:
         if path.is_file():
             try:
                 saved = json.loads(path.read_text())
-            except ValueError:
+            except (ValueError, OSError):
                 saved = {}  # a damaged cache entry is recomputed, never trusted
-            if saved.get("key") == key:
+            if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("result"), dict):
                 return saved["result"]
         result = compute()
         write_json(path, {"key": key, "result": result})
@@ -150,12 +149,9 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     """Run the whole pipeline into ``out``; return the result document (also ``out/result.json``)."""
     out = Path(out)
     progress = progress or (lambda stage, done, total: None)
-    check_settings(config)
+    validate(check_settings(config))  # every setting, before minutes of training
     if config.cv not in CV_MODES:
         raise UsageError(f"unknown cv {config.cv!r}: use val (folds of val, one scan) or retrain (a model per fold)")
-    for method in config.methods:
-        if method not in METHODS:
-            raise UsageError(f"unknown method {method!r} in methods: use {', '.join(METHODS)}")
     stages = Stages(out)
     limits = {"limit_train": config.limit_train, "limit_val": config.limit_val}
     data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, **config.data_args,

@@ -287,6 +287,7 @@ def save_scan(
     if curves.granularity == "channel":  # each group's members: the layers whose slices go with its channels
         groups = find_groups(model, model_spec["input_shape"]).groups
         extra["groups"] = {name: groups[name].to_dict() for name in curves.curves if name in groups}
+    checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None  # pick works from any directory
     doc = document(
         "scan", settings, model=model_spec, dataset=dataset_spec, checkpoint=checkpoint, fingerprint=fingerprint,
         curves=curves.to_dict(), **extra,

@@ -9,6 +9,7 @@ an explicit setting that the run would not use.
 
 from __future__ import annotations
 
+import math
 import tomllib
 import types
 import typing
@@ -158,3 +159,54 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> RunConfig
         if value is not None:
             values[key] = _coerce(key, value, hints[key], "the command line")
     return check_settings(RunConfig(**values), values)
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Refuse, before any training, every value the run would otherwise fail on minutes later.
+
+    One-line UsageError naming the setting; returns ``config``. Names of the model and the
+    dataset are checked when they are loaded, which the run does before training.
+    """
+    from prunescope.compare import METHODS  # the run's stages, imported here: they import much of prunescope
+    from prunescope.criteria import CRITERIA
+    from prunescope.device import resolve_device
+    from prunescope.masks import check_sparsity
+    from prunescope.scan import STRATEGIES
+    from prunescope.train import TrainConfig
+    from prunescope.train.scratch import SCRATCH_MODES
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise UsageError(f"setting {key!r} {what}, got {getattr(config, key)!r}")
+
+    for key in ("lr", "weight_decay", "label_smoothing", "tolerance", "max_drop", "sparsity", "finetune_lr"):
+        need(math.isfinite(getattr(config, key)), key, "must be a finite number")
+    need(config.seed >= 0, "seed", "must be at least 0")
+    need(config.weight_decay >= 0, "weight_decay", "must be at least 0")
+    TrainConfig(epochs=config.epochs, optimizer=config.optimizer, lr=config.lr, batch_size=config.batch_size,
+                label_smoothing=config.label_smoothing)  # raises for what dense training would refuse
+    need(config.finetune_epochs >= 0, "finetune_epochs", "must be at least 0")
+    if config.finetune_epochs > 0:
+        TrainConfig(epochs=config.finetune_epochs, optimizer=config.optimizer, lr=config.finetune_lr,
+                    batch_size=config.batch_size, label_smoothing=config.label_smoothing)
+    need(config.criterion in CRITERIA, "criterion", f"must be one of {', '.join(CRITERIA)}")
+    need(config.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+    need(config.tolerance > 0, "tolerance", "must be a positive fraction (0.005 = half a point)")
+    need(config.subset is None or config.subset >= 1, "subset", "must be a positive number of examples")
+    need(config.folds == 0 or config.folds >= 2, "folds", "must be 0 (off) or at least 2")
+    need(config.max_drop >= 0, "max_drop", "must be at least 0")
+    check_sparsity(config.sparsity, "setting 'sparsity'")
+    need(len(config.sparsities) > 0, "sparsities", "must list at least one sparsity")
+    for sparsity in config.sparsities:
+        need(math.isfinite(sparsity), "sparsities", "must be finite numbers")
+        check_sparsity(sparsity, "setting 'sparsities':")
+    need(len(config.methods) > 0 and all(m in METHODS for m in config.methods), "methods",
+         f"must list some of {', '.join(METHODS)}")
+    need(config.patience is None or config.patience >= 1, "patience", "must be at least 1 epoch")
+    need(all(str(m).upper().removeprefix("SCRATCH-") in SCRATCH_MODES for m in config.scratch), "scratch",
+         "must list E (same epochs) and/or B (same compute)")
+    factor = config.scratch_max_factor
+    need(factor is None or (math.isfinite(factor) and factor >= 1), "scratch_max_factor", "must be at least 1")
+    need(config.recalibrate_bn is None or config.recalibrate_bn >= 0, "recalibrate_bn", "must be at least 0")
+    resolve_device(config.device)
+    return config

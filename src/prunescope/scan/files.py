@@ -5,7 +5,6 @@ Read here (:func:`load_scan`); written by :func:`prunescope.report.save_scan` (t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from torch import nn
 
 from prunescope.curves import Curves
 from prunescope.errors import UsageError
+from prunescope.io import loads_finite
 from prunescope.scan.identity import model_fingerprint
 from prunescope.targets import find_targets
 
@@ -42,7 +42,7 @@ def load_scan(directory: str | Path) -> ScanFile:
     if not path.is_file():
         raise UsageError(f"no scan in {directory}: run prunescope scan --out {directory} first")
     try:
-        doc = json.loads(path.read_text())
+        doc = loads_finite(path.read_text())  # a NaN in measured curves is damage, not data
         return ScanFile(Curves.from_dict(doc["curves"]), doc.get("checkpoint"), doc["fingerprint"], doc["settings"])
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise UsageError(f"{path} is damaged ({type(error).__name__}: {error}); run the scan again") from None
