@@ -134,7 +134,13 @@ def _parse_sparsities(text: str) -> list[float]:
         raise UsageError(f"--sparsities {text!r} is not a comma-separated list of numbers, e.g. 0.5,0.9") from None
     if not values:
         raise UsageError("--sparsities is empty: give e.g. 0.5,0.7,0.9")
-    return values
+    return [check_sparsity(value, "--sparsities:") for value in values]  # before any work that would be lost
+
+
+def _at_least(option: str, value: int | None, minimum: int) -> None:
+    """UsageError unless ``value`` (an integer option, None when not given) is at least ``minimum``."""
+    if value is not None and value < minimum:
+        raise UsageError(f"{option} must be at least {minimum}, got {value}")
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
@@ -436,6 +442,8 @@ def pick_command(
     trust_factory: TrustFactoryOption = False,
 ) -> None:
     """Choose per-layer sparsities from a scan, cross-validated and verified jointly on val (backing off if needed)."""
+    _at_least("--round-to", round_to, 1)
+    _at_least("--latency-batch", latency_batch, 1)
     chosen = make_allocator(picker, among=PICKERS, noun="picker", max_drop=_points(max_drop),
                             target_sparsity=target_sparsity, target_params=target_params, target_macs=target_macs,
                             target_latency_ms=target_latency_ms, lower_bound=lower_bound or None, vote=vote or None)
@@ -570,6 +578,10 @@ def prune_command(
 ) -> None:
     """Prune a checkpoint to an allocation, fine-tune, save OUT/model.pt (channel granularity: physically smaller)."""
     _check_choice("--granularity", granularity, GRANULARITIES)
+    _at_least("--finetune-epochs", finetune_epochs, 0)
+    _at_least("--recalibrate-bn", recalibrate_bn, 0)
+    _at_least("--round-to", round_to, 1)
+    _at_least("--patience", patience, 1)
     tune = None
     if finetune_epochs > 0:
         tune = TrainConfig(epochs=finetune_epochs, optimizer=optimizer, lr=lr, batch_size=batch_size,
