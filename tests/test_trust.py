@@ -105,6 +105,7 @@ def _commands(ckpt: Path, tmp: Path) -> dict[str, list[str]]:
         "gradual": ["gradual", "--checkpoint", ckpt, "--target-sparsity", "0.5", "--out", out, *cpu],
         "baseline": ["baseline", "--checkpoint", ckpt, "--out", out, *cpu],
         "measure": ["measure", "--checkpoint", ckpt, "--repeats", "1", *cpu],
+        "regimes select": ["regimes", "select", ckpt, ckpt.parent / "good_copy.pt", "--out", out],
         "measure --dense": [
             "measure",
             "--checkpoint",
@@ -130,6 +131,7 @@ COMMANDS = [
     "baseline",
     "measure",
     "measure --dense",
+    "regimes select",
 ]
 
 

@@ -179,6 +179,9 @@ def select_command(
     data_dir: Annotated[str | None, typer.Option(help="Folder with the dataset files.")] = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("regimes-select"),
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    trust_factory: Annotated[bool, typer.Option(help="Import a package.module:function factory named in the "
+                                                     "checkpoints (that runs its code): only for files you trust.")]
+    = False,
 ) -> None:
     """Choose, from regime metrics, the dense checkpoint that prunes best at --density."""
     del checkpoints  # only marks where the files start
@@ -187,7 +190,7 @@ def select_command(
     with console.status("measuring the family") as status:
         result = select(files or [], density, out, seeds=seeds, finetune_epochs=finetune_epochs,
                         finetune_lr=finetune_lr, allocation=allocation, epsilon=epsilon, delta=delta,
-                        data_dir=data_dir, device=device,
+                        data_dir=data_dir, device=device, trust_factory=trust_factory,
                         on_member=lambda done, total: status.update(f"measuring the family: {done}/{total}"))
     settings = {"checkpoints": [str(f) for f in files or []], "density": density, "seeds": seeds,
                 "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr, "allocation": allocation,

@@ -68,11 +68,13 @@ def select(
     delta: float = DEFAULT_DELTA,
     data_dir: str | None = None,
     device: str = "cpu",
+    trust_factory: bool = False,
     on_member: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every checkpoint at ``density`` and choose one; the JSON section of ``regimes select``.
 
     Fine-tuning checkpoints go to ``out/select/<i>/seed<s>.pt`` (a rerun resumes them).
+    A model or dataset factory named in a checkpoint is imported only with ``trust_factory``.
     """
     if not 0 < density <= 1:
         raise UsageError(f"density {density:g} is outside (0, 1]: give the fraction of weights kept, e.g. 0.1")
@@ -80,14 +82,14 @@ def select(
         raise UsageError(f"--seeds {seeds}: connectivity and CKA compare two models, so give at least 2 seeds")
     check_thresholds(epsilon, delta)
     configs = [TrainConfig(epochs=finetune_epochs, lr=finetune_lr, seed=s) for s in range(seeds)]
-    loaded = [(Path(p), load_checkpoint(p)) for p in checkpoints]
+    loaded = [(Path(p), load_checkpoint(p, trust_factory=trust_factory)) for p in checkpoints]
     check_family([(p, c.model_spec, c.dataset_spec) for p, c in loaded])
     data = load_from_spec(loaded[0][1].dataset_spec, data_dir=data_dir)
     members = []
     for index, (path, saved) in enumerate(loaded):
         models = []
         for seed, config in enumerate(configs):
-            dense = load_checkpoint(path).model.to(device)
+            dense = load_checkpoint(path, trust_factory=trust_factory).model.to(device)
             model, _ = recover(dense, data, density, config, allocation=allocation, criterion=criterion,
                                checkpoint=Path(out) / "select" / str(index) / f"seed{seed}.pt",
                                spec=saved.model_spec, device=device)

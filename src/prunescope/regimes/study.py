@@ -67,6 +67,7 @@ from prunescope.regimes.connectivity import MIN_POINTS, linear_path
 from prunescope.regimes.trials import JobStudy, run_jobs, study_path
 from prunescope.targets import find_targets
 from prunescope.train import TrainConfig, finetune, train, train_scratch
+from prunescope.trust import Trust
 
 TEMPERATURES = ("epochs", "batch-size", "lr", "sam-rho")
 PAIRINGS = ("seeds", "one-mask")
@@ -246,7 +247,8 @@ def _measure_cell(settings: RegimeSettings, out: Path, value: float, density: fl
     models, scratch = [], []
     for seed in range(settings.seeds):
         source = seed if settings.pairing == "seeds" else 0
-        dense = load_checkpoint(_dense_path(out, value, source)).model.to(settings.device)
+        trust = Trust.of_specs(spec, data.spec)  # the study's own models: only their factories are imported
+        dense = load_checkpoint(_dense_path(out, value, source), trust_factory=trust).model.to(settings.device)
         model, masks = recover(dense, data, density, settings.recovery_config(seed), allocation=settings.allocation,
                                criterion=settings.criterion, spec=spec, device=settings.device, mask_seed=source,
                                checkpoint=out / "cells" / f"T={value:g}" / f"d={density:g}" / f"seed{seed}.pt")
