@@ -692,7 +692,7 @@ CASES: list[Case] = [
     Case(
         "run methods = [foo]",
         lambda w: ["run", "--config", _config(w, 'methods = ["ours", "foo"]\n'), "--out", w / "r"],
-        "setting 'methods'",
+        "has unknown method 'foo'",
     ),
     Case(
         "run finetune_lr = -1",

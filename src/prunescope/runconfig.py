@@ -200,8 +200,10 @@ def validate(config: RunConfig) -> RunConfig:
     for sparsity in config.sparsities:
         need(math.isfinite(sparsity), "sparsities", "must be finite numbers")
         check_sparsity(sparsity, "setting 'sparsities':")
-    need(len(config.methods) > 0 and all(m in METHODS for m in config.methods), "methods",
-         f"must list some of {', '.join(METHODS)}")
+    need(len(config.methods) > 0, "methods", f"must list some of {', '.join(METHODS)}")
+    for method in config.methods:
+        if method not in METHODS:
+            raise UsageError(f"setting 'methods' has unknown method {method!r}: use {', '.join(METHODS)}")
     need(config.patience is None or config.patience >= 1, "patience", "must be at least 1 epoch")
     need(all(str(m).upper().removeprefix("SCRATCH-") in SCRATCH_MODES for m in config.scratch), "scratch",
          "must list E (same epochs) and/or B (same compute)")
