@@ -415,6 +415,8 @@ CASES: list[Case] = [
         lambda w: ["scan", *CKPT, w / "model.pt", "--subset", "-3", "--out", w / "scan", *CPU],
         "subset",
     ),
+    Case("pick --folds 1", lambda w: ["pick", "--scan", w / "scan", "--folds", "1", *CPU], "folds"),
+    Case("pick --folds -1", lambda w: ["pick", "--scan", w / "scan", "--folds", "-1", *CPU], "folds"),
     # compare
     Case(
         "compare --sparsities 1",
