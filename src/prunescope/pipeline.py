@@ -32,6 +32,7 @@ from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data import load_dataset
 from prunescope.data.types import Dataset
+from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.html import write_html
 from prunescope.io import write_csv, write_json
