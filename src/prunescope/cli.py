@@ -363,6 +363,9 @@ def scan_command(
     gpus_per_worker: study_options.GpusPerWorker = 0.0,
     heartbeat_interval: study_options.HeartbeatInterval = HEARTBEAT_INTERVAL,
     grace_period: study_options.GracePeriod = GRACE_PERIOD,
+    recalibrate_bn: Annotated[int, typer.Option(help="Re-estimate BatchNorm statistics of every scanned point on this "
+                                                     "many batches of 128 training examples (0: off; pick, compare "
+                                                     "and sweep recalibrate by default).")] = 0,
     include: Include = None,
     exclude: Exclude = None,
     data_dir: DataDir = None,
@@ -389,7 +392,7 @@ def scan_command(
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
                 "tolerance": tolerance / 100, "subset": subset, "workers": workers, "study_name": study_name,
                 "include": include or [],
-                "exclude": exclude or [], "seed": seed}
+                "exclude": exclude or [], "seed": seed, "recalibrate_bn": recalibrate_bn}
     with _growing_progress("scanning") as advance:
         curves = scan(
             saved.model, dataset, criterion=criterion, strategy=strategy, tolerance=tolerance / 100, subset=subset,
@@ -397,7 +400,7 @@ def scan_command(
             storage=out / JOURNAL_FILE if storage is None else storage,
             workers=workers, seed=seed, on_trial=advance, granularity=granularity, study_name=study_name,
             executor_kind=executor, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
-            heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            heartbeat_interval=heartbeat_interval, grace_period=grace_period, recalibrate_bn=recalibrate_bn,
         )
     save_scan(out, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
               dataset_spec=saved.dataset_spec, settings=settings)

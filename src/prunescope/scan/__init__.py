@@ -37,6 +37,7 @@ from prunescope.structured.groups import find_groups
 from prunescope.structured.importance import group_scores
 from prunescope.structured.pruning import ChannelPruning, masking_error
 from prunescope.targets import find_targets
+from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.trials.executors import EXECUTORS
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
@@ -115,6 +116,7 @@ def scan(
     gpus_per_worker: float = 0.0,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
+    recalibrate_bn: int = 0,
 ) -> Curves:
     """Sensitivity curves of every target of ``model`` on ``data.val``: one target pruned, others dense.
 
@@ -172,6 +174,9 @@ def scan(
         heartbeat_interval / grace_period: seconds; a trial running in ``storage`` whose
             heartbeat is older than ``grace_period`` (or whose process on this host is
             gone) is failed and its point evaluated again.
+        recalibrate_bn: re-estimate BatchNorm statistics of every pruned point on this many
+            batches of 128 training examples (:class:`~prunescope.train.batchnorm.
+            RecalibratedPruning`; statistics restored after each point). 0: off (default).
 
     Returns:
         :class:`~prunescope.curves.Curves` with one curve per target (one point per
@@ -192,6 +197,7 @@ def scan(
         pruning, units = _channel_pruning(model, data, criterion, include, exclude, device, seed)
     else:
         pruning, units = _weight_pruning(model, data, criterion, include, exclude, seed)
+    pruning = recalibrating(pruning, data.train, bn_batches(model, recalibrate_bn))
     full = len(data.val)
     first = min((auto_subset(full, tolerance) if subset == "auto" else subset) or full, full)
     top = max_subset if max_subset is not None else SUBSET_GROWTH * first
@@ -205,11 +211,12 @@ def scan(
     # An in-memory study is new and private to this call: no stored identity to check, so no fingerprints.
     identity = {} if storage is None else {
         "model": model_fingerprint(model, every_target),
-        "data": data_fingerprint([data.val, data.train] if criterion in NEEDS_DATA else [data.val]),
+        "data": data_fingerprint([data.val, data.train] if criterion in NEEDS_DATA or recalibrate_bn else [data.val]),
         "criterion": criterion,
         "granularity": granularity,
         "metric": metric,
         "seed": seed,
+        **({"recalibrate_bn": recalibrate_bn} if recalibrate_bn else {}),
     }
     evaluate = ModelEvaluation(pruning, data.val, metric=metric, device=device, seed=seed)
     with quiet_optuna():
