@@ -19,6 +19,7 @@ from prunescope.pick.refine import Refined
 from prunescope.scan import scan
 from prunescope.targets import find_targets
 from prunescope.train import recalibrated
+from prunescope.verdict import selection_sentence
 
 
 def _fit(model: nn.Module, data, steps: int, lr: float) -> nn.Module:
@@ -77,7 +78,7 @@ class _Shrinking:
 
     name = "shrinking"
 
-    def refine(self, allocation, numels, evaluate, *, start_value=None):
+    def refine(self, allocation, numels, evaluate, *, start_value=None, noise=None):
         first = next(iter(allocation))
         shrunk = {**allocation, first: allocation[first] / 2}
         return Refined(shrunk, 1.0, dict(allocation), start_value or 0.0, 0)
@@ -131,3 +132,14 @@ def test_the_scan_recalibrates_every_point_on_request(cnn):
     assert fresh.dense.value == stale.dense.value
     gains = [fresh.curves[n].points[0].value - stale.curves[n].points[0].value for n in stale.curves]
     assert min(gains) > 0.3  # 0.34 → 1.0 and 0.61 → 1.0 on this model
+
+
+def test_the_selection_effort_of_ours_is_stated_next_to_the_comparison(mlp):
+    model, data = mlp
+    comparison = compare(model, data, [0.8], ["ours", "uniform", "global"], curves=_scan_of_every_layer(model),
+                         starts=("uniform", "global"), refiner=PairwiseRefiner(max_evaluations=4), test=False)
+    effort = comparison.rows[0].details["val_evaluations"]
+    assert effort["candidates"] == 3 and effort["total"] == 3 + effort["refinement"] <= 7
+    sentence = selection_sentence(comparison.to_dict()["rows"])
+    assert sentence.startswith(f"ours was selected with joint val evaluations: {effort['total']} at 80% (3 candidates")
+    assert selection_sentence([r for r in comparison.to_dict()["rows"] if r["method"] != "ours"]) is None

@@ -97,6 +97,35 @@ def test_min_gain_rejects_small_improvements_and_a_zero_budget_evaluates_nothing
     assert objective.calls == 0 and refined.allocation == start and refined.value == 0.5
 
 
+def _noise(half_width):
+    """A paired interval of the true gain ± ``half_width`` (as if val had that much noise)."""
+
+    def noise(before, after):
+        gain = _objective(after) - _objective(before)
+        return gain - half_width, gain + half_width
+
+    return noise
+
+
+def test_moves_count_only_when_their_gain_is_beyond_the_noise():
+    start = {name: 0.9 for name in NUMELS}
+    quiet = PairwiseRefiner(max_evaluations=60).refine(start, NUMELS, _objective, noise=_noise(0.0))
+    plain = PairwiseRefiner(max_evaluations=60).refine(start, NUMELS, _objective)
+    assert quiet.allocation == plain.allocation  # no noise: the same search
+    noisy = PairwiseRefiner(max_evaluations=60).refine(start, NUMELS, _objective, noise=_noise(0.005))
+    for step in noisy.steps:
+        if step.accepted and step.move is not None:
+            assert step.gain_interval[0] > 0  # every accepted gain is beyond the noise
+    inside = [s for s in noisy.steps if not s.accepted and s.gain_interval is not None]
+    assert inside and all(s.gain_interval[0] <= 0 < s.gain_interval[1] for s in inside)
+    assert noisy.value <= plain.value and noisy.details["noise"] == "paired 95% interval"
+    # With noise wider than any gain, nothing is accepted, and each pair stops at its first better-in-noise move.
+    deaf = PairwiseRefiner(max_evaluations=60).refine(start, NUMELS, _objective, noise=_noise(1.0))
+    assert deaf.allocation == {n: pytest.approx(s) for n, s in start.items()} and deaf.value == deaf.start_value
+    moves = [s.move[:2] for s in deaf.steps if s.gain_interval is not None]
+    assert len(moves) == len(set(moves))
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -159,6 +188,12 @@ def test_ours_hits_the_sparsity_beats_its_candidates_on_val_and_stays_in_budget(
         assert row.val.accuracy >= max(details["candidates"].values())
         assert row.val.accuracy == pytest.approx(details["refined"]["value"])
         assert details["refined"]["evaluations"] <= 12
+        # Refinement moves on val count only beyond the paired val noise; the selection effort is stated.
+        assert details["refined"]["details"]["noise"] == "paired 95% interval"
+        assert all(step["gain_interval"][0] > 0 for step in details["refined"]["steps"] if step["accepted"])
+        effort = details["val_evaluations"]
+        assert effort["candidates"] == len(details["candidates"])
+        assert effort["total"] == effort["candidates"] + details["refined"]["evaluations"]
         baselines = {r.method: r for r in comparison.rows if r.sparsity == row.sparsity and r.method != "ours"}
         for method, baseline in baselines.items():
             if baseline.val is not None:

@@ -80,6 +80,7 @@ from prunescope.train import (
 )
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from prunescope.trust import Trust, check_spec
+from prunescope.verdict import selection_sentence
 
 app = typer.Typer(
     add_completion=False,
@@ -544,6 +545,8 @@ def compare_command(
                    comparison=comparison.to_dict())
     write_comparison(out, doc, comparison)
     console.print(comparison_table(comparison))
+    if (effort := selection_sentence(doc["comparison"]["rows"])) is not None:
+        console.print(effort, highlight=False)
     console.print(f"wrote {out / 'result.json'}, {out / 'compare.csv'} and plots in {out / 'plots'}")
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from torch import nn
 
 from prunescope.calibration import calibration_inputs
@@ -39,7 +40,7 @@ from prunescope.curves import Curves
 from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
-from prunescope.evaluate import Evaluator, Metrics
+from prunescope.evaluate import Evaluator, Metrics, paired_drop
 from prunescope.masks import check_sparsity, compute_masks, removed_count
 from prunescope.pick.allocator import Allocator, Problem
 from prunescope.pick.baselines import ALLOCATIONS
@@ -119,20 +120,31 @@ class Comparison:
 
 
 class _ValCache:
-    """Val metrics of allocations, measured once each (keyed by removed counts) with ``pruning``."""
+    """Val metrics of allocations, measured once each (keyed by removed counts) with ``pruning``,
+    with the examples each got right, for paired intervals between two of them."""
 
     def __init__(self, pruning: Pruning, targets: Sequence[Target], evaluator: Evaluator) -> None:
         self.pruning, self.targets, self.evaluator = pruning, targets, evaluator
         self.known: dict[tuple[int, ...], Metrics] = {}
+        self.correct: dict[tuple[int, ...], np.ndarray] = {}
         self.evaluations = 0
 
+    def _key(self, allocation: Mapping[str, float]) -> tuple[int, ...]:
+        return tuple(removed_count(allocation.get(t.name, 0.0), t.numel) for t in self.targets)
+
     def __call__(self, allocation: Mapping[str, float]) -> Metrics:
-        key = tuple(removed_count(allocation.get(t.name, 0.0), t.numel) for t in self.targets)
+        key = self._key(allocation)
         if key not in self.known:
             with self.pruning.applied(dict(allocation)):
                 self.known[key] = self.evaluator.evaluate()
+            self.correct[key] = self.evaluator.correct.cpu().numpy()
             self.evaluations += 1
         return self.known[key]
+
+    def gain_interval(self, before: Mapping[str, float], after: Mapping[str, float]) -> tuple[float, float]:
+        """95% paired interval of accuracy(after) − accuracy(before) on the val examples (both measured)."""
+        _, low, high = paired_drop(self.correct[self._key(before)], self.correct[self._key(after)])
+        return -high, -low  # after's drop against before, turned into its gain
 
 
 def _counted_error(sparsity: float, removed: int, weights: int) -> str | None:

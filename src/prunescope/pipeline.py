@@ -60,6 +60,7 @@ from prunescope.verdict import (
     reconstruction_sentence,
     recovered_sentence,
     scratch_sentence,
+    selection_sentence,
 )
 
 Progress = Callable[[str, int, int | None], None]
@@ -281,6 +282,8 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
         f"{crossval_clause(pick['crossval'])})",
         method_sentence(config.sparsity, dense["test"], methods),
     ]
+    if (effort := selection_sentence([r for r in one_shot["rows"] if r["sparsity"] == config.sparsity])):
+        verdict.append(effort)
     if (sentence := scratch_sentence(next((m for m in methods if m["method"] == "ours"), None), scratch)):
         verdict.append(sentence)
     if reconstructed is not None:

@@ -94,3 +94,18 @@ def recovered_sentence(recovered: Mapping[str, Any], max_drop: float) -> str:
         text += (f"; gradual AGP to the same sparsity in {gradual['epochs']} epochs: test "
                  f"{gradual['test']['accuracy']:.2%}")
     return text
+
+
+def selection_sentence(rows: list[Mapping[str, Any]]) -> str | None:
+    """The selection effort of ``ours`` on val, per sparsity, next to the baselines' one evaluation each.
+
+    ``rows``: comparison rows as in the result document (``ours``'s ``details.val_evaluations``).
+    """
+    efforts = [(r["sparsity"], r["details"]["val_evaluations"]) for r in rows
+               if r["method"] == "ours" and "val_evaluations" in (r.get("details") or {})]
+    if not efforts:
+        return None
+    parts = [f"{e['total']} at {s:.0%} ({e['candidates']} candidates + {e['refinement']} refinement moves)"
+             for s, e in efforts]
+    return ("ours was selected with joint val evaluations: " + ", ".join(parts)
+            + "; every baseline is one evaluation, with no selection")

@@ -27,11 +27,16 @@ class Validation(Protocol):
     """The val metrics of the model pruned with an allocation, each allocation measured once.
 
     ``evaluations``: how many allocations have been measured so far (a selection's effort).
+    ``gain_interval``: the paired noise between two measured allocations.
     """
 
     evaluations: int
 
     def __call__(self, allocation: Mapping[str, float]) -> Metrics: ...
+
+    def gain_interval(self, before: Mapping[str, float], after: Mapping[str, float]) -> tuple[float, float]:
+        """95% paired interval of accuracy(after) − accuracy(before) on the same val examples (both measured)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ At global sparsity s (fraction of the problem's targets' weights):
    order of ``starts``);
 3. refine it on val at constant global sparsity with ``refiner`` (by default
    :data:`DEFAULT_REFINER`, a :class:`~prunescope.pick.refine.PairwiseRefiner`: greedy moves of
-   removed weights between pairs of targets, each an actual joint evaluation, at most 40).
+   removed weights between pairs of targets, each an actual joint evaluation, at most 40);
+   with the accuracy metric a move counts only when the paired 95% interval of its val gain
+   (same examples, ``validation.gain_interval``) lies above zero.
 
 Every candidate removes round(s · N) weights (±1 per target from rounding) and refinement
 moves weights without changing the total. The metric maximised is the curves'. Its val
@@ -90,7 +92,10 @@ class Ours:
         refinement = 0
         if self.refiner is not None:
             numels = {t.name: t.numel for t in targets}
-            refined = self.refiner.refine(allocation, numels, lambda a: val(a).get(metric), start_value=values[start])
+            # Moves must win beyond the val noise (paired accuracy interval); other metrics have no such interval.
+            noise = val.gain_interval if metric == "accuracy" else None
+            refined = self.refiner.refine(allocation, numels, lambda a: val(a).get(metric), start_value=values[start],
+                                          noise=noise)
             allocation = refined.allocation
             details["refined"] = refined.to_dict()
             refinement = refined.evaluations

@@ -5,7 +5,10 @@ drops ignores how targets interact when pruned together, and says nothing beyond
 scanned levels. A refiner starts from an allocation (a picker's, a baseline's) and moves
 removed weights between targets, keeping the total removed count fixed, accepting only
 moves whose *measured* joint metric is better. It never returns an allocation that
-measured worse than its start, and it never evaluates more than its budget.
+measured worse than its start, and it never evaluates more than its budget. Given a
+``noise`` (the paired interval of the gain between two allocations measured on the same
+examples), a move counts as better only when that interval lies above zero, so that a
+small val split is not overfitted by moves that won by chance.
 
 A refiner is a small object with one method, ``refine(allocation, numels, evaluate) ->
 Refined``, like the pickers, so that it can be swapped or turned off.
@@ -27,19 +30,25 @@ from prunescope.masks import removed_count
 Evaluate = Callable[[dict[str, float]], float]
 """Objective (higher is better) of the model pruned jointly with an allocation."""
 
+Noise = Callable[[dict[str, float], dict[str, float]], tuple[float, float]]
+"""``noise(a, b)``: 95% interval of objective(b) − objective(a), both measured on the same examples (paired)."""
+
 
 @dataclass
 class RefineStep:
     """One evaluation: the allocation tried, its objective, the move that produced it.
 
     ``move`` is ``(giver, taker, weights)``: ``giver`` removes that many weights fewer and
-    ``taker`` that many more; None for the starting allocation.
+    ``taker`` that many more; None for the starting allocation. ``gain_interval``: the paired
+    interval of the gain over the best allocation so far (None without a ``noise``, or when
+    the move did not measure better).
     """
 
     allocation: dict[str, float]
     value: float
     move: tuple[str, str, int] | None
     accepted: bool
+    gain_interval: tuple[float, float] | None = None
 
 
 @dataclass
@@ -73,6 +82,7 @@ class Refiner(Protocol):
         evaluate: Evaluate,
         *,
         start_value: float | None = None,
+        noise: Noise | None = None,
     ) -> Refined: ...
 
 
@@ -92,10 +102,13 @@ class PairwiseRefiner:
     ``min_step``; a pair's move is evaluated, and while it is accepted it is repeated with
     σ · ``grow`` (capped at ``step``), a line search along that direction; the first
     rejection halves that pair's σ and the round moves on to the next pair. A move is
-    accepted when its objective beats the best so far by more than ``min_gain``, so the
-    accepted values only increase. Stops after ``max_evaluations`` evaluations (the start
-    counts as one when it is measured here, not when ``start_value`` is given), or when a
-    round evaluates nothing (every σ below ``min_step``, or nothing left to move).
+    accepted when its objective beats the best so far by more than ``min_gain`` and, with a
+    ``noise``, when the paired interval of that gain lies above ``min_gain`` too; a move that
+    measured better but inside the noise stops that pair for good (shorter moves gain less),
+    one that measured worse halves its σ. The accepted values only increase. Stops after
+    ``max_evaluations`` evaluations (the start counts as one when it is measured here, not
+    when ``start_value`` is given), or when a round evaluates nothing (every σ below
+    ``min_step``, or nothing left to move).
 
     max_evaluations: evaluation budget (each an actual joint evaluation of the model).
     step: initial (and largest) σ, the largest relative change of a target's kept weights per move.
@@ -134,13 +147,15 @@ class PairwiseRefiner:
         evaluate: Evaluate,
         *,
         start_value: float | None = None,
+        noise: Noise | None = None,
     ) -> Refined:
         """Refine ``allocation`` (``{target: sparsity}``, targets of ``numels``) by measured moves.
 
         ``evaluate`` is called with a full allocation ``{target: removed / numel}``;
         ``start_value``, when given, is the start's objective measured already (not
-        re-evaluated, not counted). Returns the best allocation measured (the start when
-        no move beat it; with a zero budget and no ``start_value``, the start with NaN values).
+        re-evaluated, not counted). ``noise``: see :data:`Noise` (None: every measured gain
+        counts). Returns the best allocation measured (the start when no move beat it; with a
+        zero budget and no ``start_value``, the start with NaN values).
         """
         missing = [name for name in allocation if name not in numels]
         if missing:
@@ -152,7 +167,8 @@ class PairwiseRefiner:
         evaluations = 0
         if start_value is None:
             if self.max_evaluations == 0:
-                return Refined(start, float("nan"), start, float("nan"), 0, steps, self._details({}))
+                details = self._details({}) | {"noise": "paired 95% interval" if noise else None}
+                return Refined(start, float("nan"), start, float("nan"), 0, steps, details)
             start_value = float(evaluate(dict(start)))
             evaluations = 1
             steps.append(RefineStep(dict(start), start_value, None, True))
@@ -174,10 +190,13 @@ class PairwiseRefiner:
                     tried = self._allocation(trial, numels)
                     value = float(evaluate(dict(tried)))
                     evaluations += 1
-                    accepted = value > best + self.min_gain
-                    steps.append(RefineStep(tried, value, (giver, taker, delta), accepted))
+                    better = value > best + self.min_gain
+                    interval = noise(self._allocation(removed, numels), tried) if better and noise else None
+                    accepted = better and (interval is None or interval[0] > self.min_gain)
+                    steps.append(RefineStep(tried, value, (giver, taker, delta), accepted, interval))
                     if not accepted:
-                        steps_of[giver, taker] /= 2
+                        # Better within the noise: a shorter move would gain less, so this pair is done.
+                        steps_of[giver, taker] = 0.0 if better else steps_of[giver, taker] / 2
                         break
                     removed, best = trial, value
                     steps_of[giver, taker] = min(steps_of[giver, taker] * self.grow, self.step)
@@ -186,7 +205,8 @@ class PairwiseRefiner:
             if evaluations == before:
                 break  # every pair is below min_step or has nothing to move
         final = self._allocation(removed, numels)
-        return Refined(final, best, start, start_value, evaluations, steps, self._details(steps_of))
+        details = self._details(steps_of) | {"noise": "paired 95% interval" if noise else None}
+        return Refined(final, best, start, start_value, evaluations, steps, details)
 
     def _delta(self, giver: str, taker: str, removed: dict[str, int], numels: Mapping[str, int], step: float) -> int:
         kept_giver = numels[giver] - removed[giver]
