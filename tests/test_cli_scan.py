@@ -89,6 +89,22 @@ def test_compare_with_reconstruction_and_wanda(cli, checkpoints, tmp_path):
     assert code == 0
 
 
+@pytest.mark.parametrize("globs", [["--include", "fc1*"], ["--exclude", "fc1*"]])
+def test_compare_with_include_or_exclude_puts_every_row_at_its_target(cli, checkpoints, scanned, tmp_path, globs):
+    # The scan covers every layer; the budget must be spread over the compared layers only.
+    code, out, _ = cli("compare", "--checkpoint", checkpoints[0], "--scan", scanned, "--sparsities", "0.8",
+                        *globs, "--out", tmp_path, "--device", "cpu", "--no-test")
+    assert code == 0 and "ours was selected with joint val evaluations" in " ".join(out.split())
+    doc = json.loads((tmp_path / "result.json").read_text())
+    weights = doc["comparison"]["weights"]
+    assert weights == (128 * 64 if globs[0] == "--include" else 64 * 128 + 10 * 64)
+    for row in doc["comparison"]["rows"]:
+        if row["error"] is None:
+            assert abs(row["removed"] - round(0.8 * weights)) <= 1, row["method"]
+            assert set(row["allocation"]) == ({"fc1.weight"} if globs[0] == "--include" else
+                                              {"fc2.weight", "fc3.weight"})
+
+
 BAD = [
     (lambda c, s, t: ["pick", "--scan", t / "nowhere"], "no scan in"),
     (lambda c, s, t: ["pick", "--scan", s, "--checkpoint", c[1]], "belongs to another model"),

@@ -545,6 +545,9 @@ def compare_command(
                    comparison=comparison.to_dict())
     write_comparison(out, doc, comparison)
     console.print(comparison_table(comparison))
+    for row in comparison.rows:
+        if row.error is not None:
+            console.print(f"{row.method} at {row.sparsity:g}: {row.error}", highlight=False)
     if (effort := selection_sentence(doc["comparison"]["rows"])) is not None:
         console.print(effort, highlight=False)
     console.print(f"wrote {out / 'result.json'}, {out / 'compare.csv'} and plots in {out / 'plots'}")
