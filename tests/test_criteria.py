@@ -109,6 +109,14 @@ def test_obd_differs_from_taylor_and_snip_where_per_sample_gradients_cancel():
     assert torch.equal(_mask(model, data, "fisher", batches=1, batch_size=3), column_0)
 
 
+def test_snip_differs_from_taylor_where_batch_gradients_cancel_across_batches():
+    # Batches of one sample: Taylor squares each batch's gradient before averaging, SNIP averages first.
+    model, data = _cancelling_case()
+    column_0 = torch.tensor([[True, False], [True, False]])
+    assert torch.equal(_mask(model, data, "snip", batches=3, batch_size=1), ~column_0)
+    assert torch.equal(_mask(model, data, "taylor", batches=3, batch_size=1), column_0)
+
+
 def test_obd_and_taylor_agree_on_batches_of_one_sample():
     # With one sample per batch the batch gradient is the per-sample gradient: Taylor = 2 · OBD, same masks.
     model, data = _gradient_case()
