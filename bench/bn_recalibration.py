@@ -7,8 +7,8 @@ val only) and re-estimated on ``--bn-batches`` batches of 128 training examples 
 model (val, then test once per row). ``ours`` needs a scan and val refinement and is left out
 to fit the CPU budget; ``bench/allocations.py`` compares it.
 
-Sized for a shared 2-core CPU (~15 minutes for 3 seeds): the model is trained on a seeded
-subset of ``--train`` examples for ``--epochs`` epochs, and val and test are seeded subsets
+Sized for a shared 2-core CPU (~15-20 minutes for 3 seeds): the model is trained (AdamW) on a
+seeded subset of ``--train`` examples for ``--epochs`` epochs, and val and test are seeded subsets
 of ``--val`` / ``--test`` examples, so the dense model is weaker than a full run and every
 accuracy carries a binomial error of about ±2 points (95%, 1000 examples). Raw per-seed
 numbers: ``--out`` (JSON, with the command, date and machine).
@@ -62,7 +62,8 @@ def run_seed(data: Dataset, seed: int, args: argparse.Namespace) -> dict:
     model = build_model("cnn", data.input_shape, data.num_classes)
     spec = model_spec("cnn", data.input_shape, data.num_classes)
     started = time.perf_counter()
-    trained = train(model, data, TrainConfig(epochs=args.epochs, seed=seed),
+    config = TrainConfig(epochs=args.epochs, optimizer="adamw", lr=args.lr, batch_size=64, seed=seed)
+    trained = train(model, data, config,
                     checkpoint=args.work / f"cnn-seed{seed}.pt", model_spec=spec).model.eval()
     trained_s = time.perf_counter() - started
     stale = compare(trained, data, SPARSITIES, METHODS, test=False, recalibrate_bn=0, device="cpu")
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate (cosine), batches of 64")
     parser.add_argument("--train", type=int, default=4000, help="training examples (seeded subset)")
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=1000)
@@ -120,7 +122,8 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                     "threads": args.threads, "note": "2-core CPU shared with other jobs"},
         "settings": {"model": "cnn", "data": "fashion-mnist", "sparsities": SPARSITIES, "methods": METHODS,
-                     "criterion": "magnitude", "epochs": args.epochs, "train_examples": args.train,
+                     "criterion": "magnitude", "epochs": args.epochs, "optimizer": "adamw", "lr": args.lr,
+                     "batch_size": 64, "train_examples": args.train,
                      "val_examples": args.val, "test_examples": args.test, "bn_batches": args.bn_batches,
                      "bn_batch_size": 128},
         "runs": [],
