@@ -7,7 +7,6 @@ from torch import nn
 from prunescope.criteria import compute_scores
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
-from prunescope.scan.evaluation import WeightPruning
 from prunescope.targets import find_targets
 from prunescope.train import (
     DEFAULT_BN_BATCHES,
@@ -17,6 +16,7 @@ from prunescope.train import (
     recalibrated,
     recalibrating,
 )
+from prunescope.units import WeightPruning
 
 
 def _model() -> nn.Module:

@@ -22,8 +22,9 @@ from prunescope.pick.registry import make_allocator
 from prunescope.pick.verify import ExampleEvaluator
 from prunescope.runconfig import RunConfig
 from prunescope.scan import scan
-from prunescope.scan.evaluation import ModelEvaluation, WeightPruning
+from prunescope.scan.evaluation import ModelEvaluation
 from prunescope.targets import find_targets
+from prunescope.units import WeightPruning
 
 TOLERANCE = 0.02
 

@@ -20,12 +20,13 @@ from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import applied, compute_masks, removed_count
 from prunescope.scan import SCONCE_LEVELS, STRATEGIES, auto_subset, scan
-from prunescope.scan.evaluation import ModelEvaluation, WeightPruning
+from prunescope.scan.evaluation import ModelEvaluation
 from prunescope.scan.executors import InProcess
 from prunescope.scan.runner import Ladder, Runner, ScanOutcome, paired_drop_interval
 from prunescope.scan.strategy import BEYOND_LEVELS, Adaptive, Grid, Planner, within
 from prunescope.scan.study import DENSE, Measurement, StudySpec
 from prunescope.targets import find_targets
+from prunescope.units import WeightPruning
 
 TOLERANCE = 0.02  # two points: about 12 of the 600 validation examples
 WHOLE = Ladder(1000, 1000)  # no subsets: every evaluation on all 1000 (synthetic) examples

@@ -7,8 +7,8 @@ from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import removed_count
 from prunescope.pick import Pick, ThresholdPicker, model_evaluator, predicted_drops, verify
-from prunescope.scan.evaluation import WeightPruning
 from prunescope.targets import find_targets
+from prunescope.units import WeightPruning
 
 DENSE = 0.9
 LEVELS = [round(0.1 * i, 1) for i in range(1, 10)]

@@ -48,9 +48,9 @@ from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.refine import Refiner
 from prunescope.pick.registry import ALLOCATORS, COMPARED, make_allocator
 from prunescope.reconstruct import ReconstructedPruning
-from prunescope.scan.evaluation import Pruning, WeightPruning
 from prunescope.targets import Target, find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
+from prunescope.units import Pruning, WeightPruning
 
 METHODS = COMPARED
 

@@ -21,9 +21,9 @@ from prunescope.device import resolve_device
 from prunescope.evaluate import Evaluator, Metrics
 from prunescope.masks import check_sparsity, measured_sparsity
 from prunescope.pick.baselines import allocate
-from prunescope.scan.evaluation import WeightPruning
 from prunescope.targets import Target, find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
+from prunescope.units import WeightPruning
 
 
 @dataclass(frozen=True)

@@ -8,31 +8,22 @@ name with :func:`prunescope.pick.registry.make_allocator`) and joint verificatio
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
 from torch import nn
 
-from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
-from prunescope.masks import global_sparsity
 from prunescope.pick.budget import BudgetPicker
 from prunescope.pick.crossval import CrossValidation, cross_validate, with_threshold
 from prunescope.pick.pickers import Pick, Picker
 from prunescope.pick.registry import DEFAULT_MAX_DROP
 from prunescope.pick.verify import ExampleEvaluator, Verified, model_evaluator, verify
-from prunescope.scan.evaluation import WeightPruning
-from prunescope.structured.allocation import check_round_to
-from prunescope.structured.groups import find_groups
-from prunescope.structured.importance import group_scores
-from prunescope.structured.latency import LatencyTable
-from prunescope.structured.pruning import ChannelPruning
-from prunescope.targets import find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
+from prunescope.units import find_units
 
 
 @dataclass
@@ -46,7 +37,7 @@ class Choice:
     ``global_sparsity`` is that of the verified allocation: removed weights of the weight
     targets, or for channel picks the fraction of the whole model's parameters removed.
     ``footprint`` (channel picks only): the verified allocation's exact size once its
-    channels are removed (see :func:`channel_footprint`).
+    channels are removed (see :meth:`prunescope.units.ChannelUnits.summary`).
     """
 
     picker: str
@@ -70,46 +61,6 @@ class Choice:
             "verified": self.verified.to_dict(),
             "crossval": None if self.crossval is None else self.crossval.to_dict(),
         }
-
-
-def channel_footprint(pruning: ChannelPruning, allocation: Mapping[str, float]) -> dict:
-    """The model pruned with ``allocation``: parameters, MACs per sample, their dense counts, the fraction of
-    the dense MACs left, and the channels each group keeps (``round_to`` applied)."""
-    dense, pruned = pruning.footprint({}), pruning.footprint(allocation)
-    removal = pruning.removal(allocation)
-    return {
-        "params": pruned.params,
-        "macs": pruned.macs,
-        "dense_params": dense.params,
-        "dense_macs": dense.macs,
-        "macs_fraction": pruned.macs / dense.macs,
-        "round_to": pruning.round_to,
-        "kept_channels": {name: g.width - len(removal.get(name, ())) for name, g in pruning.groups.groups.items()},
-    }
-
-
-def pruning_for(curves: Curves, model: nn.Module, data: Dataset, round_to: int = 1) -> WeightPruning | ChannelPruning:
-    """How ``curves``' allocations are applied to ``model``: their targets, scored by the scan's criterion.
-
-    Channel curves: the scanned groups, their importance computed again (``data.train`` for
-    gradients), kept counts rounded to multiples of ``round_to``.
-    """
-    if curves.granularity != "channel":
-        if round_to != 1:
-            raise UsageError("--round-to applies to channel scans: scan with --granularity channel")
-        targets = [t for t in find_targets(model) if t.name in curves.curves]
-        return WeightPruning(model, targets, compute_scores(model, targets, curves.criterion, data=data.train))
-    groups = find_groups(model, data.input_shape, include=list(curves.curves))
-    check_round_to(groups, round_to)
-    return ChannelPruning(groups, group_scores(groups, curves.criterion, data=data.train), round_to)
-
-
-def _measuring(picker: BudgetPicker, pruning: ChannelPruning, device: str, latency_batch: int) -> BudgetPicker:
-    """``picker`` meeting a channel budget exactly on this model: its footprint, or its latency timed on ``device``."""
-    latency = None
-    if picker.target_latency_ms is not None:
-        latency = LatencyTable(pruning, device=device, batch_size=latency_batch)
-    return replace(picker, round_to=pruning.round_to, footprint=pruning.footprint, latency=latency)
 
 
 def choose(
@@ -146,9 +97,13 @@ def choose(
     ``recalibrate_bn``: batches of training data every pruned model's BatchNorm statistics
     are re-estimated on before it is evaluated (None: 20 for a model with BatchNorm, else 0).
     """
-    structure = pruning_for(curves, model, data, round_to)
-    if isinstance(picker, BudgetPicker) and isinstance(structure, ChannelPruning):
-        picker = _measuring(picker, structure, device, latency_batch)
+    structure = find_units(model, data, curves.granularity, curves.criterion, names=list(curves.curves),
+                           round_to=round_to)
+    if isinstance(picker, BudgetPicker):
+        # The budget met exactly on this model: its footprint, or its latency timed on the device.
+        timed = picker.target_latency_ms is not None
+        picker = replace(picker, round_to=structure.round_to, footprint=structure.footprint,
+                         latency=structure.latency_table(device, latency_batch) if timed else None)
     batches = bn_batches(model, recalibrate_bn)
     pruning = recalibrating(structure, data.train, batches)
     bound = None if isinstance(picker, BudgetPicker) else (DEFAULT_MAX_DROP if max_drop is None else max_drop)
@@ -170,9 +125,5 @@ def choose(
         picked = picker.pick(curves)
         verified = verify(picked, curves, model_evaluator(pruning, Evaluator(model, data.val, device=device),
                                                           curves.metric), max_drop=limit)
-    if isinstance(structure, WeightPruning):
-        sparsity = global_sparsity(verified.allocation, find_targets(model))
-        return Choice(picker.name, picked, verified, bound, sparsity, recalibrate_bn=batches, crossval=crossval)
-    footprint = channel_footprint(structure, verified.allocation)
-    removed = 1 - footprint["params"] / footprint["dense_params"]
-    return Choice(picker.name, picked, verified, bound, removed, footprint, batches, crossval)
+    return Choice(picker.name, picked, verified, bound, structure.removed_fraction(verified.allocation),
+                  structure.summary(verified.allocation), batches, crossval)

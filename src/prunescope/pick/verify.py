@@ -29,7 +29,7 @@ from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator, paired_drop
 from prunescope.masks import removed_count
 from prunescope.pick.pickers import Pick, predicted_drops
-from prunescope.scan.evaluation import Pruning
+from prunescope.units import Pruning
 
 Evaluate = Callable[[dict[str, float]], float]
 """Metric (higher is better, same scale as the curves) of the model pruned with an allocation."""

@@ -18,35 +18,28 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-import torch
 from torch import nn
 
-from prunescope.criteria import NEEDS_DATA, compute_scores
+from prunescope.criteria import NEEDS_DATA
 from prunescope.curves import Curve, Curves
 from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
-from prunescope.measure import count_macs
-from prunescope.scan.evaluation import ModelEvaluation, WeightPruning, example_results
+from prunescope.scan.evaluation import ModelEvaluation, example_results
 from prunescope.scan.executors import executor
 from prunescope.scan.identity import data_fingerprint, model_fingerprint
 from prunescope.scan.runner import Ladder, Runner
 from prunescope.scan.strategy import SCONCE_LEVELS, STRATEGIES, Whole, make_planner
 from prunescope.scan.study import DENSE, StudySpec, quiet_optuna
-from prunescope.structured.groups import find_groups
-from prunescope.structured.importance import group_scores
-from prunescope.structured.pruning import ChannelPruning, masking_error
 from prunescope.targets import find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.trials.executors import EXECUTORS
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+from prunescope.units import GRANULARITIES, find_units
 
 __all__ = ["GRANULARITIES", "SCAN_METRICS", "SCONCE_LEVELS", "STRATEGIES", "auto_subset", "scan"]
 
 SCAN_METRICS = ("accuracy", "macro_f1")  # higher is better, as curves and pickers assume
-GRANULARITIES = ("weight", "channel")
-MASKING_CHECK_BATCH = 32  # val examples on which channel masking is checked against removal
-MASKING_TOLERANCE = 1e-4  # relative to the largest output: above float rounding, below any real reader
 SUBSET_GROWTH = 4  # by default a point's subset grows to at most 4 times the first one
 AUTO_SUBSET_COVERAGE = 3.0  # subset="auto": n = 3 / tolerance examples
 
@@ -188,29 +181,21 @@ def scan(
     planner = make_planner(strategy, levels, tolerance)
     executor_kind = executor_kind or ("local" if workers == 1 else "processes")
     _check(tolerance, metric, subset, max_subset, workers, storage, len(data.val), executor_kind)
-    if granularity not in GRANULARITIES:
-        raise UsageError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
     device = resolve_device(device)
     model.to(device)
-    every_target = find_targets(model)
-    if granularity == "channel":
-        pruning, units = _channel_pruning(model, data, criterion, include, exclude, device, seed)
-    else:
-        pruning, units = _weight_pruning(model, data, criterion, include, exclude, seed)
-    pruning = recalibrating(pruning, data.train, bn_batches(model, recalibrate_bn))
+    found = find_units(model, data, granularity, criterion, include=include, exclude=exclude, seed=seed)
+    units = [Curve(u.name, u.size, u.macs, params=u.params) for u in found.units]
+    pruning = recalibrating(found, data.train, bn_batches(model, recalibrate_bn))
     full = len(data.val)
     first = min((auto_subset(full, tolerance) if subset == "auto" else subset) or full, full)
     top = max_subset if max_subset is not None else SUBSET_GROWTH * first
-    every_name = list(find_groups(model, data.input_shape).groups) if granularity == "channel" else [
-        t.name for t in every_target
-    ]
     spec = StudySpec.at(
-        storage, study_name, (DENSE, *every_name), full, metric,
+        storage, study_name, (DENSE, *found.every), full, metric,
         heartbeat_interval=heartbeat_interval, grace_period=grace_period,
     )
     # An in-memory study is new and private to this call: no stored identity to check, so no fingerprints.
     identity = {} if storage is None else {
-        "model": model_fingerprint(model, every_target),
+        "model": model_fingerprint(model, find_targets(model)),
         "data": data_fingerprint([data.val, data.train] if criterion in NEEDS_DATA or recalibrate_bn else [data.val]),
         "criterion": criterion,
         "granularity": granularity,
@@ -244,46 +229,7 @@ def scan(
         examples=outcome.examples,
         dense_by_n=outcome.dense,
         granularity=granularity,
-        skipped=pruning.groups.skipped if granularity == "channel" else {},
+        skipped=found.skipped,
         per_example=example_results(outcome, full, seed) if metric == "accuracy" else None,
     )
 
-
-def _weight_pruning(
-    model: nn.Module, data: Dataset, criterion: str, include: Sequence[str], exclude: Sequence[str], seed: int
-) -> tuple[WeightPruning, list[Curve]]:
-    """The pruning a weight scan evaluates, and one empty curve per target (its size and MACs)."""
-    targets = find_targets(model, include, exclude)
-    scores = compute_scores(model, targets, criterion, data=data.train, seed=seed)
-    macs = count_macs(model, data.input_shape).per_weight
-    return WeightPruning(model, targets, scores), [
-        Curve(t.name, t.numel, macs.get(t.name, (0, 0))[0]) for t in targets
-    ]
-
-
-def _channel_pruning(
-    model: nn.Module,
-    data: Dataset,
-    importance: str,
-    include: Sequence[str],
-    exclude: Sequence[str],
-    device: torch.device,
-    seed: int,
-) -> tuple[ChannelPruning, list[Curve]]:
-    """The pruning a channel scan evaluates, and one empty curve per group (width, MACs, parameters).
-
-    Refuses a model where masking does not reproduce removal (see
-    :func:`~prunescope.structured.pruning.masking_error`), since its curves would mislead.
-    """
-    groups = find_groups(model, data.input_shape, include, exclude)
-    scores = group_scores(groups, importance, data=data.train, seed=seed)
-    batch = data.val.x[:MASKING_CHECK_BATCH].to(device)
-    error = masking_error(groups, batch, seed=seed)
-    if error > MASKING_TOLERANCE:
-        raise UsageError(
-            f"masking channels of this model does not reproduce their removal (outputs differ by up to {error:.3g}): "
-            "a layer outside Torch-Pruning's groups reads removed channels; --exclude the groups feeding it"
-        )
-    return ChannelPruning(groups, scores), [
-        Curve(g.name, g.width, g.macs, params=g.params) for g in groups.groups.values()
-    ]

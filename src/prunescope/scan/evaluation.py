@@ -2,69 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Mapping
 
 import torch
-from torch import nn
 
-from prunescope.criteria import Scores
 from prunescope.curves import ExampleResults
 from prunescope.data.types import Split
 from prunescope.evaluate import Evaluator, pack_bits, subset_indices, unpack_bits
-from prunescope.masks import Masks, applied, compute_masks, removed_count
 from prunescope.measure import fastest_batch_size
 from prunescope.scan.runner import ScanOutcome
 from prunescope.scan.study import DENSE, Measurement, Point
-from prunescope.targets import Target
-
-
-class Pruning(Protocol):
-    """Prunes a model in place with an allocation ``{target: sparsity}`` for a ``with`` block, then restores it.
-
-    :class:`WeightPruning` removes weights of weight tensors;
-    :class:`prunescope.structured.pruning.ChannelPruning` removes channels of coupled groups.
-    """
-
-    model: nn.Module
-
-    def applied(self, allocation: Mapping[str, float]) -> contextlib.AbstractContextManager[nn.Module]: ...
-
-
-class WeightPruning:
-    """Unstructured pruning: per target the ``round(sparsity · numel)`` lowest-scored weights are zeroed.
-
-    Masks are those of :func:`prunescope.masks.compute_masks`, computed faster for one
-    target: where the ``k`` lowest scores are a unique set (the ``k``-th and ``k+1``-th lowest
-    differ, found by selection) the mask is ``score > k-th lowest``, which is exactly that
-    set; on a tie ``compute_masks`` itself decides. Nothing is cached per target, so that a
-    scan holds no copy of the scores beyond ``scores`` itself.
-    """
-
-    def __init__(self, model: nn.Module, targets: Sequence[Target], scores: Scores) -> None:
-        self.model = model
-        self.targets = list(targets)
-        self.scores = scores
-
-    def masks(self, target: str, sparsity: float) -> Masks:
-        """``compute_masks(scores, {target: sparsity})``, by selecting the ``k``-th lowest score where exact."""
-        score = self.scores[target]
-        flat = score.flatten()
-        k = removed_count(sparsity, flat.numel())
-        if 0 < k <= flat.numel() and not bool(torch.isnan(flat).any()):
-            kth = torch.kthvalue(flat, k).values
-            if k == flat.numel() or torch.kthvalue(flat, k + 1).values != kth:
-                return {target: score > kth}
-        return compute_masks(self.scores, {target: sparsity})
-
-    @contextlib.contextmanager
-    def applied(self, allocation: Mapping[str, float]) -> Iterator[nn.Module]:
-        pruned = {name: s for name, s in allocation.items() if s > 0}
-        single = len(pruned) == 1  # the scan's case: one target, from its sorted scores
-        masks = self.masks(*next(iter(pruned.items()))) if single else compute_masks(self.scores, pruned)
-        with applied(self.model, self.targets, masks):
-            yield self.model
+from prunescope.units import Pruning
 
 
 class ModelEvaluation:

@@ -225,7 +225,8 @@ class ChannelGroups:
     """The channel groups of one model, with masking, exact footprints and physical removal.
 
     Built by :func:`find_groups`. ``groups`` maps group name to :class:`ChannelGroup` in
-    model order; ``skipped`` maps each layer left dense to the reason.
+    model order; ``skipped`` maps each layer left dense to the reason; ``every`` names every
+    group of the model, before ``include`` / ``exclude``.
     """
 
     def __init__(
@@ -235,10 +236,12 @@ class ChannelGroups:
         graph: tp.DependencyGraph,
         roots: dict[str, nn.Module],
         skipped: dict[str, str],
+        every: list[str] | None = None,
     ) -> None:
         self.model = model
         self.input_shape = input_shape
         self.skipped = skipped
+        self.every = list(roots) if every is None else every
         self._graph = graph
         self._roots = roots
         self._names = {module: name for name, module in model.named_modules()}
@@ -264,6 +267,14 @@ class ChannelGroups:
                 sum(int(e.sum()) for e in entries.values()),
                 self._macs(entries),
             )
+
+    def select(self, names: Sequence[str]) -> ChannelGroups:
+        """These groups restricted to ``names`` (e.g. the groups a scan measured), from the same trace."""
+        unknown = [name for name in names if name not in self._roots]
+        if unknown:
+            raise UsageError(f"unknown channel group {unknown[0]!r}; groups: {', '.join(self._roots)}")
+        chosen = {name: root for name, root in self._roots.items() if name in set(names)}
+        return ChannelGroups(self.model, self.input_shape, self._graph, chosen, self.skipped, self.every)
 
     # ------------------------------------------------------------------ reading
 
@@ -552,12 +563,13 @@ def find_groups(
             continue
         roots[name] = root
     order = {name: i for i, name in enumerate(names.values())}
-    roots = _select(dict(sorted(roots.items(), key=lambda item: order[item[0]])), include, exclude)
+    ordered = dict(sorted(roots.items(), key=lambda item: order[item[0]]))
+    roots = _select(ordered, include, exclude)
     if not roots:
         raise UsageError(
             "the model has no removable channel groups" + "".join(f"; {name}: {why}" for name, why in skipped.items())
         )
-    return ChannelGroups(model, shape, graph, roots, dict(sorted(skipped.items())))
+    return ChannelGroups(model, shape, graph, roots, dict(sorted(skipped.items())), list(ordered))
 
 
 def _select(roots: dict[str, nn.Module], include: Sequence[str], exclude: Sequence[str]) -> dict[str, nn.Module]:
