@@ -9,7 +9,7 @@ from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import removed_count
 from prunescope.models import build_model
-from prunescope.pick import ALLOCATORS, BASELINES, CHANNEL_BASELINES, PICKERS, Allocator, Problem, make_allocator
+from prunescope.pick import ALLOCATIONS, ALLOCATORS, CHANNEL_BASELINES, PICKERS, Allocator, Problem, make_allocator
 from prunescope.pick.baselines import allocate
 from prunescope.structured.baselines import global_channels, uniform_channels
 from prunescope.structured.groups import find_groups
@@ -57,9 +57,9 @@ def problem() -> Problem:
 
 def test_every_method_is_registered_once_with_what_it_reads():
     assert set(PICKERS) == {"threshold", "sconce", "knee", "budget", "ensemble"}
-    assert set(BASELINES) == {"uniform", "uniform+", "global", "erk", "lamp"}
+    assert set(ALLOCATIONS) == {"uniform", "uniform+", "global", "erk", "lamp"}
     assert set(CHANNEL_BASELINES) == {"channel-uniform", "channel-global"}
-    assert set(ALLOCATORS) == {*PICKERS, *BASELINES, *CHANNEL_BASELINES, "ours"}
+    assert set(ALLOCATORS) == {*PICKERS, *ALLOCATIONS, *CHANNEL_BASELINES, "ours"}
     assert ALLOCATORS["ours"].reads == "validation"
 
 
@@ -80,7 +80,7 @@ def test_every_method_allocates_through_one_interface(problem, name):
         assert abs(removed - round(0.6 * total)) <= len(problem.targets)
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", ALLOCATIONS)
 def test_weight_baselines_are_the_baseline_functions_at_an_exact_count(problem, name):
     pick = make_allocator(name, target_sparsity=0.6).allocate(problem)
     assert pick.allocation == allocate(name, problem.model, problem.targets, 0.6, example=problem.example)

@@ -13,13 +13,12 @@ from prunescope.pick.pickers import (
     predicted_drops,
 )
 from prunescope.pick.refine import PairwiseRefiner, Refined, Refiner, RefineStep
-from prunescope.pick.registry import ALLOCATORS, BASELINES, CHANNEL_BASELINES, PICKERS, make_allocator
+from prunescope.pick.registry import ALLOCATORS, CHANNEL_BASELINES, PICKERS, make_allocator
 from prunescope.pick.verify import Verified, VerifyStep, model_evaluator, verify
 
 __all__ = [
     "ALLOCATIONS",
     "ALLOCATORS",
-    "BASELINES",
     "CHANNEL_BASELINES",
     "PICKERS",
     "SCONCE_LEVELS",

@@ -173,7 +173,7 @@ ALLOCATORS: dict[str, Entry] = {
     "knee": Entry(_knee, "curves"),
     "budget": Entry(_budget, "curves"),
     "ensemble": Entry(_ensemble, "curves"),
-    **{name: Entry(_weight_baseline(name), "weights") for name in ("uniform", "uniform+", "global", "erk", "lamp")},
+    **{name: Entry(_weight_baseline(name), "weights") for name in ALLOCATIONS},
     **{name: Entry(_channel_baseline(name), "channels") for name in _CHANNEL_BASELINES},
     "ours": Entry(_ours, "validation"),
 }
@@ -185,8 +185,7 @@ def names(reads: str) -> tuple[str, ...]:
 
 
 PICKERS = names("curves")
-COMPARED = (*names("validation"), *names("weights"))  # methods compared at one global sparsity of the weights
-BASELINES = names("weights")
+COMPARED = (*names("validation"), *ALLOCATIONS)  # methods compared at one global sparsity of the weights
 CHANNEL_BASELINES = names("channels")
 
 
