@@ -40,11 +40,12 @@ from rich.table import Table
 
 from prunescope.data import load_dataset
 from prunescope.models import build_model, model_spec
-from prunescope.pick.choose import choose, pruning_for
+from prunescope.pick.choose import choose
 from prunescope.pick.registry import make_allocator
 from prunescope.pick.verify import ExampleEvaluator
 from prunescope.scan import scan
 from prunescope.train import TrainConfig, train
+from prunescope.units import find_units
 
 MODELS = {"lenet300": ("mnist", 2), "lenet5": ("mnist", 1)}  # name: (dataset, dense epochs)
 console = Console(width=150)
@@ -68,7 +69,8 @@ def run_seed(name: str, seed: int, args: argparse.Namespace) -> dict:
                   storage=args.work / f"{name}-seed{seed}.journal")
     scanned = time.perf_counter()
     picker = make_allocator("ensemble", max_drop=args.max_drop)
-    test = ExampleEvaluator(pruning_for(curves, model, data), data.test, device="cpu")
+    units = find_units(model, data, curves.granularity, curves.criterion, names=list(curves.curves))
+    test = ExampleEvaluator(units, data.test, device="cpu")
     everything = np.arange(len(data.test))
     record = {"model": name, "seed": seed, "val_examples": len(data.val), "test_examples": len(data.test),
               "scan_evaluations": curves.evaluations, "scan_examples": curves.examples,

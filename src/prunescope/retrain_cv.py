@@ -26,11 +26,12 @@ import torch
 
 from prunescope.curves import Curves
 from prunescope.data.types import Dataset, Split
-from prunescope.pick.choose import choose, pruning_for
+from prunescope.pick.choose import choose
 from prunescope.pick.crossval import Candidate, CrossValidation, FoldResult, thresholds_for, val_folds, with_threshold
 from prunescope.pick.registry import make_allocator
 from prunescope.pick.verify import ExampleEvaluator
 from prunescope.train.batchnorm import bn_batches, recalibrating
+from prunescope.units import find_units
 
 Fit = Callable[[Dataset, Path], torch.nn.Module]
 """``fit(data, directory)``: a model trained on ``data.train`` (checkpointed, resumable, in ``directory``)."""
@@ -75,8 +76,8 @@ def retrain_cross_validate(
         # Scanned, picked and verified on its held-out train fold (in place of val: internal to this function).
         fold_data = replace(data, train=rest, val=_rows(data.train, held))
         curves = scan(model, fold_data, directory)
-        pruning = recalibrating(pruning_for(curves, model, fold_data), fold_data.train,
-                                bn_batches(model, recalibrate_bn))
+        units = find_units(model, fold_data, curves.granularity, curves.criterion, names=list(curves.curves))
+        pruning = recalibrating(units, fold_data.train, bn_batches(model, recalibrate_bn))
         on_val = ExampleEvaluator(pruning, data.val, device=device)
         for threshold in thresholds:
             allowed = max_drop if threshold is None else threshold
