@@ -59,7 +59,8 @@ def test_tiny_default_study_runs_and_resumes(tiny_run, capsys):
 
     html = (out / "report.html").read_text()
     assert "Hyperparameter sensitivity under pruning" in html and "class=\"section-error\"" not in html
-    assert html.count("data:image/png;base64") >= 2  # landscapes and shift curves
+    assert html.count("data:image/png;base64") >= 3  # search history, landscapes and shift curves
+    assert "dense search history" in html
     code, stdout, _ = run_cli(capsys, "report", out)
     assert code == 0 and "landscape shift" in stdout
 

@@ -36,6 +36,7 @@ from prunescope.plots import (
     interval_panels_figure,
     phase_figure,
     png_bytes,
+    search_history_figure,
     shift_figure,
     training_figure,
 )
@@ -638,6 +639,9 @@ def _hparams(doc: Mapping[str, Any]) -> _Section | None:
                    f"optimum), recovered by {settings.get('recover', '?')} at every degree; val split only. "
                    f"Distributions softmax(acc / τ), τ = {study['temperature']:.3g} (the dense seed-to-seed spread); "
                    "floors: the same measure between dense seeds (95th percentile; 5th for rank agreement).")]
+    parts.append(_figure(lambda: search_history_figure(search["trials"]), "dense search history",
+                         "Val accuracy of every dense search trial against the epochs spent so far (hollow: "
+                         "stopped early by the pruner), and the best so far."))
     if len(grid["axes"]) <= 2:
         means = [_as_rows(ls["mean"]) for ls in landscapes]
         names = (grid["axes"][0], grid["axes"][1] if len(grid["axes"]) > 1 else "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 # Figure objects without pyplot: no global state and no display needed on servers and CI.
 from matplotlib.figure import Figure
@@ -318,6 +319,34 @@ def heatmaps_figure(
             axes.plot(marks[k][1], marks[k][0], "*", color="white", markersize=11, markeredgecolor="black")
     if image is not None:
         figure.colorbar(image, ax=list(axes_list), shrink=0.85, label="val accuracy")
+    return figure
+
+
+def search_history_figure(trials: Sequence[Mapping[str, Any]]) -> Figure:
+    """Val accuracy of each search trial against the epochs spent so far, with the running best.
+
+    ``trials``: in the order run, each ``{"value", "epochs", "state", "intermediate"}``; a trial
+    stopped early (``state == "PRUNED"``, no value) is drawn hollow at its last reported value.
+    """
+    figure = Figure(figsize=(6, 3.6))
+    axes = figure.subplots()
+    spent, best, xs, bests = 0, float("-inf"), [], []
+    for trial in trials:
+        spent += trial.get("epochs") or 0
+        complete = trial["state"] == "COMPLETE"
+        reported = list((trial.get("intermediate") or {}).values())
+        value = trial["value"] if complete else (reported[-1] if reported else None)
+        if value is None:
+            continue
+        axes.plot([spent], [value], "o", color="C0", fillstyle="full" if complete else "none")
+        if complete and value > best:
+            best = value
+        xs.append(spent)
+        bests.append(best if best > float("-inf") else value)
+    axes.step(xs, bests, where="post", color="C1", label="best so far")
+    axes.set_xlabel("epochs spent")
+    axes.set_ylabel("val accuracy")
+    axes.legend(fontsize="small")
     return figure
 
 
