@@ -4,8 +4,8 @@ from torch import nn
 
 from prunescope.errors import UsageError
 from prunescope.masks import global_sparsity, removed_count
-from prunescope.pick.baselines import allocate, erk, flow_order, uniform, uniform_plus
-from prunescope.targets import Target, find_targets
+from prunescope.pick.baselines import allocate, erk, uniform, uniform_plus
+from prunescope.targets import Target, find_targets, flow_order
 
 
 def _targets(*shapes):

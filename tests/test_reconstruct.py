@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from prunescope.calibration import calibration_inputs, data_flow_order, layer_inputs
+from prunescope.calibration import calibration_inputs, layer_inputs
 from prunescope.criteria import compute_scores
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.masks import compute_masks, removed_count
 from prunescope.pick.baselines import erk, uniform
 from prunescope.reconstruct import _damped, reconstruct
-from prunescope.targets import find_targets
+from prunescope.targets import find_targets, flow_order
 
 
 def _mlp(seed: int = 0) -> nn.Module:
@@ -135,7 +135,7 @@ def test_layers_run_in_data_flow_order_each_fed_the_pruned_layers_before_it() ->
     model = _ConvNet()
     targets = find_targets(model)
     x = torch.randn(4, 2, 8, 8)
-    assert [t.name for t in data_flow_order(model, targets, x)] == ["conv.weight", "conv1d.weight", "head.weight"]
+    assert [t.name for t in flow_order(model, targets, x)] == ["conv.weight", "conv1d.weight", "head.weight"]
     dense_rows = next(layer_inputs(_copy(model), "head", x))
     reconstruct(model, targets, {"conv.weight": 0.5}, x)
     assert not torch.allclose(next(layer_inputs(model, "head", x)), dense_rows)

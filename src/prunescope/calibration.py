@@ -77,32 +77,6 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     return module.weight.reshape(module.weight.shape[0], -1)
 
 
-def data_flow_order(model: nn.Module, targets: Sequence[Target], example: torch.Tensor) -> list[Target]:
-    """``targets`` in the order the forward pass first reaches their modules; unreached ones are an error."""
-    first_call: dict[str, int] = {}
-    hooks = []
-    for target in targets:
-        module = model.get_submodule(target.module)
-
-        def record(_module: nn.Module, _args: object, name: str = target.module) -> None:
-            first_call.setdefault(name, len(first_call))
-
-        hooks.append(module.register_forward_pre_hook(record))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    unreached = [t.name for t in targets if t.module not in first_call]
-    if unreached:
-        raise UsageError(f"the forward pass never reaches {unreached[0]}: exclude it from calibration-aware pruning")
-    return sorted(targets, key=lambda t: first_call[t.module])
-
-
 def layer_inputs(
     model: nn.Module, module_name: str, calibration: torch.Tensor, *, batch_size: int = 256
 ) -> Iterator[torch.Tensor]:

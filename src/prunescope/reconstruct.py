@@ -39,11 +39,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from prunescope.calibration import check_supported, data_flow_order, layer_inputs, weight_matrix
+from prunescope.calibration import check_supported, layer_inputs, weight_matrix
 from prunescope.criteria import Scores
 from prunescope.errors import UsageError
 from prunescope.masks import Masks, check_sparsity, compute_masks, removed_count
-from prunescope.targets import Target
+from prunescope.targets import Target, flow_order
 
 SELECTIONS = ("obs", "mask")
 _MAX_DAMPING_RAISES = 6
@@ -119,10 +119,9 @@ def reconstruct(
         raise UsageError(f"unknown layer {unknown[0]!r} in allocation; known: {', '.join(named)}")
     chosen = [named[name] for name, s in allocation.items() if check_sparsity(s, f"sparsity of {name}") > 0]
     check_supported(model, chosen)
-    device = next(model.parameters()).device
     start = time.perf_counter()
     dense = copy.deepcopy(model)
-    ordered = data_flow_order(model, chosen, calibration[:1].to(device))
+    ordered = flow_order(model, chosen, calibration[:1])
     layers = []
     for target in ordered:
         mask = None if masks is None or select == "obs" else masks[target.name]

@@ -8,7 +8,7 @@ are never targets: they are few, and removing them rarely saves anything.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -133,3 +133,35 @@ def find_targets(
 
 def by_name(targets: Sequence[Target]) -> dict[str, Target]:
     return {t.name: t for t in targets}
+
+
+def flow_order(model: nn.Module, targets: Sequence[Target], example: torch.Tensor) -> list[Target]:
+    """``targets`` in the order a forward pass on ``example`` (a batch of inputs) first calls their modules.
+
+    Registration order (``find_targets``) is the order of ``__init__``, which need not be the
+    order of ``forward``. Targets of one module (an LSTM's weights) keep their relative order;
+    a target whose module the forward pass never calls is an error.
+    """
+    order: dict[str, int] = {}
+    modules = {t.module for t in targets}
+
+    def record(path: str) -> Callable[..., None]:
+        def hook(*_: object) -> None:  # returns None: a pre-hook's return value would replace the input
+            order.setdefault(path, len(order))
+
+        return hook
+
+    handles = [model.get_submodule(path).register_forward_pre_hook(record(path)) for path in modules]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    unused = [t.name for t in targets if t.module not in order]
+    if unused:
+        raise UsageError(f"the forward pass never reaches {unused[0]}: exclude it (--exclude)")
+    return sorted(targets, key=lambda t: order[t.module])  # stable: one module's tensors keep their order

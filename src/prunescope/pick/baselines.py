@@ -8,7 +8,7 @@ exactly ``round(s · N)``; fractional counts are rounded by the largest-remainde
 - ``uniform+`` (Gale, Elsen & Hooker, "The State of Sparsity in Deep Neural Networks",
   2019): first target dense, last target at most 80% pruned, the rest uniform at the
   sparsity that makes the global target. First and last in data-flow order (the order in
-  which a forward pass on an example input reaches the targets, :func:`flow_order`), not
+  which a forward pass on an example input reaches the targets, :func:`prunescope.targets.flow_order`), not
   in the order the modules were registered.
 - ``global``: global magnitude, the k = round(s · N) smallest |w| over all targets.
 - ``erk`` (Evci et al., "Rigging the Lottery", 2020): density_l ∝ ε · (n_in + n_out + k_h +
@@ -20,7 +20,7 @@ exactly ``round(s · N)``; fractional counts are rounded by the largest-remainde
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from torch import nn
 from prunescope.criteria import Scores, compute_scores
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity
-from prunescope.targets import Target
+from prunescope.targets import Target, flow_order
 
 ALLOCATIONS = ("uniform", "uniform+", "global", "erk", "lamp")
 UNIFORM_PLUS_LAST_CAP = 0.8
@@ -56,40 +56,8 @@ def uniform(targets: Sequence[Target], sparsity: float) -> dict[str, float]:
     return _exact_counts(targets, {t.name: sparsity * t.numel for t in targets}, _total_removed(targets, sparsity))
 
 
-def flow_order(model: nn.Module, targets: Sequence[Target], example: torch.Tensor) -> list[Target]:
-    """``targets`` in the order a forward pass on ``example`` (a batch of inputs) first calls their modules.
-
-    Registration order (``find_targets``) is the order of ``__init__``, which need not be the
-    order of ``forward``. Targets of one module (an LSTM's weights) keep their relative order;
-    a target whose module the forward pass never calls is an error.
-    """
-    order: dict[str, int] = {}
-    modules = {t.module for t in targets}
-
-    def record(path: str) -> Callable[..., None]:
-        def hook(*_: object) -> None:  # returns None: a pre-hook's return value would replace the input
-            order.setdefault(path, len(order))
-
-        return hook
-
-    handles = [model.get_submodule(path).register_forward_pre_hook(record(path)) for path in modules]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example.to(next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    unused = [t.name for t in targets if t.module not in order]
-    if unused:
-        raise UsageError(f"the forward pass never reaches {unused[0]}: exclude it (--exclude) to use uniform+")
-    return sorted(targets, key=lambda t: order[t.module])  # stable: one module's tensors keep their order
-
-
 def uniform_plus(targets: Sequence[Target], sparsity: float) -> dict[str, float]:
-    """uniform+ with ``targets`` in data-flow order (see :func:`flow_order`): the first dense, the last capped."""
+    """uniform+ with ``targets`` in data-flow order (``targets.flow_order``): first dense, last capped."""
     if len(targets) < 3:
         raise UsageError("uniform+ needs at least three prunable layers (first dense, last capped, the rest uniform)")
     first, middle, last = targets[0], list(targets[1:-1]), targets[-1]
@@ -149,7 +117,7 @@ def allocate(
     """Per-target sparsities of baseline ``method`` at global ``sparsity`` (a fraction in [0, 1)).
 
     ``example``: a batch of inputs, needed by ``uniform+`` to find the first and last target
-    in data-flow order (:func:`flow_order`).
+    in data-flow order (:func:`prunescope.targets.flow_order`).
     """
     check_sparsity(sparsity)
     if method == "uniform":
