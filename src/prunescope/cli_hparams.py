@@ -11,24 +11,13 @@ from typing import Annotated
 
 import typer
 
+from prunescope.cliargs import numbers
 from prunescope.errors import UsageError
 from prunescope.hparams import GRID_LIMIT, HparamsConfig, study
 from prunescope.hparams.degrees import ALLOCATORS, GRANULARITIES
 from prunescope.hparams.search import SEARCHES
 from prunescope.hparams.trials import RECOVERIES
 from prunescope.report_hparams import shift_table, write_result
-
-
-def _levels(option: str, text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UsageError(f"{option} {text!r} is not a comma-separated list of numbers") from None
-    if not values:
-        raise UsageError(f"{option} is empty")
-    return values
 
 
 def hparams_command(
@@ -72,8 +61,8 @@ def hparams_command(
         raise UsageError("--sparsities applies to --granularity weight; channel pruning takes --target-macs")
     if granularity == "weight" and target_macs is not None:
         raise UsageError("--target-macs applies to --granularity channel; weight pruning takes --sparsities")
-    levels = _levels("--target-macs", target_macs) if granularity == "channel" else _levels("--sparsities",
-                                                                                              sparsities)
+    option, text = ("--target-macs", target_macs) if granularity == "channel" else ("--sparsities", sparsities)
+    levels = None if text is None else numbers(option, text)
     config = HparamsConfig(
         model=model, data=data, data_dir=data_dir, limit_train=limit_train, space=str(space) if space else None,
         search=search, budget=budget, grid=grid, axes=tuple(a.strip() for a in axes.split(",")) if axes else (),

@@ -84,3 +84,14 @@ def data_choice(
     data_dir: str | None, data_arg: Sequence[str] | None, limit_train: int | None, limit_val: int | None
 ) -> DataChoice:
     return DataChoice(data_dir, assignments("--data-arg", data_arg), limit_train, limit_val)
+
+
+def numbers(option: str, text: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers given to ``option``; a one-line UsageError otherwise."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"{option} {text!r} is not a comma-separated list of numbers, e.g. 0.05,0.1,0.2") from None
+    if not values:
+        raise UsageError(f"{option} is empty: give e.g. 0.05,0.1,0.2")
+    return values

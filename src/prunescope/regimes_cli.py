@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from prunescope.cliargs import numbers
 from prunescope.errors import UsageError
 from prunescope.html import write_html
 from prunescope.io import write_csv, write_json
@@ -31,16 +32,6 @@ if not console.is_terminal:
 
 Epsilon = Annotated[float, typer.Option(help="Barrier (nats) beyond which a cell is regime I: mc < -epsilon.")]
 Delta = Annotated[float, typer.Option(help="Output CKA below which a connected cell is regime II-A.")]
-
-
-def _numbers(option: str, text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UsageError(f"{option} {text!r} is not a comma-separated list of numbers, e.g. 0.05,0.1,0.2") from None
-    if not values:
-        raise UsageError(f"{option} is empty: give e.g. 0.05,0.1,0.2")
-    return values
 
 
 def _pct(value: Any) -> str:
@@ -141,7 +132,7 @@ def regimes_command(
         return
     settings = RegimeSettings(
         model=model, data=data, data_dir=data_dir, limit_train=limit_train, temperature=temperature,
-        values=_numbers("--values", values), densities=_numbers("--densities", densities), seeds=seeds,
+        values=numbers("--values", values), densities=numbers("--densities", densities), seeds=seeds,
         epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr, allocation=allocation, pairing=pairing, scratch=scratch, seed=seed, device=device,
     )
