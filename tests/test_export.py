@@ -17,7 +17,7 @@ from torch import nn
 
 from prunescope.checkpoint import save_checkpoint
 from prunescope.errors import UsageError
-from prunescope.measure import count_macs, count_op_macs
+from prunescope.measure import count_macs
 from prunescope.models import build_model, model_spec
 from prunescope.structured.export import (
     FORMAT,
@@ -124,18 +124,12 @@ def test_unreadable_files_are_one_line_usage_errors(exports, tmp_path: Path, kin
     assert is_exported(path) == (kind == "damaged graph")
 
 
-@pytest.mark.parametrize("name", ["resnet20", "lenet5", "mlp"])
-def test_op_macs_agree_with_hooked_macs(name: str) -> None:
-    model = build_model(name, SHAPE, 10)
-    assert count_op_macs(model, SHAPE) == count_macs(model, SHAPE).dense > 0
-
-
 @pytest.mark.parametrize("name", ["resnet20", "lstm"])
 def test_exported_module_has_the_pruned_models_macs(exports, name: str) -> None:
     model, path = exports[name]
     dense = count_macs(build_model(name, SHAPE, 10), SHAPE).dense
     macs = count_macs(model, SHAPE).dense
-    assert count_op_macs(load_exported(path, trusted=True).module, SHAPE) == count_op_macs(model, SHAPE) == macs < dense
+    assert count_macs(load_exported(path, trusted=True).module, SHAPE).dense == macs < dense
 
 
 def test_measure_command_on_an_export(cli, exports, tmp_path: Path) -> None:

@@ -142,6 +142,38 @@ def test_batchnorm_is_not_counted_and_model_state_is_restored() -> None:
     assert not model[0]._forward_hooks
 
 
+class Functional(nn.Module):
+    """Multiplies by weights without calling a layer's forward: a functional call and a bare Parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(10, 6)
+        self.proj = nn.Parameter(torch.randn(6, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.fc.weight) @ self.proj
+
+
+def test_weights_used_without_their_layers_forward_are_counted() -> None:
+    macs = count_macs(Functional(), (10,))
+    assert macs.per_weight == {"fc.weight": (60, 60), "proj": (24, 24)}
+
+
+def test_masked_attention_counts_like_its_baked_copy() -> None:
+    from prunescope.masks import apply_permanently, make_permanent
+    from prunescope.targets import find_targets
+
+    model = SelfAttention(embed=8, heads=2)
+    targets = find_targets(model)
+    masks = {t.name: (torch.rand(t.shape) > 0.5).float() for t in targets}
+    apply_permanently(model, targets, masks)
+    masked = count_macs(model, (6, 8))
+    make_permanent(model)
+    assert masked == count_macs(model, (6, 8))
+    in_proj = masked.per_weight["attn.in_proj_weight"]
+    assert in_proj[1] == int(masks["attn.in_proj_weight"].sum()) * 6 < in_proj[0]
+
+
 # --- parameters and bytes ---------------------------------------------------------------
 
 

@@ -85,8 +85,13 @@ def test_workflow(cli, tmp_path, name):
     with torch.no_grad():
         assert torch.allclose(exported(x), small(x), atol=1e-5)
     code, out, err = cli("measure", "--checkpoint", tmp_path / "cpruned" / "model.pt", "--repeats", "2",
-                         "--batch-sizes", "1", *cpu)
+                         "--batch-sizes", "1", "--json", tmp_path / "measure.json", *cpu)
     assert code == 0, err
+    # One MAC counter: what pick promised, what prune built and what measure counts agree (attention matmuls too).
+    promised = json.loads((tmp_path / "cscan" / "pick.json").read_text())["footprint"]["macs"]
+    built = json.loads((tmp_path / "cpruned" / "result.json").read_text())["footprint"]["pruned"]["macs"]
+    measured = json.loads((tmp_path / "measure.json").read_text())["model"]["macs"]
+    assert promised == built == measured
 
 
 def test_export_falls_back_to_a_static_batch_and_says_so(cli, tmp_path):

@@ -3,7 +3,7 @@
 Every count here sees a pruned model as it computes: a module pruned with
 ``torch.nn.utils.prune`` (parameter ``weight_orig`` plus buffer ``weight_mask``) is counted
 through its effective weight ``weight_orig * weight_mask``, once, under the name ``weight``
-(see :func:`effective_parameters`).
+(see :func:`effective_parameters`); MACs see the weight as it is multiplied (:func:`count_macs`).
 """
 
 from __future__ import annotations
@@ -13,14 +13,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
-from torch.nn.utils.rnn import PackedSequence
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunescope.device import resolve_device
@@ -134,94 +131,110 @@ def model_bytes(model: nn.Module) -> SizeBytes:
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> MacCounts:
     """Multiply-accumulates of one forward pass on ONE sample of shape ``input_shape``.
 
-    Counted with forward hooks over a dry run on zeros of shape ``(1, *input_shape)`` (model's
-    device and floating dtype, ``torch.inference_mode``, model temporarily in eval mode).
-    MACs are attributed to weight tensors:
-
-    - ``nn.Linear``: ``in_features * out_features`` per position (product of the input's dims
-      between batch and features; 1 for a plain ``(N, in_features)`` input).
-    - ``nn.Conv1d/2d/3d``: ``weight.numel()`` per output spatial position (groups included,
-      since the weight is ``C_out x C_in/groups x k...``); transposed convs per input position.
-    - ``nn.RNN/LSTM/GRU``: every ``weight_ih_l{k}``, ``weight_hh_l{k}`` (and ``weight_hr_l{k}``,
-      ``_reverse``) costs ``weight.numel()`` per time step.
-    - ``nn.MultiheadAttention``: the q/k/v projections per query/key position, ``out_proj``
-      per query position, and the attention matmuls QK^T and AV (``2 * L * S * embed_dim``)
-      under the pseudo-key ``"<name>.attention"``.
-
-    Effective MACs of a weight are its dense MACs times ``nonzero / numel`` of that weight:
-    what a kernel that skips zero weights (unstructured sparsity) would do; the attention
-    matmuls are data-dependent, so their effective count equals the dense one. Biases,
-    normalisation, activations, pooling and embeddings are not counted, nor is a layer whose
-    weight is used without calling the layer's forward (e.g. ``F.linear(x, layer.weight)``).
-
-    Raises UsageError if ``input_shape`` is invalid or the model cannot run on it.
-    """
-    _check_shape(input_shape)
-    tally = _MacTally(dict(effective_parameters(model)))
-    counted = (nn.Linear, _ConvNd, nn.RNNBase, nn.MultiheadAttention)
-    # MultiheadAttention uses out_proj.weight without calling out_proj's forward; its own
-    # record counts out_proj, so a hook on out_proj could only count it twice.
-    attention_out_projs = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-    handles = []
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    try:
-        for module_name, module in model.named_modules():
-            if isinstance(module, counted) and id(module) not in attention_out_projs:
-                hook = partial(tally.record, module_name)
-                handles.append(module.register_forward_hook(hook, with_kwargs=True))
-        # The fused TransformerEncoderLayer inference path skips its submodules' forwards and so
-        # their hooks; torch >= 2.5 avoids it when hooks are attached, older ones need it off
-        # (pytorch#128413). The unfused path computes the same thing.
-        torch.backends.mha.set_fastpath_enabled(False)
-        with _eval_mode(model), torch.inference_mode():
-            _forward(model, _example_input(model, 1, input_shape, _model_device(model), torch.zeros), input_shape)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-        for handle in handles:
-            handle.remove()
-
-    return MacCounts(
-        dense=sum(dense for dense, _ in tally.counts.values()),
-        effective=sum(eff for _, eff in tally.counts.values()),
-        per_weight=tally.counts,
-    )
-
-
-def count_op_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Dense multiply-accumulates of one forward pass on ONE sample, counted from the ATen operators that run.
-
-    :func:`count_macs` hooks layer modules; this counts operators, so it also measures a graph
-    loaded from a torch.export file (:func:`prunescope.structured.export.load_exported`),
-    which has no ``nn.Conv2d`` or ``nn.Linear`` to hook. It agrees with
-    ``count_macs(...).dense`` on models built from Linear, Conv, RNN and attention layers.
-    Counted with :class:`torch.utils.flop_counter.FlopCounterMode` over a dry run on zeros of
-    shape ``(1, *input_shape)`` (model's device and floating dtype, eval mode,
-    ``torch.inference_mode``); MACs = FLOPs / 2.
+    The one MAC counter of prunescope: ``pick``, ``prune``, ``measure`` and the reports all read
+    it. It counts the ATen operators that run (:class:`torch.utils.flop_counter.FlopCounterMode`
+    over a dry run on zeros of shape ``(1, *input_shape)``, model's device and floating dtype,
+    eval mode, ``torch.inference_mode``; MACs = FLOPs / 2), so it sees every matrix product a
+    model does, however it calls it, and it also measures a graph loaded from a torch.export
+    file (:func:`prunescope.structured.export.load_exported`), which has no layers to hook.
 
     Counted: matrix products (``mm``, ``addmm``, ``bmm``, ``baddbmm``; not bias additions),
-    convolutions (grouped and transposed too) and attention kernels, as FlopCounterMode
-    counts them, plus fused kernels it has no formula for: recurrent layers (LSTM on CPU,
-    ``mkldnn_rnn_layer``; any RNN on cuDNN, ``_cudnn_rnn``) at ``weight.numel()`` MACs per
-    weight matrix per time step, as in :func:`count_macs`, and CPU attention
-    (``_scaled_dot_product_flash_attention_for_cpu``). Not counted: elementwise operators,
-    normalisation, pooling, embeddings, and any other operator without a formula.
-    Zero weights count like any other: for unstructured sparsity see ``count_macs(...).effective``.
+    convolutions (grouped and transposed too), attention kernels, and fused kernels
+    FlopCounterMode has no formula for: recurrent layers (LSTM on CPU, ``mkldnn_rnn_layer``;
+    any RNN on cuDNN, ``_cudnn_rnn``) at ``weight.numel()`` MACs per weight matrix per time
+    step, and CPU attention. Not counted: elementwise operators, normalisation, pooling,
+    embeddings, and any other operator without a formula.
 
-    A raw ``ExportedProgram.module()`` refuses ``eval()``; ``load_exported``'s module allows it.
+    MACs are attributed to the weight an operator multiplies (an operand that is a parameter,
+    a view of one, or a pruned module's effective weight ``orig * mask``), keyed by its name:
+    ``"fc1.weight"``, ``"attn.in_proj_weight"``, ``"attn.out_proj.weight"``,
+    ``"rnn.weight_hh_l0"``. A product of two activations (QK^T and AV of attention) goes to
+    ``"<module>.attention"``, the innermost module it ran in. Effective MACs of a weight are its
+    dense MACs times ``nonzero / numel`` of the operand as it was multiplied: what a kernel that
+    skips zero weights (unstructured sparsity) would do; activation products count in full.
+
     Raises UsageError if ``input_shape`` is invalid or the model cannot run on it.
     """
     _check_shape(input_shape)
-    counter = FlopCounterMode(display=False, custom_mapping=_FUSED_KERNEL_FLOPS)
+    counter = _AttributingCounter(model)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
-        # The fused MultiheadAttention inference kernel has no formula; the unfused path
-        # computes the same thing through counted projections and attention.
+        # The fused MultiheadAttention / TransformerEncoderLayer inference kernel has no formula;
+        # the unfused path computes the same thing through counted projections and attention.
         torch.backends.mha.set_fastpath_enabled(False)
         with _eval_mode(model), torch.inference_mode(), counter:
             _forward(model, _example_input(model, 1, input_shape, _model_device(model), torch.zeros), input_shape)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    return counter.get_total_flops() // 2
+    counts = counter.per_weight
+    return MacCounts(
+        dense=sum(dense for dense, _ in counts.values()),
+        effective=sum(effective for _, effective in counts.values()),
+        per_weight=counts,
+    )
+
+
+_ACTIVATION_PRODUCTS = "attention"  # key suffix for products of two activations (QK^T, AV)
+
+
+class _AttributingCounter(FlopCounterMode):
+    """FlopCounterMode that also charges each counted operator to the weight it multiplies."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(display=False, custom_mapping=_FUSED_KERNEL_FLOPS)
+        self.model = model
+        # Storage of every parameter -> its name (shared parameters: first name, as named_parameters).
+        self.parameters = {p.untyped_storage().data_ptr(): name for name, p in model.named_parameters()}
+        # Pruned tensors (<name>_orig + <name>_mask): the effective weight is rebuilt at each forward.
+        self.pruned = [
+            (module_name, attr.removesuffix(_ORIG_SUFFIX))
+            for module_name, module in model.named_modules()
+            for attr in module._parameters
+            if attr.endswith(_ORIG_SUFFIX) and attr.removesuffix(_ORIG_SUFFIX) + _MASK_SUFFIX in module._buffers
+        ]
+        self.per_weight: dict[str, tuple[int, int]] = {}
+
+    def _count_flops(self, func_packet: Any, out: Any, args: Any, kwargs: Any) -> Any:
+        if func_packet in self.flop_registry:
+            macs = self.flop_registry[func_packet](*args, **kwargs, out_val=out) // 2
+            self._charge(func_packet, macs, args)
+        return super()._count_flops(func_packet, out, args, kwargs)
+
+    def _charge(self, func_packet: Any, macs: int, args: Any) -> None:
+        names = self._weight_names()
+        operands = [
+            (names[ptr], tensor)
+            for tensor in torch.utils._pytree.tree_leaves(args)
+            if isinstance(tensor, torch.Tensor) and tensor.dim() >= 2
+            and (ptr := tensor.untyped_storage().data_ptr()) in names
+        ]
+        if not operands:
+            self._add(f"{self._innermost_module()}{_ACTIVATION_PRODUCTS}", macs, macs)
+            return
+        # A fused recurrent kernel multiplies several weight matrices, each once per time step:
+        # its MACs split by size. An ordinary product has one weight operand.
+        total = sum(tensor.numel() for _, tensor in operands)
+        for name, tensor in operands:
+            dense = macs * tensor.numel() // total
+            self._add(name, dense, dense * int(torch.count_nonzero(tensor)) // tensor.numel())
+
+    def _weight_names(self) -> dict[int, str]:
+        names = dict(self.parameters)
+        for module_name, attr in self.pruned:  # read now: the forward pre-hook has just rebuilt it
+            tensor = getattr(self.model.get_submodule(module_name), attr)
+            names[tensor.untyped_storage().data_ptr()] = _join(module_name, attr)
+        return names
+
+    def _innermost_module(self) -> str:
+        """``"<name>."`` of the innermost module running now ("" at the root)."""
+        # ModuleTracker names a module by its path from the root, the root's class name first.
+        path = max(self.mod_tracker.parents, key=lambda name: name.count("."))
+        _, _, inside_root = path.partition(".")
+        return f"{inside_root}." if inside_root else ""
+
+    def _add(self, key: str, dense: int, effective: int) -> None:
+        old_dense, old_effective = self.per_weight.get(key, (0, 0))
+        self.per_weight[key] = (old_dense + dense, old_effective + effective)
 
 
 def _recurrent_flops(input_shape: torch.Size, weight_shapes: list[torch.Size]) -> int:
@@ -398,7 +411,7 @@ def measure_speedup(
     """Cost of ``model`` and of a dense ``reference`` (None: no comparison), as one JSON-able dict.
 
     ``model`` and ``reference`` each map to ``{"params": entries, "macs": dense MACs per sample
-    (:func:`count_op_macs`, so graphs from torch.export count too), "latency": {batch size as a
+    (:func:`count_macs`, which also counts graphs from torch.export), "latency": {batch size as a
     string: fields of :class:`Latency`}}`` on ``device``. The two models are timed side by
     side: ``repeats`` passes each, in ``rounds`` alternating chunks, so that a machine getting
     busier or quieter during the measurement slows both alike. ``speedup`` maps each batch
@@ -423,7 +436,7 @@ def measure_speedup(
 
     def cost(index: int, module: nn.Module) -> dict[str, Any]:
         latency = {str(b): asdict(_latency([t for part in times[b][index] for t in part], b)) for b in sizes}
-        return {"params": count_parameters(module).total, "macs": count_op_macs(module, input_shape),
+        return {"params": count_parameters(module).total, "macs": count_macs(module, input_shape).dense,
                 "latency": latency}
 
     ours = cost(0, model)
@@ -443,88 +456,8 @@ def measure_speedup(
     }
 
 
-class _MacTally:
-    """Accumulates ``(dense, effective)`` MACs per weight name during the dry run of :func:`count_macs`."""
-
-    def __init__(self, effective: dict[str, torch.Tensor]) -> None:
-        self.effective = effective  # effective weights by name, from effective_parameters
-        self.counts: dict[str, tuple[int, int]] = {}
-
-    def charge(self, key: str, dense: int, effective: int) -> None:
-        old_dense, old_effective = self.counts.get(key, (0, 0))
-        self.counts[key] = (old_dense + dense, old_effective + effective)
-
-    def weight(self, module_name: str, module: nn.Module, attr: str, uses: int, rows: slice = slice(None)) -> None:
-        """Charge ``uses`` applications of rows ``rows`` of weight ``<module_name>.<attr>``."""
-        key = _join(module_name, attr)
-        # A weight missing from `effective` (shared, and named there under its first owner) is read directly.
-        tensor = self.effective[key] if key in self.effective else getattr(module, attr).detach()
-        part = tensor[rows]
-        self.charge(key, part.numel() * uses, int(torch.count_nonzero(part)) * uses)
-
-    def record(
-        self, module_name: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-    ) -> None:
-        """Forward hook (``with_kwargs=True``, name bound first): charge one call of ``module``."""
-        if isinstance(module, nn.Linear):
-            # Positions = every dim but the last; the dry-run batch is 1.
-            self.weight(module_name, module, "weight", _arg(args, kwargs, 0, "input").numel() // module.in_features)
-        elif isinstance(module, _ConvNd):
-            # A conv gathers one kernel window per output position; a transposed conv scatters
-            # each input position through the kernel.
-            positions = (
-                _arg(args, kwargs, 0, "input").numel() // module.in_channels
-                if module.transposed
-                else output.numel() // module.out_channels
-            )
-            self.weight(module_name, module, "weight", positions)
-        elif isinstance(module, nn.RNNBase):
-            self._rnn(module_name, module, _arg(args, kwargs, 0, "input"))
-        else:
-            self._attention(module_name, module, _arg(args, kwargs, 0, "query"), _arg(args, kwargs, 1, "key"))
-
-    def _rnn(self, module_name: str, rnn: nn.RNNBase, sequence: torch.Tensor | PackedSequence) -> None:
-        """Charge every weight matrix of ``rnn`` once per time step of ``sequence``."""
-        data = sequence.data if isinstance(sequence, PackedSequence) else sequence
-        # Time steps summed over the batch, whatever the layout: (L, N, H), (N, L, H) with
-        # batch_first, unbatched (L, H), or packed (sum of lengths, H).
-        steps = data.numel() // rnn.input_size
-        for attr in rnn._flat_weights_names:
-            if attr.startswith("weight"):
-                self.weight(module_name, rnn, attr, steps)
-
-    def _attention(self, module_name: str, mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor) -> None:
-        """Charge the q/k/v projections, ``out_proj`` and the attention matmuls of one call."""
-        embed = mha.embed_dim
-        if query.dim() == 2:  # unbatched (L, E)
-            batch, q_len, k_len = 1, query.shape[0], key.shape[0]
-        elif mha.batch_first:
-            batch, q_len, k_len = query.shape[0], query.shape[1], key.shape[1]
-        else:
-            batch, q_len, k_len = query.shape[1], query.shape[0], key.shape[0]
-        queries, keys = batch * q_len, batch * k_len
-        if mha.in_proj_weight is not None:  # packed (3E, E): rows for q, then k, then v
-            self.weight(module_name, mha, "in_proj_weight", queries, slice(0, embed))
-            self.weight(module_name, mha, "in_proj_weight", keys, slice(embed, None))
-        else:
-            self.weight(module_name, mha, "q_proj_weight", queries)
-            self.weight(module_name, mha, "k_proj_weight", keys)
-            self.weight(module_name, mha, "v_proj_weight", keys)
-        self.weight(_join(module_name, "out_proj"), mha.out_proj, "weight", queries)
-        # bias_k and add_zero_attn each append one key position after the projections.
-        attended = k_len + (mha.bias_k is not None) + mha.add_zero_attn
-        matmuls = 2 * batch * q_len * attended * embed  # QK^T and AV, summed over heads
-        # Attention weights depend on the data, not on pruned parameters: effective = dense.
-        self.charge(_join(module_name, "attention"), matmuls, matmuls)
-
-
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
-
-
-def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
-    """The forward argument at ``index``, or passed by keyword as ``name``."""
-    return args[index] if len(args) > index else kwargs[name]
 
 
 def _check_shape(input_shape: tuple[int, ...]) -> None:

@@ -245,11 +245,15 @@ class ChannelGroups:
         self._graph = graph
         self._roots = roots
         self._names = {module: name for name, module in model.named_modules()}
+        macs = count_macs(model, input_shape)
+        # MACs per weight entry. The rest of the dense count (products of two activations, such as
+        # attention's QK^T and AV) no group changes: a MultiheadAttention's embedding is never pruned.
         self._uses = {
             name: dense / tensor.numel()
-            for name, (dense, _) in count_macs(model, input_shape).per_weight.items()
+            for name, (dense, _) in macs.per_weight.items()
             if (tensor := _parameters(model).get(name)) is not None
         }
+        self._dense_macs = macs.dense
         self._spent = False
         # Per group, every member with parameters and, per member index, the root channel it follows:
         # traced once here, so that masking and footprints need no graph walk.
@@ -365,8 +369,7 @@ class ChannelGroups:
         self.check(removal or {})
         entries = self.removed_entries(removal or {})
         total = sum(p.numel() for p in self.model.parameters())
-        dense_macs = round(sum(uses * _parameters(self.model)[path].numel() for path, uses in self._uses.items()))
-        return Footprint(total - sum(int(e.sum()) for e in entries.values()), dense_macs - self._macs(entries))
+        return Footprint(total - sum(int(e.sum()) for e in entries.values()), self._dense_macs - self._macs(entries))
 
     # ------------------------------------------------------------------ applying
 
