@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "prunescope.runconfig": WORKFLOW,
     "prunescope.prune": WORKFLOW,
     "prunescope.recovered": WORKFLOW,
+    "prunescope.wrapping": WORKFLOW,  # prunescope.wrap: a model trained in Python → a checkpoint
     "prunescope.results": OUTPUT,
     "prunescope.report": OUTPUT,
     "prunescope.report_hparams": OUTPUT,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,9 +216,16 @@ def _first_non_finite(state: dict[str, Any]) -> str | None:
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], *, map_location: Any = "cpu", trust_factory: TrustFactory | Trust = False
+    path: str | os.PathLike[str],
+    *,
+    map_location: Any = "cpu",
+    trust_factory: TrustFactory | Trust = False,
+    model_args: Mapping[str, Any] | None = None,
 ) -> Checkpoint:
     """Load checkpoint ``path``: rebuild the model from its spec, load the weights, eval mode.
+
+    ``model_args`` (``--model-arg``) replace the stored factory arguments of the same name; the
+    returned spec holds them, so a model saved from it rebuilds the same way.
 
     ``map_location`` goes to ``torch.load``; when it names a device the model is moved there too.
     A model or dataset factory (``package.module:function``) named in the file is imported only
@@ -232,6 +240,8 @@ def load_checkpoint(
     check_spec(payload["model_spec"], "model", f"checkpoint {path}", trust)
     check_spec(payload["dataset_spec"], "dataset", f"checkpoint {path}", trust)
     spec = payload["model_spec"]
+    if model_args:
+        spec = {**spec, "kwargs": {**spec.get("kwargs", {}), **model_args}}
     try:
         model = _build(spec)
     except UsageError as e:

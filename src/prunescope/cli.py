@@ -16,7 +16,7 @@ from prunescope import cli_input
 from prunescope import cli_study as study_options
 from prunescope import models as zoo
 from prunescope.apply import export, load_allocation, prune
-from prunescope.checkpoint import load_checkpoint
+from prunescope.checkpoint import Checkpoint, load_checkpoint
 from prunescope.cli_hparams import hparams_command
 from prunescope.cliargs import (
     BatchSize,
@@ -33,7 +33,7 @@ from prunescope.cliargs import (
 )
 from prunescope.compare import METHODS, compare
 from prunescope.criteria import CRITERIA
-from prunescope.data import available_datasets, describe_dataset, load_dataset, load_from_spec
+from prunescope.data import Dataset, available_datasets, describe_dataset, load_dataset, load_from_spec
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
@@ -288,6 +288,7 @@ def sweep_command(
     recalibrate_bn: RecalibrateBN = None,
     data_dir: DataDir = None,
     data_arg: DataArg = None,
+    model_arg: ModelArg = None,
     limit_train: LimitTrain = None,
     limit_val: LimitVal = None,
     out: Out = Path("prunescope-out"),
@@ -299,7 +300,7 @@ def sweep_command(
     _check_choice("--criterion", criterion, list(CRITERIA))
     _check_choice("--allocation", allocation, ALLOCATIONS)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
-    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     with _progress("sweeping", len(levels) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
@@ -314,8 +315,9 @@ def sweep_command(
     console.print(f"wrote {out / 'result.json'} and {out / 'sweep.csv'}")
 
 
-def _checkpoint_and_data(checkpoint: Path, data: DataChoice, trust_factory: bool):
-    saved = load_checkpoint(checkpoint, trust_factory=trust_factory)
+def _checkpoint_and_data(checkpoint: Path, data: DataChoice, trust_factory: bool, model_arg: list[str] | None):
+    saved = load_checkpoint(checkpoint, trust_factory=trust_factory,
+                            model_args=assignments("--model-arg", model_arg))
     return saved, load_from_spec(saved.dataset_spec, data_dir=data.data_dir, overrides=data.overrides())
 
 
@@ -371,6 +373,7 @@ def scan_command(
     exclude: Exclude = None,
     data_dir: DataDir = None,
     data_arg: DataArg = None,
+    model_arg: ModelArg = None,
     limit_train: LimitTrain = None,
     limit_val: LimitVal = None,
     device: Device = "auto",
@@ -389,7 +392,7 @@ def scan_command(
     if storage is not None and not storage.strip():
         raise UsageError("--storage is empty: give an Optuna storage URL, or leave it out for a journal file in --out")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
-    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
                 "tolerance": tolerance / 100, "subset": subset, "workers": workers, "study_name": study_name,
                 "include": include or [],
@@ -440,6 +443,7 @@ def pick_command(
     seed: Seed = 0,
     data_dir: DataDir = None,
     data_arg: DataArg = None,
+    model_arg: ModelArg = None,
     limit_train: LimitTrain = None,
     limit_val: LimitVal = None,
     device: Device = "auto",
@@ -456,7 +460,7 @@ def pick_command(
     if source is None:
         raise UsageError(f"the scan in {scan_dir} names no checkpoint: pass --checkpoint")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
-    saved, dataset = _checkpoint_and_data(Path(source), data, trust_factory)
+    saved, dataset = _checkpoint_and_data(Path(source), data, trust_factory, model_arg)
     saved_scan.check_model(saved.model, scan_dir)
     if folds is None:
         reason = saved_scan.curves.without_per_example()
@@ -503,6 +507,7 @@ def compare_command(
     out: Out = Path("prunescope-out/compare"),
     data_dir: DataDir = None,
     data_arg: DataArg = None,
+    model_arg: ModelArg = None,
     limit_train: LimitTrain = None,
     limit_val: LimitVal = None,
     device: Device = "auto",
@@ -518,7 +523,7 @@ def compare_command(
     if reconstruct is not None:
         _check_choice("--reconstruct", reconstruct, SELECTIONS)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
-    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     curves = None
     if "ours" in methods:
         if scan_dir is None:
@@ -579,6 +584,7 @@ def prune_command(
     out: Out = Path("prunescope-out/pruned"),
     data_dir: DataDir = None,
     data_arg: DataArg = None,
+    model_arg: ModelArg = None,
     limit_train: LimitTrain = None,
     limit_val: LimitVal = None,
     device: Device = "auto",
@@ -595,15 +601,15 @@ def prune_command(
     if finetune_epochs > 0:
         tune = TrainConfig(epochs=finetune_epochs, optimizer=optimizer, lr=lr, batch_size=batch_size,
                            weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed)
-    if granularity == "channel":
-        _prune_channels(checkpoint, allocation, tune, patience, importance, round_to, export_path,
-                        recalibrate_bn, out, data_choice(data_dir, data_arg, limit_train, limit_val), device,
-                        seed, trust_factory)
-        return
-    if importance is not None or round_to is not None or export_path is not None or recalibrate_bn:
+    if granularity != "channel" and (importance is not None or round_to is not None or export_path is not None
+                                     or recalibrate_bn):
         raise UsageError("--importance, --round-to, --export and --recalibrate-bn apply to --granularity channel")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
-    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
+    if granularity == "channel":
+        _prune_channels(saved, dataset, checkpoint, allocation, tune, patience, importance, round_to, export_path,
+                        recalibrate_bn, out, device, seed)
+        return
     model = saved.model
     targets = find_targets(model)
     per_target = load_allocation(allocation, targets)
@@ -640,11 +646,10 @@ def _prune_rows(before, one_shot, after, tune: TrainConfig | None) -> list[list[
 
 
 def _prune_channels(
-    checkpoint: Path, allocation: Path, tune: TrainConfig | None, patience: int | None, importance: str | None,
-    round_to: int | None, export_path: Path | None, bn_batches: int, out: Path, data: DataChoice, device: str,
-    seed: int, trust_factory: bool,
+    saved: Checkpoint, dataset: Dataset, checkpoint: Path, allocation: Path, tune: TrainConfig | None,
+    patience: int | None, importance: str | None, round_to: int | None, export_path: Path | None, bn_batches: int,
+    out: Path, device: str, seed: int,
 ) -> None:
-    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
     pick = read_channel_pick(allocation, saved.model, saved.model_spec)
     importance = importance or pick.importance or "l2"
     _check_choice("--importance", importance, list(IMPORTANCES))
@@ -707,6 +712,7 @@ def gradual_command(
     out: Out = Path("prunescope-out/gradual"),
     data_dir: DataDir = None,
     data_arg: DataArg = None,
+    model_arg: ModelArg = None,
     limit_train: LimitTrain = None,
     limit_val: LimitVal = None,
     device: Device = "auto",
@@ -720,7 +726,7 @@ def gradual_command(
     sparsities = (polynomial_schedule(initial_sparsity, target_sparsity, steps) if schedule == "polynomial"
                   else iterative_schedule(target_sparsity, fraction))
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
-    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     model = saved.model
     targets = find_targets(model)
     with _progress("pruning steps", len(sparsities)) as step_done:
@@ -758,6 +764,7 @@ def baseline_command(
     out: Out = Path("prunescope-out/scratch"),
     data_dir: DataDir = None,
     data_arg: DataArg = None,
+    model_arg: ModelArg = None,
     limit_train: LimitTrain = None,
     limit_val: LimitVal = None,
     device: Device = "auto",
@@ -767,7 +774,7 @@ def baseline_command(
     """Train the pruned architecture's mask from a fresh initialisation (Liu et al. 2019) and compare."""
     _check_choice("--scratch", scratch.upper(), ("E", "B"))
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
-    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory)
+    saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     targets = find_targets(saved.model)
     masks = {t.name: effective_weight(saved.model, t) != 0 for t in targets}
     pruned_accuracy = Evaluator(saved.model, dataset.val, device=device).evaluate().accuracy
@@ -795,6 +802,7 @@ def measure_command(
     = None,
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
+    model_arg: ModelArg = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,256",
     repeats: Annotated[int, typer.Option(help="Timed forward passes per batch size (after 5 untimed ones).")] = 30,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's own; 1 is steadier "
@@ -814,7 +822,8 @@ def measure_command(
         if threads < 1:
             raise UsageError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    model = load_model_file(checkpoint, target, trust_export=trust_export, trust_factory=trust_factory)
+    model = load_model_file(checkpoint, target, trust_export=trust_export, trust_factory=trust_factory,
+                            model_args=assignments("--model-arg", model_arg))
     if model.static_batch is not None and sizes != (model.static_batch,):
         console.print(f"[yellow]{checkpoint.name} was exported with a static batch of {model.static_batch} (its "
                       f"batch cannot be dynamic): timing batch {model.static_batch} only[/yellow]")

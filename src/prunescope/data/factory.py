@@ -48,7 +48,7 @@ def run_factory(spec: str, options: Mapping[str, Any]) -> tuple[str, RawData]:
         raise
     except Exception as error:
         raise PrunescopeError(f"dataset factory {spec!r} failed: {one_line(error)}") from error
-    return _to_raw(spec, result)
+    return as_raw(spec, result)
 
 
 def _import(spec: str) -> Callable[..., Any]:
@@ -64,7 +64,7 @@ def _import(spec: str) -> Callable[..., Any]:
     return factory
 
 
-def _to_raw(spec: str, result: object) -> tuple[str, RawData]:
+def as_raw(spec: str, result: object) -> tuple[str, RawData]:
     """Validate what a factory returned and bring it to RawData (no normalisation)."""
     where = f"dataset factory {spec!r}"
     if isinstance(result, Dataset):

@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from prunescope.data import cifar, digits, factory, idx, synthetic
+from prunescope.data import cifar, digits, factory, idx, saved, synthetic
 from prunescope.data.build import RawData, assemble
 from prunescope.data.options import as_float, as_int
 from prunescope.data.types import Dataset
@@ -68,6 +68,12 @@ _BUILTINS = {
             "CIFAR-10, 32x32 colour, 50,000 train / 10,000 test (python pickle batches)",
             cifar.read_cifar10,
             needs_data_dir=True,
+        ),
+        _builtin(
+            "saved",
+            "splits saved from Python by prunescope.wrap; option path (the data.pt file)",
+            saved.read_saved,
+            needs_data_dir=False,
         ),
         _builtin(
             "synthetic",

@@ -52,7 +52,7 @@ import os
 import types
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,11 +266,13 @@ def load_model_file(
     *,
     trust_export: bool = False,
     trust_factory: bool = False,
+    model_args: Mapping[str, Any] | None = None,
 ) -> ModelFile:
     """An exported archive (by content, or by a ``.pt2`` name) via :func:`load_exported` on ``device``
     (only with ``trust_export``), else a prunescope checkpoint via
     :func:`prunescope.checkpoint.load_checkpoint` (CPU, eval mode). A model factory named in
-    the file is imported only with ``trust_factory`` (see :mod:`prunescope.trust`).
+    the file is imported only with ``trust_factory`` (see :mod:`prunescope.trust`);
+    ``model_args`` replace a checkpoint's stored factory arguments (``--model-arg``).
 
     Raises UsageError, naming the path, for a file that is neither.
     """
@@ -284,7 +286,7 @@ def load_model_file(
         batch = loaded.metadata.get("batch")
         return ModelFile(loaded.module, shape, dense_spec, exported=True,
                          static_batch=batch if isinstance(batch, int) else None)
-    saved = load_checkpoint(path, trust_factory=trust_factory)
+    saved = load_checkpoint(path, trust_factory=trust_factory, model_args=model_args)
     spec = saved.model_spec
     dense_spec = {k: v for k, v in spec.items() if k != "removed_channels"} if spec.get("removed_channels") else None
     return ModelFile(saved.model, tuple(spec["input_shape"]), dense_spec, exported=False)
