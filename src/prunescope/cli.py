@@ -80,7 +80,7 @@ from prunescope.train import (
 )
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from prunescope.trust import Trust, check_spec
-from prunescope.verdict import selection_sentence
+from prunescope.verdict import selection_sentence, small_val_warning
 
 app = typer.Typer(
     add_completion=False,
@@ -216,6 +216,7 @@ def run_command(
     with _stage_progress() as progress:
         doc = run(settings, out, progress=progress)
     console.print(run_table(doc))
+    _warn_if_val_is_small(doc["dense"]["val"]["n"], min(settings.tolerance, settings.max_drop) or settings.tolerance)
     for sentence in doc["verdict"]:
         console.print(f"• {sentence}", highlight=False)
     console.print(f"wrote {out / 'report.html'}, {out / 'result.json'}, CSVs and checkpoints in {out}")
@@ -315,6 +316,11 @@ def sweep_command(
     console.print(f"wrote {out / 'result.json'} and {out / 'sweep.csv'}")
 
 
+def _warn_if_val_is_small(examples: int, tolerance: float | None) -> None:
+    if tolerance and (warning := small_val_warning(examples, tolerance)):
+        console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
+
+
 def _checkpoint_and_data(checkpoint: Path, data: DataChoice, trust_factory: bool, model_arg: list[str] | None):
     saved = load_checkpoint(checkpoint, trust_factory=trust_factory,
                             model_args=assignments("--model-arg", model_arg))
@@ -393,6 +399,7 @@ def scan_command(
         raise UsageError("--storage is empty: give an Optuna storage URL, or leave it out for a journal file in --out")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
+    _warn_if_val_is_small(len(dataset.val), tolerance / 100)
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
                 "tolerance": tolerance / 100, "subset": subset, "workers": workers, "study_name": study_name,
                 "include": include or [],
@@ -485,6 +492,7 @@ def pick_command(
         size = choice.footprint
         console.print(f"params {size['dense_params']:,} → {size['params']:,}, MACs {size['dense_macs']:,} → "
                       f"{size['macs']:,} ({size['macs_fraction']:.1%} of dense), round to {round_to}")
+    _warn_if_val_is_small(len(dataset.val), choice.bound)
     if choice.bound is not None and not choice.verified.within_bound:
         console.print(f"[yellow]even dense the joint drop exceeds {choice.bound * 100:g} pts[/yellow]")
     console.print(f"wrote {path}")

@@ -41,7 +41,7 @@ from prunescope.plots import (
     training_figure,
 )
 from prunescope.results import RESULT_FILE, SCHEMA, SCHEMA_VERSION, check_result
-from prunescope.verdict import crossval_clause
+from prunescope.verdict import crossval_clause, predicted_drop_text
 
 REPORT_FILE = "report.html"
 
@@ -394,9 +394,10 @@ def _allocation(doc: Mapping[str, Any]) -> _Section | None:
         verified = pick.get("verified") if isinstance(pick.get("verified"), Mapping) else {}
         text = f"ours: picked by the {pick.get('picker', '?')} picker"
         predicted, measured = _number(verified.get("predicted_drop")), _number(verified.get("measured_drop"))
+        reference = _number(verified.get("reference"))
         if predicted is not None and measured is not None:
-            text += (f"; joint drop on val predicted {_pts(predicted)} pts, measured {_pts(measured)} pts "
-                     "before fine-tuning")
+            shown = predicted_drop_text(predicted, reference) if reference is not None else _pts(predicted)
+            text += f"; joint drop on val predicted {shown} pts, measured {_pts(measured)} pts before fine-tuning"
         if _number(pick.get("bound")) is not None:
             text += f" (bound {pick['bound'] * 100:g} pts)"
         crossval = pick.get("crossval")

@@ -37,7 +37,7 @@ from prunescope.scan.identity import model_fingerprint
 from prunescope.structured.groups import find_groups
 from prunescope.sweep import SweepResult
 from prunescope.targets import find_targets
-from prunescope.verdict import crossval_clause
+from prunescope.verdict import crossval_clause, predicted_drop_text
 
 
 def sweep_rows(result: SweepResult) -> list[dict[str, Any]]:
@@ -124,7 +124,8 @@ def scan_table(curves: Curves, tolerance: float) -> Table:
     channels = curves.granularity == "channel"
     unit = "channels" if channels else "weights"
     table = Table(title=f"sensitivity of each {'channel group' if channels else 'layer'} (val {curves.metric}, "
-                  f"dense {curves.dense.value:.2%}, tolerance {tolerance * 100:g} pts; sparsity = fraction of {unit})")
+                  f"dense {curves.dense.value:.2%} on {curves.dense.n} val examples, tolerance {tolerance * 100:g} pts; "
+                  f"sparsity = fraction of {unit})")
     for column in ("group" if channels else "layer", unit, "points", "highest sparsity within tolerance",
                    "drop there (pts)", "drop at the highest level (pts)"):
         table.add_column(column, justify="right" if column not in ("layer", "group") else "left",
@@ -157,7 +158,8 @@ def choice_table(choice: Choice, sizes: dict[str, int] | None = None) -> Table:
     channels = choice.footprint is not None
     removed = "of the parameters removed (whole channels)" if channels else "of the weights removed"
     table = Table(title=f"{choice.picker} pick: {choice.global_sparsity:.1%} {removed}; joint drop "
-                  f"predicted {choice.verified.predicted_drop * 100:+.2f} pts, measured "
+                  f"predicted {predicted_drop_text(choice.verified.predicted_drop, choice.verified.reference)} "
+                  f"pts, measured "
                   f"{choice.verified.measured_drop * 100:+.2f} pts in-sample"
                   f"{crossval_clause(None if choice.crossval is None else choice.crossval.to_dict())}")
     first = "group" if channels else "layer"
@@ -201,7 +203,7 @@ def comparison_table(comparison: Comparison) -> Table:
     """Rows: sparsities; columns: methods; cells: val accuracy (test accuracy)."""
     methods = list(dict.fromkeys(r.method for r in comparison.rows))
     test = " (test)" if comparison.dense_test else ""
-    dense = f"dense val {comparison.dense_val.accuracy:.2%}"
+    dense = f"dense val {comparison.dense_val.accuracy:.2%} on {comparison.dense_val.n} examples"
     if comparison.dense_test:
         dense += f", test {comparison.dense_test.accuracy:.2%}"
     table = Table(title=f"one-shot accuracy, val{test}, by allocation ({comparison.criterion} criterion; {dense})")

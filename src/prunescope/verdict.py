@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +11,32 @@ from prunescope.curves import Curves
 
 def _pts(fraction: float) -> str:
     return f"{fraction * 100:.1f}"
+
+
+def predicted_drop_text(predicted: float, reference: float) -> str:
+    """A predicted joint drop in signed points, never more than the dense metric it is taken from.
+
+    The prediction adds up the layers' drops measured one at a time; far from dense that sum can
+    exceed the dense metric itself, a drop no model can have, so it then reads "over X".
+    """
+    if predicted > reference:
+        return f"over {reference * 100:.1f} (the per-layer drops add up to more than the dense value)"
+    return f"{predicted * 100:+.2f}"
+
+
+def small_val_warning(examples: int, tolerance: float) -> str | None:
+    """A warning when one val example weighs more than ``tolerance`` (None when val is large enough).
+
+    With n examples an accuracy moves in steps of 1/n: a drop is 0 or at least one example, so a
+    bound below one example cannot be told apart from no change at all.
+    """
+    step = 1 / examples
+    if step <= tolerance:
+        return None
+    return (f"val has {examples} examples: one example is {_pts(step)} pts, more than the {tolerance * 100:g}-pt "
+            f"tolerance, so any drop measured is 0 or at least {_pts(step)} pts; use a larger val (at least "
+            f"{math.ceil(1 / tolerance)} examples: --data-arg val_fraction=…, or more data) and cross-validate the "
+            "pick (--folds K) to see how far its drop is noise")
 
 
 def layer_sentences(curves: Curves, tolerance: float) -> list[str]:
@@ -47,7 +74,11 @@ def method_sentence(sparsity: float, dense: Mapping[str, Any], methods: list[Map
             continue
         low, high = m["test"]["accuracy_ci"]
         loss = dense["accuracy"] - m["test"]["accuracy"]
-        parts.append(f"{m['method']} loses {_pts(loss)} ± {_pts((high - low) / 2)} pts")
+        if round(loss * 1000) == 0:  # equal to the shown precision
+            parts.append(f"{m['method']} matches dense (± {_pts((high - low) / 2)} pts)")
+        else:
+            verb = "loses" if loss > 0 else "gains"
+            parts.append(f"{m['method']} {verb} {_pts(abs(loss))} ± {_pts((high - low) / 2)} pts")
     if not parts:
         return f"no method reached {sparsity:.0%}"
     return f"at {sparsity:.0%} overall after fine-tuning: " + ", ".join(parts) + " of test accuracy"
