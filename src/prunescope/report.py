@@ -124,7 +124,8 @@ def scan_table(curves: Curves, tolerance: float) -> Table:
     channels = curves.granularity == "channel"
     unit = "channels" if channels else "weights"
     table = Table(title=f"sensitivity of each {'channel group' if channels else 'layer'} (val {curves.metric}, "
-                  f"dense {curves.dense.value:.2%} on {curves.dense.n} val examples, tolerance {tolerance * 100:g} pts; "
+                  f"dense {curves.dense.value:.2%} on {curves.dense.n} val examples, "
+                  f"tolerance {tolerance * 100:g} pts; "
                   f"sparsity = fraction of {unit})")
     for column in ("group" if channels else "layer", unit, "points", "highest sparsity within tolerance",
                    "drop there (pts)", "drop at the highest level (pts)"):
