@@ -668,3 +668,33 @@ def test_bad_removals_are_usage_errors_and_change_nothing(action, removal, messa
         else:
             getattr(groups, action)(removal)
     assert_bit_exact(model, before)
+
+
+class _ScaledHidden(nn.Module):
+    """fc1 → a learned per-channel scale (a bare Parameter) → fc2; plus tokens with a 2-D positional table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, 16)
+        self.gamma = nn.Parameter(torch.linspace(0.5, 2.0, 16))
+        self.fc2 = nn.Linear(16, 3)
+        self.embed = nn.Linear(5, 6)
+        self.pos = nn.Parameter(torch.randn(2, 6))  # (positions, features): Torch-Pruning would guess the dimension
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x[:, :10].reshape(-1, 2, 5)) + self.pos
+        return self.fc2(torch.relu(self.fc1(x[:, :10]) * self.gamma)) + self.head(tokens.mean(1))
+
+
+def test_parameters_outside_layers_are_members_or_refuse_their_group(recwarn) -> None:
+    torch.manual_seed(0)
+    model = _ScaledHidden()
+    groups = find_groups(model, (10,))
+    assert "gamma (parameter)" in groups.groups["fc1"].members
+    assert "embed" not in groups.groups and "'pos'" in groups.skipped["embed"]
+    removal = {"fc1": [0, 3, 5]}
+    pruned = pruned_copy(model, (10,), removal)
+    assert pruned.gamma.shape == (13,)
+    assert groups.footprint(removal).params == sum(p.numel() for p in pruned.parameters())  # gamma counted
+    assert not [w for w in recwarn if "Torch-Pruning" in str(w.message) or "Unwrapped" in str(w.message)]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -129,6 +130,12 @@ def _lstm_input_weights(layer: nn.LSTM) -> list[str]:
 
 def _structured_lstm(module: nn.Module) -> bool:
     return isinstance(module, nn.LSTM) and module.num_layers == 1 and not module.bidirectional and module.proj_size == 0
+
+
+def _along_channel_dim(param: nn.Parameter, idxs: torch.Tensor) -> tuple[Index, ...]:
+    """The entries of ``param`` (one non-singleton dimension) at channels ``idxs``."""
+    dim = max(d for d, size in enumerate(param.shape) if size > 1)
+    return (*([_ALL] * dim), idxs)
 
 
 def member_slices(module: nn.Module, out: bool, idxs: torch.Tensor) -> list[tuple[str, tuple[Index, ...]]]:
@@ -300,6 +307,12 @@ class ChannelGroups:
     def _trace_members(self, name: str, width: int) -> Iterator[_Member]:
         for item in self.tp_group(name, range(width)).items:
             module = item.dep.target.module
+            if isinstance(module, nn.Parameter) and module in self._graph._param_to_name:
+                # A parameter used outside a layer (a learned scale): its one non-singleton dimension is the channel.
+                indices = torch.tensor([int(i) for i in item.idxs], dtype=torch.long)
+                yield _Member(self._graph._param_to_name[module], module, True, indices,
+                              torch.tensor([int(i) for i in item.root_idxs], dtype=torch.long))
+                continue
             if not isinstance(module, nn.Module) or module not in self._names:
                 continue  # a Torch-Pruning op node (add, concat, reshape): no parameters
             handler = item.dep.handler.__name__
@@ -320,15 +333,19 @@ class ChannelGroups:
             raise UsageError(f"channel index out of range for group {name!r} of width {width}")
         for member in self._members_of[name]:
             index = torch.sort(member.idxs[torch.isin(member.roots, removed)]).values
+            if isinstance(member.module, nn.Parameter):
+                yield member.path, _along_channel_dim(member.module, index)
+                continue
             for param, where in member_slices(member.module, member.out, index):
                 yield f"{member.path}.{param}" if member.path else param, where
 
     def _members(self, name: str) -> list[str]:
         """``"module (out)"`` / ``"module (in)"`` of every member with parameters, in Torch-Pruning's order."""
         labels = [
-            f"{member.path} ({'out' if member.out else 'in'})"
+            f"{member.path} (parameter)" if isinstance(member.module, nn.Parameter)
+            else f"{member.path} ({'out' if member.out else 'in'})"
             for member in self._members_of[name]
-            if any(True for _ in member.module.parameters(recurse=False))
+            if isinstance(member.module, nn.Parameter) or any(True for _ in member.module.parameters(recurse=False))
         ]
         return list(dict.fromkeys(labels))
 
@@ -518,7 +535,13 @@ def find_groups(
     was_training = model.training
     model.eval()
     try:
-        with _naming_failures(model), torch.enable_grad():
+        with _naming_failures(model), torch.enable_grad(), warnings.catch_warnings():
+            # Torch-Pruning warns of every parameter used outside a layer ("Unwrapped parameters") and
+            # of concatenations it cannot size ("Maximum recursive depth"): groups meeting either are
+            # judged below (refused, with the reason, when the channel dimension is a guess, or when
+            # the group's removal breaks the forward pass), so its warnings would only repeat them.
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            warnings.filterwarnings("ignore", message="Maximum recursive depth")
             graph = tp.DependencyGraph().build_dependency(
                 model,
                 example_inputs=example,
@@ -552,6 +575,11 @@ def find_groups(
         ]
         # e.g. coupled to an output layer: removing these channels would change the output
         why = next((f"coupled with {names[m]!r}: {skipped[names[m]]}" for m in producers if m in ignored), None)
+        guessed = [graph._param_to_name[p] for dep, _ in group.items if isinstance(p := dep.target.module, nn.Parameter)
+                   and p in graph._param_to_name and sum(d > 1 for d in p.shape) > 1]
+        if why is None and guessed:
+            why = (f"meets {guessed[0]!r}, a parameter used outside a layer, whose channel dimension cannot be "
+                   "told from the graph")
         if why is None:
             try:
                 for dep, _idxs in group.items:
