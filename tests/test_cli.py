@@ -1,6 +1,7 @@
 """The command line: the main job end to end, and one-line errors for every bad input."""
 
 import json
+import re
 import pickle
 
 import pytest
@@ -101,3 +102,12 @@ def test_checkpoint_of_another_architecture(cli, trained, tmp_path):
     torch.save(payload, bad)
     code, _, err = cli("sweep", "--checkpoint", str(bad), "--out", str(tmp_path))
     assert code == 2 and "fc1" in err and "\n" not in err.strip()
+
+
+def test_progress_is_logged_as_lines_when_not_on_a_terminal(cli, tmp_path, trained):
+    code, out, err = cli("sweep", "--checkpoint", trained, "--sparsities", "0.5,0.9",
+                         "--out", tmp_path / "sweep", "--device", "cpu")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if " sweeping: " in line]
+    assert lines and re.fullmatch(r"\d\d:\d\d:\d\d sweeping: 3/3", lines[-1])  # the last step always logged
+    assert "\x1b[" not in err  # no terminal control codes in a log

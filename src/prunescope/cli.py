@@ -10,7 +10,6 @@ from typing import Annotated
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from prunescope import cli_input
 from prunescope import cli_study as study_options
@@ -18,6 +17,7 @@ from prunescope import models as zoo
 from prunescope.apply import export, load_allocation, prune
 from prunescope.checkpoint import Checkpoint, load_checkpoint
 from prunescope.cli_hparams import hparams_command
+from prunescope.cli_progress import progress_updates
 from prunescope.cliargs import (
     BatchSize,
     DataArg,
@@ -150,12 +150,17 @@ def _check_choice(option: str, value: str, choices: tuple[str, ...] | list[str])
 
 
 @contextmanager
-def _progress(description: str, total: int):
-    """A Rich progress bar; yields a callback that advances it by one step."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda *_: progress.advance(task)
+def _progress(description: str, total: int | None):
+    """One progress task; yields a callback that advances it by one step."""
+    with progress_updates(console) as update:
+        done = 0
+
+        def advance(*_: object) -> None:
+            nonlocal done
+            done += 1
+            update(description, done, total)
+
+        yield advance
 
 
 @app.command("run")
@@ -224,16 +229,8 @@ def run_command(
 
 @contextmanager
 def _stage_progress():
-    """One Rich progress bar per pipeline stage."""
-    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
-        tasks: dict[str, object] = {}
-
-        def update(stage: str, done: int, total: int | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done, total=total if total is not None else max(done, 1))
-
+    """One progress task per pipeline stage, kept on screen."""
+    with progress_updates(console, transient=False) as update:
         yield update
 
 
@@ -343,11 +340,9 @@ def _points(value: float | None) -> float | None:
 
 @contextmanager
 def _growing_progress(description: str):
-    """A progress bar whose total can grow (adaptive scans plan as they go)."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(description, total=None)
-        yield lambda done, planned: progress.update(task, completed=done, total=planned)
+    """A progress task whose total can grow (adaptive scans plan as they go)."""
+    with progress_updates(console) as update:
+        yield lambda done, planned: update(description, done, planned)
 
 
 @app.command("scan")
