@@ -1,8 +1,8 @@
 """The command line: the main job end to end, and one-line errors for every bad input."""
 
 import json
-import re
 import pickle
+import re
 
 import pytest
 
