@@ -105,7 +105,7 @@ def test_checkpoint_of_another_architecture(cli, trained, tmp_path):
 
 
 def test_progress_is_logged_as_lines_when_not_on_a_terminal(cli, tmp_path, trained):
-    code, out, err = cli("sweep", "--checkpoint", trained, "--sparsities", "0.5,0.9",
+    code, _, err = cli("sweep", "--checkpoint", trained, "--sparsities", "0.5,0.9",
                          "--out", tmp_path / "sweep", "--device", "cpu")
     assert code == 0, err
     lines = [line for line in err.splitlines() if " sweeping: " in line]
