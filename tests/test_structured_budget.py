@@ -115,28 +115,30 @@ def test_round_to_keeps_multiples_in_the_pruned_model(resnet):
     model, _, macs = _physical(pruning, pick.allocation)
     kept = {name: model.get_submodule(name).out_channels for name in pruning.groups.groups}
     assert all(n % 4 == 0 for n in kept.values())
-    assert kept == pick.details["kept_channels"] and any(n < g.width for n, g in zip(
+    assert kept == pick.details["kept"] and any(n < g.width for n, g in zip(
         kept.values(), pruning.groups.groups.values(), strict=True))
     assert macs <= 0.5 * pruning.footprint({}).macs
 
 
 def test_a_mac_target_below_the_minimum_is_a_usage_error(resnet):
     pruning = _pruning(resnet)
-    # The scan stops at 0.95: the deepest candidates remove floor(0.95 · width) channels.
-    least = pruning.footprint({name: int(0.95 * g.width) / g.width for name, g in pruning.groups.groups.items()}).macs
-    with pytest.raises(UsageError, match=r"target MACs 1000 is below what leaving every group its fewest channels "
+    # The scan stops at 0.95: the deepest candidates remove what it removed there, round(0.95 · width) channels,
+    # one short of the whole group.
+    least = pruning.footprint({name: min(g.width - 1, round(0.95 * g.width)) / g.width
+                               for name, g in pruning.groups.groups.items()}).macs
+    with pytest.raises(UsageError, match=r"target MACs 1000 is below what leaving every unit its fewest elements "
                                          rf"gives \({least}"):
         BudgetPicker(target_macs=1000, footprint=pruning.footprint).pick(_curves(pruning.groups))
 
 
-def test_a_channel_budget_needs_the_footprint_and_no_weight_sparsity(mlp):
-    curves = _curves(find_groups(mlp, SHAPE))
-    with pytest.raises(UsageError, match="needs the model's exact footprint"):
-        BudgetPicker(target_macs=0.5).pick(curves)
+def test_a_budget_on_coupled_units_takes_no_weight_sparsity_and_latency_needs_a_table(mlp):
+    groups = find_groups(mlp, SHAPE)
+    pruning = ChannelPruning(groups, group_scores(groups, "l2"), 1)
+    curves = _curves(groups)
     with pytest.raises(UsageError, match="--target-sparsity counts single weights"):
-        BudgetPicker(target_sparsity=0.5).pick(curves)
-    with pytest.raises(UsageError, match="needs a latency table"):
-        BudgetPicker(target_latency_ms=1.0).pick(curves)
+        BudgetPicker(target_sparsity=0.5, footprint=pruning.footprint).pick(curves)
+    with pytest.raises(UsageError, match="needs units whose removal saves time"):
+        BudgetPicker(target_latency_ms=1.0, footprint=pruning.footprint).pick(curves)
 
 
 def test_weight_curves_take_a_mac_fraction_and_refuse_latency(mlp):
@@ -145,7 +147,7 @@ def test_weight_curves_take_a_mac_fraction_and_refuse_latency(mlp):
     dense = sum(c.macs for c in weight.curves.values())
     assert pick.details["limit"] == 0.5 * dense
     assert pick.details["remaining_macs"] <= 0.5 * dense + 1e-6
-    with pytest.raises(UsageError, match="needs a channel scan"):
+    with pytest.raises(UsageError, match="needs units whose removal saves time"):
         BudgetPicker(target_latency_ms=1.0).pick(weight)
 
 
@@ -199,7 +201,7 @@ def test_latency_table_and_budget_as_measured():
     measured = pick.details["measured_latency"]
     assert measured["median_ms"] <= target == pick.details["limit"]
     assert measured["p10_ms"] <= measured["median_ms"] <= measured["p90_ms"]
-    assert all(n % 128 == 0 for n in pick.details["kept_channels"].values())
+    assert all(n % 128 == 0 for n in pick.details["kept"].values())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

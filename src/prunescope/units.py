@@ -75,6 +75,11 @@ class Units(Pruning, Protocol):
     every: list[str]
     skipped: dict[str, str]
     round_to: int
+    # Whether removing several units saves exactly the sum of what each saves alone (single
+    # weights do); coupled channel groups share slices, so budgets on them need ``footprint``.
+    additive: bool
+    # Whether a level is reported as the count it removes, k / size (few, whole elements: channels).
+    whole_levels: bool
 
     def footprint(self, allocation: Mapping[str, float]) -> Footprint: ...
 
@@ -106,6 +111,8 @@ class WeightPruning:
 
     granularity = "weight"
     round_to = 1
+    additive = True
+    whole_levels = False
 
     def __init__(
         self, model: nn.Module, targets: Sequence[Target], scores: Scores, input_shape: Sequence[int] | None = None
@@ -164,6 +171,8 @@ class ChannelUnits(ChannelPruning):
     :class:`~prunescope.structured.pruning.ChannelPruning` for masking, removal and footprints."""
 
     granularity = "channel"
+    additive = False
+    whole_levels = True
 
     @property
     def units(self) -> list[Unit]:

@@ -18,7 +18,7 @@ from prunescope.curves import Curve, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity, removed_count
 from prunescope.pick.allocator import ReadsCurves
-from prunescope.pick.pickers import SAME_LEVEL, Pick, _aligned_curves, _finish
+from prunescope.pick.pickers import Pick, _aligned_curves, _finish
 
 if TYPE_CHECKING:
     from prunescope.measure import Latency
@@ -29,10 +29,9 @@ if TYPE_CHECKING:
 class _Choices:
     """One target's candidates for the knapsack: units removed, and the predicted drop and budget saved at each.
 
-    Units are weights (weight curves) or channels (channel curves). ``discrete``: only the
-    candidates themselves may be chosen (channels, whose kept counts follow ``round_to``);
-    otherwise any count between two candidates may (weights: the curve and the saving are
-    linear there).
+    Units are a curve's elements (weights of a tensor, channels of a group). ``discrete``: only
+    the candidates themselves may be chosen (kept counts must be multiples of ``round_to``);
+    otherwise any count between two candidates may (the curve and the saving are linear there).
     """
 
     name: str
@@ -167,8 +166,9 @@ class BudgetPicker(ReadsCurves):
     :meth:`prunescope.structured.pruning.ChannelPruning.footprint`, with the same
     ``round_to``) or ``latency.measure``: the knapsack's required saving is bisected until
     the exact remaining meets the limit, then candidate steps are given back while it still
-    does (``details``: every trial, estimated and exact). Without them a channel budget is
-    an error.
+    does (``details``: every trial, estimated and exact). Without them the savings are the
+    units' standalone ones added up: exact for weights, an overestimate for coupled channel
+    groups (``prunescope.pick.choose`` passes the footprint of units that are not additive).
     """
 
     target_sparsity: float | None = None
@@ -201,8 +201,7 @@ class BudgetPicker(ReadsCurves):
 
     def pick(self, curves: Curves) -> Pick:
         aligned = _aligned_curves(curves)
-        channel = curves.granularity == "channel"
-        budget = self._channel_budget() if channel else self._weight_budget(aligned)
+        budget = self._budget(aligned)
         choices = self._choices(curves, aligned, budget.kind)
         self._check_reachable(budget, choices)
         if budget.exact is None:
@@ -223,18 +222,33 @@ class BudgetPicker(ReadsCurves):
             "estimated_remaining": budget.dense - _saving(choices, counts),
             **search,
         }
-        details |= self._channel_details(choices, counts, allocation) if channel else _weight_details(
-            curves, choices, counts, allocation
-        )
+        details |= self._outcome(curves, choices, counts, allocation)
         return _finish(curves, allocation, self.name, details)
 
     def _macs_limit(self, dense: float) -> float:
         return macs_limit(self.target_macs, dense)
 
-    def _weight_budget(self, curves: Mapping[str, Curve]) -> _Budget:
+    def _budget(self, curves: Mapping[str, Curve]) -> _Budget:
+        """The budget on the knapsack's scale: exact over the whole model when a footprint is given
+        (units whose savings do not add up, such as coupled channel groups), else additive over the units."""
         if self.target_latency_ms is not None:
-            raise UsageError("a latency budget needs a channel scan (prunescope scan --granularity channel): "
-                             "removing single weights leaves the dense kernels as slow")
+            if self.latency is None:
+                raise UsageError("a latency budget needs units whose removal saves time, timed on the device: "
+                                 "scan channel groups (prunescope scan --granularity channel) and pick with "
+                                 "prunescope pick; zeroed single weights leave the dense kernels as slow")
+            latency = self.latency
+            return _Budget("latency", latency.dense.median_ms, self.target_latency_ms,
+                           lambda allocation: latency.measure(allocation).median_ms)
+        if self.footprint is not None:
+            if self.target_sparsity is not None:
+                raise UsageError("these units share parameters (coupled channel groups): give --target-macs or "
+                                 "--target-params; --target-sparsity counts single weights")
+            footprint, dense = self.footprint, self.footprint({})
+            if self.target_params is not None:
+                return _Budget("params", dense.params, self.target_params,
+                               lambda allocation: footprint(allocation).params)
+            return _Budget("MACs", dense.macs, self._macs_limit(dense.macs),
+                           lambda allocation: footprint(allocation).macs)
         total = sum(c.numel for c in curves.values())
         if self.target_sparsity is not None:
             return _Budget("sparsity", total, total - removed_count(self.target_sparsity, total))
@@ -245,45 +259,25 @@ class BudgetPicker(ReadsCurves):
             raise UsageError("the curves carry no MAC counts: give target_sparsity or target_params instead")
         return _Budget("MACs", dense_macs, self._macs_limit(dense_macs))
 
-    def _channel_budget(self) -> _Budget:
-        if self.target_sparsity is not None:
-            raise UsageError("a channel scan takes --target-macs, --target-params or --target-latency-ms: "
-                             "--target-sparsity counts single weights")
-        if self.target_latency_ms is not None:
-            if self.latency is None:
-                raise UsageError("a latency budget needs a latency table measured on the device: pick with "
-                                 "prunescope pick, which measures one (prunescope.pick.choose)")
-            latency = self.latency
-            return _Budget("latency", latency.dense.median_ms, self.target_latency_ms,
-                           lambda allocation: latency.measure(allocation).median_ms)
-        if self.footprint is None:
-            raise UsageError("a channel budget needs the model's exact footprint: pick with prunescope pick "
-                             "(prunescope.pick.choose), or pass footprint=ChannelPruning(...).footprint")
-        footprint, dense = self.footprint, self.footprint({})
-        if self.target_params is not None:
-            return _Budget("params", dense.params, self.target_params, lambda allocation: footprint(allocation).params)
-        return _Budget("MACs", dense.macs, self._macs_limit(dense.macs), lambda allocation: footprint(allocation).macs)
-
     def _choices(self, curves: Curves, aligned: Mapping[str, Curve], kind: str) -> list[_Choices]:
-        channel = curves.granularity == "channel"
+        # Between two candidates a count may stop only where the saving is linear there and any count is allowed:
+        # not under round_to, nor where the exact footprint or a timing judges (coupled units, latency).
+        discrete = self.round_to > 1 or self.footprint is not None or kind == "latency"
         result = []
         for name, curve in aligned.items():
-            counts = self._channel_counts(curve) if channel else self._weight_counts(curve)
+            counts = self._counts(curve)
             drops = np.array([curves.dense.value - curve.value_at(int(c) / curve.numel) for c in counts])
-            result.append(_Choices(name, curve.numel, counts, drops, self._savings(curve, counts, kind), channel))
+            result.append(_Choices(name, curve.numel, counts, drops, self._savings(curve, counts, kind), discrete))
         return result
 
-    def _weight_counts(self, curve: Curve) -> np.ndarray:
-        """Weights removed at the measured points and on the grid below the highest one."""
-        measured = [p.sparsity for p in curve.points]
-        sparsities = np.union1d(np.arange(0.0, max(measured), self.grid), measured)
-        return np.unique([removed_count(float(s), curve.numel) for s in sparsities])
-
-    def _channel_counts(self, curve: Curve) -> np.ndarray:
-        """Channels removed: none, or as many as leave a multiple of ``round_to``, within the measured sparsities."""
-        highest = max(p.sparsity for p in curve.points)
-        removed = np.arange(min(curve.numel - 1, math.floor(highest * curve.numel + SAME_LEVEL)) + 1)
-        return removed[(removed == 0) | ((curve.numel - removed) % self.round_to == 0)]
+    def _counts(self, curve: Curve) -> np.ndarray:
+        """Elements removed: the measured points, and every ``grid`` of the curve (at least one element) up to the
+        highest one (never beyond: values there are unknown), each leaving a multiple of ``round_to`` or none."""
+        measured = [removed_count(p.sparsity, curve.numel) for p in curve.points]
+        highest = min(curve.numel - 1, max(measured))  # what the scan removed at its deepest point, never all
+        step = max(1, math.floor(self.grid * curve.numel))
+        removed = np.union1d(np.arange(0, highest + 1, step), [m for m in measured if m <= highest])
+        return removed[(removed == 0) | ((curve.numel - removed) % self.round_to == 0)].astype(int)
 
     def _savings(self, curve: Curve, counts: np.ndarray, kind: str) -> np.ndarray:
         """Budget saved at each count with this target pruned alone."""
@@ -313,7 +307,7 @@ class BudgetPicker(ReadsCurves):
                 f"(min {budget.show(least)} remaining); scan higher levels"
             )
         raise UsageError(
-            f"target {budget.kind} {budget.show(budget.limit)} is below what leaving every group its fewest channels "
+            f"target {budget.kind} {budget.show(budget.limit)} is below what leaving every unit its fewest elements "
             f"gives ({budget.show(least)}; one channel, or one multiple of round_to, within the scanned sparsities): "
             "aim higher"
         )
@@ -374,11 +368,19 @@ class BudgetPicker(ReadsCurves):
         }
         return trimmed, multiplier, search
 
-    def _channel_details(self, choices: list[_Choices], counts: Sequence[int], allocation: dict[str, float]) -> dict:
-        """Channels kept per group, and the exact footprint (parameters, MACs per sample) and latency measured."""
+    def _outcome(
+        self, curves: Curves, choices: list[_Choices], counts: Sequence[int], allocation: dict[str, float]
+    ) -> dict:
+        """Elements kept per unit, the units' removed fraction and remaining MACs, and, where the budget was met
+        exactly, the whole model's footprint (parameters, MACs per sample) and latency measured."""
+        total = sum(c.numel for c in choices)
+        removed = int(sum(counts))
         details: dict = {
             "round_to": self.round_to,
-            "kept_channels": {c.name: c.numel - int(n) for c, n in zip(choices, counts, strict=True)},
+            "kept": {c.name: c.numel - int(n) for c, n in zip(choices, counts, strict=True)},
+            "removed": removed,
+            "sparsity": removed / total,  # of the units' elements (weights, or channels)
+            "remaining_macs": sum(curves.curves[name].macs * (1 - s) for name, s in allocation.items()),
         }
         if self.footprint is not None:
             footprint = self.footprint(allocation)
@@ -388,20 +390,6 @@ class BudgetPicker(ReadsCurves):
             details["measured_latency"] = asdict(self.latency.measure(allocation))
             details["dense_latency"] = asdict(self.latency.dense)
         return details
-
-
-def _weight_details(
-    curves: Curves, choices: list[_Choices], counts: Sequence[int], allocation: dict[str, float]
-) -> dict:
-    """Weights removed, the sparsity, and the remaining weights and unstructured-effective MACs per sample."""
-    total = sum(c.numel for c in choices)
-    removed = int(sum(counts))
-    return {
-        "removed": removed,
-        "sparsity": removed / total,
-        "remaining_params": total - removed,
-        "remaining_macs": sum(curves.curves[name].macs * (1 - s) for name, s in allocation.items()),
-    }
 
 
 def _allocation(choices: list[_Choices], counts: Sequence[int]) -> dict[str, float]:

@@ -89,10 +89,11 @@ def choose(
     drop verify backs off to: ``Choice.bound``) so that the held-out joint drop stays within
     ``max_drop``, and reports that held-out drop. Needs an accuracy scan with per-example results.
 
-    Channel curves: every allocation is applied with kept channel counts rounded to
-    multiples of ``round_to``; a budget picker is given the model's exact footprint (and,
-    for a latency target, a :class:`~prunescope.structured.latency.LatencyTable` timed on
-    ``device`` with batches of ``latency_batch``).
+    Every allocation is applied with kept counts rounded to multiples of ``round_to``
+    (channel units). A budget picker on units whose savings do not add up (coupled channel
+    groups) is given the model's exact footprint, and for a latency target the units' latency
+    table (:class:`~prunescope.structured.latency.LatencyTable`) timed on ``device`` with
+    batches of ``latency_batch``.
 
     ``recalibrate_bn``: batches of training data every pruned model's BatchNorm statistics
     are re-estimated on before it is evaluated (None: 20 for a model with BatchNorm, else 0).
@@ -102,7 +103,8 @@ def choose(
     if isinstance(picker, BudgetPicker):
         # The budget met exactly on this model: its footprint, or its latency timed on the device.
         timed = picker.target_latency_ms is not None
-        picker = replace(picker, round_to=structure.round_to, footprint=structure.footprint,
+        picker = replace(picker, round_to=structure.round_to,
+                         footprint=None if structure.additive else structure.footprint,
                          latency=structure.latency_table(device, latency_batch) if timed else None)
     batches = bn_batches(model, recalibrate_bn)
     pruning = recalibrating(structure, data.train, batches)

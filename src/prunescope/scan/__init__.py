@@ -212,7 +212,7 @@ def scan(
         ) as chosen:
             outcome = Runner(
                 study,
-                {unit.target: Whole(planner, unit.numel, exact=granularity == "channel") for unit in units},
+                {unit.target: Whole(planner, unit.numel, exact=found.whole_levels) for unit in units},
                 [curve.target for curve in units],
                 tolerance=tolerance,
                 ladder=Ladder(first, full, top),
