@@ -9,6 +9,7 @@ from test_run import FAST, Recorder
 
 from prunescope import pipeline
 from prunescope.checkpoint import load_checkpoint
+from prunescope.measure import count_macs
 from prunescope.targets import find_targets
 from prunescope.trust import Trust
 
@@ -45,4 +46,34 @@ def test_run_answers_how_far_after_fine_tuning_and_reads_test_once_there(tmp_pat
     # A rerun trains nothing again and reads the test split no more.
     recorder = Recorder(monkeypatch)
     assert pipeline.run(RECOVERED, tmp_path, progress=recorder)["recovered"] == json.loads(json.dumps(recovered))
+    assert recorder.test_reads == 0 and not any("fine-tuning" in stage for stage in recorder.stages)
+
+
+CHANNELS = replace(FAST, recovered=True, recovered_sparsities=(0.5, 0.9), granularity="channel",
+                   removed_macs=(0.3, 0.6), max_drop=0.03, scratch=(), methods=("ours",), sparsities=(0.8,))
+
+
+def test_run_answers_how_many_times_fewer_macs_after_removing_channels(tmp_path, monkeypatch):
+    recorder = Recorder(monkeypatch)
+    doc = pipeline.run(CHANNELS, tmp_path, progress=recorder)
+    structured = doc["recovered_channels"]
+    reach = structured["reach"]
+    bound = structured["dense_val"] - CHANNELS.max_drop
+    assert {0.3, 0.6} <= {p["sparsity"] for p in reach["points"]}
+    answer = structured["answer"]
+    assert all(p["sparsity"] > answer for p in reach["points"] if p["accuracy"] < bound)
+    for point in structured["points"]:  # each model trained is physically smaller, by at least the MACs asked
+        if point["macs"] is not None:
+            saved = load_checkpoint(tmp_path / "recovered" / f"channel@{point['removed_macs']:g}" / "model.pt",
+                                    trust_factory=Trust.of_specs(doc["model"], doc["dataset"])).model
+            assert count_macs(saved, tuple(doc["model"]["input_shape"])).dense == point["macs"]
+    if answer > 0:
+        assert structured["mac_reduction"] >= 1 / (1 - answer) - 1e-9  # met exactly on the footprint
+        assert structured["measure"]["mac_reduction"] == structured["mac_reduction"]
+        assert set(structured["measure"]["speedup"]) == {"1", "256"}
+        assert any("removing channels cuts the MACs" in sentence for sentence in doc["verdict"])
+    # A rerun trains nothing again and reads the test split no more.
+    recorder = Recorder(monkeypatch)
+    assert pipeline.run(CHANNELS, tmp_path, progress=recorder)["recovered_channels"] == json.loads(
+        json.dumps(structured))
     assert recorder.test_reads == 0 and not any("fine-tuning" in stage for stage in recorder.stages)

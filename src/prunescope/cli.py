@@ -197,6 +197,9 @@ def run_command(
     seed: Annotated[int | None, typer.Option(help="Seed of split, initialisation and shuffling [0].")] = None,
     hparams: Annotated[bool | None, typer.Option("--hparams", help="Also run the hyperparameter study "
                                                                     "(prunescope hparams' defaults).")] = None,
+    granularity: Annotated[str | None, typer.Option(help="channel: also how many times fewer MACs removing whole "
+                                                         "channels reaches after fine-tuning, with its measured "
+                                                         "speed-up [weight].")] = None,
     trust_factory: TrustFactoryOption = False,
 ) -> None:
     """The whole job: dense → scan → pick → verify → prune → fine-tune → compare → test once → report."""
@@ -206,6 +209,7 @@ def run_command(
         "methods": [m.strip() for m in methods.split(",")] if methods else None, "criterion": criterion,
         "folds": folds, "cv": cv, "max_drop": _points(max_drop), "finetune_epochs": finetune_epochs,
         "device": device, "seed": seed, "recalibrate_bn": recalibrate_bn, "hparams": hparams,
+        "granularity": granularity,
         "model_args": assignments("--model-arg", model_arg) or None,
         "data_args": assignments("--data-arg", data_arg) or None, "limit_train": limit_train, "limit_val": limit_val,
         "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,

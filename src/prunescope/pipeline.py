@@ -42,7 +42,7 @@ from prunescope.pick.choose import choose
 from prunescope.pick.crossval import val_folds, with_threshold
 from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.registry import make_allocator
-from prunescope.recovered import recovered_sweep
+from prunescope.recovered import recovered_channels, recovered_sweep
 from prunescope.report import comparison_rows, save_scan
 from prunescope.results import document
 from prunescope.retrain_cv import retrain_cross_validate
@@ -53,7 +53,9 @@ from prunescope.targets import find_targets
 from prunescope.train import EpochRecord, TrainConfig, TrainResult, finetune, train
 from prunescope.train.scratch import scratch_epochs, train_scratch
 from prunescope.trust import Trust
+from prunescope.units import DEFAULT_CRITERION
 from prunescope.verdict import (
+    channel_recovered_sentence,
     crossval_clause,
     layer_sentences,
     method_sentence,
@@ -114,11 +116,15 @@ def _history(result: TrainResult) -> list[dict[str, Any]]:
     return [asdict(r) for r in result.history]
 
 
-def _scan(config: RunConfig, model: torch.nn.Module, data: Dataset, out: Path, progress: Progress) -> Curves:
-    storage = out / "scan" / JOURNAL_FILE
-    return scan(model, data, criterion=config.criterion, strategy=config.strategy, tolerance=config.tolerance,
-                subset=config.subset, device=config.device, storage=storage, seed=config.seed,
-                on_trial=lambda done, total: progress("scan", done, total))
+def _scan(config: RunConfig, model: torch.nn.Module, data: Dataset, out: Path, progress: Progress,
+          granularity: str = "weight") -> Curves:
+    # The weight scan ranks by the run's criterion; the channel scan by the default channel importance.
+    criterion = config.criterion if granularity == "weight" else DEFAULT_CRITERION[granularity]
+    stage = "scan" if granularity == "weight" else f"{granularity} scan"
+    storage = out / stage.replace(" ", "-") / JOURNAL_FILE
+    return scan(model, data, criterion=criterion, strategy=config.strategy, tolerance=config.tolerance,
+                subset=config.subset, device=config.device, storage=storage, seed=config.seed, granularity=granularity,
+                on_trial=lambda done, total: progress(stage, done, total))
 
 
 CV_MODES = ("val", "retrain")
@@ -290,6 +296,20 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
         verdict.append(reconstruction_sentence(config.sparsity, one_shot, reconstructed))
     if recovered is not None:
         verdict.append(recovered_sentence(recovered, config.max_drop))
+    # 9. the same in whole channels: how many times fewer MACs after fine-tuning, and the speed-up measured there
+    structured = None
+    if config.granularity == "channel" and config.recovered and config.finetune_epochs > 0:
+        channel_curves = _scan(config, model, data, out, progress, granularity="channel")
+        channel_key = {"curves": {k: v for k, v in channel_curves.to_dict().items() if k not in bookkeeping}}
+        structured = stages.get(
+            "recovered_channels",
+            {**channel_key, "removed_macs": config.removed_macs, "max_drop": config.max_drop, "tune": tune.to_dict(),
+             "recalibrate_bn": config.recalibrate_bn},
+            lambda: recovered_channels(model, data, channel_curves, removed_macs=config.removed_macs,
+                                       max_drop=config.max_drop, tune=tune, out=out / "recovered",
+                                       model_spec=spec, device=config.device, recalibrate_bn=config.recalibrate_bn,
+                                       progress=lambda message: progress(message, 1, None)))
+        verdict.append(channel_recovered_sentence(structured, config.max_drop))
     studies = {}
     if config.hparams:  # resumable in out/hparams, like every stage
         studies["hparams"] = hparams.study(hparams.HparamsConfig(
@@ -299,7 +319,8 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     doc = document("run", config.to_dict(), model=spec, dataset=data.spec, dense=dense,
                    scan={"tolerance": config.tolerance, "curves": curves.to_dict(per_example=False)},
                    pick=pick, sparsity=config.sparsity, one_shot=one_shot, methods=methods, scratch=scratch,
-                   one_shot_reconstructed=reconstructed, recovered=recovered, verdict=verdict, **studies)
+                   one_shot_reconstructed=reconstructed, recovered=recovered,
+                   recovered_channels=structured, verdict=verdict, **studies)
     write_json(out / "result.json", doc)
     write_csv(out / "methods.csv", [_method_row(m) for m in methods])
     write_csv(out / "one_shot.csv", comparison_rows(one_shot))

@@ -8,8 +8,11 @@ and bisects between the last sparsity within it and the first outside. The test 
 read once, for the model at the answer. For comparison, gradual (AGP, cubic) pruning to
 the same sparsity with the same total epochs.
 
-Every fine-tuning run is checkpointed under ``out/<method>@<sparsity>/``, so a rerun
-resumes; nothing here selects on test.
+:func:`recovered_channels` asks the same of channels: how many times fewer MACs, after
+fine-tuning, within the bound, and the speed-up measured there.
+
+Every fine-tuning run is checkpointed under ``out/<method>@<sparsity>/`` (channels:
+``out/channel@<fraction>/``), so a rerun resumes; nothing here selects on test.
 """
 
 from __future__ import annotations
@@ -22,16 +25,21 @@ from typing import Any
 
 from torch import nn
 
+from prunescope.apply import ChannelPruned, prune_channels
 from prunescope.compare import compare
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data.types import Dataset
+from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import compute_masks
+from prunescope.measure import LATENCY_BATCHES, measure_speedup
+from prunescope.pick import BudgetPicker
 from prunescope.pick.baselines import allocate
+from prunescope.pick.choose import choose
 from prunescope.pick.reach import reach
 from prunescope.targets import find_targets
-from prunescope.train import TrainConfig, finetune
+from prunescope.train import TrainConfig, finetune, train
 from prunescope.train.gradual import gradual_prune, polynomial_schedule
 
 Progress = Callable[[str], None]
@@ -163,3 +171,80 @@ def _gradual(
         "val": Evaluator(result.model, data.val, device=device).evaluate().to_dict(),
         "test": Evaluator(result.model, data.test, device=device).evaluate().to_dict(),
     }
+
+
+def recovered_channels(
+    model: nn.Module,
+    data: Dataset,
+    curves: Curves,
+    *,
+    removed_macs: Sequence[float],
+    max_drop: float,
+    tune: TrainConfig,
+    out: Path,
+    model_spec: dict,
+    device: str = "auto",
+    recalibrate_bn: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """How far MACs can be cut by removing channels, after fine-tuning, within ``max_drop`` on val.
+
+    ``curves``: a channel scan of ``model``. For each fraction r of the dense MACs to remove,
+    the budget picker (``target_macs = 1 - r``, met exactly on the model's footprint, verified
+    on val) chooses how many channels each group keeps; a copy of the model loses those
+    channels physically (:func:`prunescope.apply.prune_channels`, the scan's importance) and
+    is fine-tuned with ``tune``. :func:`prunescope.pick.reach.reach` widens and bisects over r
+    as the recovered sweep does over sparsity. At the answer the test split is read once, and
+    the pruned model is timed against the dense one side by side
+    (:func:`prunescope.measure.measure_speedup`).
+
+    Returns a JSON-ready dict: ``reach`` (r as "sparsity": the fraction of MACs removed),
+    ``answer``, ``points`` (per r: val accuracy, parameters and MACs of the model trained),
+    ``mac_reduction`` and ``test`` at the answer, ``measure`` (params, MACs, latency, speed-up
+    per batch size), ``epochs``.
+    """
+    progress = progress or (lambda _message: None)
+    dense_val = Evaluator(model, data.val, device=device).evaluate().accuracy
+    trained: dict[float, tuple[float, nn.Module, ChannelPruned] | None] = {}
+
+    def accuracy_at(fraction: float) -> float:
+        if fraction not in trained:
+            try:
+                choice = choose(curves, BudgetPicker(target_macs=1 - fraction), model, data, device=device,
+                                recalibrate_bn=recalibrate_bn)
+            except UsageError:  # below what one channel per group leaves: a failure of this fraction
+                trained[fraction] = None
+                return 0.0
+            progress(f"fine-tuning channels at {fraction:.0%} fewer MACs")
+            pruned = prune_channels(copy.deepcopy(model), model_spec, choice.verified.allocation,
+                                    importance=curves.criterion, data=data.train)
+            result = train(pruned.model, data, tune, checkpoint=out / f"channel@{fraction:g}" / "model.pt",
+                           model_spec=pruned.model_spec, device=device)
+            trained[fraction] = (Evaluator(result.model, data.val, device=device).evaluate().accuracy,
+                                 result.model, pruned)
+        entry = trained[fraction]
+        return 0.0 if entry is None else entry[0]
+
+    found = reach(accuracy_at, dense_val, removed_macs, max_drop)
+    document: dict[str, Any] = {
+        "granularity": "channel",
+        "epochs": tune.epochs,
+        "dense_val": dense_val,
+        "points": [
+            {"removed_macs": r, "val": e[0], "params": e[2].pruned.params, "macs": e[2].pruned.macs} if e else
+            {"removed_macs": r, "val": None, "params": None, "macs": None}
+            for r, e in sorted(trained.items())
+        ],
+        "reach": found.to_dict(),
+        "answer": found.answer,
+        "mac_reduction": None,
+        "test": None,
+        "measure": None,
+    }
+    if found.answer > 0:
+        _, small, pruned = trained[found.answer]
+        document["mac_reduction"] = pruned.dense.macs / pruned.pruned.macs
+        document["test"] = Evaluator(small, data.test, device=device).evaluate().to_dict()
+        document["measure"] = measure_speedup(small, model, data.input_shape, device=device,
+                                              batch_sizes=LATENCY_BATCHES)
+    return document

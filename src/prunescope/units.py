@@ -244,6 +244,7 @@ def _channel_units(
 
 
 GRANULARITIES: dict[str, Callable[..., Units]] = {"weight": _weight_units, "channel": _channel_units}
+DEFAULT_CRITERION = {"weight": "magnitude", "channel": "l2"}  # what ranks a unit's elements unless the user says
 
 
 def find_units(

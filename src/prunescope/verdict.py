@@ -127,6 +127,23 @@ def recovered_sentence(recovered: Mapping[str, Any], max_drop: float) -> str:
     return text
 
 
+def channel_recovered_sentence(recovered: Mapping[str, Any], max_drop: float) -> str:
+    """How many times fewer MACs removing channels reaches within ``max_drop`` after fine-tuning, and its speed-up."""
+    epochs = recovered["epochs"]
+    if recovered["answer"] == 0:
+        return (f"with {epochs} epochs of fine-tuning no swept cut of channels stays within {_pts(max_drop)} pts on "
+                f"val (fewest MACs removed: {recovered['reach']['points'][0]['sparsity']:.0%})")
+    text = (f"with {epochs} epochs of fine-tuning, removing channels cuts the MACs {recovered['mac_reduction']:.2f}× "
+            f"within {_pts(max_drop)} pts on val (test {recovered['test']['accuracy']:.2%})")
+    measured = recovered.get("measure") or {}
+    if measured.get("speedup"):
+        batch = max(measured["speedup"], key=int)
+        low, high = measured["speedup_range"][batch]
+        text += (f"; measured speed-up {measured['speedup'][batch]:.2f}× at batch {batch} "
+                 f"({low:.2f}–{high:.2f} over rounds)")
+    return text
+
+
 def selection_sentence(rows: list[Mapping[str, Any]]) -> str | None:
     """The selection effort of ``ours`` on val, per sparsity, next to the baselines' one evaluation each.
 
