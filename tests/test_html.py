@@ -12,12 +12,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from result_fixture import result_doc
+from result_fixture import metrics, result_doc, wilson
 from services import missing
 
 from prunescope.errors import UsageError
 from prunescope.html import render_html, write_html
-from prunescope.plots import epoch_curves_plot, interval_panels_plot, training_plot
+from prunescope.plots import epoch_curves_plot, interval_panels_plot, png_bytes, recovered_figure, training_plot
 from prunescope.results import check_result, load_result
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -351,3 +351,84 @@ def test_templates_ship_as_package_data() -> None:
     templates = files("prunescope") / "templates"
     assert {"report.html.j2", "report.css"} <= {entry.name for entry in templates.iterdir()}
     assert (templates / "report.css").read_text(encoding="utf-8").strip() in render_html(result_doc())
+
+
+def _with_reconstruction_and_recovered(doc: dict) -> dict:
+    """``doc`` with the two run stages that used to be verdict sentences only: the one-shot comparison pruned by
+    reconstruction (beside masks alone) and the recovered sweep, numbers made up but consistent."""
+    doc = copy.deepcopy(doc)
+    doc["settings"]["calibration"] = 512
+    doc["one_shot"] = {"criterion": "magnitude", "rows": [
+        {"method": "ours", "sparsity": 0.9, "val": metrics(0.8962, 0.89, 0.31), "test": None, "error": None},
+        {"method": "uniform", "sparsity": 0.9, "val": metrics(0.6184, 0.59, 1.18), "test": None, "error": None},
+        {"method": "uniform+", "sparsity": 0.9, "val": None, "test": None, "error": "cannot reach 90%"},
+    ]}
+    doc["one_shot_reconstructed"] = {"criterion": "magnitude", "reconstruct": "mask",
+                                     "fallback": {"rnn.weight_hh_l0": "a recurrent gate matrix"}, "rows": [
+        {"method": "ours", "sparsity": 0.9, "val": metrics(0.9031, 0.90, 0.29), "test": None, "error": None},
+        {"method": "uniform", "sparsity": 0.9, "val": metrics(0.7412, 0.73, 0.80), "test": metrics(0.7388, 0.73, 0.81),
+         "error": None},
+        {"method": "uniform+", "sparsity": 0.9, "val": None, "test": None, "error": "cannot reach 90%"},
+    ]}
+    doc["recovered"] = {
+        "epochs": 4, "baseline": "global", "dense_val": 0.9104,
+        "curves": {"ours": [{"sparsity": 0.5, "val": 0.9121}, {"sparsity": 0.9, "val": 0.9050},
+                            {"sparsity": 0.95, "val": 0.8702}],
+                   "global": [{"sparsity": 0.5, "val": 0.9098}, {"sparsity": 0.9, "val": 0.8911},
+                              {"sparsity": 0.95, "val": None}]},
+        "reach": {"dense": 0.9104, "max_drop": 0.01, "points": [], "widened": [], "bisected": [], "answer": 0.9,
+                  "first_failure": 0.95},
+        "answer": 0.9, "test": metrics(0.8977, 0.89, 0.33),
+        "gradual": {"sparsity": 0.9, "steps": 4, "epochs": 4, "val": metrics(0.9002, 0.89, 0.32),
+                    "test": metrics(0.8891, 0.88, 0.35)},
+    }
+    return doc
+
+
+def test_reconstructed_one_shot_and_recovered_sweep_are_tables_and_a_plot(doc: dict) -> None:
+    html = render_html(_with_reconstruction_and_recovered(doc))
+    page = Page(html)
+    assert 'class="section-error"' in html  # uniform+'s refusal, shown in red; every section rendered
+    assert not [h for h in page.headings if "not rendered" in h]
+    expected = list(SECTIONS)
+    expected.insert(expected.index("Accuracy vs sparsity") + 1, "One-shot with layer-wise reconstruction")
+    expected.append("How far after fine-tuning")
+    assert page.headings == expected
+
+    rebuilt = {(r[0], r[1]): r for r in page.table("one-shot accuracy with masks alone and with layer-wise")}
+    ours, uniform = rebuilt["90.0%", "ours"], rebuilt["90.0%", "uniform"]
+    low, high = wilson(0.9031)
+    assert ours[2:5] == [pct(0.8962), f"{pct(0.9031)} {pct(low, 1)}–{pct(high, 1)}", "+0.69"]
+    assert ours[5] == "–" and ours[6] == "0"
+    assert uniform[2] == pct(0.6184) and uniform[4] == "+12.28" and uniform[5].startswith(pct(0.7388))
+    assert rebuilt["90.0%", "uniform+"][2:6] == ["–"] * 4
+    text = " ".join(page.text)
+    assert "uniform+ at 90.0%: cannot reach 90%" in text
+    assert "rnn.weight_hh_l0 (a recurrent gate matrix)" in text and "on 512 train examples" in text
+
+    recovered = page.table("accuracy after fine-tuning; answer 90.0%, bound: val ≥ 90.04%")[1:]  # under the header
+    cells = {(r[0], r[1]): r[2:] for r in recovered}
+    assert [(r[0], r[1]) for r in recovered] == [("50.0%", "ours"), ("50.0%", "global"), ("90.0%", "ours"),
+                                                ("90.0%", "global"), ("95.0%", "ours"), ("95.0%", "global"),
+                                                ("90.0%", "gradual (AGP)")]
+    assert cells["90.0%", "ours"][0] == pct(0.9050) and cells["90.0%", "ours"][1].startswith(pct(0.8977))
+    assert cells["90.0%", "global"] == [pct(0.8911), "–", "4"]
+    assert cells["95.0%", "global"][0] == "not reached" and cells["95.0%", "ours"] == [pct(0.8702), "–", "4"]
+    assert cells["90.0%", "gradual (AGP)"][0].startswith(pct(0.9002))
+    assert cells["90.0%", "gradual (AGP)"][1].startswith(pct(0.8891)) and cells["90.0%", "gradual (AGP)"][2] == "4"
+    alts = [attrs.get("alt") for tag, attrs in page.elements if tag == "img"]
+    assert "val accuracy after fine-tuning versus sparsity, with the bound and the answer" in alts
+    assert len(alts) == 7
+
+
+def test_recovered_plot_marks_the_bound_and_the_answer() -> None:
+    figure = recovered_figure({"ours": [(0.5, 0.91), (0.9, 0.905)], "global": [(0.5, 0.909)]}, 0.9104, 0.9004, 0.9,
+                              {"ours at the answer, test": (0.9, 0.8977)})
+    axes = figure.axes[0]
+    labels = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert labels == ["ours", "global", "ours at the answer, test", "dense (91.04%)", "bound (90.04%)",
+                      "answer (90.0%)"]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert list(lines["bound (90.04%)"].get_ydata()) == [0.9004, 0.9004]
+    assert list(lines["answer (90.0%)"].get_xdata()) == [0.9, 0.9]
+    assert png_bytes(figure).startswith(PNG_MAGIC)

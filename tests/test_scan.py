@@ -24,7 +24,7 @@ from prunescope.scan.evaluation import ModelEvaluation
 from prunescope.scan.executors import InProcess
 from prunescope.scan.runner import Ladder, Runner, ScanOutcome, paired_drop_interval
 from prunescope.scan.strategy import BEYOND_LEVELS, Adaptive, Grid, Planner, within
-from prunescope.scan.study import DENSE, Measurement, StudySpec
+from prunescope.scan.study import DENSE, Measurement, Point, StudySpec
 from prunescope.targets import find_targets
 from prunescope.units import WeightPruning
 
@@ -475,7 +475,25 @@ def test_study_of_another_model_or_setting_is_refused_and_left_unchanged(tiny_mo
         scan(other, tiny_data, strategy="grid", levels=[0.5], storage=journal)
     with pytest.raises(UsageError, match="holds a scan with criterion='magnitude', not 'lamp'"):
         scan(tiny_model, tiny_data, criterion="lamp", strategy="grid", levels=[0.5], storage=journal)
+    # A plain scan's points are never mixed with recalibrated or reconstructed ones (nor the reverse).
+    with pytest.raises(UsageError, match="holds a scan with recalibrate_bn=0, not 2"):
+        scan(tiny_model, tiny_data, strategy="grid", levels=[0.5], storage=journal, recalibrate_bn=2)
+    with pytest.raises(UsageError, match="holds a scan with reconstruct='off', not 'mask'"):
+        scan(tiny_model, tiny_data, strategy="grid", levels=[0.5], storage=journal, reconstruct="mask",
+             calibration=100)
     assert journal.read_bytes() == saved
+
+
+def test_a_study_recorded_before_a_setting_was_counts_as_made_without_it(tmp_path):
+    spec = StudySpec.at(tmp_path / "scan.journal", "scan", (DENSE, "fc.weight"), 10, "accuracy")
+    study = spec.open({"criterion": "magnitude"})  # what an older prunescope recorded
+    study.enqueue([Point(DENSE, 0.0, 10)])
+    study.run_queued(lambda target, sparsity, n: (0.5, 0.4, 0.6))
+    absent = {"reconstruct": "off"}
+    with pytest.raises(UsageError, match="holds a scan with reconstruct='off', not 'mask'"):
+        spec.open({"criterion": "magnitude", "reconstruct": "mask"}, absent=absent)
+    assert spec.open({"criterion": "magnitude", "reconstruct": "off"}, absent=absent).study.user_attrs == {
+        "criterion": "magnitude", "reconstruct": "off"}
 
 
 @pytest.mark.parametrize("url", ["sqlite:////nonexistent-prunescope-dir/deeper/scan.db", "nosuchdialect://host/db"])

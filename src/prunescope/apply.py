@@ -1,8 +1,9 @@
 """Apply an allocation ``{target name: sparsity}`` to a model for good, and export the result.
 
 - :func:`prune` scores the weights (:mod:`prunescope.criteria`), removes exactly
-  ``round(s · n)`` weights of each target (:func:`prunescope.masks.compute_masks`) and keeps
-  them removed with a ``torch.nn.utils.prune`` re-parametrisation
+  ``round(s · n)`` weights of each target (:func:`prunescope.masks.compute_masks`; when asked,
+  re-fitting the kept ones by layer-wise reconstruction, :mod:`prunescope.reconstruct`) and
+  keeps them removed with a ``torch.nn.utils.prune`` re-parametrisation
   (``weight = weight_orig * weight_mask``), so that fine-tuning cannot bring them back.
 - :func:`export` writes a checkpoint with the masks baked into the weights: it loads into
   the plain architecture with :func:`prunescope.checkpoint.load_checkpoint`, and its
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,14 @@ from typing import Any
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from prunescope.calibration import calibration_inputs
 from prunescope.checkpoint import save_checkpoint
 from prunescope.criteria import compute_scores
 from prunescope.data.types import Dataset, Split
 from prunescope.errors import UsageError
 from prunescope.masks import Masks, apply_permanently, check_sparsity, compute_masks, measured_sparsity
+from prunescope.reconstruct import Reconstruction
+from prunescope.reconstruct import reconstruct as reconstruct_layers
 from prunescope.structured.allocation import removal_for
 from prunescope.structured.groups import Footprint, find_groups, pruned_spec
 from prunescope.structured.importance import group_scores
@@ -154,6 +158,10 @@ def prune(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     seed: int = 0,
+    reconstruct: str | None = None,
+    calibration: int = 1024,
+    reconstruct_fallback: bool = False,
+    on_reconstructed: Callable[[Reconstruction], None] | None = None,
 ) -> Masks:
     """Prune ``model`` in place to ``allocation`` and return the keep-masks applied.
 
@@ -163,11 +171,30 @@ def prune(
     (``data`` needed for ``taylor`` / ``fisher``), and keeps them at zero through training
     via ``torch.nn.utils.prune.custom_from_mask``. :func:`prunescope.masks.make_permanent`
     turns the re-parametrisation into plain zeroed weights; :func:`export` saves them baked.
+
+    ``reconstruct``: ``mask`` re-fits the kept weights of those masks by layer-wise
+    reconstruction on ``calibration`` seeded inputs of ``data`` (the train split), ``obs`` also
+    chooses each layer's mask (same counts); ``reconstruct_fallback`` prunes the layers whose
+    inputs cannot be captured with the criterion's masks alone. ``on_reconstructed`` gets the
+    :class:`~prunescope.reconstruct.Reconstruction` (per-layer errors, the layers that fell back).
     """
     targets = find_targets(model, include, exclude)
     checked = check_allocation(allocation, targets)
     masks = pruning_masks(model, targets, checked, criterion=criterion, data=data, seed=seed)
-    release(model, targets, list(existing_masks(model, targets)))
+    existing = list(existing_masks(model, targets))
+    if reconstruct == "obs" and existing:
+        raise UsageError(f"--reconstruct obs chooses its own masks, which could bring back the weights this model has "
+                         f"already pruned ({existing[0]}…): use --reconstruct mask")
+    release(model, targets, existing)
+    if reconstruct is not None:
+        split = data.train if isinstance(data, Dataset) else data
+        if split is None:
+            raise UsageError("reconstruction needs the train split for its calibration inputs")
+        done = reconstruct_layers(model, targets, checked, calibration_inputs(split, calibration), masks=masks,
+                                  select=reconstruct, fallback=reconstruct_fallback)
+        masks = {name: done.masks.get(name, mask) for name, mask in masks.items()}
+        if on_reconstructed is not None:
+            on_reconstructed(done)
     apply_permanently(model, targets, masks, reparametrize=True)
     return masks
 

@@ -1,12 +1,19 @@
 """What a layer sees: its inputs on calibration data, as the rows a weight matrix multiplies.
 
 Calibration-aware pruning (Wanda's feature norms, OBS reconstruction's Hessians) needs,
-for a Linear or convolution, the matrix ``X`` of shape (M, d_in) whose rows are the input
-vectors the weight, viewed as (d_out, d_in), is applied to: the last dimension of a
-Linear's input, or the im2col patches (in-channel, kh, kw) of a convolution. This module
-captures them with a forward pre-hook, stops the forward pass right after the layer (the
-rest of the network is not needed), and streams them batch by batch so that memory stays
-at one batch of one layer.
+for a weight viewed as (d_out, d_in), the matrix ``X`` of shape (M, d_in) whose rows are the
+input vectors it is applied to: the last dimension of a Linear's input, the im2col patches
+(in-channel, kh, kw) of a convolution, or, inside ``nn.MultiheadAttention``, the query (and
+key and value) of the projections and the attention's per-head context of ``out_proj``.
+This module captures them with a forward pre-hook, stops the forward pass right after the
+layer (the rest of the network is not needed), and streams them batch by batch so that
+memory stays at one batch of one layer.
+
+``out_proj`` is applied functionally by its attention module, so no hook of its own ever
+fires: its input is the attention's output computed with ``out_proj`` set to the identity
+(exact in floating point), from the attention module's own call. A recurrent layer's gate
+matrices multiply its own hidden states, which pruning the layer changes, and an embedding
+is a table lookup: neither has inputs to capture (:func:`unsupported` says why).
 
 Only train examples serve as calibration data (never val or test), and no label is read.
 """
@@ -14,7 +21,9 @@ Only train examples serve as calibration data (never val or test), and no label 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,15 +31,32 @@ from torch.nn import functional as F
 
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
-from prunescope.targets import Target
+from prunescope.targets import Target, forward_owner
+
+# The argument of nn.MultiheadAttention's call that each of its projection weights multiplies.
+_ATTENTION_INPUTS = {"in_proj_weight": "query", "q_proj_weight": "query", "k_proj_weight": "key",
+                     "v_proj_weight": "value"}
 
 
 class _Captured(Exception):
     """Raised by the capture hook to end a forward pass once the layer's input is taken."""
 
 
-def supports(module: nn.Module) -> str | None:
-    """``None`` when the inputs of ``module``'s weight can be captured, else the reason why not."""
+def supports(module: nn.Module, param: str = "weight") -> str | None:
+    """``None`` when the inputs of ``module``'s tensor ``param`` can be captured, else the reason why not.
+
+    The packed ``in_proj_weight`` of an attention is captured only where it attends to itself
+    (query, key and value equal), which :func:`unsupported` checks on an example.
+    """
+    if isinstance(module, nn.MultiheadAttention) and param in _ATTENTION_INPUTS:
+        return None
+    if isinstance(module, nn.RNNBase):
+        return (f"a recurrent gate matrix ({param} of a {type(module).__name__}): the layer's outputs feed back into "
+                "its gates, so what its gate matrices see depends on their own pruning")
+    if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        return "an embedding (a table lookup, not a product with inputs)"
+    if param != "weight":
+        return f"the tensor {param} of a {type(module).__name__}"
     if isinstance(module, nn.Linear):
         return None
     if isinstance(module, nn.Conv1d | nn.Conv2d):
@@ -39,19 +65,73 @@ def supports(module: nn.Module) -> str | None:
         if isinstance(module.padding, str) or module.padding_mode != "zeros":
             return f"a convolution with padding {module.padding!r} / mode {module.padding_mode!r}"
         return None
-    return f"a {type(module).__name__} (only Linear and ungrouped Conv1d/Conv2d inputs are captured)"
+    return (f"a {type(module).__name__} (only Linear, ungrouped Conv1d/Conv2d and attention projection inputs are "
+            "captured)")
 
 
-def check_supported(model: nn.Module, targets: Sequence[Target]) -> None:
-    """Raise a one-line UsageError naming the first target whose inputs cannot be captured."""
-    for target in targets:
-        module = model.get_submodule(target.module)
-        reason = supports(module) if target.param == "weight" else f"the tensor {target.param}"
-        if reason is not None:
-            raise UsageError(
-                f"cannot capture the inputs of {target.name}: it is {reason}; exclude it (--exclude "
-                f"{target.module or target.name!r}) or use a criterion that needs no calibration data"
-            )
+def unsupported(model: nn.Module, targets: Sequence[Target], example: torch.Tensor) -> dict[str, str]:
+    """``{target name: why its inputs cannot be captured}`` for the targets of ``model`` that cannot be.
+
+    ``example``: a batch of inputs, run once when a packed attention projection must be
+    checked for attending to itself.
+    """
+    reasons = {t.name: r for t in targets if (r := supports(model.get_submodule(t.module), t.param)) is not None}
+    packed = {t.module for t in targets if t.param == "in_proj_weight" and t.name not in reasons}
+    if packed:
+        crossed = _cross_attention(model, packed, example)
+        reasons |= {t.name: "the packed in_proj_weight of a cross-attention (its query, key and value rows multiply "
+                            "different inputs)" for t in targets if t.param == "in_proj_weight" and t.module in crossed}
+    return reasons
+
+
+def refuse(targets: Sequence[Target], reasons: Mapping[str, str], remedy: str) -> None:
+    """Raise a one-line UsageError naming the first target of ``reasons`` (:func:`unsupported`), if any;
+    ``remedy``: what else the user can do (besides excluding it)."""
+    for name, reason in reasons.items():
+        module = next(t.module for t in targets if t.name == name)
+        raise UsageError(f"cannot capture the inputs of {name}: it is {reason}; exclude it (--exclude "
+                         f"{module or name!r}) or {remedy}")
+
+
+def check_supported(model: nn.Module, targets: Sequence[Target], example: torch.Tensor, remedy: str) -> None:
+    """:func:`refuse` the targets whose inputs cannot be captured."""
+    refuse(targets, unsupported(model, targets, example), remedy)
+
+
+def _attention_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    return inspect.signature(module.forward).bind(*args, **kwargs).arguments
+
+
+def _attends_to_itself(arguments: dict[str, Any]) -> bool:
+    query, key, value = arguments["query"], arguments["key"], arguments["value"]
+    return all(other is query or (other.shape == query.shape and torch.equal(other, query)) for other in (key, value))
+
+
+def _cross_attention(model: nn.Module, modules: set[str], example: torch.Tensor) -> set[str]:
+    """The attention modules among ``modules`` whose first call on ``example`` is not self-attention."""
+    crossed: set[str] = set()
+    seen: set[str] = set()
+
+    def record(path: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if path not in seen:
+                seen.add(path)
+                if not _attends_to_itself(_attention_arguments(module, args, kwargs)):
+                    crossed.add(path)
+
+        return hook
+
+    handles = [model.get_submodule(p).register_forward_pre_hook(record(p), with_kwargs=True) for p in modules]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return crossed
 
 
 def as_rows(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -72,28 +152,74 @@ def as_rows(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
-def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The module's weight as (d_out, d_in), a view in the layout of :func:`as_rows`."""
-    return module.weight.reshape(module.weight.shape[0], -1)
+def weight_matrix(module: nn.Module, param: str = "weight") -> torch.Tensor:
+    """The module's tensor ``param`` as (d_out, d_in), a view in the layout of :func:`as_rows`."""
+    weight = getattr(module, param)
+    return weight.reshape(weight.shape[0], -1)
+
+
+def bias_of(module: nn.Module, param: str = "weight") -> torch.Tensor | None:
+    """The bias added to the outputs of ``module``'s tensor ``param`` (a view of it for one attention projection)."""
+    if not isinstance(module, nn.MultiheadAttention):
+        return getattr(module, "bias", None)
+    bias, width = module.in_proj_bias, module.embed_dim
+    if bias is None or param == "in_proj_weight":
+        return bias
+    block = ("q_proj_weight", "k_proj_weight", "v_proj_weight").index(param)
+    return bias[block * width : (block + 1) * width]
+
+
+@contextlib.contextmanager
+def _identity(linear: nn.Linear) -> Iterator[None]:
+    """``linear`` computes the identity inside the block (weight I, bias 0); restored exactly after."""
+    saved = [(p, p.detach().clone()) for p in (linear.weight, linear.bias) if p is not None]
+    try:
+        with torch.no_grad():
+            linear.weight.copy_(torch.eye(linear.out_features, linear.in_features, dtype=linear.weight.dtype,
+                                          device=linear.weight.device))
+            if linear.bias is not None:
+                linear.bias.zero_()
+        yield
+    finally:
+        with torch.no_grad():
+            for parameter, original in saved:
+                parameter.copy_(original)
+
+
+def _rows(module: nn.Module, param: str, called: nn.Module, args: tuple, kwargs: dict, name: str) -> torch.Tensor:
+    """The rows ``module.param`` multiplies, from the call of ``called`` (``module`` or the attention owning it)."""
+    if called is not module:  # out_proj, applied by its attention: the attention's output before out_proj
+        with _identity(module):
+            context = called.forward(*args, **kwargs)[0]
+        return as_rows(module, context)
+    if isinstance(module, nn.MultiheadAttention):
+        arguments = _attention_arguments(module, args, kwargs)
+        if param == "in_proj_weight" and not _attends_to_itself(arguments):
+            raise UsageError(f"cannot capture the inputs of {name}: its query, key and value differ (cross-attention)")
+        inputs = arguments[_ATTENTION_INPUTS[param]]
+        return inputs.reshape(-1, inputs.shape[-1])
+    return as_rows(module, args[0])
 
 
 def layer_inputs(
-    model: nn.Module, module_name: str, calibration: torch.Tensor, *, batch_size: int = 256
+    model: nn.Module, module_name: str, calibration: torch.Tensor, *, batch_size: int = 256, param: str = "weight"
 ) -> Iterator[torch.Tensor]:
-    """Yield, per batch of ``calibration`` (N, *input_shape), the rows (M, d_in) module ``module_name`` multiplies.
+    """Yield, per batch of ``calibration`` (N, *input_shape), the rows (M, d_in) that the tensor ``param`` of
+    module ``module_name`` multiplies.
 
     The model runs in eval mode (BatchNorm uses its running statistics) under no_grad, and
     each forward pass stops at the layer.
     """
     module = model.get_submodule(module_name)
+    called = model.get_submodule(forward_owner(model, module_name))
     device = next(model.parameters()).device
     taken: list[torch.Tensor] = []
 
-    def take(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        taken.append(as_rows(module, args[0]))
+    def take(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        taken.append(_rows(module, param, called, args, kwargs, f"{module_name}.{param}"))
         raise _Captured
 
-    hook = module.register_forward_pre_hook(take)
+    hook = called.register_forward_pre_hook(take, with_kwargs=True)
     was_training = model.training
     model.eval()
     try:
@@ -110,11 +236,11 @@ def layer_inputs(
 
 
 def input_norms(
-    model: nn.Module, module_name: str, calibration: torch.Tensor, *, batch_size: int = 256
+    model: nn.Module, module_name: str, calibration: torch.Tensor, *, batch_size: int = 256, param: str = "weight"
 ) -> torch.Tensor:
     """‖X_j‖₂ over the calibration rows for every input feature j: shape (d_in,)."""
     total: torch.Tensor | None = None
-    for rows in layer_inputs(model, module_name, calibration, batch_size=batch_size):
+    for rows in layer_inputs(model, module_name, calibration, batch_size=batch_size, param=param):
         squares = (rows.double() ** 2).sum(0)
         total = squares if total is None else total + squares
     assert total is not None  # calibration is never empty: checked by the callers

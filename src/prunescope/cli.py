@@ -20,6 +20,7 @@ from prunescope.cli_hparams import hparams_command
 from prunescope.cli_progress import progress_updates
 from prunescope.cliargs import (
     BatchSize,
+    Calibration,
     DataArg,
     DataChoice,
     LabelSmoothing,
@@ -27,9 +28,12 @@ from prunescope.cliargs import (
     LimitVal,
     ModelArg,
     Optimizer,
+    Reconstruct,
+    ReconstructFallback,
     WeightDecay,
     assignments,
     data_choice,
+    reconstruct_choice,
 )
 from prunescope.compare import METHODS, compare
 from prunescope.criteria import CRITERIA
@@ -47,7 +51,7 @@ from prunescope.pick.crossval import DEFAULT_FOLDS
 from prunescope.pick.registry import PICKERS, make_allocator
 from prunescope.pipeline import run, train_model
 from prunescope.prune import prune_channels_and_recover, read_channel_pick
-from prunescope.reconstruct import SELECTIONS
+from prunescope.reconstruct import Reconstruction
 from prunescope.regimes_cli import app as regimes_app
 from prunescope.report import (
     choice_table,
@@ -113,10 +117,6 @@ Granularity = Annotated[str, typer.Option(help="weight (unstructured) or channel
                                                 "removable).")]
 Importance = Annotated[str, typer.Option(help=f"With --granularity channel, which channels go first: "
                                                f"{', '.join(IMPORTANCES)}.")]
-Reconstruct = Annotated[str | None, typer.Option(
-    help="Prune by layer-wise reconstruction on train calibration inputs: 'mask' re-fits the kept weights of the "
-         "criterion's masks, 'obs' also chooses the masks by OBS saliency [off: masks only].")]
-Calibration = Annotated[int, typer.Option(help="Train examples used as calibration inputs (no labels).")]
 RecalibrateBN = Annotated[int | None, typer.Option(help=f"Re-estimate BatchNorm statistics of every pruned model on "
                                                         f"this many batches of 128 training examples, the same for "
                                                         f"every method (0: off). Default: {DEFAULT_BN_BATCHES} for a "
@@ -288,6 +288,9 @@ def sweep_command(
     exclude: Exclude = None,
     subset: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset of this many examples.")] = None,
     recalibrate_bn: RecalibrateBN = None,
+    reconstruct: Reconstruct = None,
+    calibration: Calibration = None,
+    reconstruct_fallback: ReconstructFallback = False,
     data_dir: DataDir = None,
     data_arg: DataArg = None,
     model_arg: ModelArg = None,
@@ -301,25 +304,34 @@ def sweep_command(
     levels = _parse_sparsities(sparsities)
     _check_choice("--criterion", criterion, list(CRITERIA))
     _check_choice("--allocation", allocation, ALLOCATIONS)
+    rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     with _progress("sweeping", len(levels) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
             exclude=exclude or (), subset=subset, device=device, on_point=point_done, recalibrate_bn=recalibrate_bn,
+            **rebuild.arguments(),
         )
     settings = {"checkpoint": str(checkpoint), "sparsities": levels, "criterion": criterion,
                 "allocation": allocation, "include": include or [], "exclude": exclude or [], "subset": subset,
-                "recalibrate_bn": result.recalibrate_bn}
+                "recalibrate_bn": result.recalibrate_bn, **rebuild.settings()}
     doc = document("sweep", settings, model=saved.model_spec, dataset=saved.dataset_spec, sweep=result.to_dict())
     write_sweep(out, doc, result)
     console.print(sweep_table(result))
+    _print_fallback(result.fallback)
     console.print(f"wrote {out / 'result.json'} and {out / 'sweep.csv'}")
 
 
 def _warn_if_val_is_small(examples: int, tolerance: float | None) -> None:
     if tolerance and (warning := small_val_warning(examples, tolerance)):
         console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
+
+
+def _print_fallback(fallback: dict[str, str]) -> None:
+    """Say which layers were pruned with the criterion's masks alone instead of by reconstruction."""
+    for name, reason in fallback.items():
+        console.print(f"[yellow]{name}: masks alone, not reconstructed ({reason})[/yellow]", highlight=False)
 
 
 def _checkpoint_and_data(checkpoint: Path, data: DataChoice, trust_factory: bool, model_arg: list[str] | None):
@@ -374,6 +386,9 @@ def scan_command(
     recalibrate_bn: Annotated[int, typer.Option(help="Re-estimate BatchNorm statistics of every scanned point on this "
                                                      "many batches of 128 training examples (0: off; pick, compare "
                                                      "and sweep recalibrate by default).")] = 0,
+    reconstruct: Reconstruct = None,
+    calibration: Calibration = None,
+    reconstruct_fallback: ReconstructFallback = False,
     include: Include = None,
     exclude: Exclude = None,
     data_dir: DataDir = None,
@@ -390,6 +405,7 @@ def scan_command(
     _check_choice("--granularity", granularity, GRANULARITIES)
     _check_choice("--criterion", criterion, list(CRITERIA))
     _check_choice("--importance", importance, list(IMPORTANCES))
+    rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback, granularity)
     criterion = importance if granularity == "channel" else criterion
     subset = _subset(subset)
     if not tolerance > 0:
@@ -402,7 +418,7 @@ def scan_command(
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
                 "tolerance": tolerance / 100, "subset": subset, "workers": workers, "study_name": study_name,
                 "include": include or [],
-                "exclude": exclude or [], "seed": seed, "recalibrate_bn": recalibrate_bn}
+                "exclude": exclude or [], "seed": seed, "recalibrate_bn": recalibrate_bn, **rebuild.settings()}
     with _growing_progress("scanning") as advance:
         curves = scan(
             saved.model, dataset, criterion=criterion, strategy=strategy, tolerance=tolerance / 100, subset=subset,
@@ -411,10 +427,12 @@ def scan_command(
             workers=workers, seed=seed, on_trial=advance, granularity=granularity, study_name=study_name,
             executor_kind=executor, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
             heartbeat_interval=heartbeat_interval, grace_period=grace_period, recalibrate_bn=recalibrate_bn,
+            **rebuild.arguments(),
         )
     save_scan(out, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
               dataset_spec=saved.dataset_spec, settings=settings)
     console.print(scan_table(curves, tolerance / 100))
+    _print_fallback(curves.fallback)
     console.print(f"{curves.evaluations} evaluations ({curves.reused} reused from the study), "
                   f"{curves.examples / len(dataset.val):.1f} full-split equivalents; wrote {out / SCAN_FILE}, "
                   f"{out / 'scan.csv'}, {out / 'plots' / 'curves.png'}")
@@ -468,6 +486,9 @@ def pick_command(
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = _checkpoint_and_data(Path(source), data, trust_factory, model_arg)
     saved_scan.check_model(saved.model, scan_dir)
+    if saved_scan.curves.reconstruct is not None:
+        console.print(f"[yellow]the scan pruned every point by reconstruction ({saved_scan.curves.reconstruct}); the "
+                      "pick is verified with the criterion's masks alone[/yellow]", highlight=False)
     if folds is None:
         reason = saved_scan.curves.without_per_example()
         folds = DEFAULT_FOLDS if reason is None else 0
@@ -510,7 +531,8 @@ def compare_command(
     test: Annotated[bool, typer.Option(help="Evaluate the test split once per row, after selection.")] = True,
     recalibrate_bn: RecalibrateBN = None,
     reconstruct: Reconstruct = None,
-    calibration: Calibration = 1024,
+    calibration: Calibration = None,
+    reconstruct_fallback: ReconstructFallback = False,
     out: Out = Path("prunescope-out/compare"),
     data_dir: DataDir = None,
     data_arg: DataArg = None,
@@ -527,8 +549,7 @@ def compare_command(
     for method in methods:
         _check_choice("allocation", method, METHODS)
     _check_choice("--criterion", criterion, list(CRITERIA))
-    if reconstruct is not None:
-        _check_choice("--reconstruct", reconstruct, SELECTIONS)
+    rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     curves = None
@@ -548,15 +569,16 @@ def compare_command(
     with _progress("comparing", len(levels) * len(methods)) as row_done:
         comparison = compare(saved.model, dataset, levels, methods, curves=curves, criterion=criterion,
                              include=include or (), exclude=exclude or (), device=device, test=test, on_row=row_done,
-                             recalibrate_bn=recalibrate_bn, reconstruct=reconstruct, calibration=calibration)
+                             recalibrate_bn=recalibrate_bn, **rebuild.arguments())
     settings = {"checkpoint": str(checkpoint), "sparsities": levels, "allocations": methods,
                 "scan": str(scan_dir) if scan_dir else None, "criterion": criterion, "test": test,
                 "include": include or [], "exclude": exclude or [], "recalibrate_bn": comparison.recalibrate_bn,
-                "reconstruct": reconstruct, "calibration": calibration if reconstruct else None}
+                **rebuild.settings()}
     doc = document("compare", settings, model=saved.model_spec, dataset=saved.dataset_spec,
                    comparison=comparison.to_dict())
     write_comparison(out, doc, comparison)
     console.print(comparison_table(comparison))
+    _print_fallback(comparison.fallback)
     for row in comparison.rows:
         if row.error is not None:
             console.print(f"{row.method} at {row.sparsity:g}: {row.error}", highlight=False)
@@ -588,6 +610,9 @@ def prune_command(
     recalibrate_bn: Annotated[int, typer.Option(help="With --granularity channel, re-estimate BatchNorm statistics "
                                                      "on this many training batches right after removal (0: off).")]
     = 0,
+    reconstruct: Reconstruct = None,
+    calibration: Calibration = None,
+    reconstruct_fallback: ReconstructFallback = False,
     out: Out = Path("prunescope-out/pruned"),
     data_dir: DataDir = None,
     data_arg: DataArg = None,
@@ -600,6 +625,7 @@ def prune_command(
 ) -> None:
     """Prune a checkpoint to an allocation, fine-tune, save OUT/model.pt (channel granularity: physically smaller)."""
     _check_choice("--granularity", granularity, GRANULARITIES)
+    rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback, granularity)
     _at_least("--finetune-epochs", finetune_epochs, 0)
     _at_least("--recalibrate-bn", recalibrate_bn, 0)
     _at_least("--round-to", round_to, 1)
@@ -621,7 +647,9 @@ def prune_command(
     targets = find_targets(model)
     per_target = load_allocation(allocation, targets)
     before = Evaluator(model, dataset.val, device=device).evaluate()
-    masks = prune(model, per_target, criterion=criterion, data=dataset.train, seed=seed)
+    reports: list[Reconstruction] = []
+    masks = prune(model, per_target, criterion=criterion, data=dataset.train, seed=seed, **rebuild.arguments(),
+                  on_reconstructed=reports.append)
     one_shot = Evaluator(model, dataset.val, device=device).evaluate()
     history = []
     if tune is not None:
@@ -633,14 +661,17 @@ def prune_command(
     export(model, out / "model.pt", saved.model_spec, saved.dataset_spec, meta={"pruned_from": str(checkpoint)})
     doc = document("prune", {"checkpoint": str(checkpoint), "allocation": str(allocation), "lr": lr,
                              "finetune_epochs": finetune_epochs, "criterion": criterion,
-                             "finetune": tune.to_dict() if tune else None},
+                             "finetune": tune.to_dict() if tune else None, **rebuild.settings()},
                    model=saved.model_spec, dataset=saved.dataset_spec, allocation=per_target,
+                   reconstruction=reports[0].to_dict() if reports else None,
                    val={"dense": before.to_dict(), "one_shot": one_shot.to_dict(), "finetuned": after.to_dict()},
                    finetune={"history": history})
     write_json(out / "result.json", doc)
     console.print(listing_table(f"val accuracy ({len(dataset.val)} examples), "
                                 f"{global_sparsity(per_target, targets):.1%} of the weights removed",
                                 ["model", "accuracy", "Δ pts"], _prune_rows(before, one_shot, after, tune)))
+    if reports:
+        _print_fallback(reports[0].fallback)
     console.print(f"wrote {out / 'model.pt'} and {out / 'result.json'}")
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from prunescope.errors import UsageError
+from prunescope.reconstruct import SELECTIONS
 from prunescope.train.loop import OPTIMIZERS
 
 ModelArg = Annotated[
@@ -37,6 +38,16 @@ Optimizer = Annotated[str, typer.Option(help=f"{' or '.join(OPTIMIZERS)}.")]
 BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
 WeightDecay = Annotated[float, typer.Option(help="Weight decay.")]
 LabelSmoothing = Annotated[float, typer.Option(help="Label smoothing in [0, 1).")]
+Reconstruct = Annotated[str | None, typer.Option(
+    help="Prune by layer-wise reconstruction on train calibration inputs: 'mask' re-fits the kept weights of the "
+         "criterion's masks, 'obs' also chooses the masks by OBS saliency [off: masks only].", show_default=False)]
+Calibration = Annotated[int | None, typer.Option(help="With --reconstruct, train examples used as calibration inputs "
+                                                      "(no labels) [1024].", show_default=False)]
+ReconstructFallback = Annotated[bool, typer.Option(
+    help="With --reconstruct, prune the layers whose inputs cannot be captured (recurrent gates, embeddings, "
+         "cross-attention's packed projection) with the criterion's masks alone instead of refusing; the result "
+         "records which.")]
+DEFAULT_CALIBRATION = 1024
 
 
 def _value(text: str) -> Any:
@@ -95,3 +106,41 @@ def numbers(option: str, text: str) -> tuple[float, ...]:
     if not values:
         raise UsageError(f"{option} is empty: give e.g. 0.05,0.1,0.2")
     return values
+
+
+@dataclass(frozen=True)
+class ReconstructChoice:
+    """``--reconstruct`` / ``--calibration`` / ``--reconstruct-fallback``, checked: select None means off."""
+
+    select: str | None = None
+    calibration: int = DEFAULT_CALIBRATION
+    fallback: bool = False
+
+    def arguments(self) -> dict[str, Any]:
+        """Keyword arguments of compare, sweep, scan and prune."""
+        return {"reconstruct": self.select, "calibration": self.calibration, "reconstruct_fallback": self.fallback}
+
+    def settings(self) -> dict[str, Any]:
+        """What a result document's settings record (calibration and fallback only when reconstructing)."""
+        on = self.select is not None
+        return {"reconstruct": self.select, "calibration": self.calibration if on else None,
+                "reconstruct_fallback": self.fallback if on else None}
+
+
+def reconstruct_choice(
+    reconstruct: str | None, calibration: int | None, fallback: bool, granularity: str = "weight"
+) -> ReconstructChoice:
+    """The checked reconstruction options; a one-line UsageError for a bad value or combination."""
+    if reconstruct is None:
+        if calibration is not None or fallback:
+            raise UsageError("--calibration and --reconstruct-fallback apply with --reconstruct mask or obs")
+        return ReconstructChoice()
+    if reconstruct not in SELECTIONS:
+        raise UsageError(f"unknown --reconstruct {reconstruct!r}: use one of {', '.join(SELECTIONS)}")
+    if granularity != "weight":
+        raise UsageError(f"--reconstruct re-fits a layer's weights: it applies to --granularity weight, not "
+                         f"{granularity}")
+    size = DEFAULT_CALIBRATION if calibration is None else calibration
+    if size < 1:
+        raise UsageError(f"calibration size {size} is below 1: give --calibration a number of train examples")
+    return ReconstructChoice(reconstruct, size, fallback)

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from prunescope.calibration import calibration_inputs
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data.types import Dataset
@@ -47,7 +46,7 @@ from prunescope.pick.baselines import ALLOCATIONS
 from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.refine import Refiner
 from prunescope.pick.registry import ALLOCATORS, COMPARED, make_allocator
-from prunescope.reconstruct import ReconstructedPruning
+from prunescope.reconstruct import fallen_back, reconstructing
 from prunescope.targets import Target, find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.units import Pruning, WeightPruning
@@ -105,6 +104,7 @@ class Comparison:
     recalibrate_bn: int = 0
     val_evaluations: int = 0
     reconstruct: str | None = None
+    fallback: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -116,6 +116,7 @@ class Comparison:
             "recalibrate_bn": self.recalibrate_bn,
             "val_evaluations": self.val_evaluations,
             "reconstruct": self.reconstruct,
+            "fallback": self.fallback,
         }
 
 
@@ -175,6 +176,7 @@ def compare(
     recalibrate_bn: int | None = None,
     reconstruct: str | None = None,
     calibration: int = 1024,
+    reconstruct_fallback: bool = False,
 ) -> Comparison:
     """Evaluate every method at every global sparsity on val, then each once on test.
 
@@ -187,7 +189,9 @@ def compare(
     recalibration batches for every pruned model (None: 20 for a model with BatchNorm, else 0).
     ``reconstruct``: ``mask`` or ``obs`` prunes every method's allocation by layer-wise
     reconstruction (:mod:`prunescope.reconstruct`) on ``calibration`` train inputs instead of
-    masking alone, the same for every row; None: plain masks.
+    masking alone, the same for every row; None: plain masks. ``reconstruct_fallback``: layers whose
+    inputs cannot be captured are pruned with the criterion's masks alone (recorded in
+    ``Comparison.fallback``) instead of refused.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -205,11 +209,8 @@ def compare(
     weights = sum(t.numel for t in targets)
     scores = compute_scores(model, targets, criterion, data=data.train)
     batches = bn_batches(model, recalibrate_bn)
-    base: Pruning = (
-        ReconstructedPruning(model, targets, scores, calibration_inputs(data.train, calibration), select=reconstruct)
-        if reconstruct
-        else WeightPruning(model, targets, scores)
-    )
+    base = reconstructing(WeightPruning(model, targets, scores), data.train, reconstruct, calibration,
+                          fallback=reconstruct_fallback)
     pruning = recalibrating(base, data.train, batches)
     val = _ValCache(pruning, targets, Evaluator(model, data.val, device=device, batch_size=batch_size))
     problem = Problem(model=model, targets=targets, example=data.train.x[:2], curves=curves, validation=val)
@@ -246,4 +247,5 @@ def compare(
                     row.test = test_evaluator.evaluate()
     dense_val = val({})
     return Comparison(criterion=criterion, dense_val=dense_val, dense_test=dense_test, rows=rows, weights=weights,
-                      recalibrate_bn=batches, val_evaluations=val.evaluations, reconstruct=reconstruct)
+                      recalibrate_bn=batches, val_evaluations=val.evaluations, reconstruct=reconstruct,
+                      fallback=fallen_back(base))

@@ -211,11 +211,12 @@ def wanda(
 ) -> Scores:
     if data is None:
         raise UsageError("the wanda criterion needs training data for its calibration inputs")
-    check_supported(model, targets)
     inputs = calibration_inputs(data, calibration, seed=seed)
+    check_supported(model, targets, inputs[:1], "use a criterion that needs no calibration data")
     scores = {}
     for t in targets:
-        saliency = effective_weight(model, t).reshape(t.shape[0], -1).abs() * input_norms(model, t.module, inputs)
+        norms = input_norms(model, t.module, inputs, param=t.param)
+        saliency = effective_weight(model, t).reshape(t.shape[0], -1).abs() * norms
         # Rank within each row; ties between rows at one rank go to the smaller saliency (scaled into [0, 0.5)).
         rank = saliency.argsort(1).argsort(1).double()
         tie_break = saliency.double() / (2 * saliency.max().double() + 1e-30)

@@ -161,6 +161,8 @@ class Curves:
     granularity: str = "weight"  # "weight": targets are weight tensors; "channel": coupled channel groups
     skipped: dict[str, str] = field(default_factory=dict)  # channel scans: layers left dense, with the reason
     per_example: ExampleResults | None = None  # per-example results (accuracy scans), for folds without re-evaluation
+    reconstruct: str | None = None  # how each point was pruned: "mask" / "obs" layer-wise reconstruction, None masks
+    fallback: dict[str, str] = field(default_factory=dict)  # reconstructed scans: layers masked alone, with the reason
 
     def dense_at(self, n: int) -> CurvePoint:
         """The dense reference for a point measured on ``n`` examples (the same seeded subset)."""
@@ -241,4 +243,6 @@ class Curves:
             data.get("granularity", "weight"),
             data.get("skipped", {}),
             ExampleResults.from_dict(data["per_example"]) if data.get("per_example") else None,
+            reconstruct=data.get("reconstruct"),
+            fallback=data.get("fallback", {}),
         )

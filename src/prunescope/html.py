@@ -36,6 +36,7 @@ from prunescope.plots import (
     interval_panels_figure,
     phase_figure,
     png_bytes,
+    recovered_figure,
     search_history_figure,
     shift_figure,
     training_figure,
@@ -493,6 +494,86 @@ def _accuracy_vs_sparsity(doc: Mapping[str, Any]) -> _Section | None:
     return _Section("accuracy", "Accuracy vs sparsity", body)
 
 
+def _one_shot_reconstructed(doc: Mapping[str, Any]) -> _Section | None:
+    """The one-shot comparison pruned by layer-wise reconstruction, row by row beside masks alone."""
+    rebuilt = doc.get("one_shot_reconstructed")
+    if not isinstance(rebuilt, Mapping) or not isinstance(rebuilt.get("rows"), list):
+        return None
+    one_shot = doc.get("one_shot") if isinstance(doc.get("one_shot"), Mapping) else {}
+    plain = {(r.get("method"), _number(r.get("sparsity"))): r for r in one_shot.get("rows") or []
+             if isinstance(r, Mapping)}
+    rows, refused = [], []
+    for r in (r for r in rebuilt["rows"] if isinstance(r, Mapping)):
+        sparsity, method = _number(r.get("sparsity")), str(r.get("method", "?"))
+        before = _accuracy(plain.get((r.get("method"), sparsity), {}).get("val"))
+        rows.append((_pct(sparsity, 1), method, _pct(before), _acc_ci(r.get("val")),
+                     _pts(_diff(_accuracy(r.get("val")), before)), _acc_ci(r.get("test")), "0"))
+        if r.get("error"):
+            refused.append(Error(f"{method} at {_pct(sparsity, 1)}: {r['error']}"))
+    if not rows:
+        return None
+    settings = doc.get("settings") if isinstance(doc.get("settings"), Mapping) else {}
+    mode = rebuilt.get("reconstruct")
+    how = ("its mask chosen by OBS saliency and its kept weights re-fitted" if mode == "obs"
+           else "the criterion's mask kept and its kept weights re-fitted")
+    parts = [_note(f"Every method's allocation pruned again, one-shot (0 fine-tuning epochs), each layer with {how} by "
+                   f"layer-wise reconstruction ({_setting(mode)}) on {_setting(settings.get('calibration'))} train "
+                   "examples (no labels), so that its outputs change the least. Same removed counts as with masks "
+                   "alone; val only unless a test column is filled."),
+             _table(("sparsity", "method", "val acc., masks alone", "val acc., reconstructed (95% CI)",
+                     "Δ val (pts)", "test acc., reconstructed (95% CI)", "epochs"), rows,
+                    caption="one-shot accuracy with masks alone and with layer-wise reconstruction", left=2)]
+    fallback = rebuilt.get("fallback")
+    if isinstance(fallback, Mapping) and fallback:
+        parts.append(_note("Pruned with masks alone, not reconstructed: "
+                           + "; ".join(f"{name} ({why})" for name, why in fallback.items()) + "."))
+    return _Section("reconstructed", "One-shot with layer-wise reconstruction", parts + refused)
+
+
+def _recovered(doc: Mapping[str, Any]) -> _Section | None:
+    """How far after fine-tuning: the recovered sweep of ours and a baseline, the bound and the answer."""
+    recovered = doc.get("recovered")
+    if not isinstance(recovered, Mapping) or not isinstance(recovered.get("curves"), Mapping):
+        return None
+    reach = recovered.get("reach") if isinstance(recovered.get("reach"), Mapping) else {}
+    dense, max_drop = _number(recovered.get("dense_val")), _number(reach.get("max_drop"))
+    answer, epochs = _number(recovered.get("answer")), recovered.get("epochs")
+    methods = list(recovered["curves"])
+    points = sorted(((float(p["sparsity"]), methods.index(m), m, _number(p.get("val")))
+                     for m, listed in recovered["curves"].items() for p in listed if isinstance(p, Mapping)),
+                    key=lambda entry: entry[:2])
+    test = recovered.get("test")
+    rows = [(Cell(_pct(s, 1), em=bool(answer) and s == answer), m, "not reached" if val is None else _pct(val),
+             _acc_ci(test) if m == "ours" and answer and s == answer else "–", _setting(epochs))
+            for s, _, m, val in points]
+    gradual = recovered.get("gradual")
+    marks = {}
+    if answer and _accuracy(test) is not None:
+        marks["ours at the answer, test"] = (answer, _accuracy(test))
+    if isinstance(gradual, Mapping):
+        rows.append((_pct(gradual.get("sparsity"), 1), "gradual (AGP)", _acc_ci(gradual.get("val")),
+                     _acc_ci(gradual.get("test")), _setting(gradual.get("epochs"))))
+        if _accuracy(gradual.get("val")) is not None:
+            marks["gradual (AGP), val"] = (float(gradual["sparsity"]), _accuracy(gradual.get("val")))
+    if not rows:
+        return None
+    bound = None if dense is None or max_drop is None else dense - max_drop
+    allowed = "the allowed drop" if max_drop is None else f"{max_drop * 100:g} pts"
+    parts = [_note(f"{' and '.join(methods)}, each fine-tuned {_setting(epochs)} epochs from the dense weights at "
+                   "every sparsity of the sweep, judged on val; ours' sweep is widened and bisected to the highest "
+                   f"sparsity within {allowed} of the dense val accuracy, below every failure (the answer, "
+                   "emphasised). Test is read once: for ours at the answer and for gradual (AGP) pruning to it with "
+                   "the same epochs.")]
+    series = {m: [(s, val) for s, _, name, val in points if name == m and val is not None] for m in methods}
+    if bound is not None and dense is not None and any(series.values()):
+        parts.append(_figure(lambda: recovered_figure(series, dense, bound, answer, marks),
+                             "val accuracy after fine-tuning versus sparsity, with the bound and the answer"))
+    parts.append(_table(("sparsity", "method", "val acc.", "test acc. (95% CI)", "epochs"), rows,
+                        caption=f"accuracy after fine-tuning; answer {_pct(answer, 1) if answer else 'none'}"
+                                + (f", bound: val ≥ {_pct(bound)}" if bound is not None else ""), left=2))
+    return _Section("recovered", "How far after fine-tuning", parts)
+
+
 def _epoch_series(history: Any, key: str = "val_accuracy") -> list[tuple[float, float]]:
     if not isinstance(history, list):
         return []
@@ -699,8 +780,8 @@ def _argmax(rows: list[list[float]]) -> tuple[int, int]:
     return max(((i, j) for i, row in enumerate(rows) for j in range(len(row))), key=lambda ij: rows[ij[0]][ij[1]])
 
 
-SECTIONS = (_verdict, _settings, _dense, _sensitivity, _allocation, _before_after, _accuracy_vs_sparsity, _finetune,
-            _scratch, _regimes, _hparams)
+SECTIONS = (_verdict, _settings, _dense, _sensitivity, _allocation, _before_after, _accuracy_vs_sparsity,
+            _one_shot_reconstructed, _finetune, _scratch, _recovered, _regimes, _hparams)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -115,6 +115,41 @@ def metric_vs_sparsity_plot(
     return _save(metric_vs_sparsity_figure(series, ylabel, title), path)
 
 
+def recovered_figure(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    dense: float,
+    bound: float,
+    answer: float | None,
+    marks: Mapping[str, tuple[float, float]] | None = None,
+) -> Figure:
+    """Accuracy after fine-tuning vs global sparsity, one line per method, with the bound and the answer marked.
+
+    ``series``: ``{method: [(sparsity, val accuracy)]}``; ``dense``: the dense val accuracy
+    (black line); ``bound``: the lowest accuracy within the allowed drop (dashed red line, the
+    region below it shaded); ``answer``: the sparsity answered (a dotted vertical line; None or
+    0: none); ``marks``: single points labelled by their key, e.g. the test accuracy at the answer.
+    """
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
+    for method, points in series.items():
+        points = sorted(points)
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+    for i, (label, (x, y)) in enumerate((marks or {}).items()):
+        axes.plot([x], [y], marker="*^Dsv"[i % 5], markersize=10, linestyle="none", label=label)
+    axes.axhline(dense, color="black", linewidth=0.9, label=f"dense ({dense:.2%})")
+    axes.axhline(bound, color="C3", linestyle="--", linewidth=1.1, label=f"bound ({bound:.2%})")
+    if answer:
+        axes.axvline(answer, color="C2", linestyle=":", linewidth=1.5, label=f"answer ({answer:.1%})")
+    low, high = axes.get_ylim()
+    axes.axhspan(low, bound, color="C3", alpha=0.06)  # outside the bound
+    axes.set_ylim(low, high)
+    axes.set_xlabel("global sparsity")
+    axes.set_ylabel("val accuracy after fine-tuning")
+    axes.set_title("how far after fine-tuning")
+    axes.legend(fontsize="small")
+    return figure
+
+
 def interval_panels_figure(
     panels: Sequence[tuple[str, Mapping[str, Sequence[IntervalPoint]], tuple[float, float, float] | None]],
     ylabel: str,

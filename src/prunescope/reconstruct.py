@@ -34,16 +34,25 @@ import contextlib
 import copy
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from prunescope.calibration import check_supported, layer_inputs, weight_matrix
+from prunescope.calibration import (
+    bias_of,
+    calibration_inputs,
+    layer_inputs,
+    refuse,
+    unsupported,
+    weight_matrix,
+)
 from prunescope.criteria import Scores
+from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.masks import Masks, check_sparsity, compute_masks, removed_count
 from prunescope.targets import Target, flow_order
+from prunescope.units import Pruning, WeightPruning
 
 SELECTIONS = ("obs", "mask")
 _MAX_DAMPING_RAISES = 6
@@ -70,12 +79,21 @@ class LayerReconstruction:
 
 @dataclass(frozen=True)
 class Reconstruction:
+    """The layers reconstructed, and ``fallback``: the layers pruned with the criterion's masks alone because
+    their inputs cannot be captured ({name: why}). ``masks``: the keep-mask of every pruned layer (not saved)."""
+
     layers: list[LayerReconstruction]
     calibration: int
     seconds: float
+    fallback: dict[str, str] = field(default_factory=dict)
+    masks: Masks = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        return {"calibration": self.calibration, "seconds": self.seconds, "layers": [asdict(x) for x in self.layers]}
+        return {"calibration": self.calibration, "seconds": self.seconds, "layers": [asdict(x) for x in self.layers],
+                "fallback": self.fallback}
+
+
+FALLBACK_REMEDY = "prune such layers with the criterion's masks alone (--reconstruct-fallback)"
 
 
 def reconstruct(
@@ -86,6 +104,7 @@ def reconstruct(
     *,
     masks: Masks | None = None,
     select: str = "obs",
+    fallback: bool = False,
     refit: bool = True,
     sequential: bool = True,
     blocksize: int = 128,
@@ -97,6 +116,10 @@ def reconstruct(
     calibration: train inputs (N, *input_shape); never val or test.
     select: ``obs`` chooses each layer's mask by OBS saliency; ``mask`` keeps the given
         ``masks`` (from any criterion) and only updates the kept weights.
+    fallback: a layer whose inputs cannot be captured (:func:`prunescope.calibration.unsupported`:
+        recurrent gates, embeddings, cross-attention's packed projection…) is pruned with its
+        mask in ``masks`` alone, in data-flow order, so that the layers after it are fitted to
+        its pruned outputs; without it such a layer is a one-line UsageError.
     refit: re-fit every row's kept weights exactly after the sweep.
     sequential: feed each layer the outputs of the already pruned layers (default); False
         fits every layer on the dense network's inputs, independently of the others.
@@ -118,29 +141,36 @@ def reconstruct(
     if unknown:
         raise UsageError(f"unknown layer {unknown[0]!r} in allocation; known: {', '.join(named)}")
     chosen = [named[name] for name, s in allocation.items() if check_sparsity(s, f"sparsity of {name}") > 0]
-    check_supported(model, chosen)
+    plain = unsupported(model, chosen, calibration[:1])
+    if not fallback:
+        refuse(chosen, plain, FALLBACK_REMEDY)
+    if plain and (masks is None or any(name not in masks for name in plain)):
+        raise UsageError(f"{next(iter(plain))} falls back to the criterion's masks: pass them (masks)")
     start = time.perf_counter()
     dense = copy.deepcopy(model)
     ordered = flow_order(model, chosen, calibration[:1])
-    layers = []
+    layers, kept = [], {}
     for target in ordered:
-        mask = None if masks is None or select == "obs" else masks[target.name]
-        layers.append(
-            _reconstruct_layer(
-                model,
-                dense,
-                target,
-                allocation[target.name],
-                calibration,
-                mask=mask,
-                refit=refit,
-                blocksize=blocksize,
-                damping=damping,
-                batch_size=batch_size,
-                inputs_from=model if sequential else dense,
-            )
+        if target.name in plain:
+            kept[target.name] = masks[target.name]
+            with torch.no_grad():
+                getattr(model.get_submodule(target.module), target.param).masked_fill_(~masks[target.name], 0)
+            continue
+        layer, kept[target.name] = _reconstruct_layer(
+            model,
+            dense,
+            target,
+            allocation[target.name],
+            calibration,
+            mask=None if masks is None or select == "obs" else masks[target.name],
+            refit=refit,
+            blocksize=blocksize,
+            damping=damping,
+            batch_size=batch_size,
+            inputs_from=model if sequential else dense,
         )
-    return Reconstruction(layers, len(calibration), time.perf_counter() - start)
+        layers.append(layer)
+    return Reconstruction(layers, len(calibration), time.perf_counter() - start, plain, kept)
 
 
 class ReconstructedPruning:
@@ -149,7 +179,9 @@ class ReconstructedPruning:
     ``applied(allocation)`` prunes ``model`` with :func:`reconstruct` (masks from ``scores``
     with ``select="mask"``, or chosen by OBS with ``select="obs"``) and restores every
     parameter bit-exactly on exit, also after an exception. ``last`` keeps the latest
-    :class:`Reconstruction` (per-layer errors, seconds).
+    :class:`Reconstruction` (per-layer errors, seconds). ``fallback``: the targets pruned with
+    the criterion's masks alone ({name: why}); without ``fallback=True`` any such target is
+    refused when built.
     """
 
     def __init__(
@@ -160,10 +192,13 @@ class ReconstructedPruning:
         calibration: torch.Tensor,
         *,
         select: str = "mask",
+        fallback: bool = False,
     ) -> None:
         if select not in SELECTIONS:
             raise UsageError(f"unknown mask selection {select!r}: use {' or '.join(SELECTIONS)}")
-        check_supported(model, targets)
+        self.fallback = unsupported(model, targets, calibration[:1])
+        if not fallback:
+            refuse(targets, self.fallback, FALLBACK_REMEDY)
         self.model, self.targets, self.scores = model, list(targets), scores
         self.calibration, self.select = calibration, select
         self.last: Reconstruction | None = None
@@ -174,15 +209,34 @@ class ReconstructedPruning:
         saved = [(p, p.detach().clone()) for p in self.model.parameters()]
         try:
             if pruned:
-                masks = compute_masks(self.scores, pruned) if self.select == "mask" else None
+                # The criterion's masks: kept by select="mask", and those of the layers falling back.
+                masked = {n: s for n, s in pruned.items() if self.select == "mask" or n in self.fallback}
                 self.last = reconstruct(
-                    self.model, self.targets, pruned, self.calibration, masks=masks, select=self.select
+                    self.model, self.targets, pruned, self.calibration, masks=compute_masks(self.scores, masked),
+                    select=self.select, fallback=bool(self.fallback),
                 )
             yield self.model
         finally:
             with torch.no_grad():
                 for parameter, original in saved:
                     parameter.copy_(original)
+
+
+def reconstructing(
+    pruning: WeightPruning, train: Split, select: str | None, calibration: int = 1024, *, fallback: bool = False
+) -> Pruning:
+    """``pruning`` itself when ``select`` is None, else its targets and scores pruned by reconstruction
+    (:class:`ReconstructedPruning`) on ``calibration`` seeded ``train`` inputs."""
+    if select is None:
+        return pruning
+    inputs = calibration_inputs(train, calibration)
+    return ReconstructedPruning(pruning.model, pruning.targets, pruning.scores, inputs, select=select,
+                                fallback=fallback)
+
+
+def fallen_back(pruning: Pruning) -> dict[str, str]:
+    """The layers ``pruning`` prunes with the criterion's masks alone instead of by reconstruction ({name: why})."""
+    return dict(pruning.fallback) if isinstance(pruning, ReconstructedPruning) else {}
 
 
 def _augmented(rows: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -203,19 +257,23 @@ def _reconstruct_layer(
     damping: float,
     batch_size: int,
     inputs_from: nn.Module,
-) -> LayerReconstruction:
+) -> tuple[LayerReconstruction, torch.Tensor]:
+    """The layer's reconstruction and its keep-mask (the shape of the tensor)."""
     start = time.perf_counter()
     module = model.get_submodule(target.module)
-    has_bias = getattr(module, "bias", None) is not None
+    bias = bias_of(module, target.param)
+    has_bias = bias is not None
     # Second moments of the pruned (X̃) and dense (X) inputs: H = X̃ᵀX̃, cross = X̃ᵀX, dense_h = XᵀX.
     h = cross = dense_h = None
-    dense_inputs = layer_inputs(dense, target.module, calibration, batch_size=batch_size)
+    dense_inputs = layer_inputs(dense, target.module, calibration, batch_size=batch_size, param=target.param)
     # One capture per model: two live captures on one model would stop each other's forward pass.
     pairs = (
         ((rows, rows) for rows in dense_inputs)
         if inputs_from is dense
         else zip(
-            layer_inputs(inputs_from, target.module, calibration, batch_size=batch_size), dense_inputs, strict=True
+            layer_inputs(inputs_from, target.module, calibration, batch_size=batch_size, param=target.param),
+            dense_inputs,
+            strict=True,
         )
     )
     for pruned_rows, dense_rows in pairs:
@@ -225,7 +283,7 @@ def _reconstruct_layer(
         dense_h = x.T @ x if dense_h is None else dense_h + x.T @ x
     assert h is not None and cross is not None and dense_h is not None
 
-    w_dense = _augmented_weight(module, has_bias)
+    w_dense = _augmented_weight(weight_matrix(module, target.param), bias)
     columns = w_dense.shape[1] - int(has_bias)
     h_damped, used = _damped(h, damping)
     # W* = argmin ‖X W_denseᵀ − X̃ Vᵀ‖² + λ‖V − W_dense‖²: the dense target seen through the pruned inputs.
@@ -245,15 +303,18 @@ def _reconstruct_layer(
         )
         return float(residual.clamp_min(0) / target_energy.clamp_min(torch.finfo(torch.float64).tiny))
 
-    _write(module, weights, has_bias)
-    return LayerReconstruction(
+    weight = getattr(module, target.param)
+    _write(weight, bias, weights)
+    layer = LayerReconstruction(
         target.name, k, target.numel, error(masked), error(weights), used, time.perf_counter() - start
     )
+    return layer, keep[:, :columns].reshape(weight.shape)
 
 
-def _augmented_weight(module: nn.Module, has_bias: bool) -> torch.Tensor:
-    w = weight_matrix(module).detach().double()
-    return torch.cat([w, module.bias.detach().double().unsqueeze(1)], 1) if has_bias else w
+def _augmented_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(d_out, d_in) weights with the bias as a last column, in float64."""
+    w = weight.detach().double()
+    return torch.cat([w, bias.detach().double().unsqueeze(1)], 1) if bias is not None else w
 
 
 def _damped(h: torch.Tensor, damping: float) -> tuple[torch.Tensor, float]:
@@ -318,9 +379,10 @@ def _refit(w: torch.Tensor, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
     return result
 
 
-def _write(module: nn.Module, weights: torch.Tensor, has_bias: bool) -> None:
+def _write(weight: torch.Tensor, bias: torch.Tensor | None, weights: torch.Tensor) -> None:
+    """Write the augmented ``weights`` back: the last column into ``bias`` (a view of the parameter), if any."""
     with torch.no_grad():
-        if has_bias:
-            module.bias.copy_(weights[:, -1].to(module.bias.dtype))
+        if bias is not None:
+            bias.copy_(weights[:, -1].to(bias.dtype))
             weights = weights[:, :-1]
-        module.weight.copy_(weights.reshape(module.weight.shape).to(module.weight.dtype))
+        weight.copy_(weights.reshape(weight.shape).to(weight.dtype))

@@ -1,16 +1,17 @@
 """The sparsity sweep practitioners run first: one-shot prune at each level, evaluate, restore.
 
 For every requested global sparsity the allocation is applied in place (no copy of the
-model), BatchNorm statistics are re-estimated on a few training batches when asked (by
-default for a model with BatchNorm), the split is evaluated and the model measured
-(non-zero parameters, sparse bytes, effective MACs, latency), and the weights and
-statistics are restored exactly before the next level.
+model; by masks, or by layer-wise reconstruction when asked), BatchNorm statistics are
+re-estimated on a few training batches when asked (by default for a model with BatchNorm),
+the split is evaluated and the model measured (non-zero parameters, sparse bytes,
+effective MACs, latency), and the weights and statistics are restored exactly before the
+next level.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
@@ -21,6 +22,7 @@ from prunescope.device import resolve_device
 from prunescope.evaluate import Evaluator, Metrics
 from prunescope.masks import check_sparsity, measured_sparsity
 from prunescope.pick.baselines import allocate
+from prunescope.reconstruct import fallen_back, reconstructing
 from prunescope.targets import Target, find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.units import WeightPruning
@@ -50,6 +52,8 @@ class SweepResult:
     targets: list[Target]
     points: list[SweepPoint]
     recalibrate_bn: int = 0
+    reconstruct: str | None = None
+    fallback: dict[str, str] = field(default_factory=dict)
 
     @property
     def dense(self) -> SweepPoint:
@@ -63,6 +67,8 @@ class SweepResult:
             "targets": [t.to_dict() for t in self.targets],
             "points": [p.to_dict() for p in self.points],
             "recalibrate_bn": self.recalibrate_bn,
+            "reconstruct": self.reconstruct,
+            "fallback": self.fallback,
         }
 
 
@@ -80,6 +86,9 @@ def sweep(
     device: str = "auto",
     latency_repeats: int = 30,
     recalibrate_bn: int | None = None,
+    reconstruct: str | None = None,
+    calibration: int = 1024,
+    reconstruct_fallback: bool = False,
     on_point: Callable[[SweepPoint], None] | None = None,
 ) -> SweepResult:
     """Evaluate ``model`` dense and one-shot pruned at each global sparsity.
@@ -94,6 +103,11 @@ def sweep(
         recalibrate_bn: batches of 128 training examples to re-estimate BatchNorm statistics
             on at every pruned level (None: 20 for a model with BatchNorm, else 0; the dense
             level keeps its statistics).
+        reconstruct: ``mask`` or ``obs`` prunes every level by layer-wise reconstruction on
+            ``calibration`` seeded train inputs (:mod:`prunescope.reconstruct`; ``mask`` re-fits
+            the kept weights of the criterion's masks, ``obs`` also chooses the masks); None:
+            masks alone. ``reconstruct_fallback``: layers whose inputs cannot be captured are
+            pruned with the criterion's masks alone (``SweepResult.fallback``) instead of refused.
         on_point: called after each level (progress bars).
     """
     levels = [check_sparsity(s) for s in sparsities]
@@ -103,7 +117,9 @@ def sweep(
     scores = compute_scores(model, targets, criterion, data=data.train)
     evaluator = Evaluator(model, data.split(split), device=device, subset=subset)
     batches = bn_batches(model, recalibrate_bn)
-    pruning = recalibrating(WeightPruning(model, targets, scores), data.train, batches)
+    base = reconstructing(WeightPruning(model, targets, scores), data.train, reconstruct, calibration,
+                          fallback=reconstruct_fallback)
+    pruning = recalibrating(base, data.train, batches)
     points = []
     for sparsity in [0.0, *levels]:
         per_target = allocate(allocation, model, targets, sparsity, example=data.train.x[:2])
@@ -121,4 +137,4 @@ def sweep(
         if on_point is not None:
             on_point(point)
     return SweepResult(criterion=criterion, allocation=allocation, split=split, targets=targets, points=points,
-                       recalibrate_bn=batches)
+                       recalibrate_bn=batches, reconstruct=reconstruct, fallback=fallen_back(base))

@@ -135,15 +135,26 @@ def by_name(targets: Sequence[Target]) -> dict[str, Target]:
     return {t.name: t for t in targets}
 
 
+def forward_owner(model: nn.Module, path: str) -> str:
+    """The module whose call applies the weights of module ``path``: itself, except for the ``out_proj`` of a
+    MultiheadAttention, which the attention applies functionally (``out_proj`` itself is never called)."""
+    parent, _, leaf = path.rpartition(".")
+    if leaf == "out_proj" and isinstance(model.get_submodule(parent), nn.MultiheadAttention):
+        return parent
+    return path
+
+
 def flow_order(model: nn.Module, targets: Sequence[Target], example: torch.Tensor) -> list[Target]:
     """``targets`` in the order a forward pass on ``example`` (a batch of inputs) first calls their modules.
 
     Registration order (``find_targets``) is the order of ``__init__``, which need not be the
-    order of ``forward``. Targets of one module (an LSTM's weights) keep their relative order;
-    a target whose module the forward pass never calls is an error.
+    order of ``forward``. Targets of one module (an LSTM's weights) keep their relative order,
+    and an attention's ``out_proj`` goes with its attention (:func:`forward_owner`); a target
+    whose module the forward pass never calls is an error.
     """
     order: dict[str, int] = {}
-    modules = {t.module for t in targets}
+    owners = {t.name: forward_owner(model, t.module) for t in targets}
+    modules = set(owners.values())
 
     def record(path: str) -> Callable[..., None]:
         def hook(*_: object) -> None:  # returns None: a pre-hook's return value would replace the input
@@ -161,7 +172,7 @@ def flow_order(model: nn.Module, targets: Sequence[Target], example: torch.Tenso
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    unused = [t.name for t in targets if t.module not in order]
+    unused = [t.name for t in targets if owners[t.name] not in order]
     if unused:
         raise UsageError(f"the forward pass never reaches {unused[0]}: exclude it (--exclude)")
-    return sorted(targets, key=lambda t: order[t.module])  # stable: one module's tensors keep their order
+    return sorted(targets, key=lambda t: order[owners[t.name]])  # stable: one module's tensors keep their order

@@ -25,6 +25,7 @@ from prunescope.curves import Curve, Curves
 from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
+from prunescope.reconstruct import fallen_back, reconstructing
 from prunescope.scan.evaluation import ModelEvaluation, example_results
 from prunescope.scan.executors import executor
 from prunescope.scan.identity import data_fingerprint, model_fingerprint
@@ -35,13 +36,15 @@ from prunescope.targets import find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.trials.executors import EXECUTORS
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-from prunescope.units import GRANULARITIES, find_units
+from prunescope.units import GRANULARITIES, WeightPruning, find_units
 
 __all__ = ["GRANULARITIES", "SCAN_METRICS", "SCONCE_LEVELS", "STRATEGIES", "auto_subset", "scan"]
 
 SCAN_METRICS = ("accuracy", "macro_f1")  # higher is better, as curves and pickers assume
 SUBSET_GROWTH = 4  # by default a point's subset grows to at most 4 times the first one
 AUTO_SUBSET_COVERAGE = 3.0  # subset="auto": n = 3 / tolerance examples
+# What a study that holds trials but does not record these settings was scanned with (recorded only since).
+IDENTITY_ABSENT = {"reconstruct": "off", "recalibrate_bn": 0}
 
 
 def auto_subset(val: int, tolerance: float) -> int | None:
@@ -110,6 +113,9 @@ def scan(
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
     recalibrate_bn: int = 0,
+    reconstruct: str | None = None,
+    calibration: int = 1024,
+    reconstruct_fallback: bool = False,
 ) -> Curves:
     """Sensitivity curves of every target of ``model`` on ``data.val``: one target pruned, others dense.
 
@@ -170,6 +176,14 @@ def scan(
         recalibrate_bn: re-estimate BatchNorm statistics of every pruned point on this many
             batches of 128 training examples (:class:`~prunescope.train.batchnorm.
             RecalibratedPruning`; statistics restored after each point). 0: off (default).
+        reconstruct: ``mask`` or ``obs`` prunes every point by layer-wise reconstruction of
+            its one target (the others dense) on ``calibration`` seeded train inputs
+            (:class:`~prunescope.reconstruct.ReconstructedPruning`; ``mask`` re-fits the kept
+            weights of the criterion's masks, ``obs`` also chooses the masks); weight
+            granularity only. None: masks alone (default). A study holds one setting: resuming
+            it with another is refused. ``reconstruct_fallback``: targets whose inputs cannot
+            be captured are scanned with the criterion's masks alone (``Curves.fallback``)
+            instead of refused.
 
     Returns:
         :class:`~prunescope.curves.Curves` with one curve per target (one point per
@@ -185,7 +199,11 @@ def scan(
     model.to(device)
     found = find_units(model, data, granularity, criterion, include=include, exclude=exclude, seed=seed)
     units = [Curve(u.name, u.size, u.macs, params=u.params) for u in found.units]
-    pruning = recalibrating(found, data.train, bn_batches(model, recalibrate_bn))
+    if reconstruct is not None and not isinstance(found, WeightPruning):
+        raise UsageError("reconstruction re-fits the weights of a layer: it applies to weight granularity, not "
+                         f"{granularity}")
+    base = reconstructing(found, data.train, reconstruct, calibration, fallback=reconstruct_fallback)
+    pruning = recalibrating(base, data.train, bn_batches(model, recalibrate_bn))
     full = len(data.val)
     first = min((auto_subset(full, tolerance) if subset == "auto" else subset) or full, full)
     top = max_subset if max_subset is not None else SUBSET_GROWTH * first
@@ -194,18 +212,22 @@ def scan(
         heartbeat_interval=heartbeat_interval, grace_period=grace_period,
     )
     # An in-memory study is new and private to this call: no stored identity to check, so no fingerprints.
+    reads_train = criterion in NEEDS_DATA or recalibrate_bn or reconstruct is not None
     identity = {} if storage is None else {
         "model": model_fingerprint(model, find_targets(model)),
-        "data": data_fingerprint([data.val, data.train] if criterion in NEEDS_DATA or recalibrate_bn else [data.val]),
         "criterion": criterion,
         "granularity": granularity,
         "metric": metric,
         "seed": seed,
-        **({"recalibrate_bn": recalibrate_bn} if recalibrate_bn else {}),
+        "recalibrate_bn": recalibrate_bn,
+        "reconstruct": reconstruct or "off",
+        **({"calibration": calibration} if reconstruct is not None else {}),
+        # Last: a setting that reads the train split changes the fingerprint too; the message names the setting.
+        "data": data_fingerprint([data.val, data.train] if reads_train else [data.val]),
     }
     evaluate = ModelEvaluation(pruning, data.val, metric=metric, device=device, seed=seed)
     with quiet_optuna():
-        study = spec.open(identity)
+        study = spec.open(identity, absent=IDENTITY_ABSENT)
         evaluate.remember(study.finished())  # the dense answers of a resumed scan, for the paired counts
         with executor(
             evaluate, spec, executor_kind, workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker
@@ -231,5 +253,7 @@ def scan(
         granularity=granularity,
         skipped=found.skipped,
         per_example=example_results(outcome, full, seed) if metric == "accuracy" else None,
+        reconstruct=reconstruct,
+        fallback=fallen_back(base),
     )
 

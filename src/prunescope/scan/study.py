@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,8 +117,12 @@ class StudySpec:
             return f"study {self.place.name!r} at {self.place.location}"
         return f"scan directory {Path(self.place.location or '.').parent}"
 
-    def open(self, identity: dict[str, str | int]) -> ScanStudy:
-        """Load the study or create it; refuse, without writing to it, a study with another identity."""
+    def open(self, identity: dict[str, str | int], absent: Mapping[str, str | int] | None = None) -> ScanStudy:
+        """Load the study or create it; refuse, without writing to it, a study with another identity.
+
+        ``absent``: the value an identity key had in a study that holds trials but does not
+        record the key (made before it was recorded, e.g. ``{"reconstruct": "off"}``).
+        """
         storage = self.place.storage()
         with self.place.lock():  # two processes on a fresh storage: one creates, the other loads
             try:
@@ -132,11 +136,12 @@ class StudySpec:
             if not stored and study.trials:
                 raise UsageError(f"{self.where()} holds a study that is not a prunescope scan; use another --out")
             for key, value in identity.items():
-                if key in stored and stored[key] != value:
+                known = stored[key] if key in stored else (absent or {}).get(key) if study.trials else None
+                if known is not None and known != value:
                     if key == "model":
                         raise UsageError(f"{self.where()} belongs to another model; use another --out")
                     raise UsageError(
-                        f"{self.where()} holds a scan with {key}={stored[key]!r}, not {value!r}; use another --out"
+                        f"{self.where()} holds a scan with {key}={known!r}, not {value!r}; use another --out"
                     )
             for key, value in identity.items():
                 if key not in stored:
