@@ -481,7 +481,7 @@ CASES: list[Case] = [
             "--out",
             w / "out",
         ],
-        "apply to --granularity channel",
+        "does not rank weights",
     ),
     Case(
         "prune --finetune-epochs -1",

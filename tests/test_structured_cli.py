@@ -109,7 +109,7 @@ def test_pruned_spec_composes_and_rebuilds_the_architecture():
     ("argv", "expected"),
     [
         (["--round-to", "64"], "exceeds the width of group 'conv2.conv' (32 channels)"),
-        (["--importance", "nope"], "unknown --importance 'nope'"),
+        (["--importance", "nope"], "--importance 'nope' does not rank channels"),
     ],
 )
 def test_prune_channels_bad_input_is_one_line(cli, cnn, tmp_path, argv, expected):

@@ -14,7 +14,7 @@ from rich.console import Console
 from prunescope import cli_input
 from prunescope import cli_study as study_options
 from prunescope import models as zoo
-from prunescope.apply import export, load_allocation, prune
+from prunescope.apply import export, load_allocation
 from prunescope.checkpoint import Checkpoint, load_checkpoint
 from prunescope.cli_hparams import hparams_command
 from prunescope.cli_progress import progress_updates
@@ -29,6 +29,7 @@ from prunescope.cliargs import (
     ModelArg,
     Optimizer,
     Reconstruct,
+    ReconstructChoice,
     ReconstructFallback,
     WeightDecay,
     assignments,
@@ -50,8 +51,7 @@ from prunescope.pick.choose import choose
 from prunescope.pick.crossval import DEFAULT_FOLDS
 from prunescope.pick.registry import PICKERS, make_allocator
 from prunescope.pipeline import run, train_model
-from prunescope.prune import prune_channels_and_recover, read_channel_pick
-from prunescope.reconstruct import Reconstruction
+from prunescope.prune import PickSettings, prune_channels_and_recover, prune_weights_and_recover, read_channel_pick
 from prunescope.regimes_cli import app as regimes_app
 from prunescope.report import (
     choice_table,
@@ -76,7 +76,6 @@ from prunescope.targets import effective_weight, find_targets
 from prunescope.train import (
     DEFAULT_BN_BATCHES,
     TrainConfig,
-    finetune,
     gradual_prune,
     iterative_schedule,
     polynomial_schedule,
@@ -84,6 +83,7 @@ from prunescope.train import (
 )
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from prunescope.trust import Trust, check_spec
+from prunescope.units import criterion_for
 from prunescope.verdict import selection_sentence, small_val_warning
 
 app = typer.Typer(
@@ -115,8 +115,11 @@ Exclude = Annotated[list[str] | None, typer.Option(help="Glob of layers to keep 
 CheckpointOption = Annotated[Path, typer.Option(help="A checkpoint written by prunescope train.")]
 Granularity = Annotated[str, typer.Option(help="weight (unstructured) or channel (coupled channel groups, physically "
                                                 "removable).")]
-Importance = Annotated[str, typer.Option(help=f"With --granularity channel, which channels go first: "
-                                               f"{', '.join(IMPORTANCES)}.")]
+UnitCriterion = Annotated[str | None, typer.Option(
+    help=f"What goes first: weights ({', '.join(CRITERIA)}; default magnitude) or, with --granularity channel, "
+         f"channels ({', '.join(IMPORTANCES)}; default l2, or the importance of the pick's scan).",
+    show_default=False)]
+ImportanceAlias = Annotated[str | None, typer.Option(hidden=True, help="Same as --criterion (channels).")]
 RecalibrateBN = Annotated[int | None, typer.Option(help=f"Re-estimate BatchNorm statistics of every pruned model on "
                                                         f"this many batches of 128 training examples, the same for "
                                                         f"every method (0: off). Default: {DEFAULT_BN_BATCHES} for a "
@@ -367,9 +370,9 @@ def scan_command(
     out: Out = Path("prunescope-out/scan"),
     strategy: Annotated[str, typer.Option(help="adaptive (few evaluations) or grid (sconce's 18 levels).")]
     = "adaptive",
-    criterion: Criterion = "magnitude",
+    criterion: UnitCriterion = None,
     granularity: Granularity = "weight",
-    importance: Importance = "l2",
+    importance: ImportanceAlias = None,
     tolerance: Annotated[float, typer.Option(help="Allowed drop in points; adaptive refines where curves cross it.")]
     = 0.5,
     subset: Annotated[str | None, typer.Option(help="Start on a seeded subset of this many val examples, or 'auto' "
@@ -403,10 +406,8 @@ def scan_command(
     """Sensitivity of every layer (or channel group): val metric vs its sparsity, others dense. Resumable."""
     _check_choice("--strategy", strategy, STRATEGIES)
     _check_choice("--granularity", granularity, GRANULARITIES)
-    _check_choice("--criterion", criterion, list(CRITERIA))
-    _check_choice("--importance", importance, list(IMPORTANCES))
+    criterion = _criterion(granularity, criterion, importance)
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback, granularity)
-    criterion = importance if granularity == "channel" else criterion
     subset = _subset(subset)
     if not tolerance > 0:
         raise UsageError(f"--tolerance must be a positive number of points, got {tolerance:g}")
@@ -598,11 +599,9 @@ def prune_command(
     weight_decay: WeightDecay = 5e-4,
     label_smoothing: LabelSmoothing = 0.0,
     patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without val gain.")] = None,
-    criterion: Criterion = "magnitude",
+    criterion: UnitCriterion = None,
     granularity: Granularity = "weight",
-    importance: Annotated[str | None, typer.Option(help="With --granularity channel, which channels go first "
-                                                        "(default: the importance of the pick's scan, else l2).")]
-    = None,
+    importance: ImportanceAlias = None,
     round_to: Annotated[int | None, typer.Option(help="With --granularity channel, keep channel counts multiples "
                                                       "of this (default: the pick's, else 1).")] = None,
     export_path: Annotated[Path | None, typer.Option("--export", help="With --granularity channel, also write a "
@@ -634,44 +633,53 @@ def prune_command(
     if finetune_epochs > 0:
         tune = TrainConfig(epochs=finetune_epochs, optimizer=optimizer, lr=lr, batch_size=batch_size,
                            weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed)
-    if granularity != "channel" and (importance is not None or round_to is not None or export_path is not None
-                                     or recalibrate_bn):
-        raise UsageError("--importance, --round-to, --export and --recalibrate-bn apply to --granularity channel")
+    if granularity != "channel" and (round_to is not None or export_path is not None or recalibrate_bn):
+        raise UsageError("--round-to, --export and --recalibrate-bn apply to --granularity channel")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     if granularity == "channel":
-        _prune_channels(saved, dataset, checkpoint, allocation, tune, patience, importance, round_to, export_path,
-                        recalibrate_bn, out, device, seed)
-        return
-    model = saved.model
-    targets = find_targets(model)
+        pick = read_channel_pick(allocation, saved.model, saved.model_spec)
+        chosen = _criterion(granularity, criterion, importance) if criterion or importance else None
+        _prune_channels(saved, dataset, checkpoint, allocation, pick, tune, patience, chosen, round_to,
+                        export_path, recalibrate_bn, out, device, seed)
+    else:
+        _prune_weights(saved, dataset, checkpoint, allocation, tune, patience,
+                       _criterion(granularity, criterion, importance), rebuild, out, device, seed)
+
+
+def _criterion(granularity: str, criterion: str | None, importance: str | None) -> str:
+    """``--criterion``, or its older name ``--importance``, checked for the granularity (None: its default)."""
+    option = "--importance" if importance is not None and criterion is None else "--criterion"
+    return criterion_for(granularity, criterion or importance, option)
+
+
+def _prune_weights(
+    saved: Checkpoint, dataset: Dataset, checkpoint: Path, allocation: Path, tune: TrainConfig | None,
+    patience: int | None, criterion: str, rebuild: ReconstructChoice, out: Path, device: str, seed: int,
+) -> None:
+    targets = find_targets(saved.model)
     per_target = load_allocation(allocation, targets)
-    before = Evaluator(model, dataset.val, device=device).evaluate()
-    reports: list[Reconstruction] = []
-    masks = prune(model, per_target, criterion=criterion, data=dataset.train, seed=seed, **rebuild.arguments(),
-                  on_reconstructed=reports.append)
-    one_shot = Evaluator(model, dataset.val, device=device).evaluate()
-    history = []
-    if tune is not None:
-        with _progress("fine-tuning", finetune_epochs) as epoch_done:
-            result = finetune(model, dataset, targets, masks, tune, checkpoint=out / "finetune.pt",
-                              model_spec=saved.model_spec, patience=patience, device=device, on_epoch=epoch_done)
-        model, history = result.model, [asdict(r) for r in result.history]
-    after = Evaluator(model, dataset.val, device=device).evaluate()
-    export(model, out / "model.pt", saved.model_spec, saved.dataset_spec, meta={"pruned_from": str(checkpoint)})
-    doc = document("prune", {"checkpoint": str(checkpoint), "allocation": str(allocation), "lr": lr,
-                             "finetune_epochs": finetune_epochs, "criterion": criterion,
-                             "finetune": tune.to_dict() if tune else None, **rebuild.settings()},
+    with _progress("fine-tuning", tune.epochs if tune else 0) as epoch_done:
+        result = prune_weights_and_recover(
+            saved.model, saved.model_spec, saved.dataset_spec, dataset, per_target, criterion=criterion, config=tune,
+            out=out, patience=patience, device=device, meta={"pruned_from": str(checkpoint)},
+            reconstruction=rebuild.arguments(), on_epoch=epoch_done, seed=seed)
+    doc = document("prune", {"checkpoint": str(checkpoint), "allocation": str(allocation),
+                             "lr": tune.lr if tune else None, "finetune_epochs": tune.epochs if tune else 0,
+                             "criterion": criterion, "finetune": tune.to_dict() if tune else None,
+                             **rebuild.settings()},
                    model=saved.model_spec, dataset=saved.dataset_spec, allocation=per_target,
-                   reconstruction=reports[0].to_dict() if reports else None,
-                   val={"dense": before.to_dict(), "one_shot": one_shot.to_dict(), "finetuned": after.to_dict()},
-                   finetune={"history": history})
+                   reconstruction=result.reconstruction.to_dict() if result.reconstruction else None,
+                   val={"dense": result.dense.to_dict(), "one_shot": result.one_shot.to_dict(),
+                        "finetuned": result.finetuned.to_dict()},
+                   finetune={"history": [asdict(r) for r in result.history]})
     write_json(out / "result.json", doc)
     console.print(listing_table(f"val accuracy ({len(dataset.val)} examples), "
                                 f"{global_sparsity(per_target, targets):.1%} of the weights removed",
-                                ["model", "accuracy", "Δ pts"], _prune_rows(before, one_shot, after, tune)))
-    if reports:
-        _print_fallback(reports[0].fallback)
+                                ["model", "accuracy", "Δ pts"],
+                                _prune_rows(result.dense, result.one_shot, result.finetuned, tune)))
+    if result.reconstruction is not None:
+        _print_fallback(result.reconstruction.fallback)
     console.print(f"wrote {out / 'model.pt'} and {out / 'result.json'}")
 
 
@@ -684,13 +692,12 @@ def _prune_rows(before, one_shot, after, tune: TrainConfig | None) -> list[list[
 
 
 def _prune_channels(
-    saved: Checkpoint, dataset: Dataset, checkpoint: Path, allocation: Path, tune: TrainConfig | None,
+    saved: Checkpoint, dataset: Dataset, checkpoint: Path, allocation: Path, pick: PickSettings,
+    tune: TrainConfig | None,
     patience: int | None, importance: str | None, round_to: int | None, export_path: Path | None, bn_batches: int,
     out: Path, device: str, seed: int,
 ) -> None:
-    pick = read_channel_pick(allocation, saved.model, saved.model_spec)
-    importance = importance or pick.importance or "l2"
-    _check_choice("--importance", importance, list(IMPORTANCES))
+    importance = importance or criterion_for("channel", pick.importance)
     finetune_epochs = tune.epochs if tune else 0
     with _progress("fine-tuning", finetune_epochs) as epoch_done:
         result = prune_channels_and_recover(

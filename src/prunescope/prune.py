@@ -1,7 +1,11 @@
-"""``prunescope prune --granularity channel``: remove channels, fine-tune, save, export, check the export.
+"""``prunescope prune``: prune to an allocation, fine-tune, save; for channels also export and check the export.
 
-The steps, each a call into a piece: read the pick (which groups, how far, with which
-importance and ``round_to``), :func:`prunescope.apply.prune_channels`, optional
+Weights (:func:`prune_weights_and_recover`): :func:`prunescope.apply.prune` masks (or
+re-fits by reconstruction) exactly ``round(s · n)`` weights per target, fine-tuning keeps
+them at zero, and the checkpoint holds the zeros baked in.
+
+Channels (:func:`prune_channels_and_recover`): read the pick (which groups, how far, with
+which importance and ``round_to``), :func:`prunescope.apply.prune_channels`, optional
 fine-tuning with :func:`prunescope.train.train` (a smaller dense model: nothing to mask),
 a prunescope checkpoint whose spec rebuilds the smaller architecture, and a
 :mod:`torch.export` file that loads without prunescope, checked to give the same
@@ -18,15 +22,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunescope.apply import ChannelPruned, check_allocation, prune_channels, read_pick
+from prunescope.apply import ChannelPruned, check_allocation, prune, prune_channels, read_pick
+from prunescope.apply import export as save_baked
 from prunescope.checkpoint import save_checkpoint
 from prunescope.data.types import Dataset, Split
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.evaluate import Evaluator, Metrics
+from prunescope.reconstruct import Reconstruction
 from prunescope.scan.files import load_scan
 from prunescope.structured.export import export_model, load_exported
 from prunescope.structured.groups import find_groups
-from prunescope.train import TrainConfig, recalibrate_batchnorm, train
+from prunescope.targets import find_targets
+from prunescope.train import TrainConfig, finetune, recalibrate_batchnorm, train
 from prunescope.train.loop import EpochRecord
 
 EXPORT_TOLERANCE = 1e-4  # largest logit difference between the export and the model in memory
@@ -158,6 +165,58 @@ def prune_channels_and_recover(
         outcome.export_difference, written = check_export(model, outcome.export, data.val, device)
         outcome.export_batch, outcome.export_batch_reason = written.get("batch"), written.get("batch_reason")
     return outcome
+
+
+@dataclass
+class WeightPruneResult:
+    """Val metrics dense / one-shot / fine-tuned, the fine-tuning history, the reconstruction report, the checkpoint."""
+
+    dense: Metrics
+    one_shot: Metrics
+    finetuned: Metrics
+    history: list[EpochRecord]
+    reconstruction: Reconstruction | None
+    checkpoint: Path
+
+
+def prune_weights_and_recover(
+    model: nn.Module,
+    model_spec: dict[str, Any],
+    dataset_spec: dict[str, Any],
+    data: Dataset,
+    allocation: dict[str, float],
+    *,
+    criterion: str,
+    config: TrainConfig | None,
+    out: Path,
+    patience: int | None,
+    device: str | torch.device,
+    meta: dict[str, Any],
+    reconstruction: dict[str, Any] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    seed: int = 0,
+) -> WeightPruneResult:
+    """Prune ``model``'s weights (in place) to ``allocation``, fine-tune with ``config`` (None: one-shot), save.
+
+    ``reconstruction``: keyword arguments of :func:`prunescope.apply.prune` that re-fit the
+    kept weights (``reconstruct``, ``calibration``, ``reconstruct_fallback``; None: masks alone).
+    Writes ``out/model.pt`` with the zeros baked in (fine-tuning checkpoints to ``out/finetune.pt``).
+    """
+    model.to(device)
+    targets = find_targets(model)
+    dense = Evaluator(model, data.val, device=device).evaluate()
+    reports: list[Reconstruction] = []
+    masks = prune(model, allocation, criterion=criterion, data=data.train, seed=seed, **(reconstruction or {}),
+                  on_reconstructed=reports.append)
+    one_shot = Evaluator(model, data.val, device=device).evaluate()
+    history: list[EpochRecord] = []
+    if config is not None:
+        result = finetune(model, data, targets, masks, config, checkpoint=out / "finetune.pt",
+                          model_spec=model_spec, patience=patience, device=device, on_epoch=on_epoch)
+        model, history = result.model, result.history
+    finetuned = Evaluator(model, data.val, device=device).evaluate()
+    checkpoint = save_baked(model, out / "model.pt", model_spec, dataset_spec, meta=meta)
+    return WeightPruneResult(dense, one_shot, finetuned, history, reports[0] if reports else None, checkpoint)
 
 
 def _dense_spec(spec: dict[str, Any]) -> dict[str, Any]:

@@ -26,14 +26,14 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from prunescope.criteria import Scores, compute_scores
+from prunescope.criteria import CRITERIA, Scores, compute_scores
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.masks import Masks, applied, compute_masks, global_sparsity, removed_count
 from prunescope.measure import count_macs
 from prunescope.structured.allocation import check_round_to
 from prunescope.structured.groups import Footprint, find_groups
-from prunescope.structured.importance import group_scores
+from prunescope.structured.importance import IMPORTANCES, group_scores
 from prunescope.structured.latency import LatencyTable
 from prunescope.structured.pruning import ChannelPruning, masking_error
 from prunescope.targets import Target, find_targets
@@ -245,6 +245,20 @@ def _channel_units(
 
 GRANULARITIES: dict[str, Callable[..., Units]] = {"weight": _weight_units, "channel": _channel_units}
 DEFAULT_CRITERION = {"weight": "magnitude", "channel": "l2"}  # what ranks a unit's elements unless the user says
+CRITERIA_OF = {"weight": tuple(CRITERIA), "channel": tuple(IMPORTANCES)}
+
+
+def criterion_for(granularity: str, criterion: str | None, option: str = "--criterion") -> str:
+    """``criterion`` (None: the default) checked against what ranks elements at ``granularity``; one-line UsageError
+    naming ``option``."""
+    if granularity not in GRANULARITIES:
+        raise UsageError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
+    chosen = DEFAULT_CRITERION[granularity] if criterion is None else criterion
+    if chosen not in CRITERIA_OF[granularity]:
+        kind = "weights" if granularity == "weight" else "channels"
+        choices = ", ".join(CRITERIA_OF[granularity])
+        raise UsageError(f"{option} {chosen!r} does not rank {kind}: use one of {choices}")
+    return chosen
 
 
 def find_units(
