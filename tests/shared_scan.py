@@ -102,7 +102,7 @@ def point(trial: optuna.trial.FrozenTrial) -> tuple:
 
 
 def states_by_point(study: optuna.Study) -> dict[tuple, Counter]:
-    """Per queued point, its trials' states (the pruned stand-ins of an empty queue left out)."""
+    """Per queued point, its trials' states (the failed stand-ins of an empty queue left out)."""
     found: dict[tuple, Counter] = {}
     for trial in study.get_trials(deepcopy=False):
         if "fixed_params" in trial.system_attrs:

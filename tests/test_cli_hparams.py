@@ -9,8 +9,11 @@ import optuna
 import pytest
 from conftest import run_cli
 
+from prunescope.checkpoint import load_checkpoint
+from prunescope.errors import UsageError
 from prunescope.hparams import HparamsConfig, study
-from prunescope.hparams.studies import JOURNAL, finished, open_storage
+from prunescope.hparams.studies import JOURNAL, finished
+from prunescope.trials.storage import open_storage
 
 TINY_SPACE = """epochs = 2
 [lr]
@@ -95,11 +98,14 @@ def test_resumed_study_with_another_space_is_refused(tiny_run, capsys):
     (["--target-macs", "1,1.5"], "in (0, 1]"),
     (["--grid", "30x30"], "above the limit"),
     (["--seeds", "1"], "at least 2"),
-    (["--storage", "nosuchdialect://x/y"], "cannot open study storage"),
+    (["--storage", "nosuchdialect://x/y"], "cannot open storage"),
     (["--search", "cma"], "unknown search"),
     (["--recover", "magic"], "unknown --recover"),
     (["--granularity", "weight", "--allocator", "knapsack"], "unknown allocator"),
     (["--sparsities", "0,0.5"], "applies to --granularity weight"),
+    (["--executor", "threads"], "unknown executor 'threads'"),
+    (["--executor", "local", "--workers", "2"], "the local executor has one worker"),
+    (["--heartbeat-interval", "10", "--grace-period", "5"], "grace period longer than it"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -140,6 +146,21 @@ def test_python_api_returns_every_table(tmp_path):
     storage = open_storage(tmp_path / JOURNAL)
     grid_study = optuna.load_study(study_name="grid weight global 0.8", storage=storage)
     assert len(finished(grid_study)) == 8
+
+
+def test_a_study_of_the_users_own_model_loads_the_checkpoints_it_makes(tiny_run, tmp_path, capsys):
+    """The factory named by --model is trusted in the checkpoints the study writes of it, and no further."""
+    _, space, _ = tiny_run
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(capsys, "hparams", "--model", "own_models:attention", "--space", space,
+                              "--granularity", "weight", "--sparsities", "0,0.8", "--allocator", "global",
+                              "--out", out, *TINY)
+    assert code == 0, stderr
+    landscapes = json.loads((out / "result.json").read_text())["hparams"]["landscapes"]
+    assert [ls["degree"]["level"] for ls in landscapes] == [0.0, 0.8]
+    assert np.array(landscapes[1]["values"]).shape == (2, 2, 2)
+    with pytest.raises(UsageError, match="factory 'own_models:attention'"):  # read by anyone else: refused
+        load_checkpoint(out / "pruned" / "weight-global-0.8" / "model.pt")
 
 
 def test_run_gains_an_optional_hparams_stage(tmp_path, monkeypatch):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -221,6 +223,24 @@ def test_killed_search_resumes_without_repeating_a_trial(tmp_path):
                storage=storage)
 
 
+def test_two_searches_sharing_a_study_run_its_budget_once_with_the_params_of_one(tmp_path):
+    """Two processes running one stored search (threads here) share its budget: each slot is trained
+    once, and each slot's params are those a search alone gives it (its sampler is seeded by the slot)."""
+    space, storage = parse_space(SPACE), str(tmp_path / "s.journal")
+    recipes = [_recipe(), _recipe()]
+    start = threading.Barrier(2)
+
+    def run(recipe: FakeRecipe) -> optuna.Study:
+        start.wait()
+        return search(space, recipe, method="random", budget=8, storage=storage)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        shared, _ = pool.map(run, recipes)
+    assert len(recipes[0].runs) + len(recipes[1].runs) == 8 and len(finished(shared)) == 8
+    alone = search(space, _recipe(), method="random", budget=8)
+    assert sorted(t.params["lr"] for t in finished(shared)) == sorted(t.params["lr"] for t in finished(alone))
+
+
 def test_killed_grid_resumes_without_repeating_a_point(tmp_path):
     space, storage = parse_space(SPACE), str(tmp_path / "g.journal")
     grid = Grid.around(space, {"lr": 0.03, "weight_decay": 1e-4}, ["lr", "weight_decay"], [3, 2])
@@ -260,7 +280,7 @@ def test_every_search_runs_its_budget(method):
 def test_unknown_search_and_storage_are_refused(tmp_path):
     with pytest.raises(UsageError, match="unknown search 'cma'"):
         search(parse_space(SPACE), _recipe(), method="cma", budget=2)
-    with pytest.raises(UsageError, match="cannot open study storage"):
+    with pytest.raises(UsageError, match="cannot open storage"):
         search(parse_space(SPACE), _recipe(), budget=2, storage="nosuchdialect://x/y")
 
 

@@ -1,8 +1,13 @@
 """The regime study end to end on a tiny grid, its resume, model selection and its bad input."""
 
+import concurrent.futures
 import json
+import threading
+import time
+from collections import Counter
 from unittest import mock
 
+import optuna
 import pytest
 import torch
 
@@ -11,7 +16,11 @@ from prunescope.errors import UsageError
 from prunescope.regimes import study as study_module
 from prunescope.regimes.select import check_family, select
 from prunescope.regimes.study import RegimeSettings, study
+from prunescope.regimes.trials import JobObjective, open_jobs, run_jobs
 from prunescope.targets import find_targets
+from prunescope.trials.points import LOCAL, QueuedStudy
+from prunescope.trials.queue import point_of
+from prunescope.trials.storage import open_storage
 
 TINY = {"limit_train": 300, "values": (1, 4), "densities": (0.1, 0.5), "finetune_epochs": 1, "epochs": 2}
 
@@ -126,6 +135,8 @@ def test_cli_writes_report_plots_and_json(cli, tmp_path):
         (["--seeds", "1"], "give at least 2 seeds"),
         (["--densities", "0.1,1.3"], "outside (0, 1]"),
         (["--temperature", "sam-rho", "--values", "0.1"], "has no rho"),
+        (["--executor", "threads"], "unknown executor 'threads'"),
+        (["--workers", "0"], "workers must be at least 1"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_leaves_out_untouched(cli, tmp_path, argv, expected):
@@ -189,17 +200,28 @@ def test_select_cli_refuses_a_family_of_two_architectures(cli, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.slow  # spawns two processes that import torch: minutes on a loaded 2-core machine
-def test_two_workers_share_the_jobs_and_run_each_once(tmp_path):
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.trial import TrialState
+def _echo(key: str) -> dict:
+    time.sleep(0.005)  # a job that takes a moment, so that the two planners' runs interleave
+    return {"key": key}
 
-    settings = RegimeSettings(**(TINY | {"densities": (0.5,)}))
-    summary = study(settings, tmp_path, workers=2)
-    assert len(summary["cells"]) == 2
-    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
-    trials = optuna.load_study(study_name="regimes", storage=storage).get_trials(states=(TrialState.COMPLETE,))
-    keys = [t.params["job"] for t in trials]
-    assert sorted(keys) == sorted(set(keys)) and len(keys) == 4
+
+def test_two_planners_racing_on_one_regime_study_queue_and_run_each_job_once(tmp_path):
+    """Two studies started at the same moment on one journal (as two processes would): planning
+    under the study's lock queues each job once, where reading the queue then writing it queued
+    every job twice."""
+    keys = tuple(f"cell T=1 d={i}" for i in range(20))
+    place = LOCAL.place(str(tmp_path / "study.journal"), "regimes")
+    start = threading.Barrier(2)
+
+    def planner() -> dict:
+        opened = open_jobs(place, {"settings": "the same"})
+        with QueuedStudy(opened, place, JobObjective(keys, _echo), LOCAL) as jobs:
+            start.wait()
+            return run_jobs(jobs, keys)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = [future.result() for future in [pool.submit(planner) for _ in range(2)]]
+    assert results == [{k: {"key": k} for k in keys}] * 2
+    queued = Counter(t.system_attrs["fixed_params"]["job"] for t in optuna.load_study(
+        study_name="regimes", storage=open_storage(tmp_path / "study.journal")).trials if point_of(t) is not None)
+    assert queued == dict.fromkeys(keys, 1)

@@ -24,8 +24,9 @@ from prunescope.scan.evaluation import ModelEvaluation
 from prunescope.scan.executors import InProcess
 from prunescope.scan.runner import Ladder, Runner, ScanOutcome, paired_drop_interval
 from prunescope.scan.strategy import BEYOND_LEVELS, Adaptive, Grid, Planner, within
-from prunescope.scan.study import DENSE, Measurement, Point, StudySpec
+from prunescope.scan.study import DENSE, Measurement, Point, ScanObjective, StudySpec
 from prunescope.targets import find_targets
+from prunescope.trials.queue import run_queued
 from prunescope.units import WeightPruning
 
 TOLERANCE = 0.02  # two points: about 12 of the 600 validation examples
@@ -488,7 +489,7 @@ def test_a_study_recorded_before_a_setting_was_counts_as_made_without_it(tmp_pat
     spec = StudySpec.at(tmp_path / "scan.journal", "scan", (DENSE, "fc.weight"), 10, "accuracy")
     study = spec.open({"criterion": "magnitude"})  # what an older prunescope recorded
     study.enqueue([Point(DENSE, 0.0, 10)])
-    study.run_queued(lambda target, sparsity, n: (0.5, 0.4, 0.6))
+    run_queued(study.study, ScanObjective(spec, lambda target, sparsity, n: (0.5, 0.4, 0.6)))
     absent = {"reconstruct": "off"}
     with pytest.raises(UsageError, match="holds a scan with reconstruct='off', not 'mask'"):
         spec.open({"criterion": "magnitude", "reconstruct": "mask"}, absent=absent)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from prunescope import cli_study as study_options
 from prunescope.cliargs import numbers
 from prunescope.errors import UsageError
 from prunescope.hparams import GRID_LIMIT, HparamsConfig, study
@@ -18,6 +19,7 @@ from prunescope.hparams.degrees import ALLOCATORS, GRANULARITIES
 from prunescope.hparams.search import SEARCHES
 from prunescope.hparams.trials import RECOVERIES
 from prunescope.report_hparams import shift_table, write_result
+from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 
 def hparams_command(
@@ -45,9 +47,15 @@ def hparams_command(
                                                 f"{', '.join(ALLOCATORS['weight'])}.")] = "budget",
     recover: Annotated[str, typer.Option(help=f"{' or '.join(RECOVERIES)}: how each grid point recovers the "
                                               "pruned model.")] = "finetune",
-    workers: Annotated[int, typer.Option(help="Processes training trials in parallel.")] = 1,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: OUT/hparams.journal).",
+    workers: study_options.Workers = 1,
+    executor: study_options.ExecutorKind = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage: postgresql://user@host/db (shared by machines) "
+                                                     "or a journal file (default: OUT/hparams.journal).",
                                                 show_default=False)] = None,
+    ray_address: study_options.RayAddress = None,
+    gpus_per_worker: study_options.GpusPerWorker = 0.0,
+    heartbeat_interval: study_options.HeartbeatInterval = HEARTBEAT_INTERVAL,
+    grace_period: study_options.GracePeriod = GRACE_PERIOD,
     out: Annotated[Path, typer.Option(help="Output directory; rerunning with the same one resumes.")]
     = Path("prunescope-out/hparams"),
     force: Annotated[bool, typer.Option(help=f"Allow grids above {GRID_LIMIT} trainings in all.")] = False,
@@ -67,7 +75,8 @@ def hparams_command(
         model=model, data=data, data_dir=data_dir, limit_train=limit_train, space=str(space) if space else None,
         search=search, budget=budget, grid=grid, axes=tuple(a.strip() for a in axes.split(",")) if axes else (),
         seeds=seeds, granularity=granularity, levels=levels, allocator=allocator, recover=recover, workers=workers,
-        storage=storage, device=device, seed=seed, force=force,
+        storage=storage, device=device, seed=seed, force=force, executor=executor, ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
     )
     with _stage_progress() as progress:
         result = study(config, out, progress=progress)

@@ -1,7 +1,8 @@
 """CLI pieces for shared studies: the options of commands that open one, and ``prunescope status``.
 
-Every command that opens a study takes ``--storage`` and ``--study-name`` (one database,
-many studies) and, where it evaluates, ``--executor``, ``--workers``, ``--ray-address``,
+Every command that opens a study (``scan``, ``hparams``, ``regimes``) takes ``--storage``
+and ``--study-name`` (one database, many studies; ``hparams`` names its studies by stage)
+and, where it evaluates, ``--executor``, ``--workers``, ``--ray-address``,
 ``--gpus-per-worker``, ``--heartbeat-interval`` and ``--grace-period``.
 """
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from prunescope import cli_study as study_options
 from prunescope.cliargs import numbers
 from prunescope.errors import UsageError
 from prunescope.html import write_html
@@ -23,6 +24,7 @@ from prunescope.regimes.select import select
 from prunescope.regimes.study import PAIRINGS, TEMPERATURES, RegimeSettings, dataset_of, model_spec_of, study
 from prunescope.report import listing_table
 from prunescope.results import document
+from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 app = typer.Typer(help="Three-regime model of pruning (Zhou et al., ICML 2023): which way to move a temperature, "
                        "which model to prune.")
@@ -121,7 +123,14 @@ def regimes_command(
     delta: Delta = DEFAULT_DELTA,
     start: Annotated[float | None, typer.Option(help="Temperature the advice starts from [middle of the grid].")]
     = None,
-    workers: Annotated[int, typer.Option(help="Processes sharing the study's jobs.")] = 1,
+    workers: study_options.Workers = 1,
+    executor: study_options.ExecutorKind = None,
+    storage: study_options.Storage = None,
+    study_name: study_options.StudyName = "regimes",
+    ray_address: study_options.RayAddress = None,
+    gpus_per_worker: study_options.GpusPerWorker = 0.0,
+    heartbeat_interval: study_options.HeartbeatInterval = HEARTBEAT_INTERVAL,
+    grace_period: study_options.GracePeriod = GRACE_PERIOD,
     out: Annotated[Path, typer.Option(help="Output directory; rerunning with the same one resumes.")]
     = Path("regimes-out"),
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
@@ -138,9 +147,13 @@ def regimes_command(
     )
     with console.status("regime study") as status:
         summary = study(settings, out, workers=workers, epsilon=epsilon, delta=delta, start=start,
-                        on_job=lambda key, done, total: status.update(f"regime study: {done}/{total} jobs ({key})"))
+                        on_job=lambda key, done, total: status.update(f"regime study: {done}/{total} jobs ({key})"),
+                        storage=storage, study_name=study_name, executor_kind=executor, ray_address=ray_address,
+                        gpus_per_worker=gpus_per_worker, heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period)
     dataset = dataset_of(settings)
-    doc = document("regimes", settings.identity() | {"workers": workers, "epsilon": epsilon, "delta": delta},
+    doc = document("regimes", settings.identity() | {"workers": workers, "executor": executor, "storage": storage,
+                                                      "study_name": study_name, "epsilon": epsilon, "delta": delta},
                    model=model_spec_of(settings, dataset), dataset=dataset.spec, regimes=summary)
     rows = [{k: v for k, v in c.items() if k not in ("pairs", "errors")} for c in summary["cells"]]
     plots = _plots(out, summary)

@@ -8,7 +8,7 @@
 - :mod:`~prunescope.hparams.grid`: axes by importance, the grid around the optimum, its landscape.
 - :mod:`~prunescope.hparams.degrees`: the pruned checkpoints, from prunescope's own stages.
 - :mod:`~prunescope.hparams.trials`: what one trial trains.
-- :mod:`~prunescope.hparams.studies`: storage, resumable queues, worker processes.
+- :mod:`~prunescope.hparams.studies`: the stages' studies (identity, resume) on :mod:`prunescope.trials`.
 - :mod:`~prunescope.hparams.shift`: distance, regret, rank agreement, optimum and importance shifts, noise floors.
 - :mod:`~prunescope.hparams.verdict`: up to which degree the dense hyperparameters hold.
 """

@@ -39,6 +39,8 @@ from prunescope.structured.groups import find_groups
 from prunescope.structured.importance import group_scores
 from prunescope.structured.pruning import ChannelPruning
 from prunescope.targets import find_targets
+from prunescope.trials.points import LOCAL, Execution
+from prunescope.trust import Trust, TrustFactory
 
 GRANULARITIES = ("channel", "weight")
 DEFAULT_LEVELS = {"channel": (1.0, 0.7, 0.5, 0.35, 0.25), "weight": (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)}
@@ -97,10 +99,13 @@ class Pruned:
 
 
 def _scan(model, data: Dataset, granularity: str, out: Path, device: str, seed: int,
-          progress: Callable[[int, int], None] | None) -> Curves:
+          progress: Callable[[int, int], None] | None, execution: Execution) -> Curves:
     criterion = CHANNEL_IMPORTANCE if granularity == "channel" else "magnitude"
     return scan(model, data, criterion=criterion, granularity=granularity, device=device, seed=seed,
-                storage=out / "scan" / f"{granularity}.journal", on_trial=progress)
+                storage=out / "scan" / f"{granularity}.journal", on_trial=progress, executor_kind=execution.kind,
+                workers=execution.workers, ray_address=execution.ray_address,
+                gpus_per_worker=execution.gpus_per_worker, heartbeat_interval=execution.heartbeat_interval,
+                grace_period=execution.grace_period)
 
 
 def prune_degrees(
@@ -114,14 +119,20 @@ def prune_degrees(
     device: str = "auto",
     seed: int = 0,
     on_scan: Callable[[int, int], None] | None = None,
+    trust: TrustFactory | Trust = False,
+    execution: Execution = LOCAL,
 ) -> list[Pruned]:
-    """A pruned checkpoint per level under ``out/pruned/``, reused when already there; the dense one at level 1 / 0."""
-    saved = load_checkpoint(dense_checkpoint)
+    """A pruned checkpoint per level under ``out/pruned/``, reused when already there; the dense one at level 1 / 0.
+
+    ``trust``: the factories the checkpoints may name (those the user named); ``execution``:
+    who evaluates the scan of the ``budget`` allocator.
+    """
+    saved = load_checkpoint(dense_checkpoint, trust_factory=trust)
     dense_accuracy = Evaluator(saved.model, data.val, device=device).evaluate().accuracy
     dense_level = 1.0 if granularity == "channel" else 0.0
     curves = None
     if allocator == "budget" and any(v != dense_level for v in levels):
-        curves = _scan(saved.model, data, granularity, out, device, seed, on_scan)
+        curves = _scan(saved.model, data, granularity, out, device, seed, on_scan, execution)
     degrees = []
     for level in levels:
         if level == dense_level:
@@ -130,12 +141,12 @@ def prune_degrees(
             continue
         path = out / "pruned" / f"{granularity}-{allocator}-{level:g}" / "model.pt"
         if not path.is_file():
-            model = load_checkpoint(dense_checkpoint).model
+            model = load_checkpoint(dense_checkpoint, trust_factory=trust).model
             if granularity == "channel":
                 _prune_channels(model, saved.model_spec, data, curves, allocator, level, path, device)
             else:
                 _prune_weights(model, saved.model_spec, data, curves, allocator, level, path)
-        pruned = load_checkpoint(path)
+        pruned = load_checkpoint(path, trust_factory=trust)
         accuracy = Evaluator(pruned.model, data.val, device=device).evaluate().accuracy
         meta = pruned.meta
         removed = level if granularity == "weight" else 1 - meta["macs_fraction"]

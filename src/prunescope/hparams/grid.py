@@ -8,7 +8,7 @@ every choice of a categorical knob. The other searched knobs stay at the optimum
 
 Every grid point is trained with several seeds, each a queued trial of one study per
 landscape (see :mod:`prunescope.hparams.studies`), so a killed grid resumes without
-repeating a finished point and several processes can share it.
+repeating a finished point and any executor's workers can share it.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from optuna.trial import TrialState
 
 from prunescope.errors import UsageError
 from prunescope.hparams.space import Param, Space
-from prunescope.hparams.studies import drain, enqueue, finished, in_workers, open_storage, open_study
+from prunescope.hparams.studies import finished, run_study
 from prunescope.hparams.trials import Recipe
+from prunescope.trials.points import LOCAL, Execution
 
 DECADES = 1.0  # half-width of a log axis
 LINEAR_HALF_WIDTH = 0.25  # half-width of a linear axis, as a fraction of the declared range
@@ -140,18 +141,6 @@ class GridObjective:
         return outcome.value
 
 
-@dataclass
-class _GridJob:
-    """Drain one stored grid's queue (picklable: one per worker process)."""
-
-    storage: str
-    name: str
-    objective: GridObjective
-
-    def __call__(self) -> None:
-        drain(optuna.load_study(study_name=self.name, storage=open_storage(self.storage)), self.objective)
-
-
 def run_grid(
     space: Space,
     grid: Grid,
@@ -161,24 +150,18 @@ def run_grid(
     storage: Any,
     name: str,
     identity: Mapping[str, Any],
-    workers: int = 1,
+    execution: Execution = LOCAL,
     on_trial: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Train every point of ``grid`` with every seed (resuming a stored grid); the landscape.
 
     Returns val accuracy, shape ``(len(seeds), *grid.shape)``, axes in ``grid.axes`` order.
+    ``execution``: who trains the trials.
     """
-    if workers > 1 and storage is None:
-        raise UsageError("several workers share a study on disk: give a storage (an --out directory or a URL)")
     full_identity = {"role": "grid", "space": space.to_dict(), "grid": grid.to_dict(), **identity}
-    study = open_study(open_storage(storage), name, full_identity)
     points = [{**point, "seed": seed} for seed in seeds for point in grid.points()]
-    enqueue(study, points)
-    objective = GridObjective(space, grid, recipe)
-    if workers == 1:
-        drain(study, objective, on_trial)
-    else:
-        in_workers(_GridJob(str(storage), name, objective), workers)
+    study = run_study(storage, name, full_identity, GridObjective(space, grid, recipe), points, execution,
+                      on_trial=on_trial)
     return landscape(study, grid, seeds)
 
 

@@ -11,30 +11,39 @@ Searches (Optuna):
 - ``random``: ``RandomSampler``, the baseline every Bayesian search must beat.
 
 The budget counts trials (finished or stopped early); each trial records the epochs it
-ran (user attribute ``epochs``), so searches can be compared at equal epochs spent. A
-resumed search runs only the trials its budget still lacks: finished trials are never
-repeated. With several workers each process runs trials until the budget is met, so up
-to ``workers - 1`` extra trials may finish.
+ran (user attribute ``epochs``), so searches can be compared at equal epochs spent. The
+budget is ``budget`` queued *slots* (points ``{"slot": i}``, which fix none of the space's
+knobs: the sampler chooses a slot's params when a worker takes it), so a resumed search runs only the
+trials its budget still lacks, finished trials are never repeated, and any number of
+workers (:mod:`prunescope.trials.executors`) run exactly ``budget`` trials. A slot's
+sampler is seeded by the search's seed and the slot's number: the random trials (all of
+``random``, the first :data:`STARTUP_TRIALS` of the others) are the same on every executor;
+later model-based proposals condition on the trials finished when their slot is taken.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, GPSampler, RandomSampler, TPESampler
-from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
 
 from prunescope.errors import UsageError
 from prunescope.hparams.space import Space
-from prunescope.hparams.studies import DONE, finished, in_workers, open_storage, open_study
+from prunescope.hparams.studies import finished, run_study
 from prunescope.hparams.trials import Recipe
 from prunescope.train import EpochRecord
+from prunescope.trials.points import LOCAL, Execution
+from prunescope.trials.queue import point_of
 
 SEARCHES = ("tpe", "gp", "bohb", "random")
 STARTUP_TRIALS = 5  # random proposals before the model-based samplers take over
+SLOT = "slot"  # the one fixed param of a search's queued trial: its place in the budget
 
 
 def sampler_for(search: str, seed: int, startup: int = STARTUP_TRIALS) -> tuple[BaseSampler, optuna.pruners.BasePruner]:
@@ -52,6 +61,48 @@ def sampler_for(search: str, seed: int, startup: int = STARTUP_TRIALS) -> tuple[
     return tpe, never
 
 
+def _slot_seed(seed: int, slot: int) -> int:
+    """A seed per (search seed, slot), the same in every process (string seeds are hashed with SHA-512)."""
+    return random.Random(f"{seed}/{slot}").getrandbits(31)
+
+
+class SlotSampler(BaseSampler):
+    """``search``'s sampler made afresh for each trial, seeded by the trial's slot (see the module's docstring).
+
+    Picklable, for workers. A fresh sampler per trial proposes what a long-lived one would but
+    for its random draws: the model-based samplers read the study's finished trials at every
+    proposal (only ``gp`` loses the warm start of its kernel fit).
+    """
+
+    def __init__(self, search: str, seed: int) -> None:
+        self.search = search
+        self.seed = seed
+        self.sampler = sampler_for(search, seed)[0]
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        slot = (point_of(trial) or {}).get(SLOT)  # None: a stand-in for an empty queue, which samples nothing
+        self.sampler = sampler_for(self.search, self.seed if slot is None else _slot_seed(self.seed, slot))[0]
+        self.sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self.sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+
 @dataclass
 class TrainObjective:
     """One trial: the space's values, trained with ``recipe`` at ``seed``; val accuracy reported every epoch."""
@@ -59,7 +110,6 @@ class TrainObjective:
     space: Space
     recipe: Recipe
     seed: int = 0
-    on_trial: Callable[[], None] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = self.space.suggest(trial)
@@ -73,30 +123,7 @@ class TrainObjective:
         outcome = self.recipe.run(self.space.config(values, self.seed), report)
         trial.set_user_attr("epochs", outcome.epochs)
         trial.set_user_attr("diverged", outcome.diverged)
-        if self.on_trial is not None:
-            self.on_trial()
         return outcome.value
-
-
-@dataclass
-class _SearchJob:
-    """Run trials of one stored search until its budget is met (picklable: one per worker process)."""
-
-    storage: str
-    name: str
-    search: str
-    seed: int
-    budget: int
-    objective: TrainObjective
-
-    def __call__(self) -> None:
-        sampler, pruner = sampler_for(self.search, self.seed)
-        study = optuna.load_study(study_name=self.name, storage=open_storage(self.storage), sampler=sampler,
-                                  pruner=pruner)
-        remaining = self.budget - len(finished(study))
-        if remaining > 0:
-            study.optimize(self.objective, n_trials=remaining,
-                           callbacks=[MaxTrialsCallback(self.budget, states=DONE)])
 
 
 def search(
@@ -108,40 +135,36 @@ def search(
     storage: Any = None,
     name: str = "dense-search",
     seed: int = 0,
-    workers: int = 1,
+    execution: Execution = LOCAL,
     on_trial: Callable[[], None] | None = None,
 ) -> optuna.Study:
     """Tune ``space`` for ``recipe`` with ``budget`` trials (resuming a stored search); return the study.
 
     ``storage``: a journal file path, an Optuna storage URL, or None (in memory). The study's
     identity (space, search, seed, model and data) is stored with it, and a stored study with
-    another is refused, naming the difference.
+    another is refused, naming the difference. ``execution``: who trains the trials.
     """
     if budget < 1:
         raise UsageError(f"--budget must be at least 1 trial, got {budget}")
-    if workers > 1 and storage is None:
-        raise UsageError("several workers share a study on disk: give a storage (an --out directory or a URL)")
-    sampler, pruner = sampler_for(method, seed)
+    _, pruner = sampler_for(method, seed)
     identity = {"role": "search", "space": space.to_dict(), "search": method, "seed": seed,
                 "model": recipe.model_spec, "dataset": recipe.dataset_spec}
-    study = open_study(open_storage(storage), name, identity, sampler=sampler, pruner=pruner)
-    objective = TrainObjective(space, recipe, seed, on_trial)
-    remaining = budget - len(finished(study))
-    if remaining <= 0:
-        return study
-    if workers == 1:
-        study.optimize(objective, n_trials=remaining)
-    else:
-        in_workers(_SearchJob(str(storage), name, method, seed, budget, TrainObjective(space, recipe, seed)), workers)
-    return study
+    return run_study(storage, name, identity, TrainObjective(space, recipe, seed), [{SLOT: i} for i in range(budget)],
+                     execution, sampler=SlotSampler(method, seed), pruner=pruner, on_trial=on_trial)
+
+
+def _slot(trial: FrozenTrial) -> int:
+    """The trial's slot (its number for a trial not queued as one)."""
+    return (point_of(trial) or {}).get(SLOT, trial.number)
 
 
 def best_params(study: optuna.Study) -> dict[str, Any]:
-    """The params of the best finished trial (a trial stopped early never counts as best)."""
+    """The params of the best finished trial (a trial stopped early never counts as best; of equals, the
+    first slot, whichever worker finished first)."""
     complete = [t for t in finished(study, (optuna.trial.TrialState.COMPLETE,))]
     if not complete:
         raise UsageError("the search finished no trial: raise --budget")
-    return dict(max(complete, key=lambda t: (t.value, -t.number)).params)
+    return dict(max(complete, key=lambda t: (t.value, -_slot(t))).params)
 
 
 def epochs_spent(study: optuna.Study) -> int:

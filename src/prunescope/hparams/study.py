@@ -13,7 +13,8 @@ Protocol (issue 13; seed: "Sensitivity analysis of hyperparameters in deep neura
 The dense landscape is degree 0 recovered the same way (the unpruned model fine-tuned, or
 trained from scratch, at every point), so a shift measures what pruning changes, not what
 changing the procedure does. Every stage is resumable: the studies live in one Optuna
-storage (a journal file in ``out`` by default), checkpoints in ``out``.
+storage (a journal file in ``out`` by default), checkpoints in ``out``. Their trials run
+on any :mod:`prunescope.trials` executor (``local``, ``processes``, ``ray``).
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ from prunescope.hparams.grid import Grid, choose_axes, importances, parse_grid, 
 from prunescope.hparams.search import best_params, epochs_spent, search
 from prunescope.hparams.shift import Axes, shift, temperature
 from prunescope.hparams.space import Space, load_space, parse_space
-from prunescope.hparams.studies import JOURNAL, open_storage
+from prunescope.hparams.studies import JOURNAL
 from prunescope.hparams.trials import RECOVERIES, Recipe
 from prunescope.hparams.verdict import Degree, verdict
 from prunescope.models import model_spec
 from prunescope.scan.study import quiet_optuna
+from prunescope.trials.points import Execution
+from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, open_storage
+from prunescope.trust import Trust
 
 GRID_LIMIT = 1000  # trainings of all grids together (points × seeds × degrees) allowed without force
 
@@ -47,7 +51,11 @@ Progress = Callable[[str, int, int | None], None]
 
 @dataclass(frozen=True)
 class HparamsConfig:
-    """Settings of a study. ``space``: a TOML path, a declaration dict, or None (the default space)."""
+    """Settings of a study. ``space``: a TOML path, a declaration dict, or None (the default space).
+
+    ``executor`` / ``workers`` / ``ray_address`` / ``gpus_per_worker`` / ``heartbeat_interval``
+    / ``grace_period``: who trains the trials (see :class:`~prunescope.trials.points.Execution`).
+    """
 
     model: str = "mlp"
     data: str = "digits"
@@ -69,9 +77,18 @@ class HparamsConfig:
     device: str = "auto"
     seed: int = 0
     force: bool = False
+    executor: str | None = None
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
+    heartbeat_interval: int = HEARTBEAT_INTERVAL
+    grace_period: int = GRACE_PERIOD
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def execution(self) -> Execution:
+        return Execution(self.executor, self.workers, self.ray_address, self.gpus_per_worker,
+                         self.heartbeat_interval, self.grace_period)
 
 
 @dataclass
@@ -169,8 +186,7 @@ def plan(config: HparamsConfig) -> Plan:
     if config.seeds < 2:
         raise UsageError(f"--seeds must be at least 2 (the noise floor is the spread between seeds), "
                          f"got {config.seeds}")
-    if config.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {config.workers}")
+    config.execution().check()  # the studies live in a storage: never in memory
     trainings = int(np.prod(sizes)) * config.seeds * len(levels)
     if trainings > GRID_LIMIT and not config.force:
         raise UsageError(f"the grids need {trainings} trainings ({config.grid} points x {config.seeds} seeds x "
@@ -200,13 +216,15 @@ def study(
         config.data, data_dir=config.data_dir, seed=config.seed, val_fraction=config.val_fraction,
         **({"limit_train": config.limit_train} if config.limit_train else {}))
     spec = model_spec(config.model, data.input_shape, data.num_classes)
-    fresh = Recipe(spec, data.spec, data_dir=config.data_dir, device=config.device, data=data)
+    trust = Trust.of_specs(spec, data.spec)  # the factories the user named: checkpoints of them may be loaded
+    execution = config.execution()
+    fresh = Recipe(spec, data.spec, data_dir=config.data_dir, device=config.device, data=data, trust=trust)
 
     with quiet_optuna():
         # 1. dense search
         done = iter(range(1, config.budget + 1))
         tuned = search(space, fresh, method=config.search, budget=config.budget, storage=storage,
-                       seed=config.seed, workers=config.workers,
+                       seed=config.seed, execution=execution,
                        on_trial=lambda: progress("dense search", next(done, config.budget), config.budget))
         optimum = best_params(tuned)
         ranked = importances(tuned, seed=config.seed)
@@ -218,7 +236,8 @@ def study(
         progress("dense reference", 1, 1)
         degrees = prune_degrees(reference, data, checked.levels, granularity=config.granularity,
                                 allocator=config.allocator, out=out, device=config.device, seed=config.seed,
-                                on_scan=lambda done_, total: progress("scan", done_, total))
+                                on_scan=lambda done_, total: progress("scan", done_, total), trust=trust,
+                                execution=execution)
 
         # 3. a landscape per degree
         values = []
@@ -226,13 +245,13 @@ def study(
         for degree in degrees:
             recipe = Recipe(degree.model_spec, data.spec, start=degree.checkpoint, fresh=config.recover == "scratch",
                             keep_zeros=config.granularity == "weight" and degree.removed > 0,
-                            data_dir=config.data_dir, device=config.device, data=data)
+                            data_dir=config.data_dir, device=config.device, data=data, trust=trust)
             count = iter(range(1, total + 1))
             identity = {"checkpoint": degree.checkpoint, "recover": config.recover, "level": degree.level,
                         "granularity": config.granularity, "allocator": config.allocator}
             values.append(run_grid(space, grid, recipe, checked.seeds, storage=storage,
                                    name=f"grid {config.granularity} {config.allocator} {degree.level:g}",
-                                   identity=identity, workers=config.workers,
+                                   identity=identity, execution=execution,
                                    on_trial=lambda d=degree, c=count: progress(f"grid {d.label}", next(c, total),
                                                                                total)))
 

@@ -23,6 +23,7 @@ from prunescope.errors import PrunescopeError
 from prunescope.models import build_from_spec
 from prunescope.targets import effective_weight, find_targets
 from prunescope.train import EpochRecord, TrainConfig, train
+from prunescope.trust import Trust, TrustFactory
 
 RECOVERIES = ("finetune", "scratch")
 
@@ -49,6 +50,7 @@ class Recipe:
     fresh: start from a fresh initialisation seeded by the trial, not from ``start``'s weights.
     keep_zeros: hold the zero weights of ``start`` at zero through training (weight-granularity
         pruning; with ``fresh``, the pruned mask trained from scratch).
+    trust: the factories ``start`` may name (:mod:`prunescope.trust`): those the user named.
     """
 
     model_spec: dict[str, Any]
@@ -59,6 +61,7 @@ class Recipe:
     data_dir: str | None = None
     device: str = "auto"
     data: Dataset | None = field(default=None, repr=False, compare=False)
+    trust: TrustFactory | Trust = False
 
     def __post_init__(self) -> None:
         if self.start is None and (self.keep_zeros or not self.fresh):
@@ -79,7 +82,7 @@ class Recipe:
         ``checkpoint``: save every epoch there and resume from it (see :func:`~prunescope.train.train`).
         """
         data = self.dataset()
-        started = load_checkpoint(self.start).model if self.start is not None else None
+        started = load_checkpoint(self.start, trust_factory=self.trust).model if self.start is not None else None
         masks = _zero_masks(started) if self.keep_zeros and started is not None else None
         if self.fresh:
             torch.manual_seed(config.seed)

@@ -26,10 +26,11 @@ Which two models are compared (``pairing``):
   temperature (in a trial with digits' MLP every cell above chance was regime I), which
   hides the transitions the model is about.
 
-Every job is an Optuna trial in ``out/study.journal`` (:mod:`prunescope.regimes.trials`):
-a rerun skips finished jobs, ``workers`` processes share the queue. Regimes are assigned
-from the stored measurements when the summary is made, so ε and δ can be changed without
-recomputing anything.
+Every job is an Optuna trial in ``out/study.journal`` (or ``storage``;
+:mod:`prunescope.regimes.trials`): a rerun skips finished jobs, and the workers of any
+:mod:`prunescope.trials` executor (``local``, ``processes``, ``ray``) share the queue.
+Regimes are assigned from the stored measurements when the summary is made, so ε and δ can
+be changed without recomputing anything.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -64,9 +66,11 @@ from prunescope.regimes.classify import (
     walk,
 )
 from prunescope.regimes.connectivity import MIN_POINTS, linear_path
-from prunescope.regimes.trials import JobStudy, run_jobs, study_path
+from prunescope.regimes.trials import JobObjective, open_jobs, results, run_jobs, study_path
 from prunescope.targets import find_targets
 from prunescope.train import TrainConfig, finetune, train, train_scratch
+from prunescope.trials.points import Execution, QueuedStudy
+from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from prunescope.trust import Trust
 
 TEMPERATURES = ("epochs", "batch-size", "lr", "sam-rho")
@@ -341,35 +345,57 @@ def summarise(settings: RegimeSettings, dense: dict[str, dict], cells: dict[str,
             "cells": rows, "advice": advice}
 
 
-def study(settings: RegimeSettings, out: str | Path, *, workers: int = 1, epsilon: float = DEFAULT_EPSILON,
-          delta: float = DEFAULT_DELTA, start: float | None = None,
-          on_job: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+def study(
+    settings: RegimeSettings,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    epsilon: float = DEFAULT_EPSILON,
+    delta: float = DEFAULT_DELTA,
+    start: float | None = None,
+    on_job: Callable[[str, int, int], None] | None = None,
+    storage: str | os.PathLike[str] | None = None,
+    study_name: str = "regimes",
+    executor_kind: str | None = None,
+    ray_address: str | None = None,
+    gpus_per_worker: float = 0.0,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
+) -> dict[str, Any]:
     """Run (or resume) the study in ``out`` and return its summary (see :func:`summarise`).
 
     ``on_job(key, done, total)`` is called as jobs finish. Nothing is written before the
-    settings and thresholds are checked.
+    settings and thresholds are checked. ``storage``: where the jobs' study lives (default
+    ``out/study.journal``; a database URL is shared by machines, which must also share
+    ``out``, where the models are), ``study_name`` its name there. ``executor_kind`` /
+    ``workers`` / ``ray_address`` / ``gpus_per_worker`` / ``heartbeat_interval`` /
+    ``grace_period``: who runs the jobs, as for :func:`prunescope.scan.scan`.
     """
     check_thresholds(epsilon, delta)
     temperatures = settings.temperatures()
     if start is not None and start not in temperatures:
         raise UsageError(f"--start {start:g} is not one of the --values {', '.join(f'{v:g}' for v in temperatures)}")
+    execution = Execution(executor_kind, workers, ray_address, gpus_per_worker, heartbeat_interval, grace_period)
+    execution.check()
     dataset_of(settings)  # a missing data set fails here, before the output directory is touched
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: give a directory")
     dense_keys = [_key(v, seed=s) for v in temperatures for s in settings.dense_seeds()]
     cell_keys = [_key(v, d) for v in temperatures for d in settings.densities]
-    spec = JobStudy(study_path(out), "regimes", tuple(dense_keys + cell_keys))
-    opened = spec.open(json.loads(json.dumps(settings.identity())))
+    place = execution.place(study_path(out) if storage is None else os.fspath(storage), study_name)
+    opened = open_jobs(place, json.loads(json.dumps(settings.identity())))
+    objective = JobObjective(tuple(dense_keys + cell_keys), functools.partial(run_job, settings, str(out)))
     total = len(dense_keys) + len(cell_keys)
-    done = [len(spec.finished(opened))]
+    with QueuedStudy(opened, place, objective, execution) as jobs:
+        done = len(results(jobs).keys() & set(dense_keys + cell_keys))
 
-    def finished(key: str) -> None:
-        done[0] += 1
-        if on_job is not None:
-            on_job(key, done[0], total)
+        def finished(key: str) -> None:
+            nonlocal done
+            done += 1
+            if on_job is not None:
+                on_job(key, done, total)
 
-    job = functools.partial(run_job, settings, str(out))
-    dense = run_jobs(spec, opened, dense_keys, job, workers=workers, on_done=finished)
-    cells = run_jobs(spec, opened, cell_keys, job, workers=workers, on_done=finished)
+        dense = run_jobs(jobs, dense_keys, finished)  # the cells load the dense models: these first
+        cells = run_jobs(jobs, cell_keys, finished)
     return summarise(settings, dense, cells, epsilon=epsilon, delta=delta, start=start)

@@ -1,155 +1,84 @@
-"""The regime study's jobs as Optuna trials: resumable, and shared by worker processes.
+"""The regime study's jobs as Optuna trials: resumable, and shared by any executor's workers.
 
 Every job (train one dense model, measure one cell) is one trial whose only param is
 ``job``, its key; its result is the trial's ``result`` user attribute (JSON). Jobs are
-queued with ``enqueue_trial`` and taken with ``ask`` / ``tell``, so any number of processes
-drain one queue without running a job twice, and a rerun finds every finished job in the
-journal and queues only the others (a job killed mid-way is queued again).
-
-The executor seam is :func:`run_jobs`: in this process, or in spawned worker processes
-that attach to the same journal. (The scan's executors in :mod:`prunescope.scan.executors`
-speak of scan points; when they take any job, this module's pool is the one to replace.)
+points of a :class:`~prunescope.trials.points.QueuedStudy`: queued under the study's
+planning lock (:func:`~prunescope.trials.queue.plan`, so two processes planning at once
+queue each job once) and run by the workers of any :mod:`prunescope.trials` executor
+(``local``, ``processes``, ``ray``). A rerun finds every finished job in the study and
+queues only the others; a job whose worker died is queued again.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
-import pickle
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
 
 from prunescope.errors import UsageError
-from prunescope.scan.study import quiet_optuna
+from prunescope.trials.points import QueuedStudy
+from prunescope.trials.queue import Place
 
 Job = Callable[[str], dict[str, Any]]
 """``job(key) -> result``: run the job named ``key`` and return its JSON-like result."""
+JOB = "job"  # the one param of a job's trial
 
 
 @dataclass(frozen=True)
-class JobStudy:
-    """A journal file holding one study's jobs; picklable, so that workers can attach to it."""
+class JobObjective:
+    """A job's trial: run the job its ``job`` param names (one of ``keys``), record its result.
 
-    path: str
-    name: str
+    Picklable when ``job`` is (a module-level function or a partial of one), for workers.
+    """
+
     keys: tuple[str, ...]
+    job: Job
 
-    def _study(self) -> optuna.Study:
-        storage = JournalStorage(JournalFileBackend(self.path))
-        try:
-            # load_study first: create_study(load_if_exists=True) appends to a journal even when the study exists.
-            return optuna.load_study(study_name=self.name, storage=storage)
-        except KeyError:
-            return optuna.create_study(study_name=self.name, storage=storage, load_if_exists=True)
+    def __call__(self, trial: optuna.Trial) -> float:
+        key = trial.suggest_categorical(JOB, self.keys)
+        start = time.perf_counter()
+        result = self.job(key)
+        trial.set_user_attr("result", result)
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        return 0.0
 
-    def open(self, identity: dict[str, Any]) -> optuna.Study:
-        """The study, created if new; a study made with another ``identity`` is refused, untouched."""
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with quiet_optuna():
-            study = self._study()
+
+def open_jobs(place: Place, identity: dict[str, Any]) -> optuna.Study:
+    """The study at ``place``, created if new; one made with another ``identity`` is refused, untouched."""
+
+    def check(study: optuna.Study) -> None:
         stored = study.user_attrs.get("identity")
         if stored is not None and stored != identity:
             changed = sorted(k for k in identity.keys() | stored.keys() if identity.get(k) != stored.get(k))
-            raise UsageError(f"{Path(self.path).parent} holds a study with other settings ({', '.join(changed)}); "
-                             "use another --out to start afresh")
+            raise UsageError(f"{place.where()} holds a regime study with other settings ({', '.join(changed)}); "
+                             "use another --out (or --storage) to start afresh")
         if stored is None:
             study.set_user_attr("identity", identity)
-        return study
 
-    def finished(self, study: optuna.Study | None = None) -> dict[str, dict[str, Any]]:
-        """``{key: result}`` of every finished job."""
-        study = study or self._study()
-        return {t.params["job"]: t.user_attrs["result"]
-                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params.get("job")}
-
-    def queue(self, study: optuna.Study, keys: Iterable[str]) -> list[str]:
-        """Queue the ``keys`` neither finished nor queued; return those queued now."""
-        waiting = {t.system_attrs["fixed_params"]["job"]
-                   for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
-        done = self.finished(study)
-        new = [k for k in keys if k not in done and k not in waiting]
-        for key in new:
-            study.enqueue_trial({"job": key}, user_attrs={"queued": True})
-        return new
-
-    def run_next(self, study: optuna.Study, job: Job) -> str | None:
-        """Take one queued job, run it and tell its result; None when the queue is empty."""
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            return None
-        trial = study.ask()
-        if "queued" not in trial.user_attrs:  # another worker took the last queued job first
-            study.tell(trial, state=TrialState.FAIL)
-            return None
-        key = trial.suggest_categorical("job", self.keys)
-        start = time.perf_counter()
-        try:
-            result = job(key)
-        except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        trial.set_user_attr("result", result)
-        trial.set_user_attr("seconds", time.perf_counter() - start)
-        study.tell(trial, 0.0)
-        return key
+    return place.open(check)
 
 
-def drain(spec: JobStudy, job: Job, on_done: Callable[[str], None] | None = None) -> None:
-    """Run queued jobs in this process until none is left."""
-    with quiet_optuna():
-        study = spec._study()
-        while (key := spec.run_next(study, job)) is not None:
-            if on_done is not None:
-                on_done(key)
+def results(jobs: QueuedStudy) -> dict[str, dict[str, Any]]:
+    """``{key: result}`` of every finished job."""
+    return {dict(point)[JOB]: trial.user_attrs["result"] for point, trial in jobs.finished().items()}
 
 
-def _worker(spec: JobStudy, job: bytes, threads: int) -> None:
-    torch.set_num_threads(threads)
-    drain(spec, pickle.loads(job))
-
-
-def run_jobs(spec: JobStudy, study: optuna.Study, keys: Sequence[str], job: Job, *, workers: int = 1,
+def run_jobs(jobs: QueuedStudy, keys: Sequence[str],
              on_done: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Queue ``keys`` and run them (``workers`` processes; 1: here); return ``{key: result}`` of all of them.
+    """Have the jobs ``keys`` finished (queued, run by the study's workers); ``{key: result}`` of all of them.
 
-    ``job`` must be picklable when ``workers > 1`` (a module-level function or a partial of one).
+    ``on_done(key)`` is called as each finishes.
     """
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
-    spec.queue(study, keys)
-    if workers == 1:
-        drain(spec, job, on_done)
-    else:
-        context = multiprocessing.get_context("spawn")
-        threads = max(1, torch.get_num_threads() // workers)
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_worker, spec, pickle.dumps(job), threads) for _ in range(workers)]
-            seen = set(spec.finished(study))
-            running = set(futures)
-            while running:
-                _, running = concurrent.futures.wait(running, timeout=0.5)
-                for key in sorted(spec.finished(study).keys() & set(keys) - seen):
-                    seen.add(key)
-                    if on_done is not None:
-                        on_done(key)
-            for future in futures:
-                future.result()  # a worker's error surfaces here
-    finished = spec.finished(study)
-    missing = [k for k in keys if k not in finished]
-    if missing:
-        raise UsageError(f"jobs {', '.join(missing[:3])} did not finish; rerun with the same --out to resume")
-    return {k: finished[k] for k in keys}
+    report = None if on_done is None else lambda point, _: on_done(dict(point)[JOB])
+    done = jobs.run([{JOB: key} for key in keys], report)
+    return {dict(point)[JOB]: trial.user_attrs["result"] for point, trial in done.items()}
 
 
 def study_path(out: str | os.PathLike[str]) -> str:
-    """Where the regime study's journal lives in ``out``."""
+    """Where the regime study's journal lives in ``out`` (the default storage)."""
     return os.fspath(Path(out) / "study.journal")

@@ -34,7 +34,7 @@ from prunescope.scan.strategy import SCONCE_LEVELS, STRATEGIES, Whole, make_plan
 from prunescope.scan.study import DENSE, StudySpec, quiet_optuna
 from prunescope.targets import find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
-from prunescope.trials.executors import EXECUTORS
+from prunescope.trials.executors import executor_kind as choose_executor
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from prunescope.units import GRANULARITIES, WeightPruning, find_units
 
@@ -63,8 +63,7 @@ def auto_subset(val: int, tolerance: float) -> int | None:
 
 
 def _check(
-    tolerance: float, metric: str, subset: int | str | None, max_subset: int | None, workers: int, storage: object,
-    val: int, executor_kind: str,
+    tolerance: float, metric: str, subset: int | str | None, max_subset: int | None, val: int,
 ) -> None:
     if tolerance < 0:
         raise UsageError(f"tolerance must be at least 0 (a fraction of the metric, e.g. 0.005), got {tolerance:g}")
@@ -77,12 +76,6 @@ def _check(
         raise UsageError(f"subset must be a positive number of examples, got {subset}")
     if max_subset is not None and max_subset < 1:
         raise UsageError(f"max_subset must be a positive number of examples, got {max_subset}")
-    if workers < 1:
-        raise UsageError(f"workers must be at least 1, got {workers}")
-    if executor_kind not in EXECUTORS:
-        raise UsageError(f"unknown executor {executor_kind!r}: use one of {', '.join(EXECUTORS)}")
-    if (workers > 1 or executor_kind != "local") and storage is None:
-        raise UsageError("several workers share a study on disk: give a storage (an --out directory or a URL)")
     if val < 1:
         raise UsageError("the validation split is empty: a scan evaluates on it")
 
@@ -193,8 +186,10 @@ def scan(
     The model's weights are bit-identical afterwards: pruning is applied in place and undone.
     """
     planner = make_planner(strategy, levels, tolerance)
-    executor_kind = executor_kind or ("local" if workers == 1 else "processes")
-    _check(tolerance, metric, subset, max_subset, workers, storage, len(data.val), executor_kind)
+    _check(tolerance, metric, subset, max_subset, len(data.val))
+    executor_kind = choose_executor(
+        executor_kind, workers, shared=storage is not None, gpus_per_worker=gpus_per_worker
+    )
     device = resolve_device(device)
     model.to(device)
     found = find_units(model, data, granularity, criterion, include=include, exclude=exclude, seed=seed)

@@ -10,13 +10,13 @@ died is queued again while we wait (see :func:`prunescope.trials.queue.plan`).
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-from prunescope.scan.study import Evaluate, Measurement, Point, ScanStudy, StudySpec
-from prunescope.trials.executors import POLL_SECONDS, Local, make_executor
+from prunescope.scan.study import Evaluate, Measurement, Point, ScanObjective, ScanStudy, StudySpec
 from prunescope.trials.executors import Executor as Workers
+from prunescope.trials.executors import Local, make_executor, settle_points
+from prunescope.trials.queue import Drain
 
 OnDone = Callable[[Point, Measurement], None]
 
@@ -27,30 +27,6 @@ class Executor(Protocol):
         ...
 
 
-def settle_points(workers: Workers, study: ScanStudy, points: Sequence[Point], on_done: OnDone) -> None:
-    """Queue ``points`` and let ``workers`` evaluate until all are finished (see the module's docstring).
-
-    Finished points are collected at every settle (after each trial in this process);
-    planning, which takes the study's lock and reads every trial, at most every
-    :data:`~prunescope.trials.executors.POLL_SECONDS`.
-    """
-    pending = set(points)
-    next_plan = 0.0
-
-    def settle() -> bool:
-        nonlocal next_plan
-        finished = study.finished()
-        for point in sorted(pending & finished.keys()):
-            pending.discard(point)
-            on_done(point, finished[point])
-        if pending and time.monotonic() >= next_plan:
-            study.enqueue(sorted(pending))
-            next_plan = time.monotonic() + POLL_SECONDS
-        return not pending
-
-    workers.run(settle)
-
-
 class InProcess:
     """Evaluate in this process (any storage, in memory included)."""
 
@@ -58,27 +34,8 @@ class InProcess:
         self.evaluate = evaluate
 
     def run(self, study: ScanStudy, points: Sequence[Point], on_done: OnDone) -> None:
-        settle_points(Local(lambda limit: study.run_queued(self.evaluate, limit)), study, points, on_done)
-
-
-class ScanDrain:
-    """A worker's drain of the scan's study: opens the study once, then evaluates queued trials.
-
-    Picklable (the evaluation carries the model); a worker gets its own copy.
-    """
-
-    def __init__(self, spec: StudySpec, evaluate: Evaluate) -> None:
-        self.spec = spec
-        self.evaluate = evaluate
-        self.study: ScanStudy | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "study": None}
-
-    def __call__(self, limit: int | None) -> int:
-        if self.study is None:
-            self.study = self.spec.attach()
-        return self.study.run_queued(self.evaluate, limit)
+        drain = Drain(study.spec.place, ScanObjective(study.spec, self.evaluate), study.study)
+        settle_points(Local(drain), points, study.finished, study.enqueue, on_done)
 
 
 class Pooled:
@@ -88,7 +45,7 @@ class Pooled:
         self.workers = workers
 
     def run(self, study: ScanStudy, points: Sequence[Point], on_done: OnDone) -> None:
-        settle_points(self.workers, study, points, on_done)
+        settle_points(self.workers, points, study.finished, study.enqueue, on_done)
 
 
 @contextlib.contextmanager
@@ -105,8 +62,10 @@ def executor(
     if kind == "local" and workers == 1:
         yield InProcess(evaluate)
         return
+    # Each worker loads the study from its place (the drain is pickled without it).
     pool = make_executor(
-        kind, ScanDrain(spec, evaluate), workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker
+        kind, Drain(spec.place, ScanObjective(spec, evaluate)), workers, ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
     )
     try:
         yield Pooled(pool)

@@ -1,4 +1,4 @@
-"""The Optuna study behind a scan: open it, queue points, run queued trials, look up finished ones.
+"""The Optuna study behind a scan: open it, queue points, evaluate queued trials, look up finished ones.
 
 Every evaluation is one trial with params ``target`` (categorical over :data:`DENSE` and
 every target name of the model), ``sparsity`` (float in [0, 1]) and ``n`` (examples
@@ -15,7 +15,8 @@ criterion, metric, seed); a study with another identity is refused, untouched.
 
 Sharing rests on :mod:`prunescope.trials`: points are queued by
 :func:`~prunescope.trials.queue.plan` (never one that a trial holds anywhere; again when
-its worker died) and evaluated by :func:`~prunescope.trials.queue.run_queued`.
+its worker died) and evaluated by :func:`~prunescope.trials.queue.run_queued` (through a
+:class:`~prunescope.trials.queue.Drain` of :class:`ScanObjective`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from optuna.trial import TrialState
 
 from prunescope.curves import CurvePoint
 from prunescope.errors import UsageError
-from prunescope.trials.queue import Place, optuna_verbosity, plan, run_queued
+from prunescope.trials.queue import Place, optuna_verbosity, plan
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, is_url
 
 DENSE = "(dense)"  # the ``target`` of the dense reference (sparsity 0)
@@ -123,15 +124,8 @@ class StudySpec:
         ``absent``: the value an identity key had in a study that holds trials but does not
         record the key (made before it was recorded, e.g. ``{"reconstruct": "off"}``).
         """
-        storage = self.place.storage()
-        with self.place.lock():  # two processes on a fresh storage: one creates, the other loads
-            try:
-                # load_study first: create_study(load_if_exists=True) appends to a journal even when the study exists.
-                study = optuna.load_study(study_name=self.place.name, storage=storage)
-            except KeyError:
-                study = optuna.create_study(
-                    storage=storage, study_name=self.place.name, direction="maximize", load_if_exists=True
-                )
+
+        def check(study: optuna.Study) -> None:
             stored = study.user_attrs
             if not stored and study.trials:
                 raise UsageError(f"{self.where()} holds a study that is not a prunescope scan; use another --out")
@@ -146,11 +140,8 @@ class StudySpec:
             for key, value in identity.items():
                 if key not in stored:
                     study.set_user_attr(key, value)
-        return ScanStudy(study, self)
 
-    def attach(self) -> ScanStudy:
-        """Load the study that :meth:`open` checked (in a worker process)."""
-        return ScanStudy(optuna.load_study(study_name=self.place.name, storage=self.place.storage()), self)
+        return ScanStudy(self.place.open(check), self)
 
 
 def _point(params: dict) -> Point:
@@ -158,7 +149,7 @@ def _point(params: dict) -> Point:
 
 
 class ScanStudy:
-    """One scan's trials: queue points, evaluate queued ones, read finished ones back."""
+    """One scan's trials: queue points, read finished ones back (:class:`ScanObjective` evaluates them)."""
 
     def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
         self.study = study
@@ -179,27 +170,33 @@ class ScanStudy:
         params = [{"target": p.target, "sparsity": p.sparsity, "n": p.n} for p in points]
         return plan(self.study, self.spec.place, params, user_attrs={"metric": self.spec.metric})
 
-    def run_queued(self, evaluate: Evaluate, limit: int | None = None) -> int:
-        """Evaluate up to ``limit`` queued trials (None: until none waits); how many were evaluated."""
 
-        def objective(trial: optuna.Trial) -> float:
-            point = Point(
-                trial.suggest_categorical("target", self.spec.targets),
-                trial.suggest_float("sparsity", 0.0, 1.0),
-                trial.suggest_int("n", 1, self.spec.full),
-            )
-            start = time.perf_counter()
-            measured = evaluate(point.target, point.sparsity, point.n)
-            if not isinstance(measured, Measurement):
-                measured = Measurement(*measured)
-            trial.set_user_attr("low", measured.low)
-            trial.set_user_attr("high", measured.high)
-            if measured.lost is not None and measured.gained is not None:
-                trial.set_user_attr("lost", measured.lost)
-                trial.set_user_attr("gained", measured.gained)
-            if measured.correct is not None:
-                trial.set_user_attr("correct", measured.correct)
-            trial.set_user_attr("seconds", time.perf_counter() - start)
-            return measured.value
+@dataclass(frozen=True)
+class ScanObjective:
+    """The objective of a scan's queued trials: evaluate the trial's point, record its measurement.
 
-        return run_queued(self.study, objective, limit)
+    Picklable (``evaluate`` carries the model), for workers.
+    """
+
+    spec: StudySpec
+    evaluate: Evaluate
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        point = Point(
+            trial.suggest_categorical("target", self.spec.targets),
+            trial.suggest_float("sparsity", 0.0, 1.0),
+            trial.suggest_int("n", 1, self.spec.full),
+        )
+        start = time.perf_counter()
+        measured = self.evaluate(point.target, point.sparsity, point.n)
+        if not isinstance(measured, Measurement):
+            measured = Measurement(*measured)
+        trial.set_user_attr("low", measured.low)
+        trial.set_user_attr("high", measured.high)
+        if measured.lost is not None and measured.gained is not None:
+            trial.set_user_attr("lost", measured.lost)
+            trial.set_user_attr("gained", measured.gained)
+        if measured.correct is not None:
+            trial.set_user_attr("correct", measured.correct)
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        return measured.value

@@ -4,8 +4,9 @@ The interface is two calls, the same for every study (scan, hparams, regimes):
 
 - ``make_executor(kind, drain, workers, …)`` starts the workers. ``drain`` is picklable:
   ``drain(limit) -> int`` opens the shared study (once per worker), evaluates up to
-  ``limit`` queued trials (None: until none waits) and returns how many it evaluated.
-  Workers only ever take queued trials; Optuna hands each to exactly one taker.
+  ``limit`` queued trials (None: until none waits) and returns how many it evaluated
+  (:class:`prunescope.trials.queue.Drain`). Workers only ever take queued trials; Optuna
+  hands each to exactly one taker.
 - ``executor.run(settle)`` has the workers evaluate until ``settle()``, called in this
   process every :data:`POLL_SECONDS`, returns True. ``settle`` is where the study plans:
   it queues the points it waits for that no trial holds (including those of dead workers,
@@ -14,18 +15,25 @@ The interface is two calls, the same for every study (scan, hparams, regimes):
 
 Workers that die are handled per kind: ``processes`` starts a replacement (a worker that
 *raised* ends the run with its error instead); ``ray`` actors are restarted by Ray
-(``max_restarts``). Their RUNNING trial is failed and queued again by ``settle``.
+(``max_restarts``). Their RUNNING trial is failed and queued again by ``settle``. A
+``processes`` worker whose parent dies (killed) exits at once: its trial is then retried by
+whoever resumes the study, not finished by an orphan nobody waits for.
+
+:func:`settle_points` is the ``settle`` every study uses: queue the points it waits for,
+collect them as they finish.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import queue
+import threading
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -73,8 +81,17 @@ def _threads(workers: int) -> int:
     return max(1, torch.get_num_threads() // workers)
 
 
+def _exit_with_parent() -> None:
+    """End this worker process as soon as its parent is gone (killed: nobody would stop it, nor wait for its trial)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(1)
+
+
 def _work(drain: bytes, threads: int, stop: Any, errors: Any) -> None:
     """A worker process: evaluate queued trials until ``stop`` is set; an error goes to ``errors``."""
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
     torch.set_num_threads(threads)
     try:
         evaluate = pickle.loads(drain)
@@ -206,20 +223,72 @@ class RayExecutor:
             ray.shutdown()
 
 
-def make_executor(
-    kind: str, drain: Drain, workers: int, *, ray_address: str | None = None, gpus_per_worker: float = 0.0
-) -> Executor:
-    """An executor of ``kind`` (``local``, ``processes``, ``ray``) with ``workers`` workers running ``drain``."""
-    if kind not in EXECUTORS:
-        raise UsageError(f"unknown executor {kind!r}: use one of {', '.join(EXECUTORS)}")
+def executor_kind(kind: str | None, workers: int, *, shared: bool = True, gpus_per_worker: float = 0.0) -> str:
+    """``kind`` checked for ``workers`` workers (None: ``local`` for one worker, else ``processes``).
+
+    ``shared``: whether the study lives where other processes reach it (not in memory).
+    Raises a one-line UsageError for what cannot run.
+    """
     if workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}")
+    kind = kind or ("local" if workers == 1 else "processes")
+    if kind not in EXECUTORS:
+        raise UsageError(f"unknown executor {kind!r}: use one of {', '.join(EXECUTORS)}")
+    if kind != "local" and not shared:
+        raise UsageError("several workers share a study on disk: give a storage (an --out directory or a URL)")
     if kind == "local" and workers > 1:
         raise UsageError("the local executor has one worker, this process: use --executor processes or ray")
     if gpus_per_worker < 0 or (gpus_per_worker > 1 and gpus_per_worker != int(gpus_per_worker)):
         raise UsageError(f"gpus per worker must be a fraction of one GPU or a whole number, got {gpus_per_worker:g}")
+    return kind
+
+
+def make_executor(
+    kind: str | None, drain: Drain, workers: int, *, ray_address: str | None = None, gpus_per_worker: float = 0.0
+) -> Executor:
+    """An executor of ``kind`` (``local``, ``processes``, ``ray``; see :func:`executor_kind`) with ``workers``
+    workers running ``drain``."""
+    kind = executor_kind(kind, workers, gpus_per_worker=gpus_per_worker)
     if kind == "local":
         return Local(drain)
     if kind == "processes":
         return Processes(drain, workers)
     return RayExecutor(drain, workers, ray_address, gpus_per_worker)
+
+
+P = TypeVar("P", bound=Hashable)
+R = TypeVar("R")
+
+
+def settle_points(
+    workers: Executor,
+    points: Sequence[P],
+    finished: Callable[[], Mapping[P, R]],
+    enqueue: Callable[[list[P]], object],
+    on_done: Callable[[P, R], None] | None = None,
+) -> None:
+    """Have ``workers`` evaluate until every one of ``points`` is ``finished()``, wherever it ran.
+
+    ``finished()`` reads the study's finished points; ``enqueue(pending)`` queues those no
+    trial holds (:func:`prunescope.trials.queue.plan`: also those of dead workers).
+    ``on_done(point, result)`` is called for each point as it is found finished, in the order
+    of ``points``. Finished points are collected at every settle (after each trial in this
+    process); planning, which takes the study's lock and reads every trial, at most every
+    :data:`POLL_SECONDS`.
+    """
+    pending = list(dict.fromkeys(points))
+    next_plan = 0.0
+
+    def settle() -> bool:
+        nonlocal pending, next_plan
+        done = finished()
+        for point in pending:
+            if point in done and on_done is not None:
+                on_done(point, done[point])
+        pending = [point for point in pending if point not in done]
+        if pending and time.monotonic() >= next_plan:
+            enqueue(pending)
+            next_plan = time.monotonic() + POLL_SECONDS
+        return not pending
+
+    workers.run(settle)

@@ -1,8 +1,11 @@
 """Idempotent planning of a shared study's points, and the loop that evaluates queued trials.
 
 A *point* is the params of one evaluation (``{"target": "fc1", "sparsity": 0.5, "n": 600}``
-for a scan); it is queued with ``enqueue_trial`` and read back from the trial's fixed
-params, so a trial that died before its params were suggested still names its point.
+for a scan, ``{"job": "cell T=4 d=0.1"}`` for a regime study, ``{"slot": 3}`` for the
+fourth trial of a search whose sampler chooses its params); it is queued with
+``enqueue_trial`` and read back from the trial's fixed params, so a trial that died before
+its params were suggested still names its point. A point is *finished* when a trial of it
+is COMPLETE, or PRUNED (stopped early by the study's pruner).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -33,9 +38,12 @@ from prunescope.trials.storage import (
 MAX_RETRIES = 3  # a point whose trials failed more often than this is an error, not retried again
 PLANNED_ATTR = "planned_by"  # user attribute of every queued trial: the process that queued it
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
 Params = Mapping[str, Any]
 Key = tuple[tuple[str, Any], ...]
 Objective = Callable[[optuna.Trial], float]
+Check = Callable[[optuna.Study], None]
 
 
 def key(params: Params) -> Key:
@@ -74,6 +82,37 @@ class Place:
         """How a message names this study."""
         return f"study {self.name!r} in {self.location}" if is_url(self.location) else f"study in {self.location}"
 
+    def open(
+        self, check: Check | None = None, *, sampler: BaseSampler | None = None, pruner: BasePruner | None = None
+    ) -> optuna.Study:
+        """Load the study or create it, then ``check(study)`` (refuse another identity, record ours).
+
+        Under the planning lock: two processes on a fresh storage do not both create it, nor
+        interleave their checks. ``check`` refuses by raising, before writing anything.
+        """
+        storage = self.storage()
+        with self.lock():
+            try:
+                # load_study first: create_study(load_if_exists=True) appends to a journal even when the study exists.
+                study = optuna.load_study(study_name=self.name, storage=storage, sampler=sampler, pruner=pruner)
+            except KeyError:
+                study = optuna.create_study(
+                    storage=storage, study_name=self.name, direction="maximize", sampler=sampler, pruner=pruner,
+                    load_if_exists=True,
+                )
+            if check is not None:
+                check(study)
+        return study
+
+
+def finished(study: optuna.Study) -> dict[Key, FrozenTrial]:
+    """The finished trial (COMPLETE or PRUNED) of every finished point."""
+    return {
+        key(params): trial
+        for trial in study.get_trials(deepcopy=False, states=FINISHED)
+        if (params := point_of(trial)) is not None
+    }
+
 
 def census(study: optuna.Study) -> dict[Key, Counter[TrialState]]:
     """Per point, how many of its trials are in each state."""
@@ -92,7 +131,7 @@ def fail_dead(study: optuna.Study) -> None:
 
 
 def plan(study: optuna.Study, place: Place, points: Iterable[Params], user_attrs: Params | None = None) -> int:
-    """Queue every point of ``points`` that no trial holds (WAITING, RUNNING or COMPLETE) anywhere.
+    """Queue every point of ``points`` that no trial holds (WAITING, RUNNING or finished) anywhere.
 
     Under the study's planning lock, so that no two processes queue one point: trials of
     dead workers are failed first, and a point with only failed trials is queued again (its
@@ -105,7 +144,7 @@ def plan(study: optuna.Study, place: Place, points: Iterable[Params], user_attrs
         counts = census(study)
         for params in points:
             states = counts.get(key(params), Counter())
-            if states[TrialState.WAITING] or states[TrialState.RUNNING] or states[TrialState.COMPLETE]:
+            if any(states[state] for state in (TrialState.WAITING, TrialState.RUNNING, *FINISHED)):
                 continue
             if states[TrialState.FAIL] > place.max_retries:
                 raise PrunescopeError(
@@ -129,9 +168,15 @@ def optuna_verbosity(level: int) -> Iterator[None]:
         optuna.logging.set_verbosity(verbosity)
 
 
+class _Empty(Exception):
+    """The queue emptied between our look and Optuna's ask."""
+
+
 class _Queued:
     """``objective`` for queued trials only: a fresh trial (the queue emptied between our look
-    and Optuna's ask) is pruned at once; a queued one is tagged with this worker, then evaluated."""
+    and Optuna's ask) is failed at once, with no params (failed, not pruned: samplers learn from
+    pruned trials, and one without params would empty their search space); a queued one is
+    tagged with this worker, then evaluated."""
 
     def __init__(self, objective: Objective) -> None:
         self.objective = objective
@@ -139,7 +184,7 @@ class _Queued:
 
     def __call__(self, trial: optuna.Trial) -> float:
         if PLANNED_ATTR not in trial.user_attrs:
-            raise optuna.TrialPruned("the queue was empty")
+            raise _Empty("the queue was empty")
         trial.set_user_attr(WORKER_ATTR, worker_tag())
         self.ran = True
         return self.objective(trial)
@@ -159,6 +204,33 @@ def run_queued(study: optuna.Study, objective: Objective, limit: int | None = No
         while (limit is None or ran < limit) and study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             queued = _Queued(objective)
             with contextlib.suppress(UpdateFinishedTrialError):
-                study.optimize(queued, n_trials=1)
+                study.optimize(queued, n_trials=1, catch=(_Empty,))
             ran += queued.ran
     return ran
+
+
+class Drain:
+    """A worker's drain of one shared study (see :mod:`prunescope.trials.executors`).
+
+    ``drain(limit)`` evaluates up to ``limit`` queued trials with ``objective`` (None: until
+    none waits). ``study``: the study as opened in this process, used as it is (an
+    in-memory one too) by the ``local`` executor; a pickled copy (a worker's) drops it and
+    loads the study from ``place`` once, with the same sampler and pruner.
+    """
+
+    def __init__(self, place: Place, objective: Objective, study: optuna.Study | None = None) -> None:
+        self.place = place
+        self.objective = objective
+        self.study = study
+        self.sampler = None if study is None else study.sampler
+        self.pruner = None if study is None else study.pruner
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "study": None}
+
+    def __call__(self, limit: int | None) -> int:
+        if self.study is None:
+            self.study = optuna.load_study(
+                study_name=self.place.name, storage=self.place.storage(), sampler=self.sampler, pruner=self.pruner
+            )
+        return run_queued(self.study, self.objective, limit)

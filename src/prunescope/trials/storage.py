@@ -124,20 +124,27 @@ class HeartbeatRDBStorage(RDBStorage):
         return sorted(stale | {t._trial_id for t in running if died_here(t)})
 
 
-def open_storage(
-    location: str | None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD
-) -> BaseStorage:
-    """The storage at ``location`` (see the module's docstring); a location that cannot be
-    opened (unknown dialect, missing driver, no server, unwritable path) is a one-line UsageError."""
-    if location is None:
-        return InMemoryStorage()
-    if not location.strip():
-        raise UsageError("the storage is empty: give a database URL (postgresql://user@host/db) or a journal file")
+def check_heartbeat(heartbeat_interval: int, grace_period: int) -> None:
+    """Refuse (one-line UsageError) a heartbeat that cannot tell a live worker from a dead one."""
     if heartbeat_interval < 1 or grace_period <= heartbeat_interval:
         raise UsageError(
             f"heartbeat interval must be at least 1 s and the grace period longer than it, "
             f"got {heartbeat_interval} and {grace_period}"
         )
+
+
+def open_storage(
+    location: str | os.PathLike[str] | None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
+) -> BaseStorage:
+    """The storage at ``location`` (see the module's docstring); a location that cannot be
+    opened (unknown dialect, missing driver, no server, unwritable path) is a one-line UsageError."""
+    if location is None:
+        return InMemoryStorage()
+    location = os.fspath(location)
+    if not location.strip():
+        raise UsageError("the storage is empty: give a database URL (postgresql://user@host/db) or a journal file")
+    check_heartbeat(heartbeat_interval, grace_period)
     try:
         if is_url(location):
             # A fresh database: only one process creates the tables.
