@@ -11,8 +11,10 @@ from torch.nn import functional as F
 from prunescope.compare import METHODS, compare
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curve, CurvePoint, Curves
+from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import applied, compute_masks, measured_sparsity, removed_count
+from prunescope.measure import count_macs
 from prunescope.models import build_model
 from prunescope.pick import PairwiseRefiner
 from prunescope.pick.refine import Refined
@@ -143,3 +145,33 @@ def test_the_selection_effort_of_ours_is_stated_next_to_the_comparison(mlp):
     sentence = selection_sentence(comparison.to_dict()["rows"])
     assert sentence.startswith(f"ours was selected with joint val evaluations: {effort['total']} at 80% (3 candidates")
     assert selection_sentence([r for r in comparison.to_dict()["rows"] if r["method"] != "ours"]) is None
+
+
+def test_channel_mode_compares_the_budget_pick_and_the_channel_baselines_at_equal_macs(mlp):
+    model, data = mlp
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    curves = scan(model, data, strategy="grid", granularity="channel", criterion="l2")
+    comparison = compare(model, data, [0.3, 0.6], granularity="channel", curves=curves)
+    assert comparison.granularity == "channel" and comparison.criterion == "l2"
+    assert [r.method for r in comparison.rows] == ["budget", "channel-uniform", "channel-global"] * 2
+    dense = build_macs(model, data)
+    for row in comparison.rows:
+        assert row.error is None and row.val is not None and row.test is not None, row.error
+        assert row.details["footprint"]["macs"] <= (1 - row.sparsity) * dense  # each meets the same MAC budget
+        assert row.achieved == pytest.approx(1 - row.details["footprint"]["macs"] / dense)
+        assert all(0 <= s < 1 for s in row.allocation.values())
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
+
+
+def test_channel_mode_refuses_weight_methods_and_reconstruction(mlp):
+    model, data = mlp
+    with pytest.raises(UsageError, match="unknown allocation 'lamp'"):
+        compare(model, data, [0.5], ["lamp"], granularity="channel")
+    with pytest.raises(UsageError, match="does not rank channels"):
+        compare(model, data, [0.5], ["channel-uniform"], granularity="channel", criterion="magnitude")
+    with pytest.raises(UsageError, match="applies to weight pruning"):
+        compare(model, data, [0.5], ["channel-uniform"], granularity="channel", reconstruct="mask")
+
+
+def build_macs(model: nn.Module, data) -> int:
+    return count_macs(model, data.input_shape).dense

@@ -155,3 +155,20 @@ def test_recalibrate_bn_reestimates_the_statistics_of_the_pruned_model(cli, cnn,
     stale, fresh = saved[0].model.conv3.bn, saved[5].model.conv3.bn  # after the pruned conv2: its inputs changed
     assert torch.equal(saved[0].model.conv3.conv.weight, saved[5].model.conv3.conv.weight)
     assert not torch.allclose(stale.running_var, fresh.running_var)
+
+
+def test_compare_channel_mode_from_a_channel_scan(cli, cnn, channel_scan, tmp_path):
+    channel_scan, _ = channel_scan
+    code, out, err = cli("compare", "--checkpoint", cnn, "--granularity", "channel", "--scan", channel_scan,
+                         "--sparsities", "0.3,0.5", "--out", tmp_path / "c", "--device", "cpu")
+    assert code == 0, err
+    assert "MACs removed" in out and "channel-global" in out
+    doc = json.loads((tmp_path / "c" / "result.json").read_text())["comparison"]
+    assert doc["granularity"] == "channel" and {r["method"] for r in doc["rows"]} == {
+        "budget", "channel-uniform", "channel-global"}
+    dense = doc["rows"][0]["details"]["footprint"]["macs"] / (1 - doc["rows"][0]["achieved"])
+    for row in doc["rows"]:
+        assert row["error"] is None and row["details"]["footprint"]["macs"] <= (1 - row["sparsity"]) * dense + 1
+    code, _, err = cli("compare", "--checkpoint", cnn, "--scan", channel_scan, "--allocations", "ours",
+                       "--sparsities", "0.5", "--out", tmp_path / "w", "--device", "cpu")
+    assert code == 2 and "measured channels: compare with --granularity channel" in err

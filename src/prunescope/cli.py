@@ -36,7 +36,7 @@ from prunescope.cliargs import (
     data_choice,
     reconstruct_choice,
 )
-from prunescope.compare import METHODS, compare
+from prunescope.compare import CHANNEL_METHODS, METHODS, compare
 from prunescope.criteria import CRITERIA
 from prunescope.data import Dataset, available_datasets, describe_dataset, load_dataset, load_from_spec
 from prunescope.device import resolve_device
@@ -49,7 +49,7 @@ from prunescope.measure import measure_speedup
 from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.choose import choose
 from prunescope.pick.crossval import DEFAULT_FOLDS
-from prunescope.pick.registry import PICKERS, make_allocator
+from prunescope.pick.registry import ALLOCATORS, PICKERS, make_allocator
 from prunescope.pipeline import run, train_model
 from prunescope.prune import PickSettings, prune_channels_and_recover, prune_weights_and_recover, read_channel_pick
 from prunescope.regimes_cli import app as regimes_app
@@ -522,11 +522,18 @@ def pick_command(
 @app.command("compare")
 def compare_command(
     checkpoint: CheckpointOption,
-    sparsities: Sparsities = "0.8,0.9,0.95,0.98",
-    allocations: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(METHODS)}.")] = ",".join(METHODS),
-    scan_dir: Annotated[Path | None, typer.Option("--scan", help="Scan for 'ours' (default: scan OUT/scan now).")]
-    = None,
-    criterion: Criterion = "magnitude",
+    sparsities: Annotated[str, typer.Option(help="Comma-separated global sparsities in [0, 1); with --granularity "
+                                                 "channel, fractions of the dense MACs to remove.")]
+    = "0.8,0.9,0.95,0.98",
+    allocations: Annotated[str | None, typer.Option(
+        help=f"Comma-separated: {', '.join(METHODS)} (channels: {', '.join(CHANNEL_METHODS)}) [all].",
+        show_default=False)] = None,
+    scan_dir: Annotated[Path | None, typer.Option("--scan", help="Scan for 'ours' and 'budget' (default: scan "
+                                                                 "OUT/scan now).")] = None,
+    granularity: Granularity = "weight",
+    criterion: UnitCriterion = None,
+    round_to: Annotated[int, typer.Option(help="With --granularity channel, keep channel counts multiples of "
+                                               "this.")] = 1,
     include: Include = None,
     exclude: Exclude = None,
     test: Annotated[bool, typer.Option(help="Evaluate the test split once per row, after selection.")] = True,
@@ -544,34 +551,43 @@ def compare_command(
     trust_factory: TrustFactoryOption = False,
     study_name: study_options.StudyName = "scan",
 ) -> None:
-    """One-shot accuracy of our allocation vs uniform, uniform+, global, ERK and LAMP at equal sparsity."""
+    """One-shot accuracy of our allocation vs uniform, uniform+, global, ERK and LAMP at equal sparsity
+    (--granularity channel: the budget pick vs channel-uniform and channel-global at equal MACs)."""
+    _check_choice("--granularity", granularity, GRANULARITIES)
+    _at_least("--round-to", round_to, 1)
     levels = _parse_sparsities(sparsities)
-    methods = [m.strip() for m in allocations.split(",") if m.strip()]
+    allowed = METHODS if granularity == "weight" else CHANNEL_METHODS
+    methods = [m.strip() for m in allocations.split(",") if m.strip()] if allocations else list(allowed)
     for method in methods:
-        _check_choice("allocation", method, METHODS)
-    _check_choice("--criterion", criterion, list(CRITERIA))
-    rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback)
+        _check_choice("allocation", method, allowed)
+    criterion = _criterion(granularity, criterion, None)
+    rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback, granularity)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = _checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     curves = None
-    if "ours" in methods:
+    if any(ALLOCATORS[m].reads in ("curves", "validation") for m in methods):  # ours and budget read a scan
         if scan_dir is None:
             scan_dir = out / "scan"
             with _growing_progress("scanning") as advance:
                 curves = scan(saved.model, dataset, criterion=criterion, include=include or (),
                               exclude=exclude or (), device=device, storage=scan_dir / JOURNAL_FILE,
-                              study_name=study_name, on_trial=advance)
+                              study_name=study_name, on_trial=advance, granularity=granularity)
             save_scan(scan_dir, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
                       dataset_spec=saved.dataset_spec, settings={"criterion": criterion, "tolerance": 0.005})
         else:
             saved_scan = load_scan(scan_dir)
             saved_scan.check_model(saved.model, scan_dir)
             curves = saved_scan.curves
+            if curves.granularity != granularity:
+                raise UsageError(f"the scan in {scan_dir} measured {curves.granularity}s: compare with "
+                                 f"--granularity {curves.granularity}, or scan with --granularity {granularity}")
     with _progress("comparing", len(levels) * len(methods)) as row_done:
-        comparison = compare(saved.model, dataset, levels, methods, curves=curves, criterion=criterion,
-                             include=include or (), exclude=exclude or (), device=device, test=test, on_row=row_done,
-                             recalibrate_bn=recalibrate_bn, **rebuild.arguments())
+        comparison = compare(saved.model, dataset, levels, methods, granularity=granularity, curves=curves,
+                             criterion=criterion, include=include or (), exclude=exclude or (), device=device,
+                             test=test, on_row=row_done, recalibrate_bn=recalibrate_bn, round_to=round_to,
+                             **rebuild.arguments())
     settings = {"checkpoint": str(checkpoint), "sparsities": levels, "allocations": methods,
+                "granularity": granularity, "round_to": round_to,
                 "scan": str(scan_dir) if scan_dir else None, "criterion": criterion, "test": test,
                 "include": include or [], "exclude": exclude or [], "recalibrate_bn": comparison.recalibrate_bn,
                 **rebuild.settings()}

@@ -19,6 +19,11 @@ away from round(s · N) is refused (its ``error`` says so) rather than printed. 
 val metric is never below the best candidate's. ``refiner=None, starts=()`` is the budget
 pick alone.
 
+With ``granularity="channel"`` the rows remove whole channels of the coupled groups instead:
+a level is the fraction of the dense MACs per sample to remove, and the methods are the
+budget pick on a channel scan and the channel baselines (channel-uniform, channel-global),
+each meeting that MAC budget exactly on the model's footprint; a row above it is refused.
+
 With ``recalibrate_bn`` batches (default: 20 for a model with BatchNorm, off without), every
 pruned model, of every method, in every val and test evaluation, gets its BatchNorm
 statistics re-estimated on the same seeded training batches before it is evaluated, and
@@ -34,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from prunescope.criteria import compute_scores
+from prunescope.criteria import Scores
 from prunescope.curves import Curves
 from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
@@ -43,15 +48,16 @@ from prunescope.evaluate import Evaluator, Metrics, paired_drop
 from prunescope.masks import check_sparsity, compute_masks, removed_count
 from prunescope.pick.allocator import Allocator, Problem
 from prunescope.pick.baselines import ALLOCATIONS
+from prunescope.pick.budget import macs_limit
 from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.refine import Refiner
-from prunescope.pick.registry import ALLOCATORS, COMPARED, make_allocator
+from prunescope.pick.registry import ALLOCATORS, CHANNEL_BASELINES, COMPARED, make_allocator
 from prunescope.reconstruct import fallen_back, reconstructing
-from prunescope.targets import Target, find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
-from prunescope.units import Pruning, WeightPruning
+from prunescope.units import Pruning, Unit, Units, criterion_for, find_units
 
 METHODS = COMPARED
+CHANNEL_METHODS = ("budget", *CHANNEL_BASELINES)  # compared at one fraction of the dense MACs removed
 
 
 @dataclass
@@ -105,10 +111,12 @@ class Comparison:
     val_evaluations: int = 0
     reconstruct: str | None = None
     fallback: dict[str, str] = field(default_factory=dict)
+    granularity: str = "weight"  # weight: levels are sparsities; channel: fractions of the dense MACs removed
 
     def to_dict(self) -> dict:
         return {
             "criterion": self.criterion,
+            "granularity": self.granularity,
             "dense_val": self.dense_val.to_dict(),
             "dense_test": self.dense_test.to_dict() if self.dense_test else None,
             "rows": [r.to_dict() for r in self.rows],
@@ -124,14 +132,14 @@ class _ValCache:
     """Val metrics of allocations, measured once each (keyed by removed counts) with ``pruning``,
     with the examples each got right, for paired intervals between two of them."""
 
-    def __init__(self, pruning: Pruning, targets: Sequence[Target], evaluator: Evaluator) -> None:
-        self.pruning, self.targets, self.evaluator = pruning, targets, evaluator
+    def __init__(self, pruning: Pruning, units: Sequence[Unit], evaluator: Evaluator) -> None:
+        self.pruning, self.units, self.evaluator = pruning, units, evaluator
         self.known: dict[tuple[int, ...], Metrics] = {}
         self.correct: dict[tuple[int, ...], np.ndarray] = {}
         self.evaluations = 0
 
     def _key(self, allocation: Mapping[str, float]) -> tuple[int, ...]:
-        return tuple(removed_count(allocation.get(t.name, 0.0), t.numel) for t in self.targets)
+        return tuple(removed_count(allocation.get(u.name, 0.0), u.size) for u in self.units)
 
     def __call__(self, allocation: Mapping[str, float]) -> Metrics:
         key = self._key(allocation)
@@ -148,23 +156,56 @@ class _ValCache:
         return -high, -low  # after's drop against before, turned into its gain
 
 
-def _counted_error(sparsity: float, removed: int, weights: int) -> str | None:
-    """Why a row that removes ``removed`` of ``weights`` cannot stand for ``sparsity`` (None: it can)."""
-    wanted = removed_count(sparsity, weights)
-    if abs(removed - wanted) <= 1:
-        return None
-    return (f"removes {removed} of {weights} weights ({removed / weights:.4%}), not {wanted} ({sparsity:g}): "
-            "refused, rows are compared at equal sparsity only")
+@dataclass
+class _Weights:
+    """Rows at a global sparsity of the compared targets' weights, counted from each row's masks."""
+
+    scores: Scores
+    weights: int  # N, the compared targets' weights
+
+    def options(self, level: float) -> dict:
+        return {"target_sparsity": level}
+
+    def account(self, row: ComparisonRow) -> None:
+        masks = compute_masks(self.scores, row.allocation)
+        row.removed = sum(int((~mask).sum()) for mask in masks.values())
+        row.achieved = row.removed / self.weights
+        wanted = removed_count(row.sparsity, self.weights)
+        if abs(row.removed - wanted) > 1:
+            row.error = (f"removes {row.removed} of {self.weights} weights ({row.achieved:.4%}), not {wanted} "
+                         f"({row.sparsity:g}): refused, rows are compared at equal sparsity only")
+
+
+@dataclass
+class _Macs:
+    """Rows at a fraction of the dense MACs per sample removed by whole channels, counted on the exact footprint."""
+
+    units: Units
+    dense: int  # MACs per sample of the dense model
+
+    def options(self, level: float) -> dict:
+        return {"target_macs": 1 - level}
+
+    def account(self, row: ComparisonRow) -> None:
+        footprint = self.units.footprint(row.allocation)
+        row.removed = self.dense - footprint.macs
+        row.achieved = row.removed / self.dense
+        row.details = {**row.details, "footprint": {"params": footprint.params, "macs": footprint.macs}}
+        limit = macs_limit(1 - row.sparsity, self.dense)
+        if footprint.macs > limit:
+            row.error = (f"keeps {footprint.macs} MACs per sample, above the budget of {limit:.0f} "
+                         f"({row.sparsity:g} removed): refused, rows are compared at equal MACs only")
 
 
 def compare(
     model: nn.Module,
     data: Dataset,
     sparsities: Sequence[float],
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] | None = None,
     *,
+    granularity: str = "weight",
     curves: Curves | None = None,
-    criterion: str = "magnitude",
+    criterion: str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     device: str = "auto",
@@ -177,60 +218,72 @@ def compare(
     reconstruct: str | None = None,
     calibration: int = 1024,
     reconstruct_fallback: bool = False,
+    round_to: int = 1,
 ) -> Comparison:
-    """Evaluate every method at every global sparsity on val, then each once on test.
+    """Evaluate every method at every level on val, then each once on test.
 
+    ``granularity``: ``weight`` (``sparsities`` are global sparsities of the compared
+    targets' weights; methods default to :data:`METHODS`) or ``channel`` (``sparsities`` are
+    fractions of the dense MACs per sample to remove; methods default to
+    :data:`CHANNEL_METHODS`; kept channel counts in multiples of ``round_to``).
     ``ours`` (see the module docstring) starts from the best on val of the budget pick
     and the baselines in ``starts``, then is refined on val by ``refiner`` (default
     :data:`DEFAULT_REFINER`, a :class:`~prunescope.pick.refine.PairwiseRefiner` of at most
     40 evaluations per sparsity; None: no refinement). ``refiner=None, starts=()`` gives
     the budget pick alone. The metric ``ours`` maximises is the scan's (``curves.metric``).
+    ``criterion``: what ranks the elements (None: the granularity's default).
     ``batch_size``: examples per forward pass of the evaluations. ``recalibrate_bn``: BatchNorm
     recalibration batches for every pruned model (None: 20 for a model with BatchNorm, else 0).
-    ``reconstruct``: ``mask`` or ``obs`` prunes every method's allocation by layer-wise
+    ``reconstruct`` (weights): ``mask`` or ``obs`` prunes every method's allocation by layer-wise
     reconstruction (:mod:`prunescope.reconstruct`) on ``calibration`` train inputs instead of
     masking alone, the same for every row; None: plain masks. ``reconstruct_fallback``: layers whose
     inputs cannot be captured are pruned with the criterion's masks alone (recorded in
     ``Comparison.fallback``) instead of refused.
     """
-    unknown = [m for m in methods if m not in METHODS]
+    criterion = criterion_for(granularity, criterion)
+    allowed = METHODS if granularity == "weight" else CHANNEL_METHODS
+    methods = list(allowed if methods is None else methods)
+    unknown = [m for m in methods if m not in allowed]
     if unknown:
-        raise UsageError(f"unknown allocation {unknown[0]!r}: use one of {', '.join(METHODS)}")
-
-    def allocator(method: str, sparsity: float) -> Allocator:
-        return make_allocator(method, applicable=True, target_sparsity=sparsity, refiner=refiner, starts=starts)
-
-    for method in methods:
-        allocator(method, 0.0)  # bad settings (an unknown start) are refused before anything is evaluated
+        raise UsageError(f"unknown allocation {unknown[0]!r}: use one of {', '.join(allowed)}")
+    if reconstruct is not None and granularity != "weight":
+        raise UsageError("--reconstruct re-fits kept weights: it applies to weight pruning, not to removed channels")
     levels = [check_sparsity(s) for s in sparsities]
     device = resolve_device(device)
     model.to(device).eval()
-    targets = find_targets(model, include, exclude)
-    weights = sum(t.numel for t in targets)
-    scores = compute_scores(model, targets, criterion, data=data.train)
+    units = find_units(model, data, granularity, criterion, include=include, exclude=exclude, round_to=round_to)
+    if units.additive:
+        ledger: _Weights | _Macs = _Weights(units.scores, sum(u.size for u in units.units))
+        base = reconstructing(units, data.train, reconstruct, calibration, fallback=reconstruct_fallback)
+        problem_units = {"targets": units.targets}
+    else:
+        ledger = _Macs(units, units.footprint({}).macs)
+        base = units
+        problem_units = {"pruning": units}
+
+    def allocator(method: str, level: float) -> Allocator:
+        return make_allocator(method, applicable=True, refiner=refiner, starts=starts, **ledger.options(level))
+
+    for method in methods:
+        allocator(method, 0.5)  # bad settings (an unknown start) are refused before anything is evaluated
     batches = bn_batches(model, recalibrate_bn)
-    base = reconstructing(WeightPruning(model, targets, scores), data.train, reconstruct, calibration,
-                          fallback=reconstruct_fallback)
     pruning = recalibrating(base, data.train, batches)
-    val = _ValCache(pruning, targets, Evaluator(model, data.val, device=device, batch_size=batch_size))
-    problem = Problem(model=model, targets=targets, example=data.train.x[:2], curves=curves, validation=val)
+    val = _ValCache(pruning, units.units, Evaluator(model, data.val, device=device, batch_size=batch_size))
+    problem = Problem(model=model, example=data.train.x[:2], curves=curves, validation=val, **problem_units)
     rows = []
-    for sparsity in levels:
+    for level in levels:
         # Methods that select on val last, so that they reuse the others' val evaluations; rows keep the
         # order of methods.
         done: dict[str, ComparisonRow] = {}
         for method in sorted(methods, key=lambda m: ALLOCATORS[m].reads == "validation"):
-            row = ComparisonRow(method=method, sparsity=sparsity)
+            row = ComparisonRow(method=method, sparsity=level)
             try:
-                picked = allocator(method, sparsity).allocate(problem)
+                picked = allocator(method, level).allocate(problem)
                 row.allocation, row.details = picked.allocation, picked.details
             except UsageError as error:
                 row.error = str(error)
             else:
-                masks = compute_masks(scores, row.allocation)
-                row.removed = sum(int((~mask).sum()) for mask in masks.values())
-                row.achieved = row.removed / weights
-                row.error = _counted_error(sparsity, row.removed, weights)
+                ledger.account(row)
                 if row.error is None:
                     row.val = val(row.allocation)
             done[method] = row
@@ -246,6 +299,7 @@ def compare(
                 with pruning.applied(row.allocation):
                     row.test = test_evaluator.evaluate()
     dense_val = val({})
-    return Comparison(criterion=criterion, dense_val=dense_val, dense_test=dense_test, rows=rows, weights=weights,
-                      recalibrate_bn=batches, val_evaluations=val.evaluations, reconstruct=reconstruct,
-                      fallback=fallen_back(base))
+    return Comparison(criterion=criterion, dense_val=dense_val, dense_test=dense_test, rows=rows,
+                      weights=ledger.weights if isinstance(ledger, _Weights) else 0, recalibrate_bn=batches,
+                      val_evaluations=val.evaluations, reconstruct=reconstruct, fallback=fallen_back(base),
+                      granularity=granularity)

@@ -208,7 +208,7 @@ def comparison_table(comparison: Comparison) -> Table:
     if comparison.dense_test:
         dense += f", test {comparison.dense_test.accuracy:.2%}"
     table = Table(title=f"one-shot accuracy, val{test}, by allocation ({comparison.criterion} criterion; {dense})")
-    table.add_column("sparsity", justify="right")
+    table.add_column("sparsity" if comparison.granularity == "weight" else "MACs removed", justify="right")
     for method in methods:
         table.add_column(method, justify="right", no_wrap=True)
     for sparsity in dict.fromkeys(r.sparsity for r in comparison.rows):

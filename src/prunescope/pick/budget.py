@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -17,7 +17,7 @@ import numpy as np
 from prunescope.curves import Curve, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity, removed_count
-from prunescope.pick.allocator import ReadsCurves
+from prunescope.pick.allocator import Problem, ReadsCurves
 from prunescope.pick.pickers import Pick, _aligned_curves, _finish
 
 if TYPE_CHECKING:
@@ -224,6 +224,15 @@ class BudgetPicker(ReadsCurves):
         }
         details |= self._outcome(curves, choices, counts, allocation)
         return _finish(curves, allocation, self.name, details)
+
+    def allocate(self, problem: Problem) -> Pick:
+        """As a picker on the problem's curves; channel groups lend their exact footprint and ``round_to``."""
+        curves = problem.needs_curves(f"the {self.name} picker")
+        picker = self
+        if problem.pruning is not None and self.footprint is None and set(curves.curves) <= set(
+                problem.pruning.groups.groups):  # curves of the problem's channel groups
+            picker = replace(self, footprint=problem.pruning.footprint, round_to=problem.pruning.round_to)
+        return picker.pick(curves)
 
     def _macs_limit(self, dense: float) -> float:
         return macs_limit(self.target_macs, dense)
