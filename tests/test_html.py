@@ -432,3 +432,26 @@ def test_recovered_plot_marks_the_bound_and_the_answer() -> None:
     assert list(lines["bound (90.04%)"].get_ydata()) == [0.9004, 0.9004]
     assert list(lines["answer (90.0%)"].get_xdata()) == [0.9, 0.9]
     assert png_bytes(figure).startswith(PNG_MAGIC)
+
+
+def test_the_channel_recovered_answer_is_a_table_with_its_measured_speedup(doc: dict) -> None:
+    doc = copy.deepcopy(doc)
+    test = {"accuracy": 0.9612, "accuracy_ci": [0.94, 0.975], "n": 360}
+    doc["recovered_channels"] = {
+        "granularity": "channel", "epochs": 4, "dense_val": 0.97, "dense_macs": 120000,
+        "points": [{"removed_macs": 0.3, "val": 0.968, "params": 9000, "macs": 84000},
+                   {"removed_macs": 0.5, "val": 0.966, "params": 7000, "macs": 59800},
+                   {"removed_macs": 0.75, "val": 0.91, "params": 3000, "macs": 29900}],
+        "reach": {"dense": 0.97, "max_drop": 0.005, "points": [], "widened": [], "bisected": [], "answer": 0.5,
+                  "first_failure": 0.75},
+        "answer": 0.5, "mac_reduction": 120000 / 59800, "test": test,
+        "measure": {"speedup": {"1": 1.21, "256": 1.83}, "speedup_range": {"1": [1.1, 1.3], "256": [1.7, 1.9]}},
+    }
+    page = Page(render_html(doc))
+    assert "How far in whole channels, after fine-tuning" in page.headings
+    rows = {r[0]: r[1:] for r in page.table("whole channels removed, then fine-tuned; dense 120,000 MACs")[1:]}
+    assert list(rows) == ["30%", "50%", "75%"]
+    assert rows["50%"][:3] == ["7000", "59800", pct(0.966)] and rows["50%"][3].startswith(pct(0.9612))
+    assert rows["75%"][3] == "–" and rows["30%"][3] == "–"  # test read once, at the answer only
+    timing = {r[0]: r[1:] for r in page.table("the answer (2.01× fewer MACs) timed")[1:]}
+    assert timing == {"1": ["1.21×", "1.10–1.30×"], "256": ["1.83×", "1.70–1.90×"]}

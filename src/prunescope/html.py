@@ -574,6 +574,44 @@ def _recovered(doc: Mapping[str, Any]) -> _Section | None:
     return _Section("recovered", "How far after fine-tuning", parts)
 
 
+def _recovered_channels(doc: Mapping[str, Any]) -> _Section | None:
+    """How many times fewer MACs removing channels reaches after fine-tuning, and the speed-up measured there."""
+    found = doc.get("recovered_channels")
+    if not isinstance(found, Mapping) or not isinstance(found.get("points"), list):
+        return None
+    reach = found.get("reach") if isinstance(found.get("reach"), Mapping) else {}
+    answer, epochs, max_drop = _number(found.get("answer")), found.get("epochs"), _number(reach.get("max_drop"))
+    dense_macs = _number(found.get("dense_macs"))
+    rows = []
+    for point in found["points"]:
+        if not isinstance(point, Mapping):
+            continue
+        removed = _number(point.get("removed_macs"))
+        at_answer = bool(answer) and removed == answer
+        rows.append((Cell(_pct(removed, 0), em=at_answer), _setting(point.get("params")), _setting(point.get("macs")),
+                     "not reached" if point.get("val") is None else _pct(point.get("val")),
+                     _acc_ci(found.get("test")) if at_answer else "–", _setting(epochs)))
+    if not rows:
+        return None
+    allowed = "the allowed drop" if max_drop is None else f"{max_drop * 100:g} pts"
+    parts = [_note(f"For each fraction of the dense MACs to remove, the budget pick on a channel scan chooses how "
+                   f"many channels each group keeps; that smaller model is fine-tuned {_setting(epochs)} epochs and "
+                   f"judged on val, widened and bisected to the largest cut within {allowed} (the answer, "
+                   "emphasised). Test is read once, at the answer.")]
+    parts.append(_table(("MACs removed", "params", "MACs / sample", "val acc.", "test acc. (95% CI)", "epochs"), rows,
+                        caption="whole channels removed, then fine-tuned" + (
+                            f"; dense {dense_macs:,.0f} MACs / sample" if dense_macs else "")))
+    measured = found.get("measure")
+    if isinstance(measured, Mapping) and isinstance(measured.get("speedup"), Mapping):
+        ranges = measured.get("speedup_range") or {}
+        timing = [(batch, f"{_number(value):.2f}×", "–" if batch not in ranges else
+                   f"{ranges[batch][0]:.2f}–{ranges[batch][1]:.2f}×") for batch, value in measured["speedup"].items()]
+        parts.append(_table(("batch", "speed-up (median)", "range over rounds"), timing,
+                            caption=f"the answer ({_number(found.get('mac_reduction')):.2f}× fewer MACs) timed "
+                                    "against the dense model, side by side"))
+    return _Section("recovered-channels", "How far in whole channels, after fine-tuning", parts)
+
+
 def _epoch_series(history: Any, key: str = "val_accuracy") -> list[tuple[float, float]]:
     if not isinstance(history, list):
         return []
@@ -781,7 +819,7 @@ def _argmax(rows: list[list[float]]) -> tuple[int, int]:
 
 
 SECTIONS = (_verdict, _settings, _dense, _sensitivity, _allocation, _before_after, _accuracy_vs_sparsity,
-            _one_shot_reconstructed, _finetune, _scratch, _recovered, _regimes, _hparams)
+            _one_shot_reconstructed, _finetune, _scratch, _recovered, _recovered_channels, _regimes, _hparams)
 
 
 # ---------------------------------------------------------------------------------------------

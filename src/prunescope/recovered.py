@@ -33,7 +33,7 @@ from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import compute_masks
-from prunescope.measure import LATENCY_BATCHES, measure_speedup
+from prunescope.measure import LATENCY_BATCHES, count_macs, measure_speedup
 from prunescope.pick import BudgetPicker
 from prunescope.pick.baselines import allocate
 from prunescope.pick.choose import choose
@@ -199,7 +199,7 @@ def recovered_channels(
     (:func:`prunescope.measure.measure_speedup`).
 
     Returns a JSON-ready dict: ``reach`` (r as "sparsity": the fraction of MACs removed),
-    ``answer``, ``points`` (per r: val accuracy, parameters and MACs of the model trained),
+    ``answer``, ``dense_macs`` (per sample), ``points`` (per r: val accuracy, parameters and MACs of the model trained),
     ``mac_reduction`` and ``test`` at the answer, ``measure`` (params, MACs, latency, speed-up
     per batch size), ``epochs``.
     """
@@ -230,6 +230,7 @@ def recovered_channels(
         "granularity": "channel",
         "epochs": tune.epochs,
         "dense_val": dense_val,
+        "dense_macs": count_macs(model, data.input_shape).dense,
         "points": [
             {"removed_macs": r, "val": e[0], "params": e[2].pruned.params, "macs": e[2].pruned.macs} if e else
             {"removed_macs": r, "val": None, "params": None, "macs": None}
