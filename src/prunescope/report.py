@@ -248,7 +248,8 @@ def run_table(doc: dict[str, Any]) -> Table:
     """The final table of ``prunescope run``: dense, every method after fine-tuning, scratch runs."""
     dense = doc["dense"]
     table = Table(title=f"{doc['model']['name']} on {doc['dataset']['name']}: every method at "
-                  f"{doc['sparsity']:.0%} sparsity, fine-tuned; test read once")
+                  f"{doc['sparsity']:.0%} sparsity, fine-tuned; val on all {dense['val']['n']} val examples, "
+                  f"test on all {dense['test']['n']} test examples, read once")
     for column in ("model", "one-shot val", "val", "test (95% CI)", "Δ test pts", "non-zero", "KiB", "MACs",
                    "ms b=1"):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
