@@ -212,6 +212,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="runs of the raw inference throughput")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--width", type=int, default=None, help="console width (default: the terminal's)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every run's raw numbers here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -220,6 +221,7 @@ def main() -> None:
     data = load_dataset(args.data, data_dir=args.data_dir, seed=0)
     console.print(f"{args.data}: train {len(data.train)}, val {len(data.val)}; torch {torch.__version__}, "
                   f"{torch.get_num_threads()} threads, tolerance {args.tolerance:g} points, seeds {args.seeds}")
+    raw: list[dict] = []
     for model_name in args.models:
         runs: dict[str, list[Run]] = defaultdict(list)
         for seed in args.seeds:
@@ -231,11 +233,20 @@ def main() -> None:
                 write_json(args.work / f"{model_name}-seed{seed}" / f"curves-{variant}.json", run.curves.to_dict())
                 _pick(run, model, data, tolerance)
                 runs[variant].append(run)
+                raw.append({"model": model_name, "seed": seed, "variant": variant,
+                            "evaluations": run.curves.evaluations, "examples": run.curves.examples,
+                            "seconds": run.seconds, "scan_examples_per_s": run.curves.examples / run.seconds,
+                            "raw_examples_per_s": run.raw,
+                            "throughput_ratio": run.curves.examples / run.seconds / run.raw})
                 console.print(f"  {_label(variant)}: {run.curves.evaluations} evaluations, "
                               f"{run.full_equivalents:.2f} full-split eq., {run.seconds:.1f} s")
         console.print(_cost_table(model_name, runs))
         console.print(_pick_table(model_name, runs, tolerance))
         console.print(_allocation_table(model_name, runs))
+    if args.json is not None:
+        write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                               "threads": torch.get_num_threads(), "data": args.data, "epochs": args.epochs,
+                               "tolerance_points": args.tolerance, "runs": raw})
 
 
 if __name__ == "__main__":

@@ -111,3 +111,15 @@ def sequence_model() -> SequenceNet:
 @pytest.fixture
 def tiny_data() -> Dataset:
     return make_dataset()
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory) -> Path:
+    """The zoo MLP trained 3 epochs on digits through the CLI: its checkpoint."""
+    from prunescope.cli import main
+
+    out = tmp_path_factory.mktemp("dense")
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--epochs", "3", "--out", str(out), "--device", "cpu"])
+    assert (done.value.code or 0) == 0
+    return out / "model.pt"

@@ -13,13 +13,6 @@ from prunescope.targets import find_targets
 ALLOCATION = {"fc1.weight": 0.9, "fc2.weight": 0.8, "fc3.weight": 0.5}
 
 
-@pytest.fixture(scope="module")
-def dense(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dense")
-    with pytest.raises(SystemExit) as done:
-        main(["train", "--epochs", "3", "--out", str(out), "--device", "cpu"])
-    assert (done.value.code or 0) == 0
-    return out / "model.pt"
 
 
 @pytest.fixture(scope="module")

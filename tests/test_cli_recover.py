@@ -5,18 +5,8 @@ import json
 import pytest
 
 from prunescope.checkpoint import load_checkpoint
-from prunescope.cli import main
 from prunescope.masks import measured_sparsity
 from prunescope.targets import find_targets
-
-
-@pytest.fixture(scope="module")
-def dense(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dense")
-    with pytest.raises(SystemExit) as done:
-        main(["train", "--epochs", "3", "--out", str(out), "--device", "cpu"])
-    assert (done.value.code or 0) == 0
-    return out / "model.pt"
 
 
 def test_prune_with_a_bare_allocation_then_scratch_baseline(cli, dense, tmp_path):

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
-from prunescope.targets import Target, forward_owner
+from prunescope.targets import Target, forward_owner, forward_with_pre_hooks
 
 # The argument of nn.MultiheadAttention's call that each of its projection weights multiplies.
 _ATTENTION_INPUTS = {"in_proj_weight": "query", "q_proj_weight": "query", "k_proj_weight": "key",
@@ -121,16 +121,7 @@ def _cross_attention(model: nn.Module, modules: set[str], example: torch.Tensor)
 
         return hook
 
-    handles = [model.get_submodule(p).register_forward_pre_hook(record(p), with_kwargs=True) for p in modules]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example.to(next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    forward_with_pre_hooks(model, example, {p: record(p) for p in modules}, with_kwargs=True)
     return crossed
 
 

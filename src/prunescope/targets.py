@@ -8,7 +8,7 @@ are never targets: they are few, and removing them rarely saves anything.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -144,6 +144,25 @@ def forward_owner(model: nn.Module, path: str) -> str:
     return path
 
 
+def forward_with_pre_hooks(
+    model: nn.Module, example: torch.Tensor, hooks: Mapping[str, Callable[..., None]], *, with_kwargs: bool = False
+) -> None:
+    """One forward pass of ``example`` in eval mode without gradients, ``hooks[path]`` a forward pre-hook on module
+    ``path``; the hooks are removed and every module's training flag restored afterwards, also on an error."""
+    handles = [model.get_submodule(path).register_forward_pre_hook(hook, with_kwargs=with_kwargs)
+               for path, hook in hooks.items()]
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example.to(next(model.parameters()).device))
+    finally:
+        for module, training in modes:
+            module.training = training
+        for handle in handles:
+            handle.remove()
+
+
 def flow_order(model: nn.Module, targets: Sequence[Target], example: torch.Tensor) -> list[Target]:
     """``targets`` in the order a forward pass on ``example`` (a batch of inputs) first calls their modules.
 
@@ -162,16 +181,7 @@ def flow_order(model: nn.Module, targets: Sequence[Target], example: torch.Tenso
 
         return hook
 
-    handles = [model.get_submodule(path).register_forward_pre_hook(record(path)) for path in modules]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example.to(next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    forward_with_pre_hooks(model, example, {path: record(path) for path in modules})
     unused = [t.name for t in targets if owners[t.name] not in order]
     if unused:
         raise UsageError(f"the forward pass never reaches {unused[0]}: exclude it (--exclude)")
