@@ -284,3 +284,20 @@ def test_fastest_batch_size_takes_the_best_measured_throughput_among_usable_cand
     assert measure.fastest_batch_size(model, (4,), candidates=(32, 64, 128, 256)) == 256
     assert measure.fastest_batch_size(model, (4,), candidates=(32, 64, 128, 256), most=200) == 64
     assert measure.fastest_batch_size(model, (4,), candidates=(32, 64), most=10) == 32  # fewer examples than any
+
+
+def test_fastest_batch_size_prefers_the_larger_of_two_equally_fast_and_takes_medians_over_rounds(monkeypatch):
+    from prunescope import measure
+
+    calls: dict[int, int] = {}
+    # 64 is measured fast once by chance (a quiet moment), 256 steadily; 512 within 10% of 256.
+    series = {64: [5000.0, 900.0, 950.0], 256: [2000.0, 2050.0, 1990.0], 512: [1900.0, 1950.0, 1880.0]}
+
+    def latency(*_args, batch_size, **_kwargs):
+        calls[batch_size] = calls.get(batch_size, 0) + 1
+        rate = series[batch_size][calls[batch_size] - 1]
+        return measure.Latency(batch_size=batch_size, median_ms=1.0, p10_ms=1.0, p90_ms=1.0, throughput=rate)
+
+    monkeypatch.setattr(measure, "measure_latency", latency)
+    assert measure.fastest_batch_size(torch.nn.Linear(4, 2), (4,), candidates=(64, 256, 512)) == 512
+    assert calls == {64: 3, 256: 3, 512: 3}  # interleaved rounds, every candidate alike

@@ -24,6 +24,7 @@ from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 
 LATENCY_BATCHES = (1, 256)  # batch sizes every report times: one sample, and a throughput batch
+SAME_THROUGHPUT = 0.1  # batch sizes whose throughputs differ by less than this fraction are equally fast
 _ORIG_SUFFIX = "_orig"
 _MASK_SUFFIX = "_mask"
 
@@ -301,21 +302,29 @@ def fastest_batch_size(
     device: torch.device | str = "cpu",
     most: int | None = None,
     candidates: tuple[int, ...] = EVAL_BATCH_SIZES,
+    rounds: int = 3,
 ) -> int:
     """The candidate batch size with the highest measured throughput (examples/s) of ``model`` on ``device``.
 
     Evaluation is throughput-bound, and the best batch differs by device and model: on a CPU
     small convolutions run fastest at 64, far below what a GPU wants. Each candidate up to
-    ``most`` (the examples there are to evaluate) gets 2 warm-up and 5 timed passes.
+    ``most`` (the examples there are to evaluate) gets 2 warm-up and 5 timed passes, in
+    ``rounds`` interleaved rounds so that a machine getting busier or quieter hits every
+    candidate alike; a candidate's throughput is its median over rounds. Among those within
+    ``SAME_THROUGHPUT`` of the best, the largest wins: on a busy CPU a small batch measured
+    fast by chance pays a thread synchronisation per batch when the scan runs.
     """
     usable = [b for b in candidates if most is None or b <= most] or [min(candidates)]
     if len(usable) == 1:
         return usable[0]
-
-    def throughput(batch_size: int) -> float:
-        return measure_latency(model, input_shape, device=device, batch_size=batch_size, warmup=2, repeats=5).throughput
-
-    return max(usable, key=throughput)
+    rates: dict[int, list[float]] = {b: [] for b in usable}
+    for _ in range(rounds):
+        for batch_size in usable:
+            rates[batch_size].append(measure_latency(model, input_shape, device=device, batch_size=batch_size,
+                                                     warmup=2, repeats=5).throughput)
+    medians = {b: float(np.median(r)) for b, r in rates.items()}
+    best = max(medians.values())
+    return max(b for b, rate in medians.items() if rate >= (1 - SAME_THROUGHPUT) * best)
 
 
 def _timed_passes(
