@@ -278,6 +278,7 @@ def test_fastest_batch_size_takes_the_best_measured_throughput_among_usable_cand
     from prunescope import measure
 
     rates = {32: 100.0, 64: 900.0, 128: 500.0, 256: 2000.0}
+    monkeypatch.setattr(measure, "_FASTEST", {})
     monkeypatch.setattr(measure, "measure_latency", lambda *a, batch_size, **k: measure.Latency(
         batch_size=batch_size, median_ms=1.0, p10_ms=1.0, p90_ms=1.0, throughput=rates[batch_size]))
     model = torch.nn.Linear(4, 2)
@@ -299,5 +300,9 @@ def test_fastest_batch_size_prefers_the_larger_of_two_equally_fast_and_takes_med
         return measure.Latency(batch_size=batch_size, median_ms=1.0, p10_ms=1.0, p90_ms=1.0, throughput=rate)
 
     monkeypatch.setattr(measure, "measure_latency", latency)
+    monkeypatch.setattr(measure, "_FASTEST", {})
     assert measure.fastest_batch_size(torch.nn.Linear(4, 2), (4,), candidates=(64, 256, 512)) == 512
     assert calls == {64: 3, 256: 3, 512: 3}  # interleaved rounds, every candidate alike
+    # Another model of the same architecture (another seed) reuses the measurement.
+    assert measure.fastest_batch_size(torch.nn.Linear(4, 2), (4,), candidates=(64, 256, 512)) == 512
+    assert calls == {64: 3, 256: 3, 512: 3}

@@ -312,11 +312,25 @@ def fastest_batch_size(
     ``rounds`` interleaved rounds so that a machine getting busier or quieter hits every
     candidate alike; a candidate's throughput is its median over rounds. Among those within
     ``SAME_THROUGHPUT`` of the best, the largest wins: on a busy CPU a small batch measured
-    fast by chance pays a thread synchronisation per batch when the scan runs.
+    fast by chance pays a thread synchronisation per batch when the scan runs. Measured once
+    per architecture, input shape and device in a process.
     """
     usable = [b for b in candidates if most is None or b <= most] or [min(candidates)]
     if len(usable) == 1:
         return usable[0]
+    # One measurement per architecture, input and device in a process: scans of other seeds reuse it.
+    key = (tuple((name, tuple(p.shape), p.dtype) for name, p in model.named_parameters()), tuple(input_shape),
+           str(device), tuple(usable))
+    if key not in _FASTEST:
+        _FASTEST[key] = _fastest(model, input_shape, device, usable, rounds)
+    return _FASTEST[key]
+
+
+_FASTEST: dict[tuple, int] = {}
+
+
+def _fastest(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str, usable: list[int],
+             rounds: int) -> int:
     rates: dict[int, list[float]] = {b: [] for b in usable}
     for _ in range(rounds):
         for batch_size in usable:

@@ -100,9 +100,9 @@ class WeightPruning:
     """Unstructured pruning: per target the ``round(sparsity · numel)`` lowest-scored weights are zeroed.
 
     Masks are those of :func:`prunescope.masks.compute_masks`, computed faster for one
-    target: where the ``k`` lowest scores are a unique set (the ``k``-th and ``k+1``-th lowest
-    differ, found by selection) the mask is ``score > k-th lowest``, which is exactly that
-    set; on a tie ``compute_masks`` itself decides. Nothing is cached per target, so that a
+    target: the mask is ``score > k-th lowest`` (one selection), which is exactly the ``k``
+    lowest when it removes exactly ``k`` (no tie at the ``k``-th); on a tie ``compute_masks``
+    itself decides. Nothing is cached per target, so that a
     scan holds no copy of the scores beyond ``scores`` itself.
 
     As :class:`Units` (``granularity="weight"``), built by :func:`find_units` with the
@@ -133,9 +133,9 @@ class WeightPruning:
         flat = score.flatten()
         k = removed_count(sparsity, flat.numel())
         if 0 < k <= flat.numel() and not bool(torch.isnan(flat).any()):
-            kth = torch.kthvalue(flat, k).values
-            if k == flat.numel() or torch.kthvalue(flat, k + 1).values != kth:
-                return {target: score > kth}
+            keep = score > torch.kthvalue(flat, k).values
+            if int(keep.sum()) == flat.numel() - k:  # no tie at the k-th lowest: the k lowest are a unique set
+                return {target: keep}
         return compute_masks(self.scores, {target: sparsity})
 
     @contextlib.contextmanager
