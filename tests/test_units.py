@@ -64,3 +64,21 @@ def test_unknown_granularity_and_round_to_on_weights_are_refused(tiny_model, tin
         find_units(tiny_model, tiny_data, "filter", "l2")
     with pytest.raises(UsageError, match="--round-to applies to channel scans"):
         find_units(tiny_model, tiny_data, "weight", "magnitude", round_to=8)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_a_single_targets_mask_is_the_one_compute_masks_gives(tiny_model, ties):
+    from prunescope.masks import compute_masks
+    from prunescope.targets import find_targets
+    from prunescope.units import WeightPruning
+
+    targets = find_targets(tiny_model)
+    generator = torch.Generator().manual_seed(0)
+    scores = {t.name: torch.randn(t.shape, generator=generator) for t in targets}
+    if ties:  # runs of equal scores around every cut
+        scores = {name: (score * 2).round() for name, score in scores.items()}
+    pruning = WeightPruning(tiny_model, targets, scores)
+    for target in targets:
+        for sparsity in (0.1, 0.33, 0.5, 0.9, 0.99):
+            expected = compute_masks(scores, {target.name: sparsity})[target.name]
+            assert torch.equal(pruning.masks(target.name, sparsity)[target.name], expected), (target.name, sparsity)
