@@ -7,9 +7,15 @@ per sparsity so that the dense model, the scan and the one-shot comparison are s
 Every stage is cached there, so a rerun resumes where an interrupted one stopped and a
 finished run is read back from its ``result@<sparsity>.json``.
 
-1. LeNet-300-100 on MNIST with 92% of the weights removed (8% kept), fine-tuned: test error
-   of the dense and the pruned models per method, next to Han et al. (2015): 1.64% → 1.59%
-   (iterative prune + retrain, their much longer schedule).
+1. LeNet-300-100 on MNIST against Han et al. (2015): 1.64% → 1.59% test error with 8% of the
+   weights kept (fc1 / fc2 / fc3: 8 / 9 / 26%), iterative prune + retrain on a much longer
+   schedule. At 92% removed, each fine-tuned with the same budget: ours, LAMP, global
+   magnitude, Han's own per-layer allocation, and AGP (global, cubic, the same total
+   epochs). Then the pipeline's recovered answer: how far ours goes within 0.5 points of the
+   dense val accuracy after that fine-tuning (sweep 50-98%, bisected on val), its test
+   error read once there, and AGP at the same sparsity. Committed output:
+   ``bench/results/recover_lenet300.{json,txt}`` (8 + 3 epochs) and
+   ``recover_lenet300_long.{json,txt}`` (20 + 10).
 2. LeNet-5 on MNIST and the small CNN on Fashion-MNIST at 90% and 95%: test accuracy of the
    dense model, of ``ours``, LAMP and uniform (one-shot magnitude pruning at the method's
    allocation, then fine-tuned for the same epochs), and of scratch-E / scratch-B (Liu et
@@ -20,7 +26,8 @@ finished run is read back from its ``result@<sparsity>.json``.
 
 Mean ± sample std over the seeds; the per-seed numbers go to ``<work>/recover.json``.
 
-The defaults are short CPU schedules: LeNet-300-100 8 dense + 3 fine-tuning epochs, LeNet-5
+The defaults are short CPU schedules: LeNet-300-100 8 dense + 3 fine-tuning epochs (3 seeds:
+10 minutes on one core, 2026-12-01), LeNet-5
 2 + 1, the CNN 3 + 1 on a stratified 8,000-example subset of the Fashion-MNIST train split;
 val is 1/30 of the train split (2,000 examples) and the scan starts on 500 of them. On a
 2-core CPU shared with two other jobs (2026-11-23, torch 2.13.0, 1 thread) the 3 seeds took
@@ -31,12 +38,14 @@ data and epochs, e.g. ``--cnn-limit-train 0 --cnn-epochs 10``, on a faster machi
 
     python bench/recover.py --data-dir ../shared/data              # 3 seeds (default data dir: $PRUNESCOPE_DATA_DIR)
     python bench/recover.py --seeds 1 --cases lenet300             # one case, one seed
+    python bench/recover.py --cases lenet300 --lenet300-epochs 20 --lenet300-finetune 10  # closer to Han's
     python bench/recover.py --lenet5-epochs 10 --cnn-limit-train 0 --cnn-epochs 10  # longer
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -57,12 +66,22 @@ from rich.table import Table
 
 import prunescope
 from prunescope import measure, pipeline
+from prunescope.checkpoint import load_checkpoint
+from prunescope.criteria import compute_scores
 from prunescope.data import load_dataset
 from prunescope.data.registry import DATA_DIR_ENV
 from prunescope.device import resolve_device
+from prunescope.evaluate import Evaluator
+from prunescope.masks import compute_masks
+from prunescope.models import model_spec
+from prunescope.recovered import gradual_at
 from prunescope.runconfig import RunConfig
+from prunescope.targets import find_targets
+from prunescope.train import finetune
+from prunescope.trust import Trust
 
 HAN_DENSE_ERROR, HAN_PRUNED_ERROR = 0.0164, 0.0159  # Han et al. 2015, LeNet-300-100, 8% kept
+HAN_KEPT = (0.08, 0.09, 0.26)  # Han et al. 2015, Table 2: share of fc1 / fc2 / fc3 weights kept
 console = Console(width=None if sys.stdout.isatty() else 150)  # logs under nohup stay readable
 
 
@@ -78,6 +97,7 @@ class Case:
     epochs: int
     finetune_epochs: int
     limit_train: int | None
+    recovered: bool = False  # the pipeline's recovered sweep, and the Han et al. comparison at 92%
 
 
 def _cases(args: argparse.Namespace) -> list[Case]:
@@ -93,6 +113,7 @@ def _cases(args: argparse.Namespace) -> list[Case]:
             args.lenet300_epochs,
             args.lenet300_finetune,
             None,
+            recovered=True,
         ),
         Case(
             "lenet5",
@@ -212,6 +233,71 @@ def _summary(doc: dict[str, Any], seconds: float | None) -> dict[str, Any]:
         "pick": {"global_sparsity": doc["pick"]["global_sparsity"]},
         "methods": methods,
         "scratch": scratch,
+        "recovered": _recovered_summary(doc["recovered"]),
+    }
+
+
+def _recovered_summary(recovered: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The recovered answer of ``ours`` (val-selected), its test accuracy, and AGP at the same sparsity."""
+    if recovered is None:
+        return None
+    gradual = recovered["gradual"]
+    return {
+        "answer": recovered["answer"],
+        "finetune_epochs": recovered["epochs"],
+        "baseline": recovered["baseline"],
+        "dense_val_accuracy": recovered["dense_val"],
+        "curves": recovered["curves"],
+        "test_accuracy": recovered["test"]["accuracy"] if recovered["test"] else None,
+        "gradual": None if gradual is None else _gradual_summary(gradual),
+    }
+
+
+def _gradual_summary(gradual: dict[str, Any]) -> dict[str, Any]:
+    """AGP's numbers, or why it could not run (global magnitude emptied a layer at some step)."""
+    summary = {key: gradual.get(key) for key in ("sparsity", "epochs", "steps", "error")}
+    if not gradual.get("error"):
+        summary |= {"val_accuracy": gradual["val"]["accuracy"], "test_accuracy": gradual["test"]["accuracy"]}
+    return summary
+
+
+def han_comparison(config: RunConfig, out: Path, val_fraction: float) -> dict[str, Any]:
+    """Han et al.'s per-layer allocation, and AGP, at the run's sparsity, with the run's fine-tuning budget.
+
+    The pipeline's dense model, split and magnitude criterion; Han's allocation (``HAN_KEPT``)
+    is fine-tuned exactly as the pipeline fine-tunes every method, AGP (global allocation,
+    cubic schedule) spends the same total epochs. Each model's val and test are read once.
+    """
+    data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, val_fraction=val_fraction)
+    spec = model_spec(config.model, data.input_shape, data.num_classes)
+    model = load_checkpoint(out / "model.pt", trust_factory=Trust.of_specs(spec, data.spec)).model.eval()
+    targets = find_targets(model)
+    allocation = {t.name: 1 - kept for t, kept in zip(targets, HAN_KEPT, strict=True)}
+    tune = pipeline.train_config(config, epochs=config.finetune_epochs, lr=config.finetune_lr)
+    masks = compute_masks(compute_scores(model, targets, config.criterion), allocation)
+    han = finetune(
+        copy.deepcopy(model),
+        data,
+        targets,
+        masks,
+        tune,
+        checkpoint=out / "han" / "model.pt",
+        model_spec=spec,
+        device=config.device,
+    ).model
+    removed = sum(int((~m.bool()).sum()) for m in masks.values())
+    gradual = gradual_at(
+        model, data, config.sparsity, tune, out / "han" / "gradual", spec, config.criterion, config.device
+    )
+    return {
+        "han": {
+            "allocation": allocation,
+            "sparsity": removed / sum(t.numel for t in targets),
+            "finetune_epochs": tune.epochs,
+            "val_accuracy": Evaluator(han, data.val, device=config.device).evaluate().accuracy,
+            "test_accuracy": Evaluator(han, data.test, device=config.device).evaluate().accuracy,
+        },
+        "gradual": _gradual_summary(gradual),
     }
 
 
@@ -242,6 +328,7 @@ def run_case(case: Case, seed: int, args: argparse.Namespace, start: float) -> l
             sparsities=(sparsity,),
             finetune_epochs=case.finetune_epochs,
             finetune_lr=args.finetune_lr,
+            recovered=case.recovered,
             scratch=case.scratch,
             scratch_max_factor=args.scratch_cap if case.scratch else None,
         )
@@ -262,6 +349,9 @@ def run_case(case: Case, seed: int, args: argparse.Namespace, start: float) -> l
         with _pipeline_options(case.limit_train, args.val_fraction):
             doc = pipeline.run(config, out, progress=Progress(start, label))
         summary = _summary(doc, time.perf_counter() - began)
+        if case.recovered:
+            summary["at_han_sparsity"] = han_comparison(config, out, args.val_fraction)
+            summary["seconds"] = time.perf_counter() - began
         saved.write_text(
             json.dumps({"settings": doc["settings"], "dataset": doc["dataset"], "summary": summary}, indent=1)
         )
@@ -325,6 +415,20 @@ def lenet300_table(case: Case, rows: list[dict[str, Any]]) -> Table:
             _kept(ok[0]["allocation"]) + (" (seed 0)" if seeds > 1 else ""),
             _mean_std([1 - m["one_shot_val_accuracy"] for m in ok]),
         )
+    extras = [r["at_han_sparsity"] for r in rows if r.get("at_han_sparsity")]
+    if len(extras) == len(rows):
+        gradual = extras[0]["gradual"]
+        for label, key, kept in (
+            ("Han's allocation + FT", "han", "8% / 9% / 26%"),
+            (f"AGP, {gradual['epochs']} epochs", "gradual", f"global, {gradual['steps']} steps"),
+        ):
+            if any(e[key].get("error") for e in extras):
+                errors = "; ".join(sorted({e[key]["error"] for e in extras if e[key].get("error")}))
+                table.add_row(label, _mean_std(dense), f"n/a: {errors}", "", kept, "")
+                continue
+            pruned = [1 - e[key]["test_accuracy"] for e in extras]
+            change = [p - d for p, d in zip(pruned, dense, strict=True)]
+            table.add_row(label, _mean_std(dense), _mean_std(pruned), _mean_std(change, signed=True), kept, "")
     table.add_row(
         "Han et al. 2015",
         f"{HAN_DENSE_ERROR:.2%}".rstrip("%"),
@@ -334,6 +438,52 @@ def lenet300_table(case: Case, rows: list[dict[str, Any]]) -> Table:
         "iterative prune + retrain",
     )
     return table
+
+
+def recovered_table(case: Case, rows: list[dict[str, Any]]) -> Table:
+    """Per seed: how far ours goes within 0.5 points on val after fine-tuning, test read once there."""
+    table = Table(
+        title=f"{case.title}: how far after {case.finetune_epochs} fine-tuning epochs (recovered sweep, bisected "
+        f"on val within 0.5 pts of dense val; test read once at the answer)"
+    )
+    for column in (
+        "seed",
+        "answer: sparsity (kept)",
+        "dense test error",
+        "ours + FT test error",
+        "AGP (global) at the answer",
+        "epochs (dense + FT)",
+    ):
+        table.add_column(column, justify="right")
+    for row in rows:
+        rec = row["recovered"]
+        if not rec["answer"]:
+            table.add_row(str(row["seed"]), "none within the bound", "", "", "", "")
+            continue
+        table.add_row(
+            str(row["seed"]),
+            f"{rec['answer']:.1%} ({1 - rec['answer']:.1%})",
+            f"{1 - row['dense']['test_accuracy']:.2%}",
+            f"{1 - rec['test_accuracy']:.2%}",
+            _gradual_error(rec["gradual"]),
+            f"{row['dense']['epochs']} + {rec['finetune_epochs']}",
+        )
+    answers = [r["recovered"]["answer"] for r in rows]
+    table.add_row(
+        "mean ± std",
+        _mean_std(answers, digits=1),
+        _mean_std([1 - r["dense"]["test_accuracy"] for r in rows]),
+        _mean_std([1 - r["recovered"]["test_accuracy"] for r in rows if r["recovered"]["test_accuracy"] is not None]),
+        _mean_std([1 - g["test_accuracy"] for r in rows if (g := r["recovered"]["gradual"]) and not g["error"]]),
+        "",
+    )
+    return table
+
+
+def _gradual_error(gradual: dict[str, Any] | None) -> str:
+    if gradual is None:
+        return ""
+    return f"n/a: {gradual['error']}" if gradual["error"] else f"{1 - gradual['test_accuracy']:.2%}"
 
 
 def model_table(case: Case, rows_by_sparsity: dict[float, list[dict[str, Any]]], cap: float) -> tuple[Table, list[str]]:
@@ -507,6 +657,8 @@ def main() -> None:
         rows = results.get(case.key, [])
         if case.key == "lenet300":
             console.print(lenet300_table(case, rows))
+            if all(r.get("recovered") for r in rows):
+                console.print(recovered_table(case, rows))
             continue
         by_sparsity = {s: [r for r in rows if math.isclose(r["sparsity"], s)] for s in case.sparsities}
         table, case_notes = model_table(case, by_sparsity, args.scratch_cap)

@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import torch
 from test_run import FAST, Recorder
 
 from prunescope import pipeline
 from prunescope.checkpoint import load_checkpoint
+from prunescope.data import load_dataset
 from prunescope.measure import count_macs
+from prunescope.models import build_model, model_spec
+from prunescope.recovered import gradual_at
 from prunescope.targets import find_targets
+from prunescope.train import TrainConfig, train
 from prunescope.trust import Trust
+from prunescope.verdict import recovered_sentence
 
 RECOVERED = replace(FAST, recovered=True, recovered_sparsities=(0.5, 0.9), reconstruct="mask", calibration=256,
                     max_drop=0.02, scratch=())
@@ -77,3 +83,34 @@ def test_run_answers_how_many_times_fewer_macs_after_removing_channels(tmp_path,
     assert pipeline.run(CHANNELS, tmp_path, progress=recorder)["recovered_channels"] == json.loads(
         json.dumps(structured))
     assert recorder.test_reads == 0 and not any("fine-tuning" in stage for stage in recorder.stages)
+
+
+def test_gradual_at_reaches_exactly_the_sparsity_with_the_epochs_of_one_fine_tuning_run(tmp_path):
+    data = load_dataset("digits", seed=0)
+    spec = model_spec("mlp", data.input_shape, data.num_classes)
+    dense = train(build_model("mlp", data.input_shape, data.num_classes), data, TrainConfig(epochs=5, seed=0),
+                  device="cpu").model
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    result = gradual_at(dense, data, 0.8, TrainConfig(epochs=4, lr=0.01, seed=0), tmp_path, spec, device="cpu")
+    assert result["error"] is None
+    assert (result["steps"], result["epochs"]) == (4, 4)  # min(epochs, 5) steps, one epoch after each
+    last = load_checkpoint(tmp_path / "step-004.pt", trust_factory=Trust.of_specs(spec, data.spec)).model
+    targets = find_targets(last)
+    zeros = sum(int((last.get_submodule(t.module).weight == 0).sum()) for t in targets)
+    assert abs(zeros - 0.8 * sum(t.numel for t in targets)) <= len(targets)  # round(s · n) per layer
+    assert result["test"]["accuracy"] > 0.5
+    assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())  # the dense model is untouched
+
+
+def test_gradual_at_says_why_when_global_magnitude_would_empty_a_layer(tmp_path):
+    # fc2 (48% of the weights) scaled far below the rest: global magnitude removes all of it at the first step.
+    data = load_dataset("digits", seed=0)
+    spec = model_spec("mlp", data.input_shape, data.num_classes)
+    model = build_model("mlp", data.input_shape, data.num_classes)
+    with torch.no_grad():
+        model.fc2.weight.mul_(1e-3)
+    result = gradual_at(model, data, 0.9, TrainConfig(epochs=4, seed=0), tmp_path, spec, device="cpu")
+    assert result["val"] is None and result["test"] is None and "outside [0, 1)" in result["error"]
+    recovered = {"epochs": 4, "answer": 0.9, "test": {"accuracy": 0.9}, "gradual": result,
+                 "reach": {"points": [{"sparsity": 0.9}]}}
+    assert "could not run" in recovered_sentence(recovered, 0.005)

@@ -551,8 +551,9 @@ def _recovered(doc: Mapping[str, Any]) -> _Section | None:
     if answer and _accuracy(test) is not None:
         marks["ours at the answer, test"] = (answer, _accuracy(test))
     if isinstance(gradual, Mapping):
-        rows.append((_pct(gradual.get("sparsity"), 1), "gradual (AGP)", _acc_ci(gradual.get("val")),
-                     _acc_ci(gradual.get("test")), _setting(gradual.get("epochs"))))
+        val = Cell(f"not run: {gradual['error']}") if gradual.get("error") else _acc_ci(gradual.get("val"))
+        rows.append((_pct(gradual.get("sparsity"), 1), "gradual (AGP)", val, _acc_ci(gradual.get("test")),
+                     _setting(gradual.get("epochs"))))
         if _accuracy(gradual.get("val")) is not None:
             marks["gradual (AGP), val"] = (float(gradual["sparsity"]), _accuracy(gradual.get("val")))
     if not rows:

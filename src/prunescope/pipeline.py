@@ -107,7 +107,8 @@ class Stages:
         return result
 
 
-def _train_config(config: RunConfig, *, epochs: int, lr: float) -> TrainConfig:
+def train_config(config: RunConfig, *, epochs: int, lr: float) -> TrainConfig:
+    """The training settings of ``config`` (optimizer, batch, regularisation, seed) for ``epochs`` at ``lr``."""
     return TrainConfig(epochs=epochs, optimizer=config.optimizer, lr=lr, batch_size=config.batch_size,
                        weight_decay=config.weight_decay, label_smoothing=config.label_smoothing, seed=config.seed)
 
@@ -169,7 +170,7 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     spec = model_spec(config.model, data.input_shape, data.num_classes, **config.model_args)
 
     # 1. dense model (resumes from out/model.pt)
-    dense_config = _train_config(config, epochs=config.epochs, lr=config.lr)
+    dense_config = train_config(config, epochs=config.epochs, lr=config.lr)
     dense_run = train_model(data, config.model, dense_config, out, model_args=config.model_args,
                             device=config.device, on_epoch=lambda r: progress("dense training", r.epoch, config.epochs))
     model = dense_run.model.eval()
@@ -215,7 +216,7 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
 
     # 5. fine-tune every method at the compared sparsity, same budget for all
     scores = compute_scores(model, targets, config.criterion, data=data.train)
-    tune = _train_config(config, epochs=config.finetune_epochs, lr=config.finetune_lr)
+    tune = train_config(config, epochs=config.finetune_epochs, lr=config.finetune_lr)
     methods = []
     for row in (r for r in one_shot["rows"] if r["sparsity"] == config.sparsity):
         entry: dict[str, Any] = {"method": row["method"], "sparsity": config.sparsity,

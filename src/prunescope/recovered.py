@@ -135,39 +135,48 @@ def recovered_sweep(
         at_answer = recovered["ours", answer]
         assert at_answer is not None  # the answer is a sparsity ours reached
         document["test"] = Evaluator(at_answer[1], data.test, device=device).evaluate().to_dict()
-        document["gradual"] = _gradual(model, data, answer, tune, out / "gradual", model_spec, criterion, device)
+        document["gradual"] = gradual_at(model, data, answer, tune, out / "gradual", model_spec, criterion, device)
     return document
 
 
-def _gradual(
+def gradual_at(
     model: nn.Module,
     data: Dataset,
     sparsity: float,
     tune: TrainConfig,
     out: Path,
     model_spec: dict,
-    criterion: str,
-    device: str,
+    criterion: str = "magnitude",
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """AGP (cubic) to ``sparsity`` with global magnitude allocation, same total epochs as one fine-tuning run."""
+    """AGP (cubic) from ``model`` to ``sparsity``, global allocation, the total epochs of one ``tune`` run.
+
+    ``min(tune.epochs, 5)`` pruning steps, each followed by ``tune.epochs // steps`` epochs;
+    checkpoints under ``out``. Returns ``sparsity``, ``steps``, ``epochs``, ``error`` and the
+    pruned model's ``val`` and ``test`` (Evaluator dicts). Where global magnitude would remove
+    every weight of a layer at some step, AGP cannot run: ``error`` says so, ``val`` and
+    ``test`` are None, and the caller's other results stand.
+    """
     steps = max(1, min(tune.epochs, 5))
     per_step = TrainConfig(**{**asdict(tune), "epochs": max(1, tune.epochs // steps)})
+    document: dict[str, Any] = {"sparsity": sparsity, "steps": steps, "epochs": steps * per_step.epochs,
+                                "error": None, "val": None, "test": None}
     pruned = copy.deepcopy(model)
-    result = gradual_prune(
-        pruned,
-        data,
-        lambda s: allocate("global", pruned, find_targets(pruned), s),
-        polynomial_schedule(0.0, sparsity, steps),
-        per_step,
-        criterion=criterion,
-        device=device,
-        checkpoint_dir=out,
-        model_spec=model_spec,
-    )
-    return {
-        "sparsity": sparsity,
-        "steps": steps,
-        "epochs": steps * per_step.epochs,
+    try:
+        result = gradual_prune(
+            pruned,
+            data,
+            lambda s: allocate("global", pruned, find_targets(pruned), s),
+            polynomial_schedule(0.0, sparsity, steps),
+            per_step,
+            criterion=criterion,
+            device=device,
+            checkpoint_dir=out,
+            model_spec=model_spec,
+        )
+    except UsageError as error:  # an allocation that empties a layer: a result of the baseline, not bad input
+        return document | {"error": str(error)}
+    return document | {
         "val": Evaluator(result.model, data.val, device=device).evaluate().to_dict(),
         "test": Evaluator(result.model, data.test, device=device).evaluate().to_dict(),
     }

@@ -120,8 +120,10 @@ def recovered_sentence(recovered: Mapping[str, Any], max_drop: float) -> str:
                 f"(lowest tried: {recovered['reach']['points'][0]['sparsity']:.1%})")
     text = (f"with {epochs} epochs of fine-tuning the whole model can be pruned to {recovered['answer']:.1%} within "
             f"{_pts(max_drop)} pts on val (test {recovered['test']['accuracy']:.2%})")
-    if recovered.get("gradual"):
-        gradual = recovered["gradual"]
+    gradual = recovered.get("gradual")
+    if gradual and gradual.get("error"):
+        text += f"; gradual AGP to the same sparsity could not run ({gradual['error']})"
+    elif gradual:
         text += (f"; gradual AGP to the same sparsity in {gradual['epochs']} epochs: test "
                  f"{gradual['test']['accuracy']:.2%}")
     return text
