@@ -13,6 +13,7 @@ from prunescope.checkpoint import load_checkpoint
 from prunescope.data import load_dataset
 from prunescope.measure import count_macs
 from prunescope.models import build_model, model_spec
+from prunescope.pick.reach import reach
 from prunescope.recovered import gradual_at
 from prunescope.targets import find_targets
 from prunescope.train import TrainConfig, train
@@ -114,3 +115,18 @@ def test_gradual_at_says_why_when_global_magnitude_would_empty_a_layer(tmp_path)
     recovered = {"epochs": 4, "answer": 0.9, "test": {"accuracy": 0.9}, "gradual": result,
                  "reach": {"points": [{"sparsity": 0.9}]}}
     assert "could not run" in recovered_sentence(recovered, 0.005)
+
+
+def test_a_sweep_that_does_not_bracket_the_bound_is_widened_and_the_verdict_says_so():
+    # Synthetic accuracy after recovery: within 0.5 pts of 0.98 up to 97.5%, far below beyond.
+    found = reach(lambda s: 0.98 if s <= 0.975 else 0.5, 0.98, [0.5, 0.7], 0.005)
+    assert found.widened[:2] == [0.85, 0.925] and found.first_failure is not None
+    assert 0.96 <= found.answer <= 0.975
+    recovered = {"epochs": 3, "answer": found.answer, "test": {"accuracy": 0.97}, "gradual": None,
+                 "reach": found.to_dict()}
+    sentence = recovered_sentence(recovered, 0.005)
+    assert "did not bracket the bound, so it was widened with 85.0%, 92.5%" in sentence
+    # A list that brackets the bound is not widened, and the sentence says nothing of it.
+    bracketed = reach(lambda s: 0.98 if s <= 0.975 else 0.5, 0.98, [0.5, 0.99], 0.005)
+    assert bracketed.widened == []
+    assert "widened" not in recovered_sentence({**recovered, "reach": bracketed.to_dict()}, 0.005)

@@ -112,14 +112,24 @@ def reconstruction_sentence(sparsity: float, plain: Mapping[str, Any], reconstru
             f"({reconstructed['reconstruct']}, no labels): " + ", ".join(parts))
 
 
+def _widened(reach: Mapping[str, Any], unit: str = "sparsity") -> str:
+    """Where the swept list did not bracket the bound: which points were added, or nothing."""
+    widened = reach.get("widened") or []
+    if not widened:
+        return ""
+    added = ", ".join(f"{s:.1%}" for s in widened)
+    return f"; the {unit} list given did not bracket the bound, so it was widened with {added}"
+
+
 def recovered_sentence(recovered: Mapping[str, Any], max_drop: float) -> str:
     """How far the whole model goes within ``max_drop`` after fine-tuning, its test accuracy there, and AGP there."""
     epochs = recovered["epochs"]
+    widened = _widened(recovered["reach"])
     if recovered["answer"] == 0:
         return (f"with {epochs} epochs of fine-tuning no swept sparsity stays within {_pts(max_drop)} pts on val "
-                f"(lowest tried: {recovered['reach']['points'][0]['sparsity']:.1%})")
+                f"(lowest tried: {recovered['reach']['points'][0]['sparsity']:.1%}){widened}")
     text = (f"with {epochs} epochs of fine-tuning the whole model can be pruned to {recovered['answer']:.1%} within "
-            f"{_pts(max_drop)} pts on val (test {recovered['test']['accuracy']:.2%})")
+            f"{_pts(max_drop)} pts on val (test {recovered['test']['accuracy']:.2%}){widened}")
     gradual = recovered.get("gradual")
     if gradual and gradual.get("error"):
         text += f"; gradual AGP to the same sparsity could not run ({gradual['error']})"
@@ -132,11 +142,12 @@ def recovered_sentence(recovered: Mapping[str, Any], max_drop: float) -> str:
 def channel_recovered_sentence(recovered: Mapping[str, Any], max_drop: float) -> str:
     """How many times fewer MACs removing channels reaches within ``max_drop`` after fine-tuning, and its speed-up."""
     epochs = recovered["epochs"]
+    widened = _widened(recovered["reach"], "list of MAC cuts")
     if recovered["answer"] == 0:
         return (f"with {epochs} epochs of fine-tuning no swept cut of channels stays within {_pts(max_drop)} pts on "
-                f"val (fewest MACs removed: {recovered['reach']['points'][0]['sparsity']:.0%})")
+                f"val (fewest MACs removed: {recovered['reach']['points'][0]['sparsity']:.0%}){widened}")
     text = (f"with {epochs} epochs of fine-tuning, removing channels cuts the MACs {recovered['mac_reduction']:.2f}× "
-            f"within {_pts(max_drop)} pts on val (test {recovered['test']['accuracy']:.2%})")
+            f"within {_pts(max_drop)} pts on val (test {recovered['test']['accuracy']:.2%}){widened}")
     measured = recovered.get("measure") or {}
     if measured.get("speedup"):
         batch = max(measured["speedup"], key=int)
