@@ -23,6 +23,7 @@ from prunescope.cliargs import (
     Calibration,
     DataArg,
     DataChoice,
+    Device,
     LabelSmoothing,
     LimitTrain,
     LimitVal,
@@ -98,7 +99,6 @@ if not console.is_terminal:
 
 Out = Annotated[Path, typer.Option(help="Output directory; rerunning with the same one resumes.",
                                    callback=cli_input.output_dir)]
-Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 DataDir = Annotated[
     str | None, typer.Option(help="Folder with the dataset files (or set PRUNESCOPE_DATA_DIR).", show_default=False,
                              callback=cli_input.data_dir)

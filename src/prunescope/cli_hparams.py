@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from prunescope import cli_study as study_options
-from prunescope.cliargs import numbers
+from prunescope.cliargs import Device, numbers
 from prunescope.errors import UsageError
 from prunescope.hparams import GRID_LIMIT, HparamsConfig, study
 from prunescope.hparams.degrees import ALLOCATORS, GRANULARITIES
@@ -59,7 +59,7 @@ def hparams_command(
     out: Annotated[Path, typer.Option(help="Output directory; rerunning with the same one resumes.")]
     = Path("prunescope-out/hparams"),
     force: Annotated[bool, typer.Option(help=f"Allow grids above {GRID_LIMIT} trainings in all.")] = False,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the split, the search and the first grid seed.")] = 0,
 ) -> None:
     """Tune the dense model, grid around its optimum, prune to several degrees, grid again, measure the shift."""

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from prunescope.device import resolve_device
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.io import check_output_dir, check_output_file
 
@@ -35,6 +36,13 @@ def output_file(option: str):
         return None if value is None else check_output_file(value, option)
 
     return check
+
+
+def device(value: str) -> str:
+    """Callback of every ``--device``: checked here, kept as given (``auto`` is resolved where the work runs,
+    so each worker of a process pool or Ray cluster picks its own CUDA device or CPU)."""
+    resolve_device(value)
+    return value
 
 
 def data_dir(value: str | None) -> str | None:

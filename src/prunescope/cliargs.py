@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from prunescope import cli_input
 from prunescope.errors import UsageError
 from prunescope.reconstruct import SELECTIONS
 from prunescope.train.loop import OPTIMIZERS
@@ -34,6 +35,8 @@ LimitVal = Annotated[
     int | None, typer.Option(help="Select and evaluate on a stratified subset of this many val examples.",
                              show_default=False)
 ]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.",
+                                     callback=cli_input.device)]
 Optimizer = Annotated[str, typer.Option(help=f"{' or '.join(OPTIMIZERS)}.")]
 BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
 WeightDecay = Annotated[float, typer.Option(help="Weight decay.")]

@@ -26,6 +26,7 @@ from prunescope.apply import ChannelPruned, check_allocation, prune, prune_chann
 from prunescope.apply import export as save_baked
 from prunescope.checkpoint import save_checkpoint
 from prunescope.data.types import Dataset, Split
+from prunescope.device import resolve_device
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.evaluate import Evaluator, Metrics
 from prunescope.reconstruct import Reconstruction
@@ -139,6 +140,7 @@ def prune_channels_and_recover(
     right after removal (:func:`~prunescope.train.recalibrate_batchnorm`), before the
     one-shot evaluation and fine-tuning.
     """
+    device = resolve_device(device)
     model.to(device)
     dense = Evaluator(model, data.val, device=device).evaluate()
     pruned = prune_channels(model, model_spec, allocation, importance=importance, data=data.train,
@@ -202,6 +204,7 @@ def prune_weights_and_recover(
     kept weights (``reconstruct``, ``calibration``, ``reconstruct_fallback``; None: masks alone).
     Writes ``out/model.pt`` with the zeros baked in (fine-tuning checkpoints to ``out/finetune.pt``).
     """
+    device = resolve_device(device)
     model.to(device)
     targets = find_targets(model)
     dense = Evaluator(model, data.val, device=device).evaluate()

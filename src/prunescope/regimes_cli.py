@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from prunescope import cli_study as study_options
-from prunescope.cliargs import numbers
+from prunescope.cliargs import Device, numbers
 from prunescope.errors import UsageError
 from prunescope.html import write_html
 from prunescope.io import write_csv, write_json
@@ -133,7 +133,7 @@ def regimes_command(
     grace_period: study_options.GracePeriod = GRACE_PERIOD,
     out: Annotated[Path, typer.Option(help="Output directory; rerunning with the same one resumes.")]
     = Path("regimes-out"),
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Device = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the train/val split.")] = 0,
 ) -> None:
     """Phase diagram of temperature × density: error, mode connectivity, CKA and regime per cell."""
@@ -182,7 +182,7 @@ def select_command(
     delta: Delta = DEFAULT_DELTA,
     data_dir: Annotated[str | None, typer.Option(help="Folder with the dataset files.")] = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("regimes-select"),
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Device = "auto",
     trust_factory: Annotated[bool, typer.Option(help="Import a package.module:function factory named in the "
                                                      "checkpoints (that runs its code): only for files you trust.")]
     = False,

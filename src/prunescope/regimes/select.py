@@ -18,6 +18,7 @@ from typing import Any
 
 from prunescope.checkpoint import load_checkpoint
 from prunescope.data import load_from_spec
+from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.regimes.classify import DEFAULT_DELTA, DEFAULT_EPSILON, check_thresholds, classify
@@ -67,7 +68,7 @@ def select(
     epsilon: float = DEFAULT_EPSILON,
     delta: float = DEFAULT_DELTA,
     data_dir: str | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     trust_factory: bool = False,
     on_member: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
@@ -81,6 +82,7 @@ def select(
     if seeds < 2:
         raise UsageError(f"--seeds {seeds}: connectivity and CKA compare two models, so give at least 2 seeds")
     check_thresholds(epsilon, delta)
+    device = resolve_device(device)
     configs = [TrainConfig(epochs=finetune_epochs, lr=finetune_lr, seed=s) for s in range(seeds)]
     loaded = [(Path(p), load_checkpoint(p, trust_factory=trust_factory)) for p in checkpoints]
     check_family([(p, c.model_spec, c.dataset_spec) for p, c in loaded])

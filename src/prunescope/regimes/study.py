@@ -51,6 +51,7 @@ from prunescope.apply import pruning_masks
 from prunescope.checkpoint import load_checkpoint
 from prunescope.data import load_dataset
 from prunescope.data.types import Dataset
+from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import make_permanent
@@ -109,7 +110,7 @@ class RegimeSettings:
     bn_batches: int = 20
     scratch: bool = False
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # resolved by each worker where it runs
 
     def __post_init__(self) -> None:
         check(self)
@@ -248,23 +249,24 @@ def compare(models: Sequence[torch.nn.Module], data: Dataset, *, points: int, de
 def _measure_cell(settings: RegimeSettings, out: Path, value: float, density: float) -> dict[str, Any]:
     data = dataset_of(settings)
     spec = model_spec_of(settings, data)
+    device = resolve_device(settings.device)
     models, scratch = [], []
     for seed in range(settings.seeds):
         source = seed if settings.pairing == "seeds" else 0
         trust = Trust.of_specs(spec, data.spec)  # the study's own models: only their factories are imported
-        dense = load_checkpoint(_dense_path(out, value, source), trust_factory=trust).model.to(settings.device)
+        dense = load_checkpoint(_dense_path(out, value, source), trust_factory=trust).model.to(device)
         model, masks = recover(dense, data, density, settings.recovery_config(seed), allocation=settings.allocation,
-                               criterion=settings.criterion, spec=spec, device=settings.device, mask_seed=source,
+                               criterion=settings.criterion, spec=spec, device=device, mask_seed=source,
                                checkpoint=out / "cells" / f"T={value:g}" / f"d={density:g}" / f"seed{seed}.pt")
         models.append(model)
         if settings.scratch:
             trained = train_scratch(spec, data, None, masks, settings.dense_config(value, seed), "E", None, None,
-                                    seed=1000 + seed, device=settings.device)
-            scratch.append(_error(trained.model, data, settings.device)["error"])
-    measured = [_error(m, data, settings.device) for m in models]
+                                    seed=1000 + seed, device=device)
+            scratch.append(_error(trained.model, data, device)["error"])
+    measured = [_error(m, data, device) for m in models]
     return {"temperature": value, "density": density, "errors": [m["error"] for m in measured],
             "losses": [m["loss"] for m in measured], "scratch_errors": scratch,
-            "pairs": compare(models, data, points=settings.points, device=settings.device, seed=settings.seed,
+            "pairs": compare(models, data, points=settings.points, device=device, seed=settings.seed,
                              bn_batches=settings.bn_batches)}
 
 

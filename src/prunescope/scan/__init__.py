@@ -190,8 +190,7 @@ def scan(
     executor_kind = choose_executor(
         executor_kind, workers, shared=storage is not None, gpus_per_worker=gpus_per_worker
     )
-    device = resolve_device(device)
-    model.to(device)
+    model.to(resolve_device(device))
     found = find_units(model, data, granularity, criterion, include=include, exclude=exclude, seed=seed)
     units = [Curve(u.name, u.size, u.macs, params=u.params) for u in found.units]
     if reconstruct is not None and not isinstance(found, WeightPruning):

@@ -8,6 +8,7 @@ import torch
 
 from prunescope.curves import ExampleResults
 from prunescope.data.types import Split
+from prunescope.device import resolve_device
 from prunescope.evaluate import Evaluator, pack_bits, subset_indices, unpack_bits
 from prunescope.measure import fastest_batch_size
 from prunescope.scan.runner import ScanOutcome
@@ -32,7 +33,9 @@ class ModelEvaluation:
     worker started before the dense trial finished) runs one extra forward pass per subset size.
 
     Picklable, so that worker processes get their own copy of the model; the per-``n``
-    evaluators (inputs cached on the device) and the dense answers are rebuilt there.
+    evaluators (inputs cached on the device) and the dense answers are rebuilt there, and
+    ``device`` (``auto`` too) is resolved again where the copy runs: a Ray worker with a GPU
+    uses it even when the driver has none.
     """
 
     def __init__(
@@ -41,14 +44,15 @@ class ModelEvaluation:
         split: Split,
         *,
         metric: str,
-        device: torch.device,
+        device: str | torch.device,
         seed: int,
     ) -> None:
         self.pruning = pruning
         self.model = pruning.model
         self.split = split
         self.metric = metric
-        self.device = device
+        self.requested_device = device
+        self.device = resolve_device(device)
         self.seed = seed
         self._evaluators: dict[int, Evaluator] = {}
         self._dense_correct: dict[int, torch.Tensor] = {}
@@ -60,6 +64,7 @@ class ModelEvaluation:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__ = state
+        self.device = resolve_device(self.requested_device)
         self._dense_correct = {n: c.to(self.device) for n, c in self._dense_correct.items()}
 
     def remember(self, finished: Mapping[Point, Measurement]) -> None:
