@@ -3,7 +3,7 @@
 For each model (LeNet-300-100 and LeNet-5 on MNIST, the small ``cnn`` on Fashion-MNIST)
 and each seed of the dense model: train it (cached in ``--work``), scan it (adaptive,
 sconce's levels 0.10…0.95 plus 0.98, 0.99, 0.995, 0.999 as coarse levels, on val
-subsets; cached), then :func:`prunescope.compare.compare` at the sparsities for ``ours``,
+subsets; cached), then :func:`prunescope.pipeline.compare.compare` at the sparsities for ``ours``,
 uniform, uniform+, global, ERK and LAMP (magnitude criterion within layers, no
 fine-tuning; selection on val, test once at the end). Also, not used for selection:
 
@@ -35,7 +35,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from prunescope.compare import METHODS, compare
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data import load_dataset
@@ -45,6 +44,7 @@ from prunescope.models import build_model, model_spec
 from prunescope.pick.baselines import allocate
 from prunescope.pick.pickers import ThresholdPicker
 from prunescope.pick.refine import PairwiseRefiner
+from prunescope.pipeline.compare import METHODS, compare
 from prunescope.scan import scan
 from prunescope.scan.strategy import SCONCE_LEVELS
 from prunescope.targets import find_targets

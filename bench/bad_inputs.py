@@ -59,7 +59,7 @@ def _classify(case, world: Path, main, tree_hash) -> dict:
 
 def main() -> None:
     torch.set_num_threads(1)
-    import prunescope.report as report
+    import prunescope.report.tables as report
 
     if not hasattr(report, "save_scan"):  # older code kept it in scan.files
         from prunescope.scan.files import save_scan

@@ -1,6 +1,6 @@
 """One-shot accuracy of the small BatchNorm CNN on Fashion-MNIST, with and without BN recalibration.
 
-Per seed: train the zoo's ``cnn`` (cached in ``--work``), then :func:`prunescope.compare.compare`
+Per seed: train the zoo's ``cnn`` (cached in ``--work``), then :func:`prunescope.pipeline.compare.compare`
 at 80 / 90 / 95 / 98% global sparsity for uniform, uniform+, global, ERK and LAMP (magnitude
 criterion, no fine-tuning) twice: with the BatchNorm statistics as trained (``recalibrate_bn=0``,
 val only) and re-estimated on ``--bn-batches`` batches of 128 training examples for every pruned
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from prunescope.compare import compare
 from prunescope.data import load_dataset
 from prunescope.data.types import Dataset, Split
 from prunescope.models import build_model, model_spec
+from prunescope.pipeline.compare import compare
 from prunescope.train import TrainConfig, train
 
 SPARSITIES = (0.8, 0.9, 0.95, 0.98)

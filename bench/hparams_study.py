@@ -28,7 +28,7 @@ import torch
 from rich.console import Console
 
 from prunescope.hparams import HparamsConfig, study
-from prunescope.report_hparams import hparams_document, shift_table
+from prunescope.report.hparams import hparams_document, shift_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hparams_study.json"
 

@@ -1,6 +1,6 @@
 """Recovery after pruning: the classic LeNet results and ours vs LAMP vs uniform at equal fine-tuning.
 
-Every case runs the whole pipeline (``prunescope.pipeline.run``: dense training → scan →
+Every case runs the whole pipeline (``prunescope.pipeline.job.run``: dense training → scan →
 verified pick → one-shot comparison → fine-tuning of every method with the same budget →
 scratch-E/B → test once), one output folder per (model, seed) under ``--work``, called once
 per sparsity so that the dense model, the scan and the one-shot comparison are shared.
@@ -65,7 +65,7 @@ from rich.console import Console
 from rich.table import Table
 
 import prunescope
-from prunescope import measure, pipeline
+from prunescope import measure
 from prunescope.checkpoint import load_checkpoint
 from prunescope.criteria import compute_scores
 from prunescope.data import load_dataset
@@ -74,8 +74,9 @@ from prunescope.device import resolve_device
 from prunescope.evaluate import Evaluator
 from prunescope.masks import compute_masks
 from prunescope.models import model_spec
-from prunescope.recovered import gradual_at
-from prunescope.runconfig import RunConfig
+from prunescope.pipeline import job as pipeline
+from prunescope.pipeline.config import RunConfig
+from prunescope.pipeline.recovered import gradual_at
 from prunescope.targets import find_targets
 from prunescope.train import finetune
 from prunescope.trust import Trust

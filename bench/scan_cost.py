@@ -43,7 +43,7 @@ from prunescope.evaluate import Evaluator
 from prunescope.io import write_json
 from prunescope.pick.choose import Choice, choose
 from prunescope.pick.registry import make_allocator
-from prunescope.pipeline import train_model
+from prunescope.pipeline.job import train_model
 from prunescope.scan import scan
 from prunescope.train import TrainConfig
 

@@ -21,7 +21,7 @@ import torch
 from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.data import load_dataset
 from prunescope.models import build_from_spec, model_spec
-from prunescope.report import save_scan
+from prunescope.report.tables import save_scan
 from prunescope.targets import find_targets
 
 SHAPE = (1, 8, 8)  # digits

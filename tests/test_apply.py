@@ -8,7 +8,7 @@ from prunescope.checkpoint import load_checkpoint
 from prunescope.errors import UsageError
 from prunescope.masks import removed_count
 from prunescope.models import build_from_spec, build_model, model_spec
-from prunescope.results import document
+from prunescope.report.schema import document
 from prunescope.targets import effective_weight, find_targets
 
 ALLOCATION = {"conv.weight": 0.5, "fc1.weight": 0.9, "fc2.weight": 0.333}

@@ -124,7 +124,7 @@ def test_erk_with_every_layer_saturated_or_nearly(sparsity):
 
 
 def test_sweep_allocates_erk_at_its_dense_point(tiny_data):
-    from prunescope.sweep import sweep
+    from prunescope.pipeline.sweep import sweep
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 20), nn.ReLU(), nn.Linear(20, 3))
     result = sweep(model, tiny_data, [0.5], allocation="erk", device="cpu", latency_repeats=1)

@@ -167,8 +167,8 @@ def test_run_gains_an_optional_hparams_stage(tmp_path, monkeypatch):
     from dataclasses import replace
 
     import prunescope.hparams
-    from prunescope import pipeline
-    from prunescope.runconfig import RunConfig
+    from prunescope.pipeline import job as pipeline
+    from prunescope.pipeline.config import RunConfig
 
     calls = []
 

@@ -8,7 +8,6 @@ from conftest import make_dataset
 from torch import nn
 from torch.nn import functional as F
 
-from prunescope.compare import METHODS, compare
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.errors import UsageError
@@ -18,10 +17,11 @@ from prunescope.measure import count_macs
 from prunescope.models import build_model
 from prunescope.pick import PairwiseRefiner
 from prunescope.pick.refine import Refined
+from prunescope.pipeline.compare import METHODS, compare
+from prunescope.report.verdict import selection_sentence
 from prunescope.scan import scan
 from prunescope.targets import find_targets
 from prunescope.train import recalibrated
-from prunescope.verdict import selection_sentence
 
 
 def _fit(model: nn.Module, data, steps: int, lr: float) -> nn.Module:

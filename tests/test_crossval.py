@@ -8,19 +8,20 @@ import pytest
 import torch
 from conftest import fitted, make_dataset
 
-from prunescope import pipeline, retrain_cv
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data import load_dataset
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator, paired_drop, subset_indices
+from prunescope.pick import retrain as retrain_cv
 from prunescope.pick.choose import choose
 from prunescope.pick.crossval import cross_validate, thresholds_for, val_folds, with_threshold
 from prunescope.pick.pickers import ThresholdPicker
 from prunescope.pick.registry import make_allocator
 from prunescope.pick.verify import ExampleEvaluator
-from prunescope.runconfig import RunConfig
+from prunescope.pipeline import job as pipeline
+from prunescope.pipeline.config import RunConfig
 from prunescope.scan import scan
 from prunescope.scan.evaluation import ModelEvaluation
 from prunescope.targets import find_targets

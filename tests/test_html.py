@@ -1,4 +1,4 @@
-"""The self-contained HTML report of a ``prunescope run`` result (``prunescope.html``)."""
+"""The self-contained HTML report of a ``prunescope run`` result (``prunescope.report.html``)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from result_fixture import metrics, result_doc, wilson
 from services import missing
 
 from prunescope.errors import UsageError
-from prunescope.html import render_html, write_html
-from prunescope.plots import epoch_curves_plot, interval_panels_plot, png_bytes, recovered_figure, training_plot
-from prunescope.results import check_result, load_result
+from prunescope.report.html import render_html, write_html
+from prunescope.report.plots import epoch_curves_plot, interval_panels_plot, png_bytes, recovered_figure, training_plot
+from prunescope.report.schema import check_result, load_result
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert(1)</script>"
@@ -348,7 +348,7 @@ def test_templates_ship_as_package_data() -> None:
     """The page comes from the package's own template files (declared in pyproject's package-data)."""
     from importlib.resources import files
 
-    templates = files("prunescope") / "templates"
+    templates = files("prunescope.report") / "templates"
     assert {"report.html.j2", "report.css"} <= {entry.name for entry in templates.iterdir()}
     assert (templates / "report.css").read_text(encoding="utf-8").strip() in render_html(result_doc())
 

@@ -13,12 +13,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "prunescope"
 
 # Rank of each module (by its dotted name's longest matching prefix). A module may import its own
 # rank or lower. The library has two floors: what a model and its data are (data, models, measure,
-# evaluate, curves) below what prunes them (units, criteria, masks). Output modules sit apart at the
-# top, beside the workflows, and only workflows may import them.
+# evaluate, curves) below what prunes them (units, criteria, masks). The output package sits apart
+# at the top, beside the workflows, and only workflows (``pipeline``, ``cli``) may import it.
 BASE, INPUTS, LIBRARY, STUDY, WORKFLOW = 0, 1, 2, 3, 4
 OUTPUT = WORKFLOW
 LAYERS: dict[str, int] = {
     "prunescope": BASE,  # __init__: the version
+    "prunescope.__main__": WORKFLOW,  # python -m prunescope
     "prunescope.errors": BASE,
     "prunescope.device": BASE,
     "prunescope.io": BASE,  # atomic writes, used by checkpoints as by reports
@@ -42,35 +43,20 @@ LAYERS: dict[str, int] = {
     "prunescope.scan": STUDY,
     "prunescope.trials": STUDY,
     "prunescope.pick": STUDY,
-    "prunescope.retrain_cv": STUDY,
     "prunescope.apply": STUDY,
     "prunescope.train": STUDY,
     "prunescope.hparams": STUDY,
     "prunescope.regimes": STUDY,
     "prunescope.pipeline": WORKFLOW,
-    "prunescope.compare": WORKFLOW,
-    "prunescope.sweep": WORKFLOW,
     "prunescope.cli": WORKFLOW,
-    "prunescope.runconfig": WORKFLOW,
-    "prunescope.prune": WORKFLOW,
-    "prunescope.recovered": WORKFLOW,
-    "prunescope.wrapping": WORKFLOW,  # prunescope.wrap: a model trained in Python → a checkpoint
-    "prunescope.results": OUTPUT,
     "prunescope.report": OUTPUT,
-    "prunescope.report_hparams": OUTPUT,
-    "prunescope.html": OUTPUT,
-    "prunescope.plots": OUTPUT,
-    "prunescope.verdict": OUTPUT,
 }
-OUTPUTS = ("prunescope.report", "prunescope.report_hparams", "prunescope.html", "prunescope.plots",
-           "prunescope.verdict", "prunescope.results")
+OUTPUTS = ("prunescope.report",)
 
 
 def layer(module: str) -> tuple[str, int]:
     """The longest prefix of ``module`` in :data:`LAYERS` and its rank; KeyError for an unplaced module."""
     parts = module.split(".")
-    if len(parts) == 2 and (parts[1].startswith("cli") or parts[1].endswith("_cli")):
-        return module, WORKFLOW  # a command's own CLI module, registered from cli.py
     for end in range(len(parts), 1 if len(parts) > 1 else 0, -1):
         prefix = ".".join(parts[:end])
         if prefix in LAYERS:
@@ -86,24 +72,69 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _submodule(name: str) -> str:
-    """``from prunescope import name``: the module ``prunescope.name``, or the package for an attribute."""
-    exists = (PACKAGE / f"{name}.py").is_file() or (PACKAGE / name).is_dir()
-    return f"prunescope.{name}" if exists else "prunescope"
+def _is_module(dotted: str) -> bool:
+    path = PACKAGE.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _imported(module: str, name: str) -> str:
+    """``from module import name``: the submodule ``module.name`` when there is one, else ``module``."""
+    return f"{module}.{name}" if _is_module(f"{module}.{name}") else module
 
 
 def imports() -> list[tuple[str, str, int]]:
-    """``(importer, imported, line)`` of every prunescope import in the package, typing-only ones included."""
+    """``(importer, imported, line)`` of every prunescope import in the package, typing-only and
+    function-local ones included."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         importer = _module_name(path)
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("prunescope"):
-                names = [node.module] if node.module != "prunescope" else [_submodule(a.name) for a in node.names]
-                found += [(importer, name, node.lineno) for name in names]
+                found += [(importer, _imported(node.module, a.name), node.lineno) for a in node.names]
             elif isinstance(node, ast.Import):
                 found += [(importer, a.name, node.lineno) for a in node.names if a.name.startswith("prunescope")]
     return found
+
+
+def circles(found: list[tuple[str, str, int]]) -> list[list[str]]:
+    """The import circles between modules: strongly connected components of more than one module
+    (Tarjan's algorithm), each sorted. A package's ``__init__`` counts as the module of its name."""
+    graph: dict[str, set[str]] = {}
+    for importer, imported, _ in found:
+        if importer != imported:
+            graph.setdefault(importer, set()).add(imported)
+            graph.setdefault(imported, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(components)
 
 
 def upward(found: list[tuple[str, str, int]]) -> list[str]:
@@ -132,8 +163,20 @@ def test_imports_point_down() -> None:
     assert upward(imports()) == []
 
 
+def test_no_import_circles() -> None:
+    assert circles(imports()) == []
+
+
+def test_the_circle_finder_finds_a_circle() -> None:
+    found = [("a", "b", 1), ("b", "c", 1), ("c", "a", 1), ("c", "d", 1), ("d", "d", 1)]
+    assert circles(found) == [["a", "b", "c"]]
+
+
 if __name__ == "__main__":
     found = imports()
     wrong = upward(found)
-    print("\n".join(wrong))
-    print(f"{len(wrong)} upward of {len(found)} prunescope imports", file=sys.stderr)
+    loops = circles(found)
+    for line in wrong + [" ↔ ".join(loop) for loop in loops]:
+        print(line)
+    print(f"{len(wrong)} upward of {len(found)} prunescope imports; {len(loops)} import circles", file=sys.stderr)
+    sys.exit(1 if wrong or loops else 0)

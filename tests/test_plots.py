@@ -2,7 +2,7 @@
 
 
 def test_search_history_shows_every_trial_and_the_running_best():
-    from prunescope.plots import search_history_figure
+    from prunescope.report.plots import search_history_figure
 
     trials = [
         {"value": 0.5, "epochs": 3, "state": "COMPLETE", "intermediate": {"2": 0.5}},

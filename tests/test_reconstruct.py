@@ -224,7 +224,7 @@ def test_reconstructed_pruning_restores_every_parameter_bit_exactly_also_after_a
 def test_compare_with_reconstruction_keeps_every_rows_sparsity_and_beats_plain_masks_on_val() -> None:
     from conftest import make_dataset
 
-    from prunescope.compare import compare
+    from prunescope.pipeline.compare import compare
 
     data = make_dataset(n_train=300, n_val=90, n_test=60)
     torch.manual_seed(0)

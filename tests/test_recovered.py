@@ -8,17 +8,17 @@ from dataclasses import replace
 import torch
 from test_run import FAST, Recorder
 
-from prunescope import pipeline
 from prunescope.checkpoint import load_checkpoint
 from prunescope.data import load_dataset
 from prunescope.measure import count_macs
 from prunescope.models import build_model, model_spec
 from prunescope.pick.reach import reach
-from prunescope.recovered import gradual_at
+from prunescope.pipeline import job as pipeline
+from prunescope.pipeline.recovered import gradual_at
+from prunescope.report.verdict import recovered_sentence
 from prunescope.targets import find_targets
 from prunescope.train import TrainConfig, train
 from prunescope.trust import Trust
-from prunescope.verdict import recovered_sentence
 
 RECOVERED = replace(FAST, recovered=True, recovered_sparsities=(0.5, 0.9), reconstruct="mask", calibration=256,
                     max_drop=0.02, scratch=())

@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import fitted, make_dataset
 
-from prunescope.compare import compare
 from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import removed_count
 from prunescope.pick import PairwiseRefiner, Refiner
 from prunescope.pick.ours import budget_start
+from prunescope.pipeline.compare import compare
 from prunescope.targets import find_targets
 
 NUMELS = {"big": 20_000, "mid": 3_000, "small": 300}

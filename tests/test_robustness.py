@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunescope.compare import compare
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.io import atomic_write, check_output_dir, check_output_file, write_json
-from prunescope.pipeline import Stages
+from prunescope.pipeline.compare import compare
+from prunescope.pipeline.job import Stages
+from prunescope.pipeline.sweep import sweep
 from prunescope.scan import scan
-from prunescope.sweep import sweep
 
 
 class Boom(Exception):

@@ -5,11 +5,11 @@ from collections import Counter
 
 import pytest
 
-from prunescope import pipeline
 from prunescope.cli import main
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
-from prunescope.runconfig import RunConfig
+from prunescope.pipeline import job as pipeline
+from prunescope.pipeline.config import RunConfig
 
 FAST = RunConfig(epochs=3, folds=0, finetune_epochs=2, sparsity=0.8, sparsities=(0.5, 0.8), methods=("ours", "uniform"),
                  scratch=("E",), device="cpu", recovered=False, reconstruct=None)

@@ -3,7 +3,7 @@ from dataclasses import fields
 import pytest
 
 from prunescope.errors import UsageError
-from prunescope.runconfig import RULES, RunConfig, check_settings, load_config
+from prunescope.pipeline.config import RULES, RunConfig, check_settings, load_config
 
 
 def test_file_then_command_line(tmp_path):

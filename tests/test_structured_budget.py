@@ -17,7 +17,7 @@ from prunescope.models import build_from_spec, build_model, model_spec
 from prunescope.pick import BudgetPicker
 from prunescope.pick.choose import choose
 from prunescope.pick.registry import make_allocator
-from prunescope.report import save_scan
+from prunescope.report.tables import save_scan
 from prunescope.structured.groups import ChannelGroups, find_groups, pruned_copy
 from prunescope.structured.importance import group_scores
 from prunescope.structured.latency import LatencyTable

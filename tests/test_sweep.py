@@ -6,7 +6,7 @@ from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.masks import applied, compute_masks
 from prunescope.pick.baselines import allocate
-from prunescope.sweep import sweep
+from prunescope.pipeline.sweep import sweep
 from prunescope.targets import find_targets
 
 

@@ -18,7 +18,7 @@ from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.data import load_dataset
 from prunescope.errors import UsageError
 from prunescope.models import build_from_spec, model_spec
-from prunescope.report import save_scan
+from prunescope.report.tables import save_scan
 
 SHAPE = (1, 8, 8)  # digits
 

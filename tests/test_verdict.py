@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from prunescope.verdict import method_sentence, predicted_drop_text, small_val_warning
+from prunescope.report.verdict import method_sentence, predicted_drop_text, small_val_warning
 
 
 def _method(name: str, accuracy: float) -> dict:

@@ -8,7 +8,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 # Public entry points, imported on first use so that ``import prunescope`` stays light.
-_ENTRY_POINTS = {"wrap": "prunescope.wrapping"}
+_ENTRY_POINTS = {"wrap": "prunescope.pipeline.wrap"}
 
 
 def __getattr__(name: str) -> Any:

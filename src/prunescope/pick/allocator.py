@@ -7,7 +7,7 @@ builds them by name), so that callers never branch on which method they hold.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from prunescope.errors import UsageError
@@ -18,9 +18,28 @@ if TYPE_CHECKING:
 
     from prunescope.curves import Curves
     from prunescope.evaluate import Metrics
-    from prunescope.pick.pickers import Pick
     from prunescope.structured.pruning import ChannelPruning
     from prunescope.targets import Target
+
+
+@dataclass
+class Pick:
+    """A picker's answer.
+
+    allocation: ``{target: sparsity}`` for every curve (0.0 = dense).
+    predicted_drop: sum over targets of the curves' drop at the chosen sparsity (fraction of the metric);
+        None for a baseline without curves to read it from.
+    decided_by: ``{target: name of the picker or ensemble member that chose its sparsity}``.
+    details: picker-specific facts (knees found, fallbacks, budget reached, members' picks).
+    """
+
+    allocation: dict[str, float]
+    predicted_drop: float | None
+    decided_by: dict[str, str]
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class Validation(Protocol):

@@ -17,8 +17,8 @@ import numpy as np
 from prunescope.curves import Curve, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity, removed_count
-from prunescope.pick.allocator import Problem, ReadsCurves
-from prunescope.pick.pickers import Pick, _aligned_curves, _finish
+from prunescope.pick.allocator import Pick, Problem, ReadsCurves
+from prunescope.pick.pickers import _aligned_curves, _finish
 
 if TYPE_CHECKING:
     from prunescope.measure import Latency

@@ -17,9 +17,10 @@ from prunescope.curves import Curves
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
+from prunescope.pick.allocator import Pick
 from prunescope.pick.budget import BudgetPicker
 from prunescope.pick.crossval import CrossValidation, cross_validate, with_threshold
-from prunescope.pick.pickers import Pick, Picker
+from prunescope.pick.pickers import Picker
 from prunescope.pick.registry import DEFAULT_MAX_DROP
 from prunescope.pick.verify import ExampleEvaluator, Verified, model_evaluator, verify
 from prunescope.train.batchnorm import bn_batches, recalibrating

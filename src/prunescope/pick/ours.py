@@ -27,10 +27,9 @@ from dataclasses import dataclass, field, replace
 
 from prunescope.curves import Curves
 from prunescope.errors import UsageError
-from prunescope.pick.allocator import Problem
+from prunescope.pick.allocator import Pick, Problem
 from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.budget import BudgetPicker
-from prunescope.pick.pickers import Pick
 from prunescope.pick.refine import PairwiseRefiner, Refiner
 from prunescope.targets import Target
 

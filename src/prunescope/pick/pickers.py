@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -36,30 +36,10 @@ from kneed import KneeLocator
 from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity
-from prunescope.pick.allocator import ReadsCurves
+from prunescope.pick.allocator import Pick, ReadsCurves
 from prunescope.scan.strategy import SCONCE_LEVELS
 
 SAME_LEVEL = 1e-9  # two sparsities closer than this are the same level
-
-
-@dataclass
-class Pick:
-    """A picker's answer.
-
-    allocation: ``{target: sparsity}`` for every curve (0.0 = dense).
-    predicted_drop: sum over targets of the curves' drop at the chosen sparsity (fraction of the metric);
-        None for a baseline without curves to read it from.
-    decided_by: ``{target: name of the picker or ensemble member that chose its sparsity}``.
-    details: picker-specific facts (knees found, fallbacks, budget reached, members' picks).
-    """
-
-    allocation: dict[str, float]
-    predicted_drop: float | None
-    decided_by: dict[str, str]
-    details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @runtime_checkable

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 from prunescope.curves import Curves
 from prunescope.errors import UsageError
-from prunescope.pick.allocator import Allocator, Problem
+from prunescope.pick.allocator import Allocator, Pick, Problem
 from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.budget import BudgetPicker, macs_limit
 from prunescope.pick.ours import DEFAULT_REFINER, Ours
-from prunescope.pick.pickers import EnsemblePicker, KneePicker, Pick, Picker, ThresholdPicker, predicted_drops
+from prunescope.pick.pickers import EnsemblePicker, KneePicker, Picker, ThresholdPicker, predicted_drops
 from prunescope.pick.refine import Refiner
 from prunescope.structured.baselines import global_channels, uniform_channels
 

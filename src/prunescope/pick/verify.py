@@ -28,7 +28,8 @@ from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator, paired_drop
 from prunescope.masks import removed_count
-from prunescope.pick.pickers import Pick, predicted_drops
+from prunescope.pick.allocator import Pick
+from prunescope.pick.pickers import predicted_drops
 from prunescope.units import Pruning
 
 Evaluate = Callable[[dict[str, float]], float]

@@ -1,7 +1,7 @@
 """A scan's output directory: ``scan.json`` (curves + where they came from), ``scan.csv``,
 ``plots/curves.png`` and the Optuna journal ``study.journal`` that makes the scan resumable.
 
-Read here (:func:`load_scan`); written by :func:`prunescope.report.save_scan` (the output layer)."""
+Read here (:func:`load_scan`); written by :func:`prunescope.report.tables.save_scan` (the output layer)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ too), so it can be mailed, archived or printed as one file. The page is a Jinja2
 string that comes from the document (layer names, settings, model names, verdict text) is
 HTML-escaped. The sections below prepare plain data (:class:`Table`, :class:`Note`…) for it.
 
-Like :mod:`prunescope.report` this renders; it computes nothing beyond differences of the
+Like :mod:`prunescope.report.tables` this renders; it computes nothing beyond differences of the
 numbers it shows. Each section appears only when its data is in the document.
 """
 
@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from prunescope.curves import Curves
 from prunescope.io import write_text
-from prunescope.plots import (
+from prunescope.report.plots import (
     allocation_figure,
     curves_figure,
     epoch_curves_figure,
@@ -41,8 +41,8 @@ from prunescope.plots import (
     shift_figure,
     training_figure,
 )
-from prunescope.results import RESULT_FILE, SCHEMA, SCHEMA_VERSION, check_result
-from prunescope.verdict import crossval_clause, predicted_drop_text
+from prunescope.report.schema import RESULT_FILE, SCHEMA, SCHEMA_VERSION, check_result
+from prunescope.report.verdict import crossval_clause, predicted_drop_text
 
 REPORT_FILE = "report.html"
 
@@ -829,7 +829,7 @@ SECTIONS = (_verdict, _settings, _dense, _sensitivity, _allocation, _before_afte
 @cache
 def _templates() -> jinja2.Environment:
     """The report's templates, package data of prunescope, every value autoescaped."""
-    return jinja2.Environment(loader=jinja2.PackageLoader("prunescope", "templates"), autoescape=True,
+    return jinja2.Environment(loader=jinja2.PackageLoader("prunescope.report", "templates"), autoescape=True,
                               undefined=jinja2.StrictUndefined)
 
 

@@ -1,7 +1,7 @@
 """The result schema every command writes: one JSON document per command (``result.json``, ``scan.json``,
 ``pick.json``), built by :func:`document` and read back by :func:`load_result`.
 
-Its sections are described in ``docs/result-schema.md`` and :mod:`prunescope.report`.
+Its sections are described in ``docs/result-schema.md`` and :mod:`prunescope.report.tables`.
 """
 
 from __future__ import annotations

@@ -27,14 +27,12 @@ import torch
 
 from prunescope import hparams, measure
 from prunescope.checkpoint import load_checkpoint, plain_state_dict
-from prunescope.compare import compare
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data import load_dataset
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
-from prunescope.html import write_html
 from prunescope.io import write_csv, write_json
 from prunescope.masks import compute_masks
 from prunescope.models import build_model, model_spec
@@ -42,19 +40,14 @@ from prunescope.pick.choose import choose
 from prunescope.pick.crossval import val_folds, with_threshold
 from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.registry import make_allocator
-from prunescope.recovered import recovered_channels, recovered_sweep
-from prunescope.report import comparison_rows, save_scan
-from prunescope.results import document
-from prunescope.retrain_cv import retrain_cross_validate
-from prunescope.runconfig import RunConfig, check_settings, validate
-from prunescope.scan import scan
-from prunescope.scan.files import JOURNAL_FILE
-from prunescope.targets import find_targets
-from prunescope.train import EpochRecord, TrainConfig, TrainResult, finetune, train
-from prunescope.train.scratch import scratch_epochs, train_scratch
-from prunescope.trust import Trust
-from prunescope.units import DEFAULT_CRITERION
-from prunescope.verdict import (
+from prunescope.pick.retrain import retrain_cross_validate
+from prunescope.pipeline.compare import compare
+from prunescope.pipeline.config import RunConfig, check_settings, validate
+from prunescope.pipeline.recovered import recovered_channels, recovered_sweep
+from prunescope.report.html import write_html
+from prunescope.report.schema import document
+from prunescope.report.tables import comparison_rows, save_scan
+from prunescope.report.verdict import (
     channel_recovered_sentence,
     crossval_clause,
     layer_sentences,
@@ -64,6 +57,13 @@ from prunescope.verdict import (
     scratch_sentence,
     selection_sentence,
 )
+from prunescope.scan import scan
+from prunescope.scan.files import JOURNAL_FILE
+from prunescope.targets import find_targets
+from prunescope.train import EpochRecord, TrainConfig, TrainResult, finetune, train
+from prunescope.train.scratch import scratch_epochs, train_scratch
+from prunescope.trust import Trust
+from prunescope.units import DEFAULT_CRITERION
 
 Progress = Callable[[str, int, int | None], None]
 """``progress(stage, done, total)``; total None while unknown."""

@@ -11,14 +11,23 @@ from typing import Annotated
 
 import typer
 
-from prunescope import cli_study as study_options
-from prunescope.cliargs import Device, numbers
+from prunescope.cli.options import (
+    Device,
+    ExecutorKind,
+    GpusPerWorker,
+    GracePeriod,
+    HeartbeatInterval,
+    RayAddress,
+    Workers,
+    numbers,
+)
+from prunescope.cli.terminal import console, stage_progress
 from prunescope.errors import UsageError
 from prunescope.hparams import GRID_LIMIT, HparamsConfig, study
 from prunescope.hparams.degrees import ALLOCATORS, GRANULARITIES
 from prunescope.hparams.search import SEARCHES
 from prunescope.hparams.trials import RECOVERIES
-from prunescope.report_hparams import shift_table, write_result
+from prunescope.report.hparams import shift_table, write_result
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 
@@ -47,15 +56,15 @@ def hparams_command(
                                                 f"{', '.join(ALLOCATORS['weight'])}.")] = "budget",
     recover: Annotated[str, typer.Option(help=f"{' or '.join(RECOVERIES)}: how each grid point recovers the "
                                               "pruned model.")] = "finetune",
-    workers: study_options.Workers = 1,
-    executor: study_options.ExecutorKind = None,
+    workers: Workers = 1,
+    executor: ExecutorKind = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage: postgresql://user@host/db (shared by machines) "
                                                      "or a journal file (default: OUT/hparams.journal).",
                                                 show_default=False)] = None,
-    ray_address: study_options.RayAddress = None,
-    gpus_per_worker: study_options.GpusPerWorker = 0.0,
-    heartbeat_interval: study_options.HeartbeatInterval = HEARTBEAT_INTERVAL,
-    grace_period: study_options.GracePeriod = GRACE_PERIOD,
+    ray_address: RayAddress = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
+    heartbeat_interval: HeartbeatInterval = HEARTBEAT_INTERVAL,
+    grace_period: GracePeriod = GRACE_PERIOD,
     out: Annotated[Path, typer.Option(help="Output directory; rerunning with the same one resumes.")]
     = Path("prunescope-out/hparams"),
     force: Annotated[bool, typer.Option(help=f"Allow grids above {GRID_LIMIT} trainings in all.")] = False,
@@ -63,8 +72,6 @@ def hparams_command(
     seed: Annotated[int, typer.Option(help="Seed of the split, the search and the first grid seed.")] = 0,
 ) -> None:
     """Tune the dense model, grid around its optimum, prune to several degrees, grid again, measure the shift."""
-    from prunescope.cli import _stage_progress, console  # the shared console and progress bars
-
     if granularity == "channel" and sparsities is not None:
         raise UsageError("--sparsities applies to --granularity weight; channel pruning takes --target-macs")
     if granularity == "weight" and target_macs is not None:
@@ -78,7 +85,7 @@ def hparams_command(
         storage=storage, device=device, seed=seed, force=force, executor=executor, ray_address=ray_address,
         gpus_per_worker=gpus_per_worker, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
     )
-    with _stage_progress() as progress:
+    with stage_progress() as progress:
         result = study(config, out, progress=progress)
     write_result(out, result)
     console.print(shift_table(result.to_dict()))

@@ -173,10 +173,10 @@ def validate(config: RunConfig) -> RunConfig:
     One-line UsageError naming the setting; returns ``config``. Names of the model and the
     dataset are checked when they are loaded, which the run does before training.
     """
-    from prunescope.compare import METHODS  # the run's stages, imported here: they import much of prunescope
     from prunescope.criteria import CRITERIA
     from prunescope.device import resolve_device
     from prunescope.masks import check_sparsity
+    from prunescope.pipeline.compare import METHODS  # the run's stages, imported here: they import much of prunescope
     from prunescope.scan import STRATEGIES
     from prunescope.train import TrainConfig
     from prunescope.train.scratch import SCRATCH_MODES

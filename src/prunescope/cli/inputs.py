@@ -38,10 +38,11 @@ def output_file(option: str):
     return check
 
 
-def device(value: str) -> str:
+def device(value: str | None) -> str | None:
     """Callback of every ``--device``: checked here, kept as given (``auto`` is resolved where the work runs,
     so each worker of a process pool or Ray cluster picks its own CUDA device or CPU)."""
-    resolve_device(value)
+    if value is not None:
+        resolve_device(value)
     return value
 
 

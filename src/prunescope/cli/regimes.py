@@ -11,26 +11,33 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from prunescope import cli_study as study_options
-from prunescope.cliargs import Device, numbers
+from prunescope.cli.options import (
+    Device,
+    ExecutorKind,
+    GpusPerWorker,
+    GracePeriod,
+    HeartbeatInterval,
+    RayAddress,
+    Storage,
+    StudyName,
+    Workers,
+    numbers,
+)
+from prunescope.cli.terminal import console
 from prunescope.errors import UsageError
-from prunescope.html import write_html
 from prunescope.io import write_csv, write_json
-from prunescope.plots import phase_plot
 from prunescope.regimes.classify import DEFAULT_DELTA, DEFAULT_EPSILON
 from prunescope.regimes.select import select
 from prunescope.regimes.study import PAIRINGS, TEMPERATURES, RegimeSettings, dataset_of, model_spec_of, study
-from prunescope.report import listing_table
-from prunescope.results import document
+from prunescope.report.html import write_html
+from prunescope.report.plots import phase_plot
+from prunescope.report.schema import document
+from prunescope.report.tables import listing_table
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 app = typer.Typer(help="Three-regime model of pruning (Zhou et al., ICML 2023): which way to move a temperature, "
                        "which model to prune.")
-console = Console()
-if not console.is_terminal:
-    console.width = max(console.width, 140)
 
 Epsilon = Annotated[float, typer.Option(help="Barrier (nats) beyond which a cell is regime I: mc < -epsilon.")]
 Delta = Annotated[float, typer.Option(help="Output CKA below which a connected cell is regime II-A.")]
@@ -123,14 +130,14 @@ def regimes_command(
     delta: Delta = DEFAULT_DELTA,
     start: Annotated[float | None, typer.Option(help="Temperature the advice starts from [middle of the grid].")]
     = None,
-    workers: study_options.Workers = 1,
-    executor: study_options.ExecutorKind = None,
-    storage: study_options.Storage = None,
-    study_name: study_options.StudyName = "regimes",
-    ray_address: study_options.RayAddress = None,
-    gpus_per_worker: study_options.GpusPerWorker = 0.0,
-    heartbeat_interval: study_options.HeartbeatInterval = HEARTBEAT_INTERVAL,
-    grace_period: study_options.GracePeriod = GRACE_PERIOD,
+    workers: Workers = 1,
+    executor: ExecutorKind = None,
+    storage: Storage = None,
+    study_name: StudyName = "regimes",
+    ray_address: RayAddress = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
+    heartbeat_interval: HeartbeatInterval = HEARTBEAT_INTERVAL,
+    grace_period: GracePeriod = GRACE_PERIOD,
     out: Annotated[Path, typer.Option(help="Output directory; rerunning with the same one resumes.")]
     = Path("regimes-out"),
     device: Device = "auto",

@@ -25,19 +25,19 @@ from typing import Any
 from rich.table import Table
 from torch import nn
 
-from prunescope.compare import Comparison
 from prunescope.curves import Curves
 from prunescope.io import write_csv, write_json
 from prunescope.masks import removed_count
 from prunescope.pick.choose import Choice
-from prunescope.plots import allocation_plot, curves_plot, metric_vs_sparsity_plot
-from prunescope.results import document
+from prunescope.pipeline.compare import Comparison
+from prunescope.pipeline.sweep import SweepResult
+from prunescope.report.plots import allocation_plot, curves_plot, metric_vs_sparsity_plot
+from prunescope.report.schema import document
+from prunescope.report.verdict import crossval_clause, predicted_drop_text
 from prunescope.scan.files import SCAN_FILE
 from prunescope.scan.identity import model_fingerprint
 from prunescope.structured.groups import find_groups
-from prunescope.sweep import SweepResult
 from prunescope.targets import find_targets
-from prunescope.verdict import crossval_clause, predicted_drop_text
 
 
 def sweep_rows(result: SweepResult) -> list[dict[str, Any]]:

@@ -25,10 +25,10 @@ from typing import Any
 
 from rich.table import Table
 
-from prunescope.html import write_html
 from prunescope.io import write_csv, write_json
-from prunescope.report import listing_table
-from prunescope.results import document
+from prunescope.report.html import write_html
+from prunescope.report.schema import document
+from prunescope.report.tables import listing_table
 
 
 def hparams_document(result: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """How far the whole model goes *after fine-tuning*: the answer users act on.
 
 For ``ours`` and one baseline, at every sparsity of the sweep: the method's allocation at
-exactly that global sparsity (:func:`prunescope.compare.compare`, val only), fine-tuned
+exactly that global sparsity (:func:`prunescope.pipeline.compare.compare`, val only), fine-tuned
 from the dense weights with the same budget for both, then evaluated on val. Then, for
 ``ours``, :func:`prunescope.pick.reach.reach` widens the sweep until it brackets the bound
 and bisects between the last sparsity within it and the first outside. The test split is
@@ -26,7 +26,6 @@ from typing import Any
 from torch import nn
 
 from prunescope.apply import ChannelPruned, prune_channels
-from prunescope.compare import compare
 from prunescope.criteria import compute_scores
 from prunescope.curves import Curves
 from prunescope.data.types import Dataset
@@ -38,6 +37,7 @@ from prunescope.pick import BudgetPicker
 from prunescope.pick.baselines import allocate
 from prunescope.pick.choose import choose
 from prunescope.pick.reach import reach
+from prunescope.pipeline.compare import compare
 from prunescope.targets import find_targets
 from prunescope.train import TrainConfig, finetune, train
 from prunescope.train.gradual import gradual_prune, polynomial_schedule

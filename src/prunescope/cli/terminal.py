@@ -1,0 +1,53 @@
+"""What a command shows in the terminal: the shared console, progress bars, warnings every command may print."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from rich.console import Console
+
+from prunescope.cli.progress import progress_updates
+from prunescope.report.verdict import small_val_warning
+
+console = Console()
+if not console.is_terminal:
+    console.width = max(console.width, 140)  # wide tables stay readable in logs and pipes
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None):
+    """One progress task; yields a callback that advances it by one step."""
+    with progress_updates(console) as update:
+        done = 0
+
+        def advance(*_: object) -> None:
+            nonlocal done
+            done += 1
+            update(description, done, total)
+
+        yield advance
+
+
+@contextmanager
+def stage_progress():
+    """One progress task per pipeline stage, kept on screen."""
+    with progress_updates(console, transient=False) as update:
+        yield update
+
+
+@contextmanager
+def growing_progress(description: str):
+    """A progress task whose total can grow (adaptive scans plan as they go)."""
+    with progress_updates(console) as update:
+        yield lambda done, planned: update(description, done, planned)
+
+
+def warn_if_val_is_small(examples: int, tolerance: float | None) -> None:
+    if tolerance and (warning := small_val_warning(examples, tolerance)):
+        console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
+
+
+def print_fallback(fallback: dict[str, str]) -> None:
+    """Say which layers were pruned with the criterion's masks alone instead of by reconstruction."""
+    for name, reason in fallback.items():
+        console.print(f"[yellow]{name}: masks alone, not reconstructed ({reason})[/yellow]", highlight=False)
