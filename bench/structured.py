@@ -77,7 +77,7 @@ from prunescope.models import build_model, model_spec
 from prunescope.pick.budget import BudgetPicker
 from prunescope.scan import scan
 from prunescope.structured.baselines import global_channels, uniform_channels
-from prunescope.structured.groups import find_groups
+from prunescope.structured.find import find_groups
 from prunescope.structured.importance import group_scores
 from prunescope.structured.pruning import ChannelPruning
 from prunescope.train import TrainConfig, train

@@ -26,7 +26,8 @@ from prunescope.structured.export import (
     load_exported,
     max_output_difference,
 )
-from prunescope.structured.groups import find_groups, pruned_copy, pruned_spec
+from prunescope.structured.find import find_groups, pruned_copy
+from prunescope.structured.groups import pruned_spec
 
 SHAPE = (1, 16, 16)
 

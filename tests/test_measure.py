@@ -275,7 +275,7 @@ def test_auto_device_is_accepted():
 
 
 def test_fastest_batch_size_takes_the_best_measured_throughput_among_usable_candidates(monkeypatch):
-    from prunescope import measure
+    from prunescope.measure import timing as measure
 
     rates = {32: 100.0, 64: 900.0, 128: 500.0, 256: 2000.0}
     monkeypatch.setattr(measure, "_FASTEST", {})
@@ -288,7 +288,7 @@ def test_fastest_batch_size_takes_the_best_measured_throughput_among_usable_cand
 
 
 def test_fastest_batch_size_prefers_the_larger_of_two_equally_fast_and_takes_medians_over_rounds(monkeypatch):
-    from prunescope import measure
+    from prunescope.measure import timing as measure
 
     calls: dict[int, int] = {}
     # 64 is measured fast once by chance (a quiet moment), 256 steadily; 512 within 10% of 256.

@@ -12,7 +12,7 @@ from prunescope.models import build_model
 from prunescope.pick import ALLOCATIONS, ALLOCATORS, CHANNEL_BASELINES, PICKERS, Allocator, Problem, make_allocator
 from prunescope.pick.baselines import allocate
 from prunescope.structured.baselines import global_channels, uniform_channels
-from prunescope.structured.groups import find_groups
+from prunescope.structured.find import find_groups
 from prunescope.structured.importance import group_scores
 from prunescope.structured.pruning import ChannelPruning
 from prunescope.targets import find_targets

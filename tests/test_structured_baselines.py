@@ -9,7 +9,7 @@ from prunescope.errors import UsageError
 from prunescope.measure import count_macs
 from prunescope.models import build_model
 from prunescope.structured.baselines import global_channels, minimum_macs, uniform_channels
-from prunescope.structured.groups import find_groups, pruned_copy
+from prunescope.structured.find import find_groups, pruned_copy
 from prunescope.structured.importance import group_scores
 from prunescope.structured.pruning import ChannelPruning
 

@@ -18,7 +18,8 @@ from prunescope.pick import BudgetPicker
 from prunescope.pick.choose import choose
 from prunescope.pick.registry import make_allocator
 from prunescope.report.tables import save_scan
-from prunescope.structured.groups import ChannelGroups, find_groups, pruned_copy
+from prunescope.structured.find import find_groups, pruned_copy
+from prunescope.structured.groups import ChannelGroups
 from prunescope.structured.importance import group_scores
 from prunescope.structured.latency import LatencyTable
 from prunescope.structured.pruning import ChannelPruning

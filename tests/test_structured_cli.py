@@ -11,7 +11,8 @@ from prunescope.data import load_dataset
 from prunescope.measure import count_macs
 from prunescope.models import build_from_spec, model_spec
 from prunescope.structured.export import load_exported
-from prunescope.structured.groups import find_groups, pruned_spec, rebuild
+from prunescope.structured.find import find_groups, rebuild
+from prunescope.structured.groups import pruned_spec
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from prunescope.errors import UsageError
 from prunescope.measure import count_macs
 from prunescope.models import build_model
-from prunescope.structured.groups import find_groups, pruned_copy
+from prunescope.structured.find import find_groups, pruned_copy
 
 SHAPE = (1, 16, 16)
 

@@ -15,7 +15,7 @@ from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.models import build_model
 from prunescope.structured.allocation import check_round_to, kept_channels, removal_for
-from prunescope.structured.groups import find_groups
+from prunescope.structured.find import find_groups
 from prunescope.structured.importance import IMPORTANCES, GroupScores, group_scores
 
 SHAPE = (1, 8, 8)

@@ -41,7 +41,8 @@ from prunescope.masks import Masks, apply_permanently, check_sparsity, compute_m
 from prunescope.reconstruct import Reconstruction
 from prunescope.reconstruct import reconstruct as reconstruct_layers
 from prunescope.structured.allocation import removal_for
-from prunescope.structured.groups import Footprint, find_groups, pruned_spec
+from prunescope.structured.find import find_groups
+from prunescope.structured.groups import Footprint, pruned_spec
 from prunescope.structured.importance import group_scores
 from prunescope.targets import Target, by_name, find_targets
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.io import atomic_write
-from prunescope.structured.groups import rebuild
+from prunescope.structured.find import rebuild
 from prunescope.trust import Trust, TrustFactory, check_spec
 
 FORMAT = "prunescope-checkpoint"

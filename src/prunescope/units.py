@@ -32,7 +32,8 @@ from prunescope.errors import UsageError
 from prunescope.masks import Masks, applied, compute_masks, global_sparsity, removed_count
 from prunescope.measure import count_macs
 from prunescope.structured.allocation import check_round_to
-from prunescope.structured.groups import Footprint, find_groups
+from prunescope.structured.find import find_groups
+from prunescope.structured.groups import Footprint
 from prunescope.structured.importance import IMPORTANCES, group_scores
 from prunescope.structured.latency import LatencyTable
 from prunescope.structured.pruning import ChannelPruning, masking_error

@@ -35,7 +35,7 @@ from prunescope.pick.budget import BudgetPicker
 from prunescope.pick.choose import choose
 from prunescope.scan import scan
 from prunescope.structured.baselines import global_channels, uniform_channels
-from prunescope.structured.groups import find_groups
+from prunescope.structured.find import find_groups
 from prunescope.structured.importance import group_scores
 from prunescope.structured.pruning import ChannelPruning
 from prunescope.targets import find_targets

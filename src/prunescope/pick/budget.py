@@ -18,66 +18,21 @@ from prunescope.curves import Curve, Curves
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity, removed_count
 from prunescope.pick.allocator import Pick, Problem, ReadsCurves
-from prunescope.pick.pickers import _aligned_curves, _finish
+from prunescope.pick.knapsack import (
+    Choices,
+    additive_saving,
+    allocation_of,
+    deepest_counts,
+    finest_step,
+    lagrangian,
+    repair,
+    total_drop,
+)
 
 if TYPE_CHECKING:
     from prunescope.measure import Latency
     from prunescope.structured.groups import Footprint
-
-
-@dataclass
-class _Choices:
-    """One target's candidates for the knapsack: units removed, and the predicted drop and budget saved at each.
-
-    Units are a curve's elements (weights of a tensor, channels of a group). ``discrete``: only
-    the candidates themselves may be chosen (kept counts must be multiples of ``round_to``);
-    otherwise any count between two candidates may (the curve and the saving are linear there).
-    """
-
-    name: str
-    numel: int
-    counts: np.ndarray  # units removed, ascending, first 0
-    drops: np.ndarray  # predicted drop at each count (fraction of the metric)
-    savings: np.ndarray  # budget saved at each count, non-decreasing, first 0 (weights, parameters, MACs or ms)
-    discrete: bool = False
-
-    def drop(self, count: int) -> float:
-        # Candidates include every measured point, so the curve is linear between two neighbours.
-        return float(np.interp(count, self.counts, self.drops))
-
-    def saving(self, count: int) -> float:
-        return float(np.interp(count, self.counts, self.savings))
-
-    def below(self, count: int) -> int:
-        """The largest candidate below ``count``."""
-        return int(self.counts[self.counts < count][-1])
-
-    def above(self, count: int) -> int:
-        """The smallest candidate above ``count``."""
-        return int(self.counts[self.counts > count][0])
-
-    def slope(self, low: int, high: int) -> float:
-        """Drop per unit of budget from ``low`` to ``high`` removed units."""
-        saved, rise = self.saving(high) - self.saving(low), self.drop(high) - self.drop(low)
-        if saved <= 0:  # a step that saves nothing (a flat stretch of measured latency) is worth only a gain
-            return math.inf if rise >= 0 else -math.inf
-        return rise / saved
-
-    def grown(self, count: int, gap: float) -> int:
-        """The count after removing toward the next candidate, no more than saving ``gap`` needs."""
-        above = self.above(count)
-        if self.discrete:
-            return above
-        per_unit = (self.saving(above) - self.saving(count)) / (above - count)
-        return min(above, count + math.ceil(gap / per_unit))
-
-    def shrunk(self, count: int, excess: float) -> int:
-        """The count after giving back toward the candidate below, no more than ``excess`` of saving."""
-        below = self.below(count)
-        if self.discrete:
-            return below
-        per_unit = (self.saving(count) - self.saving(below)) / (count - below)
-        return count - min(count - below, math.floor(excess / per_unit))
+from prunescope.pick.pickers import _aligned_curves, _finish
 
 
 class LatencyCosts(Protocol):
@@ -209,7 +164,7 @@ class BudgetPicker(ReadsCurves):
             search: dict = {}
         else:
             counts, multiplier, search = self._meet_exactly(choices, budget)
-        allocation = _allocation(choices, counts)
+        allocation = allocation_of(choices, counts)
         details = {
             "target_sparsity": self.target_sparsity,
             "target_params": self.target_params,
@@ -219,7 +174,7 @@ class BudgetPicker(ReadsCurves):
             "budget": budget.kind,
             "limit": budget.limit,  # the target in absolute units (a MAC fraction resolved)
             "lagrange_multiplier": multiplier,
-            "estimated_remaining": budget.dense - _saving(choices, counts),
+            "estimated_remaining": budget.dense - additive_saving(choices, counts),
             **search,
         }
         details |= self._outcome(curves, choices, counts, allocation)
@@ -268,7 +223,7 @@ class BudgetPicker(ReadsCurves):
             raise UsageError("the curves carry no MAC counts: give target_sparsity or target_params instead")
         return _Budget("MACs", dense_macs, self._macs_limit(dense_macs))
 
-    def _choices(self, curves: Curves, aligned: Mapping[str, Curve], kind: str) -> list[_Choices]:
+    def _choices(self, curves: Curves, aligned: Mapping[str, Curve], kind: str) -> list[Choices]:
         # Between two candidates a count may stop only where the saving is linear there and any count is allowed:
         # not under round_to, nor where the exact footprint or a timing judges (coupled units, latency).
         discrete = self.round_to > 1 or self.footprint is not None or kind == "latency"
@@ -276,7 +231,7 @@ class BudgetPicker(ReadsCurves):
         for name, curve in aligned.items():
             counts = self._counts(curve)
             drops = np.array([curves.dense.value - curve.value_at(int(c) / curve.numel) for c in counts])
-            result.append(_Choices(name, curve.numel, counts, drops, self._savings(curve, counts, kind), discrete))
+            result.append(Choices(name, curve.numel, counts, drops, self._savings(curve, counts, kind), discrete))
         return result
 
     def _counts(self, curve: Curve) -> np.ndarray:
@@ -296,13 +251,13 @@ class BudgetPicker(ReadsCurves):
         per_unit = {"sparsity": 1.0, "params": params / curve.numel, "MACs": curve.macs / curve.numel}[kind]
         return per_unit * counts
 
-    def _check_reachable(self, budget: _Budget, choices: list[_Choices]) -> None:
+    def _check_reachable(self, budget: _Budget, choices: list[Choices]) -> None:
         """UsageError when even every target at its largest candidate leaves more than the limit."""
-        deepest = _deepest(choices)
+        deepest = deepest_counts(choices)
         if budget.exact is None:
-            least = budget.dense - _saving(choices, deepest)
+            least = budget.dense - additive_saving(choices, deepest)
         else:
-            least = budget.exact(_allocation(choices, deepest))
+            least = budget.exact(allocation_of(choices, deepest))
         if least <= budget.limit:
             return
         if budget.kind == "sparsity":
@@ -321,16 +276,16 @@ class BudgetPicker(ReadsCurves):
             "aim higher"
         )
 
-    def _solve(self, choices: list[_Choices], required: float) -> tuple[list[int], float]:
+    def _solve(self, choices: list[Choices], required: float) -> tuple[list[int], float]:
         """Counts saving ``required`` (exactly, for a sparsity) at the least predicted drop, and the multiplier λ."""
-        multiplier, under, over = _lagrangian(choices, required)
+        multiplier, under, over = lagrangian(choices, required)
         exact = self.target_sparsity is not None
         # Repair both neighbours of the multiplier: where a curve is not convex (a cliff, then a
         # plateau at chance) the hull jumps over the budget, and either side can be the better start.
-        repaired = [_repair(choices, counts, required, exact=exact) for counts in (under, over)]
-        return min(repaired, key=lambda counts: _total_drop(choices, counts)), multiplier
+        repaired = [repair(choices, counts, required, exact=exact) for counts in (under, over)]
+        return min(repaired, key=lambda counts: total_drop(choices, counts)), multiplier
 
-    def _meet_exactly(self, choices: list[_Choices], budget: _Budget) -> tuple[list[int], float | None, dict]:
+    def _meet_exactly(self, choices: list[Choices], budget: _Budget) -> tuple[list[int], float | None, dict]:
         """Counts whose EXACT remaining meets the limit with the least removal, λ, and how they were found.
 
         Bisects the knapsack's required saving between 0 and the largest saving (starting from
@@ -344,22 +299,22 @@ class BudgetPicker(ReadsCurves):
         def remaining(counts: Sequence[int]) -> float:
             key = tuple(int(n) for n in counts)
             if key not in known:
-                known[key] = budget.exact(_allocation(choices, counts))
+                known[key] = budget.exact(allocation_of(choices, counts))
             return known[key]
 
         def attempt(required: float) -> tuple[bool, list[int], float]:
             counts, multiplier = self._solve(choices, required)
-            estimated, exact = budget.dense - _saving(choices, counts), remaining(counts)
+            estimated, exact = budget.dense - additive_saving(choices, counts), remaining(counts)
             trials.append({"required": required, "estimated_remaining": estimated, "exact_remaining": exact})
             return exact <= budget.limit, counts, multiplier
 
-        most = _saving(choices, _deepest(choices))
+        most = additive_saving(choices, deepest_counts(choices))
         start = min(max(budget.required, 0.0), most)
         met, counts, multiplier = attempt(start)
         # Every target at its deepest candidate meets the limit (checked before): the upper end when the start fails.
         low, high = (0.0, start) if met else (start, most)
-        best: tuple[list[int], float | None] = (counts, multiplier) if met else (_deepest(choices), None)
-        while high - low > _finest_step(choices) and len(trials) < MAX_BISECTIONS:
+        best: tuple[list[int], float | None] = (counts, multiplier) if met else (deepest_counts(choices), None)
+        while high - low > finest_step(choices) and len(trials) < MAX_BISECTIONS:
             middle = (low + high) / 2
             met, counts, multiplier = attempt(middle)
             if met:
@@ -367,7 +322,7 @@ class BudgetPicker(ReadsCurves):
             else:
                 low = middle
         counts, multiplier = best
-        trimmed = _repair(choices, counts, budget.required, exact=False, saving=lambda n: budget.dense - remaining(n))
+        trimmed = repair(choices, counts, budget.required, exact=False, saving=lambda n: budget.dense - remaining(n))
         search = {
             "iterations": len(trials),
             "trials": trials,
@@ -378,7 +333,7 @@ class BudgetPicker(ReadsCurves):
         return trimmed, multiplier, search
 
     def _outcome(
-        self, curves: Curves, choices: list[_Choices], counts: Sequence[int], allocation: dict[str, float]
+        self, curves: Curves, choices: list[Choices], counts: Sequence[int], allocation: dict[str, float]
     ) -> dict:
         """Elements kept per unit, the units' removed fraction and remaining MACs, and, where the budget was met
         exactly, the whole model's footprint (parameters, MACs per sample) and latency measured."""
@@ -399,97 +354,3 @@ class BudgetPicker(ReadsCurves):
             details["measured_latency"] = asdict(self.latency.measure(allocation))
             details["dense_latency"] = asdict(self.latency.dense)
         return details
-
-
-def _allocation(choices: list[_Choices], counts: Sequence[int]) -> dict[str, float]:
-    """``{target: sparsity}`` of removed counts (weights or channels)."""
-    return {c.name: int(n) / c.numel for c, n in zip(choices, counts, strict=True)}
-
-
-def _deepest(choices: list[_Choices]) -> list[int]:
-    return [int(c.counts[-1]) for c in choices]
-
-
-def _finest_step(choices: list[_Choices]) -> float:
-    """The smallest saving one candidate step can make (finer changes of the required saving change nothing)."""
-    steps = np.concatenate([np.diff(c.savings) for c in choices])
-    return float(steps[steps > 0].min(initial=np.inf))
-
-
-def _saving(choices: list[_Choices], counts: Sequence[int]) -> float:
-    return sum(c.saving(n) for c, n in zip(choices, counts, strict=True))
-
-
-def _total_drop(choices: list[_Choices], counts: Sequence[int]) -> float:
-    return sum(c.drop(n) for c, n in zip(choices, counts, strict=True))
-
-
-def _lagrangian(choices: list[_Choices], required: float) -> tuple[float, list[int], list[int]]:
-    """Bisect the multiplier λ (drop per unit of budget) at which the per-target argmins reach ``required``.
-
-    Returns λ and the argmins just below it (saving short of ``required`` unless λ = 0)
-    and at it (saving at least ``required``).
-    """
-
-    def choose(multiplier: float) -> list[int]:
-        # argmin takes the first minimum: among equal costs, the fewest removed units.
-        return [int(c.counts[np.argmin(c.drops - multiplier * c.savings)]) for c in choices]
-
-    if _saving(choices, choose(0.0)) >= required:
-        return 0.0, choose(0.0), choose(0.0)
-    low, high = 0.0, 1.0
-    while _saving(choices, choose(high)) < required:
-        low, high = high, high * 2
-    for _ in range(100):
-        middle = (low + high) / 2
-        if _saving(choices, choose(middle)) >= required:
-            high = middle
-        else:
-            low = middle
-    return high, choose(low), choose(high)
-
-
-def _repair(
-    choices: list[_Choices],
-    counts: list[int],
-    required: float,
-    *,
-    exact: bool,
-    saving: Callable[[Sequence[int]], float] | None = None,
-) -> list[int]:
-    """Move units one candidate step at a time until the saving meets ``required``.
-
-    Short of the budget: remove more where a unit of budget costs the least drop. Past it:
-    give back the units whose removal cost the most drop per unit of budget, while the
-    budget stays met. ``exact`` gives back even where removing helped the metric, so that
-    the saving lands exactly on ``required`` (whole weights); otherwise only units whose
-    removal cost something are given back. A step may stop between candidates unless the
-    choice is ``discrete``; a discrete step back is kept only where the budget still holds.
-    ``saving``: the saving of a set of counts; by default the knapsack's additive one (a
-    channel budget passes the exact one of the whole model, which steps are judged by).
-    """
-    counts = list(counts)
-    measure = saving or (lambda counts: _saving(choices, counts))
-    movable = [i for i, c in enumerate(choices) if c.savings[-1] > 0]
-
-    def gap() -> float:
-        return required - measure(counts)
-
-    growing = [i for i in movable if counts[i] < choices[i].counts[-1]]
-    while gap() > 0 and growing:
-        i = min(growing, key=lambda i: choices[i].slope(counts[i], choices[i].above(counts[i])))
-        counts[i] = choices[i].grown(counts[i], gap())
-        if counts[i] == choices[i].counts[-1]:
-            growing.remove(i)
-    shrinking = [i for i in movable if counts[i] > 0]
-    while gap() < 0 and shrinking:
-        i = max(shrinking, key=lambda i: choices[i].slope(choices[i].below(counts[i]), counts[i]))
-        c, n = choices[i], counts[i]
-        if not exact and c.slope(c.below(n), n) <= 0:
-            break
-        counts[i] = c.shrunk(n, -gap())
-        if gap() > 0:
-            counts[i] = n  # that step back saves more than the budget can spare
-        if counts[i] > c.below(n) or counts[i] == 0:
-            shrinking.remove(i)  # it cannot give back more without breaking the budget, or is dense
-    return counts

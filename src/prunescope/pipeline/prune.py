@@ -32,7 +32,7 @@ from prunescope.evaluate import Evaluator, Metrics
 from prunescope.reconstruct import Reconstruction
 from prunescope.scan.files import load_scan
 from prunescope.structured.export import export_model, load_exported
-from prunescope.structured.groups import find_groups
+from prunescope.structured.find import find_groups
 from prunescope.targets import find_targets
 from prunescope.train import TrainConfig, finetune, recalibrate_batchnorm, train
 from prunescope.train.loop import EpochRecord

@@ -36,7 +36,7 @@ from prunescope.report.schema import document
 from prunescope.report.verdict import crossval_clause, predicted_drop_text
 from prunescope.scan.files import SCAN_FILE
 from prunescope.scan.identity import model_fingerprint
-from prunescope.structured.groups import find_groups
+from prunescope.structured.find import find_groups
 from prunescope.targets import find_targets
 
 

@@ -21,7 +21,8 @@ from prunescope.device import resolve_device
 from prunescope.errors import UsageError
 from prunescope.measure import Latency, measure_latency
 from prunescope.structured.allocation import kept_channels
-from prunescope.structured.groups import Removal, pruned_copy
+from prunescope.structured.find import pruned_copy
+from prunescope.structured.groups import Removal
 from prunescope.structured.pruning import ChannelPruning
 
 KEPT_FRACTIONS = (0.75, 0.5, 0.25)  # timed per group, besides its full width and the fewest channels it can keep

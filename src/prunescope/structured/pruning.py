@@ -10,7 +10,8 @@ from torch import nn
 
 from prunescope.errors import UsageError
 from prunescope.structured.allocation import removal_for
-from prunescope.structured.groups import ChannelGroups, Footprint, find_groups, pruned_copy
+from prunescope.structured.find import find_groups, pruned_copy
+from prunescope.structured.groups import ChannelGroups, Footprint
 from prunescope.structured.importance import GroupScores
 
 

@@ -27,7 +27,7 @@ from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.masks import applied
 from prunescope.measure import count_macs
-from prunescope.structured.groups import rebuild
+from prunescope.structured.find import rebuild
 from prunescope.targets import Target, find_targets
 from prunescope.train.loop import EpochRecord, TrainConfig, TrainResult, train
 

@@ -1,22 +1,14 @@
-"""The model zoo, its registry and user-supplied model factories.
+"""The zoo: small classifiers built from ``input_shape`` and ``num_classes``.
 
-Every zoo model is built from ``input_shape`` (C, H, W) and ``num_classes`` and takes a
-batch of shape (N, C, H, W) to logits of shape (N, num_classes). Sizes that depend on the
-input (flatten widths, whether a pool still fits) are worked out at construction, so the
-same name works for 8x8 digits, 28x28 MNIST and 32x32 CIFAR. Every layer is a named
-attribute, so parameter paths read like ``conv1.weight`` or ``layer1.0.conv1.weight``.
-
-A model name is either a zoo name (see :func:`available_models`) or a user factory
-``"package.module:function"``, called with keyword arguments: the user's options plus
-whatever of ``input_shape`` / ``in_channels`` / ``in_features`` / ``num_classes`` (or a
-common alias) its signature asks for (:func:`factory_arguments`). The zoo's ``mlp`` and
+Every zoo model takes a batch of shape (N, C, H, W) to logits of shape (N, num_classes). Sizes that
+depend on the input (flatten widths, whether a pool still fits) are worked out at construction, so the
+same name works for 8x8 digits, 28x28 MNIST and 32x32 CIFAR. Every layer is a named attribute, so
+parameter paths read like ``conv1.weight`` or ``layer1.0.conv1.weight``. The zoo's ``mlp`` and
 ``lenet300`` take any input shape, flat (tabular) ones included.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunescope.errors import PrunescopeError, UsageError
+from prunescope.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -34,9 +26,6 @@ class ModelInfo:
 
     name: str
     description: str
-
-
-# --------------------------------------------------------------------------- building blocks
 
 
 def _positive_int(option: str, value: Any) -> int:
@@ -99,9 +88,6 @@ class ConvBNReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(x)))
-
-
-# --------------------------------------------------------------------------- zoo models
 
 
 class MLP(nn.Sequential):
@@ -312,9 +298,7 @@ def _resnet56(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return CifarResNet(input_shape, num_classes, blocks_per_stage=9)
 
 
-# --------------------------------------------------------------------------- registry
-
-_ZOO: dict[str, tuple[Callable[..., nn.Module], str]] = {
+ZOO: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "mlp": (MLP, "MLP, option hidden (default 128,64); 109,386 params on 1x28x28"),
     "lenet300": (_lenet300, "LeNet-300-100 MLP (Han et al. 2015); 266,610 params on 1x28x28"),
     "lenet5": (LeNet5, "Caffe LeNet-5 conv20-conv50-fc500 (Han et al. 2015); 431,080 params on 1x28x28"),
@@ -325,175 +309,10 @@ _ZOO: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "lstm": (LSTMClassifier, "LSTM over image rows, options hidden (128), num_layers (1); 82,186 params on 1x28x28"),
 }
 
-_FIXED_ARGS = ("input_shape", "num_classes")
-_ANY_SHAPE = ("mlp", "lenet300")  # zoo models that flatten any input (tabular data included)
 
-# How a factory may spell what prunescope knows about the data, and how each is derived from
-# (input_shape, num_classes). Features are the flattened input (what a first nn.Linear sees).
-_ALIASES: dict[str, Callable[[tuple[int, ...], int], Any]] = {
-    **dict.fromkeys(("input_shape", "in_shape", "shape"), lambda shape, n: shape),
-    **dict.fromkeys(("in_channels", "input_channels", "num_channels", "channels", "in_chans"),
-                    lambda shape, n: shape[0]),
-    **dict.fromkeys(("in_features", "num_features", "n_features", "input_dim", "in_dim", "features"),
-                    lambda shape, n: int(torch.Size(shape).numel())),
-    **dict.fromkeys(("num_classes", "n_classes", "classes", "nclasses", "num_outputs", "n_outputs",
-                     "out_features", "output_dim", "out_dim", "num_labels"), lambda shape, n: n),
-}
+ANY_SHAPE = ("mlp", "lenet300")  # zoo models that flatten any input (tabular data included)
 
 
 def available_models() -> list[ModelInfo]:
     """The zoo, in listing order."""
-    return [ModelInfo(name, description) for name, (_, description) in _ZOO.items()]
-
-
-def _import_factory(name: str) -> Callable[..., nn.Module]:
-    """Resolve ``"package.module:function"`` (the function part may be dotted)."""
-    module_name, _, attr_path = name.partition(":")
-    if not module_name or not attr_path:
-        raise UsageError(f"cannot import model factory {name!r}: write it as 'package.module:function'")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for attr in attr_path.split("."):
-            target = getattr(target, attr)
-    except Exception as e:  # anything the user's module raises while importing is their input error
-        raise UsageError(f"cannot import model factory {name!r}: {type(e).__name__}: {e}") from e
-    if not callable(target):
-        raise UsageError(f"cannot import model factory {name!r}: it is a {type(target).__name__}, not a function")
-    return target
-
-
-def _resolve(name: str) -> Callable[..., nn.Module]:
-    """The builder for a zoo name or user factory; raises UsageError for unknown names."""
-    if ":" in name:
-        return _import_factory(name)
-    if name not in _ZOO:
-        raise UsageError(
-            f"unknown model {name!r}: choose one of {', '.join(_ZOO)}, or give a factory as 'package.module:function'"
-        )
-    return _ZOO[name][0]
-
-
-def _what(name: str) -> str:
-    return f"model factory {name!r}" if ":" in name else f"model {name!r}"
-
-
-def factory_arguments(
-    name: str, builder: Callable[..., nn.Module], shape: tuple[int, ...], num_classes: int, kwargs: dict[str, Any]
-) -> dict[str, Any]:
-    """The keyword arguments ``builder`` is called with: ``kwargs`` plus what it asks of the data.
-
-    A parameter named like ``input_shape``, ``in_channels``, ``in_features`` or ``num_classes``
-    (see ``_ALIASES``) and not given in ``kwargs`` gets its value from the data; a factory
-    with ``**kwargs`` gets ``input_shape=`` and ``num_classes=``. Raises a one-line UsageError
-    for an option the factory does not take, or a required parameter nobody can supply.
-    """
-    try:
-        signature = inspect.signature(builder)
-    except (TypeError, ValueError):  # builtins without a signature: the classic call
-        return {"input_shape": shape, "num_classes": num_classes, **kwargs}
-    parameters = signature.parameters
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    named = [p for p, v in parameters.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
-    if not open_ended:
-        options = [p for p in named if p not in _ALIASES]
-        unknown = sorted(set(kwargs) - set(named))
-        if unknown:
-            accepted = f"its options are {', '.join(options)}" if options else "it takes no options"
-            raise UsageError(f"{_what(name)} has no option {unknown[0]!r}: {accepted}")
-    call = dict(kwargs)
-    for parameter in named:
-        if parameter not in call and parameter in _ALIASES:
-            call[parameter] = _ALIASES[parameter](shape, num_classes)
-    if open_ended:
-        call = {"input_shape": shape, "num_classes": num_classes} | call
-    missing = [p for p in named if p not in call and parameters[p].default is inspect.Parameter.empty]
-    positional = [p for p, v in parameters.items() if v.kind is v.POSITIONAL_ONLY and v.default is v.empty]
-    if missing or positional:
-        needed = (missing or positional)[0]
-        raise UsageError(
-            f"{_what(name)} needs argument {needed!r}, which prunescope cannot derive from the data "
-            f"(it supplies {', '.join(sorted(_ALIASES))}): pass --model-arg {needed}=VALUE"
-        )
-    return call
-
-
-def _check_shape(name: str, input_shape: Sequence[int], num_classes: int) -> tuple[int, ...]:
-    shape = tuple(input_shape)
-    if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-        raise UsageError(f"input shape must be positive integers, got {shape!r}")
-    if name in _ZOO and name not in _ANY_SHAPE and len(shape) != 3:
-        raise UsageError(
-            f"model {name!r} needs an image input shape (C, H, W), got {shape!r}: "
-            f"for flat (tabular) inputs use {' or '.join(_ANY_SHAPE)}"
-        )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise UsageError(f"number of classes must be a positive integer, got {num_classes!r}")
-    return shape
-
-
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build zoo model or user factory ``name`` for inputs (N, *input_shape) → (N, num_classes).
-
-    A user factory is called with keyword arguments only (see :func:`factory_arguments`).
-    Deterministic given ``torch.manual_seed``. Raises UsageError for unknown names or
-    options, bad shapes and factories that cannot be imported; PrunescopeError, naming the
-    factory, for one that raises or returns something other than an nn.Module.
-    """
-    shape = _check_shape(name, input_shape, num_classes)
-    builder = _resolve(name)
-    call = factory_arguments(name, builder, shape, num_classes, kwargs)
-    try:
-        model = builder(**call)
-    except PrunescopeError:
-        raise
-    except Exception as e:  # the user's code failing is reported as one line naming it
-        reason = f"{type(e).__name__}: {e}".splitlines()[0]
-        raise PrunescopeError(f"{_what(name)} failed when called with {_shown(call)}: {reason}") from e
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"{_what(name)} returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
-def _shown(call: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in call.items()) or "no arguments"
-
-
-def _json_like(value: Any, where: str) -> Any:
-    """``value`` with tuples turned into lists; UsageError for anything JSON cannot hold."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_json_like(v, where) for v in value]
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {k: _json_like(v, where) for k, v in value.items()}
-    raise UsageError(f"model option {where} must be plain data (numbers, strings, lists), got {value!r}")
-
-
-def model_spec(name: str, input_shape: Sequence[int], num_classes: int, **kwargs: Any) -> dict[str, Any]:
-    """JSON-serialisable ``{"name", "input_shape", "num_classes", "kwargs"}`` for :func:`build_from_spec`.
-
-    Checks the name and option names (without building) so a bad spec fails early.
-    """
-    shape = _check_shape(name, input_shape, num_classes)
-    factory_arguments(name, _resolve(name), shape, num_classes, kwargs)
-    return {
-        "name": name,
-        "input_shape": list(shape),
-        "num_classes": num_classes,
-        "kwargs": {key: _json_like(value, key) for key, value in kwargs.items()},
-    }
-
-
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Build the dense model a :func:`model_spec` dict describes.
-
-    A spec with ``"removed_channels"`` describes a structurally pruned model: those are
-    rebuilt by :func:`prunescope.structured.groups.rebuild`, which removes the channels.
-    """
-    missing = [key for key in ("name", "input_shape", "num_classes") if key not in spec]
-    if missing:
-        raise UsageError(f"model spec is missing {missing[0]!r}: build it with prunescope.models.model_spec")
-    if spec.get("removed_channels"):
-        raise UsageError("this spec describes a model with channels removed: rebuild it with "
-                         "prunescope.structured.groups.rebuild")
-    return build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec.get("kwargs", {}))
+    return [ModelInfo(name, description) for name, (_, description) in ZOO.items()]
