@@ -419,7 +419,7 @@ def test_spec_data_dir_explicit_wins_then_env(tmp_path: Path, monkeypatch: pytes
 
 def test_available_and_describe() -> None:
     infos = {info.name: info for info in available_datasets()}
-    assert set(infos) == {"digits", "mnist", "fashion-mnist", "cifar10", "synthetic", "saved"}
+    assert set(infos) == {"digits", "mnist", "fashion-mnist", "cifar10", "synthetic", "saved", "python-source"}
     assert infos["mnist"].needs_data_dir and not infos["digits"].needs_data_dir
     summary = describe_dataset(load_dataset("digits"))
     assert summary == {

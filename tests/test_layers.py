@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "prunescope.measure": INPUTS,
     "prunescope.evaluate": INPUTS,
     "prunescope.curves": INPUTS,
+    "prunescope.scores": INPUTS,  # what decisions optimise (a score, higher is better) and how it is shown
     "prunescope.checkpoint": LIBRARY,
     "prunescope.targets": LIBRARY,
     "prunescope.units": LIBRARY,

@@ -13,7 +13,8 @@ from torch import nn
 from prunescope.errors import UsageError
 from prunescope.models import ModelInfo, available_models, build_from_spec, build_model, model_spec
 
-ZOO = [info.name for info in available_models()]
+SEQUENCE_MODELS = ["gpt"]  # token ids (N, T) → next-token logits (N, T, vocabulary)
+ZOO = [info.name for info in available_models() if info.name not in SEQUENCE_MODELS]
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
 
@@ -22,6 +23,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_zoo_lists_every_model_once() -> None:
+    assert [info.name for info in available_models()] == [*ZOO, *SEQUENCE_MODELS]
     assert ZOO == ["mlp", "lenet300", "lenet5", "cnn", "resnet20", "resnet56", "vgg", "lstm"]
     assert all(isinstance(info, ModelInfo) and "\n" not in info.description for info in available_models())
 
@@ -36,11 +38,40 @@ def test_zoo_model_gives_logits(name: str, shape: tuple[int, int, int]) -> None:
     assert model(torch.randn(1, *shape)).shape == (1, 7)
 
 
-@pytest.mark.parametrize("info", available_models(), ids=lambda i: i.name)
+@pytest.mark.parametrize("info", [i for i in available_models() if i.name in ZOO], ids=lambda i: i.name)
 def test_description_param_count_is_true(info: ModelInfo) -> None:
     count = re.search(r"([\d,]+) params on 1x28x28", info.description)
     assert count is not None
     assert n_params(build_model(info.name, (1, 28, 28), 10)) == int(count.group(1).replace(",", ""))
+
+
+def test_gpt_predicts_every_next_token_causally() -> None:
+    """Logits (N, T, vocabulary); the logits at position t do not depend on tokens after t; the listed size is true."""
+    count = re.search(r"([\d,]+) params for 256 tokens, 128 positions", dict(
+        (i.name, i.description) for i in available_models())["gpt"])
+    assert count is not None and n_params(build_model("gpt", (128,), 256)) == int(count.group(1).replace(",", ""))
+    torch.manual_seed(0)
+    model = build_model("gpt", (16,), 50, width=32, layers=2, heads=4).eval()
+    tokens = torch.randint(0, 50, (2, 16))
+    changed = tokens.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 50
+    with torch.no_grad():
+        logits, after = model(tokens), model(changed)
+    assert logits.shape == (2, 16, 50)
+    # The same computation on the same prefix: positions before 10 see no change (causal mask).
+    torch.testing.assert_close(logits[:, :10], after[:, :10], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(logits[:, 10:], after[:, 10:])
+    torch.manual_seed(3)
+    first = build_model("gpt", (16,), 50).state_dict()
+    torch.manual_seed(3)
+    assert all(torch.equal(first[k], v) for k, v in build_model("gpt", (16,), 50).state_dict().items())
+
+
+def test_gpt_refuses_images_and_long_sequences() -> None:
+    with pytest.raises(UsageError, match="input shape is"):
+        build_model("gpt", (1, 8, 8), 10)
+    with pytest.raises(UsageError, match="at most 8 tokens"):
+        build_model("gpt", (8,), 10)(torch.zeros(1, 9, dtype=torch.long))
 
 
 def test_paper_param_counts() -> None:

@@ -7,6 +7,7 @@ import torch
 
 from prunescope.curves import Curve, CurvePoint, Curves
 from prunescope.errors import UsageError
+from prunescope.evaluate import Metrics
 from prunescope.masks import removed_count
 from prunescope.models import build_model
 from prunescope.pick import ALLOCATIONS, ALLOCATORS, CHANNEL_BASELINES, PICKERS, Allocator, Problem, make_allocator
@@ -30,7 +31,8 @@ class _Validation:
 
     def __call__(self, allocation):
         self.evaluations += 1
-        return {"accuracy": 0.9 - allocation.get(self.first, 0.0) / 10}
+        accuracy = 0.9 - allocation.get(self.first, 0.0) / 10
+        return Metrics(accuracy=accuracy, macro_f1=accuracy, loss=1 - accuracy, n=100, accuracy_ci=(accuracy, accuracy))
 
     def gain_interval(self, before, after):
         """Noise-free: the interval is the gain itself."""

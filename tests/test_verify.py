@@ -168,9 +168,11 @@ def test_verify_on_a_real_model(tiny_model, tiny_data):
     assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())  # weights restored
 
 
-def test_model_evaluator_rejects_loss(tiny_model, tiny_data):
+def test_model_evaluator_scores_a_loss_as_its_negative(tiny_model, tiny_data):
+    """Verify compares scores, higher is better: a lower-is-better metric (loss) is scored as minus itself."""
     targets = find_targets(tiny_model)
     evaluator = Evaluator(tiny_model, tiny_data.val, device="cpu")
-    with pytest.raises(UsageError, match="higher-is-better"):
-        pruning = WeightPruning(tiny_model, targets, compute_scores(tiny_model, targets))
-        model_evaluator(pruning, evaluator, metric="loss")
+    pruning = WeightPruning(tiny_model, targets, compute_scores(tiny_model, targets))
+    assert model_evaluator(pruning, evaluator, metric="loss")({}) == -evaluator.evaluate().loss
+
+

@@ -39,11 +39,11 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.nn import functional as F
 
 from prunescope.calibration import calibration_inputs, check_supported, input_norms
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
+from prunescope.evaluate import prediction_loss
 from prunescope.targets import Target, effective_weight, parameter
 
 Scores = dict[str, torch.Tensor]
@@ -96,7 +96,7 @@ def _evaluating(model: nn.Module) -> Iterator[torch.device]:
 def _loss_gradient(model: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> Scores:
     """Gradient of the mean cross-entropy of ``(x, y)`` with respect to each tensor of ``weights``."""
     with torch.enable_grad():
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(weights.values()))
+        grads = torch.autograd.grad(prediction_loss(model(x), y), list(weights.values()))
     return {name: g.detach() for name, g in zip(weights, grads, strict=True)}
 
 
@@ -132,7 +132,7 @@ def _per_sample_gradients(
 
         def sample_loss(trainable: Scores, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             replaced = state | {paths[name]: w for name, w in trainable.items()}
-            return F.cross_entropy(functional_call(model, replaced, (x.unsqueeze(0),)), y.unsqueeze(0))
+            return prediction_loss(functional_call(model, replaced, (x.unsqueeze(0),)), y.unsqueeze(0))
 
         per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
         for index in _samples(data, batches=batches, batch_size=batch_size, seed=seed):

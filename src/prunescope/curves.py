@@ -1,9 +1,10 @@
 """Sensitivity curves: what a scan produces and what pickers read.
 
 A curve is one target's metric as a function of that target's sparsity, every other
-target dense. Values are the scan's metric (accuracy by default, a fraction in [0, 1];
-higher is better). ``low`` / ``high`` bound each value (its confidence interval); without
-an interval they equal the value. ``drop_low`` / ``drop_high`` bound the drop from the dense
+target dense. Values are the scan's score, higher is better (:mod:`prunescope.scores`):
+accuracy by default, a fraction in [0, 1]; for a language model ``-ln perplexity``.
+``low`` / ``high`` bound each value (its confidence interval); without an interval they
+equal the value. ``drop_low`` / ``drop_high`` bound the drop from the dense
 model measured on the same examples (a paired interval, much tighter than the value's own
 where the two models agree on most examples).
 
@@ -176,7 +177,10 @@ class Curves:
 
     def without_per_example(self) -> str | None:
         """Why these curves cannot be restricted to other examples (:meth:`on`), or None when they can."""
-        if self.metric != "accuracy" or self.per_example is None:
+        if self.metric != "accuracy":
+            return (f"a {self.metric} scan keeps no per-example right / wrong results to cross-validate on: the "
+                    "pick is verified in-sample")
+        if self.per_example is None:
             return "these curves kept no per-example results (an accuracy scan keeps them): scan again"
         if self.per_example.missing:
             return (f"{self.per_example.missing} points of this scan have no per-example results (made by an older "

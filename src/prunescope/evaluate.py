@@ -4,6 +4,12 @@ Inputs are moved to the device once, at construction; every call then runs batch
 forward passes under ``torch.inference_mode`` and computes accuracy, macro-F1, mean
 cross-entropy loss and any user metric from the collected logits.
 
+A split whose labels are one per token (``y`` of shape (N, T): a language model's next
+tokens) is evaluated token by token: the loss is the mean cross-entropy over all N·T
+predicted tokens, the perplexity its exponential (not a mean of per-sequence
+perplexities), the accuracy the share of tokens predicted right; logits are reduced batch
+by batch and never held for the whole split.
+
 With ``subset=n`` a seeded, stratified-by-chance sample of ``n`` examples is used
 instead of the whole split, and every result carries a confidence interval for its
 accuracy (Wilson score interval by default, or a percentile bootstrap) so that a
@@ -38,13 +44,38 @@ from prunescope.errors import UsageError
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 """A user metric: ``metric(logits (N, C), labels (N,)) -> float``."""
 
+LOWER_IS_BETTER = ("loss", "perplexity")
+# Logits held at once when evaluating a language model: batch · tokens · vocabulary (float32: 256 MiB).
+_LOGITS_BUDGET = 1 << 26
+
+
+def token_level(split: Split) -> bool:
+    """Whether ``split``'s labels are one per token (a language model's next tokens, ``y`` of shape (N, T))."""
+    return split.y.dim() == 2
+
+
+def prediction_loss(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0,
+                    reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of ``logits`` (N, C) against ``labels`` (N,), or per token of (N, T, V) against (N, T).
+
+    The one training and scoring loss: a language model's loss is the mean over every predicted token.
+    """
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           label_smoothing=label_smoothing, reduction=reduction)
+
 
 @dataclass(frozen=True)
 class Metrics:
-    """Metrics of one evaluation. accuracy and macro_f1 are fractions in [0, 1]; loss in nats."""
+    """Metrics of one evaluation. accuracy and macro_f1 are fractions in [0, 1]; loss in nats.
+
+    For a language model (labels per token): n counts sequences, accuracy and its interval
+    are over tokens, loss is the mean token cross-entropy, ``extra["perplexity"]`` its
+    exponential and ``extra["tokens"]`` the tokens scored; macro_f1 is None (not defined
+    over a vocabulary).
+    """
 
     accuracy: float
-    macro_f1: float
+    macro_f1: float | None
     loss: float
     n: int
     accuracy_ci: tuple[float, float]
@@ -54,12 +85,23 @@ class Metrics:
         return asdict(self)
 
     def get(self, name: str) -> float:
-        """A metric by name (``accuracy``, ``macro_f1``, ``loss`` or a user metric)."""
+        """A metric by name (``accuracy``, ``macro_f1``, ``loss``, ``perplexity`` or a user metric), as measured."""
+        if name == "perplexity" and name not in self.extra:
+            return math.exp(self.loss)
         if name in ("accuracy", "macro_f1", "loss"):
-            return getattr(self, name)
+            value = getattr(self, name)
+            if value is None:
+                raise UsageError(f"{name} is not defined for this evaluation (a language model): use perplexity")
+            return value
         if name in self.extra:
             return self.extra[name]
-        raise UsageError(f"unknown metric {name!r}: use accuracy, macro_f1, loss or one of {sorted(self.extra)}")
+        raise UsageError(f"unknown metric {name!r}: use accuracy, macro_f1, loss, perplexity or one of "
+                         f"{sorted(self.extra)}")
+
+    def score(self, name: str) -> float:
+        """``name`` as a score, higher is better, the form scans, picks and comparisons optimise:
+        the metric itself, or, for a lower-is-better one, minus the log of perplexity (= minus the loss)."""
+        return -self.loss if name in LOWER_IS_BETTER else self.get(name)
 
 
 _Z95 = statistics.NormalDist().inv_cdf(0.975)
@@ -124,6 +166,24 @@ def paired_drop(reference: np.ndarray, other: np.ndarray) -> tuple[float, float,
     lost, gained = int((reference & ~other).sum()), int((~reference & other).sum())
     low, high = paired_drop_interval(lost, gained, n)
     return (lost - gained) / n, low, high
+
+
+def paired_gain_interval(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """95% interval of the mean gain ``after - before`` of per-example scores measured on the same examples.
+
+    Real-valued scores (a language model's minus loss per sequence): the normal interval of the
+    mean of the paired differences. Booleans (right / wrong): Bonett & Price's interval
+    (:func:`paired_drop_interval`), turned from a drop into a gain.
+    """
+    if before.dtype == bool:
+        _, low, high = paired_drop(before, after)
+        return -high, -low
+    n = len(before)
+    if n < 2:
+        return -math.inf, math.inf
+    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    half = _Z95 * float(diff.std(ddof=1)) / math.sqrt(n)
+    return float(diff.mean()) - half, float(diff.mean()) + half
 
 
 @functools.cache
@@ -218,7 +278,9 @@ class Evaluator:
         self.x = x.to(self.device)
         self.y = y.to(self.device)
         self.correct: torch.Tensor | None = None  # per example of the last evaluation: was it right? (N,) bool
+        self.sequence_loss: torch.Tensor | None = None  # language models: mean token loss per sequence (N,)
         self.num_classes = int(split.y.max()) + 1 if len(split) else 0
+        self.token_level = token_level(split)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -237,8 +299,20 @@ class Evaluator:
     def __call__(self) -> Metrics:
         return self.evaluate()
 
+    def outcomes(self) -> np.ndarray:
+        """Per example of the last evaluation, what its score is made of: right or wrong (bool, (N,)), or for a
+        language model minus each sequence's mean token loss (float64, (N,)); for :func:`paired_gain_interval`."""
+        if self.token_level:
+            assert self.sequence_loss is not None, "evaluate first"
+            return -self.sequence_loss.cpu().numpy()
+        assert self.correct is not None, "evaluate first"
+        return self.correct.cpu().numpy()
+
     def evaluate(self) -> Metrics:
-        """Metrics of the model now; :attr:`correct` keeps which examples it got right."""
+        """Metrics of the model now; :attr:`correct` keeps which examples it got right
+        (:attr:`sequence_loss` each sequence's mean token loss, for a language model)."""
+        if self.token_level:
+            return self._evaluate_tokens()
         logits = self.logits()
         predictions = logits.argmax(dim=1)
         correct = predictions == self.y
@@ -257,4 +331,38 @@ class Evaluator:
             n=n,
             accuracy_ci=interval,
             extra={name: float(metric(logits, self.y)) for name, metric in self.metrics.items()},
+        )
+
+    def _evaluate_tokens(self) -> Metrics:
+        """Token-level metrics of a language model, reduced batch by batch (logits never held for the split)."""
+        was_training = self.model.training
+        self.model.eval()
+        losses, right = [], 0
+        try:
+            with torch.inference_mode():
+                row = int(self.y[0].numel()) * max(1, self.num_classes) if len(self.y) else 1
+                start, batch = 0, max(1, min(self.batch_size, _LOGITS_BUDGET // row))
+                while start < len(self.x):
+                    logits = self.model(self.x[start : start + batch])
+                    labels = self.y[start : start + batch]
+                    token_loss = prediction_loss(logits.float(), labels, reduction="none").view(labels.shape)
+                    losses.append(token_loss.double().mean(dim=1))
+                    right += int((logits.argmax(dim=-1) == labels).sum())
+                    start += len(labels)
+                    batch = max(1, min(self.batch_size, _LOGITS_BUDGET // max(1, logits[0].numel())))
+        finally:
+            self.model.train(was_training)
+        n, tokens = len(self.y), self.y.numel()
+        self.sequence_loss = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
+        self.correct = None
+        # Every sequence has T tokens, so the mean of the sequences' means is the mean over all tokens.
+        loss = float(self.sequence_loss.mean()) if n else 0.0
+        return Metrics(
+            accuracy=right / tokens if tokens else 0.0,
+            macro_f1=None,
+            loss=loss,
+            n=n,
+            accuracy_ci=wilson_interval(right, tokens, self.confidence),
+            extra={"perplexity": math.exp(loss) if math.isfinite(loss) and loss < 700 else math.inf,
+                   "tokens": float(tokens)},
         )

@@ -26,6 +26,7 @@ from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity
 from prunescope.pick.baselines import ALLOCATIONS
 from prunescope.reconstruct import SELECTIONS
+from prunescope.scores import Score
 from prunescope.structured.importance import IMPORTANCES
 from prunescope.train import DEFAULT_BN_BATCHES
 from prunescope.train.loop import OPTIMIZERS
@@ -200,7 +201,9 @@ Allocation = Annotated[str, typer.Option(help=f"How the global sparsity is split
 Sparsities = Annotated[str, typer.Option(help="Comma-separated global sparsities in [0, 1).")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 DEFAULT_SPARSITIES_TEXT = "0.5,0.7,0.8,0.9,0.95"
-Points = Annotated[float | None, typer.Option(help="Allowed drop in points of the metric (0.5 = half a point).")]
+Points = Annotated[float | None, typer.Option(
+    help="Allowed drop: points of accuracy (0.5 = half a point), or for a language model percent more "
+         "perplexity (5 = 5% higher) [0.5 pts; 5%].", show_default=False)]
 Include = Annotated[list[str] | None, typer.Option(help="Glob of layers to prune (repeatable).")]
 Exclude = Annotated[list[str] | None, typer.Option(help="Glob of layers to keep dense (repeatable).")]
 CheckpointOption = Annotated[Path, typer.Option(help="A checkpoint written by prunescope train.")]
@@ -253,6 +256,12 @@ def parse_subset(text: str | None) -> int | str | None:
 
 def points(value: float | None) -> float | None:
     return None if value is None else value / 100
+
+
+def allowed_drop(value: float | None, metric: str) -> float:
+    """A tolerance typed in hundredths of the metric's unit (accuracy points; percent more perplexity) as the
+    score drop it allows (:mod:`prunescope.scores`); None: the metric's default (0.5 pts; 5%)."""
+    return Score(metric).allowed_or_default(points(value))
 
 
 def unit_criterion(granularity: str, criterion: str | None, importance: str | None) -> str:

@@ -37,12 +37,12 @@ from prunescope.cli.options import (
     TrustFactoryOption,
     UnitCriterion,
     Workers,
+    allowed_drop,
     at_least,
     check_choice,
     checkpoint_and_data,
     data_choice,
     parse_subset,
-    points,
     reconstruct_choice,
     unit_criterion,
 )
@@ -51,7 +51,7 @@ from prunescope.errors import UsageError
 from prunescope.io import write_json
 from prunescope.pick.choose import choose
 from prunescope.pick.crossval import DEFAULT_FOLDS
-from prunescope.pick.registry import PICKERS, make_allocator
+from prunescope.pick.registry import ALLOCATORS, PICKERS, make_allocator
 from prunescope.report.schema import document
 from prunescope.report.tables import (
     choice_table,
@@ -60,6 +60,7 @@ from prunescope.report.tables import (
 )
 from prunescope.scan import GRANULARITIES, STRATEGIES, scan
 from prunescope.scan.files import JOURNAL_FILE, SCAN_FILE, load_scan
+from prunescope.scores import Score, default_metric
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 
@@ -71,8 +72,9 @@ def scan_command(
     criterion: UnitCriterion = None,
     granularity: Granularity = "weight",
     importance: ImportanceAlias = None,
-    tolerance: Annotated[float, typer.Option(help="Allowed drop in points; adaptive refines where curves cross it.")]
-    = 0.5,
+    tolerance: Annotated[float | None, typer.Option(
+        help="Allowed drop: points of accuracy, or percent more perplexity for a language model; adaptive refines "
+             "where curves cross it [0.5 pts; 5%].", show_default=False)] = None,
     subset: Annotated[str | None, typer.Option(help="Start on a seeded subset of this many val examples, or 'auto' "
                                                     "(3 / tolerance examples); grown where a decision is within "
                                                     "noise.")] = None,
@@ -107,20 +109,23 @@ def scan_command(
     criterion = unit_criterion(granularity, criterion, importance)
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback, granularity)
     subset = parse_subset(subset)
-    if not tolerance > 0:
-        raise UsageError(f"--tolerance must be a positive number of points, got {tolerance:g}")
+    if tolerance is not None and not tolerance > 0:
+        raise UsageError(f"--tolerance must be a positive number (points, or percent of perplexity), got {tolerance:g}")
     if storage is not None and not storage.strip():
         raise UsageError("--storage is empty: give an Optuna storage URL, or leave it out for a journal file in --out")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    warn_if_val_is_small(len(dataset.val), tolerance / 100)
+    metric = default_metric(dataset.val)
+    allowed = allowed_drop(tolerance, metric)
+    console.print(f"tolerance: {Score(metric).bound_text(allowed)}", highlight=False)
+    warn_if_val_is_small(len(dataset.val), allowed, metric)
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
-                "tolerance": tolerance / 100, "subset": subset, "workers": workers, "study_name": study_name,
+                "metric": metric, "tolerance": allowed, "subset": subset, "workers": workers, "study_name": study_name,
                 "include": include or [],
                 "exclude": exclude or [], "seed": seed, "recalibrate_bn": recalibrate_bn, **rebuild.settings()}
     with growing_progress("scanning") as advance:
         curves = scan(
-            saved.model, dataset, criterion=criterion, strategy=strategy, tolerance=tolerance / 100, subset=subset,
+            saved.model, dataset, criterion=criterion, strategy=strategy, tolerance=allowed, subset=subset,
             include=include or (), exclude=exclude or (), device=device,
             storage=out / JOURNAL_FILE if storage is None else storage,
             workers=workers, seed=seed, on_trial=advance, granularity=granularity, study_name=study_name,
@@ -130,7 +135,7 @@ def scan_command(
         )
     save_scan(out, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
               dataset_spec=saved.dataset_spec, settings=settings)
-    console.print(scan_table(curves, tolerance / 100))
+    console.print(scan_table(curves, allowed))
     print_fallback(curves.fallback)
     console.print(f"{curves.evaluations} evaluations ({curves.reused} reused from the study), "
                   f"{curves.examples / len(dataset.val):.1f} full-split equivalents; wrote {out / SCAN_FILE}, "
@@ -174,10 +179,13 @@ def pick_command(
     """Choose per-layer sparsities from a scan, cross-validated and verified jointly on val (backing off if needed)."""
     at_least("--round-to", round_to, 1)
     at_least("--latency-batch", latency_batch, 1)
-    chosen = make_allocator(picker, among=PICKERS, noun="picker", max_drop=points(max_drop),
+    saved_scan = load_scan(scan_dir)
+    bound = allowed_drop(max_drop, saved_scan.curves.metric)
+    # Given or not, the bound reaches the pickers that take one: its default depends on the scan's metric.
+    taken = max_drop is not None or (picker in ALLOCATORS and "max_drop" in ALLOCATORS[picker].options)
+    chosen = make_allocator(picker, among=PICKERS, noun="picker", max_drop=bound if taken else None,
                             target_sparsity=target_sparsity, target_params=target_params, target_macs=target_macs,
                             target_latency_ms=target_latency_ms, lower_bound=lower_bound or None, vote=vote or None)
-    saved_scan = load_scan(scan_dir)
     source = checkpoint or saved_scan.checkpoint
     if source is None:
         raise UsageError(f"the scan in {scan_dir} names no checkpoint: pass --checkpoint")
@@ -193,24 +201,29 @@ def pick_command(
         if reason is not None:
             console.print(f"[yellow]not cross-validated: {reason}[/yellow]")
     with progress_bar("verifying", 1) as done:
-        choice = choose(saved_scan.curves, chosen, saved.model, dataset, max_drop=points(max_drop), device=device,
+        choice = choose(saved_scan.curves, chosen, saved.model, dataset, max_drop=bound, device=device,
                         round_to=round_to, latency_batch=latency_batch, recalibrate_bn=recalibrate_bn,
                         folds=folds, seed=seed)
         done()
     path = out or scan_dir / "pick.json"
-    settings = {"scan": str(scan_dir), "checkpoint": str(source), "picker": picker, "max_drop": points(max_drop),
+    settings = {"scan": str(scan_dir), "checkpoint": str(source), "picker": picker, "max_drop": bound,
+                "metric": saved_scan.curves.metric,
                 "target_sparsity": target_sparsity, "target_params": target_params, "target_macs": target_macs,
                 "target_latency_ms": target_latency_ms, "latency_batch": latency_batch, "round_to": round_to,
                 "lower_bound": lower_bound, "vote": vote, "recalibrate_bn": choice.recalibrate_bn, "folds": folds,
                 "seed": seed}
     write_json(path, document("pick", settings, model=saved.model_spec, dataset=saved.dataset_spec,
                               **choice.to_dict()))
-    console.print(choice_table(choice, {name: c.numel for name, c in saved_scan.curves.curves.items()}))
+    metric = saved_scan.curves.metric
+    if choice.bound is not None:
+        console.print(f"bound: {Score(metric).bound_text(choice.bound)}", highlight=False)
+    console.print(choice_table(choice, {name: c.numel for name, c in saved_scan.curves.curves.items()}, metric))
     if choice.footprint is not None:
         size = choice.footprint
         console.print(f"params {size['dense_params']:,} → {size['params']:,}, MACs {size['dense_macs']:,} → "
                       f"{size['macs']:,} ({size['macs_fraction']:.1%} of dense), round to {round_to}")
-    warn_if_val_is_small(len(dataset.val), choice.bound)
+    warn_if_val_is_small(len(dataset.val), choice.bound, metric)
     if choice.bound is not None and not choice.verified.within_bound:
-        console.print(f"[yellow]even dense the joint drop exceeds {choice.bound * 100:g} pts[/yellow]")
+        console.print(f"[yellow]even dense the joint drop exceeds {Score(metric).drop_text(choice.bound, False)}"
+                      "[/yellow]")
     console.print(f"wrote {path}")

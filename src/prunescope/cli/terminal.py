@@ -42,8 +42,9 @@ def growing_progress(description: str):
         yield lambda done, planned: update(description, done, planned)
 
 
-def warn_if_val_is_small(examples: int, tolerance: float | None) -> None:
-    if tolerance and (warning := small_val_warning(examples, tolerance)):
+def warn_if_val_is_small(examples: int, tolerance: float | None, metric: str = "accuracy") -> None:
+    """Warn when one val example outweighs an accuracy tolerance (a language model's loss moves smoothly)."""
+    if metric == "accuracy" and tolerance and (warning := small_val_warning(examples, tolerance)):
         console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
 
 

@@ -39,6 +39,7 @@ from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pipeline.job import train_model
 from prunescope.report.schema import document
 from prunescope.report.tables import (
+    history_table,
     listing_table,
 )
 from prunescope.targets import effective_weight, find_targets
@@ -80,13 +81,7 @@ def train_command(
     with progress_bar(f"training {model}", epochs) as epoch_done:
         result = train_model(dataset, model, config, out, model_args=assignments("--model-arg", model_arg),
                              device=device, on_epoch=epoch_done)
-    columns = ["epoch", "train loss", "val accuracy", "val macro-F1", "val loss", "seconds"]
-    rows = [
-        [str(r.epoch), f"{r.train_loss:.4f}", f"{r.val_accuracy:.2%}", f"{r.val_macro_f1:.3f}", f"{r.val_loss:.4f}",
-         f"{r.seconds:.1f}"]
-        for r in result.history
-    ]
-    console.print(listing_table(f"{model} on {data}", columns, rows))
+    console.print(history_table(f"{model} on {data}", result.history))
     console.print(f"checkpoint: {out / 'model.pt'}")
 
 

@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from prunescope.data import cifar, digits, factory, idx, saved, synthetic
+from prunescope.data import cifar, digits, factory, idx, saved, synthetic, text
 from prunescope.data.build import RawData, assemble
 from prunescope.data.options import as_float, as_int
 from prunescope.data.types import Dataset
@@ -85,9 +85,17 @@ _BUILTINS = {
 }
 
 
+_PYTHON_SOURCE = DatasetInfo(
+    text.PYTHON_SOURCE,
+    "language modelling on this Python's standard library sources (.py files, ~600 documents; options block, "
+    "tokenizer, max_documents); any text file or folder: text:PATH",
+    needs_data_dir=False,
+)
+
+
 def available_datasets() -> list[DatasetInfo]:
-    """The built-in datasets; any ``"package.module:function"`` factory works as well."""
-    return [b.info for b in _BUILTINS.values()]
+    """The built-in datasets; any ``"package.module:function"`` factory and any ``text:PATH`` work as well."""
+    return [*(b.info for b in _BUILTINS.values()), _PYTHON_SOURCE]
 
 
 def load_dataset(
@@ -113,6 +121,8 @@ def load_dataset(
     limits = {key: options.pop(key, None) for key in _COMMON_OPTIONS}
     limits = {key: as_int(key, value, minimum=1) for key, value in limits.items() if value is not None}
     spec: dict[str, Any] = {"name": name, "val_fraction": val_fraction, "seed": seed, **options, **limits}
+    if text.is_text(name) or name == text.PYTHON_SOURCE:
+        return _load_text(name, val_fraction, seed, options, limits, spec)
     if factory.is_factory(name):
         display_name, raw = factory.run_factory(name, options)
     else:
@@ -143,6 +153,24 @@ def load_from_spec(
     if data_dir is None and stored is not None and (Path(stored).is_dir() or not os.environ.get(DATA_DIR_ENV)):
         data_dir = stored
     return load_dataset(**arguments, data_dir=data_dir)
+
+
+def _load_text(name: str, val_fraction: float, seed: int, options: dict[str, Any], limits: dict[str, int],
+               spec: dict[str, Any]) -> Dataset:
+    """A language-model dataset: ``text:PATH`` (stored with its absolute path) or the built-in ``python-source``."""
+    allowed = {p.name for p in inspect.signature(text.load_text).parameters.values()
+               if p.kind is p.KEYWORD_ONLY} - {"spec", "skip", "seed", "val_fraction", *_COMMON_OPTIONS}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise UsageError(f"{name}: unknown option {', '.join(unknown)}; valid options: {', '.join(sorted(allowed))}")
+    if name == text.PYTHON_SOURCE:
+        path, skip, options = text.python_source(), text.PYTHON_SOURCE_SKIP, {"suffixes": (".py",)} | options
+    else:
+        path, skip = Path(name[len(text.PREFIX):]).expanduser().resolve(), ()
+        spec["name"] = f"{text.PREFIX}{path}"
+    _check_json(spec)
+    return text.load_text(text.PREFIX + str(path) if name != text.PYTHON_SOURCE else name, path, seed=seed,
+                          val_fraction=val_fraction, spec=spec, skip=skip, **options, **limits)
 
 
 def describe_dataset(ds: Dataset) -> dict[str, Any]:

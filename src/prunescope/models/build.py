@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from prunescope.errors import PrunescopeError, UsageError
-from prunescope.models.zoo import ANY_SHAPE, ZOO
+from prunescope.models.zoo import ANY_SHAPE, SEQUENCES, ZOO
 
 _FIXED_ARGS = ("input_shape", "num_classes")
 
@@ -109,7 +109,7 @@ def _check_shape(name: str, input_shape: Sequence[int], num_classes: int) -> tup
     shape = tuple(input_shape)
     if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
         raise UsageError(f"input shape must be positive integers, got {shape!r}")
-    if name in ZOO and name not in ANY_SHAPE and len(shape) != 3:
+    if name in ZOO and name not in (*ANY_SHAPE, *SEQUENCES) and len(shape) != 3:
         raise UsageError(
             f"model {name!r} needs an image input shape (C, H, W), got {shape!r}: "
             f"for flat (tabular) inputs use {' or '.join(ANY_SHAPE)}"

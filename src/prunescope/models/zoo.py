@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from prunescope.errors import UsageError
 
@@ -286,6 +287,57 @@ class LSTMClassifier(nn.Module):
         return self.fc(sequence[:, -1])
 
 
+class CausalBlock(nn.Module):
+    """One pre-norm GPT block: causal self-attention, then a 4× MLP, each added to the residual stream."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln2 = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, 4 * width)
+        self.proj = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.proj(F.gelu(self.fc(self.ln2(x))))
+
+
+class CausalTransformer(nn.Module):
+    """A small GPT-style language model: token ids (N, T) → next-token logits (N, T, vocabulary).
+
+    ``input_shape`` is (T,), the longest sequence (learned positions); ``num_classes`` the
+    vocabulary. The blocks are ``blocks.0`` … (one ``nn.ModuleList``), the embedding ``embed``,
+    the output layer ``head`` (not tied to the embedding).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 64, layers: int = 2,
+                 heads: int = 4) -> None:
+        super().__init__()
+        if len(input_shape) != 1:
+            raise UsageError(f"gpt reads token sequences: its input shape is (T,), got {tuple(input_shape)}")
+        width, heads = _positive_int("width", width), _positive_int("heads", heads)
+        if width % heads:
+            raise UsageError(f"gpt: width {width} is not a multiple of heads {heads}")
+        self.embed = nn.Embedding(num_classes, width)
+        self.positions = nn.Parameter(torch.zeros(input_shape[0], width))
+        self.blocks = nn.ModuleList(CausalBlock(width, heads) for _ in range(_positive_int("layers", layers)))
+        self.ln = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+        nn.init.normal_(self.positions, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]
+        if length > len(self.positions):
+            raise UsageError(f"gpt was built for sequences of at most {len(self.positions)} tokens, got {length}")
+        mask = torch.ones(length, length, dtype=torch.bool, device=tokens.device).triu(1)  # True: not attended
+        x = self.embed(tokens.long()) + self.positions[:length]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.ln(x))
+
+
 def _lenet300(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return MLP(input_shape, num_classes, hidden=(300, 100))
 
@@ -307,10 +359,13 @@ ZOO: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet56": (_resnet56, "CIFAR ResNet-56, projection shortcuts; 855,482 params on 1x28x28"),
     "vgg": (VGG, "small BN VGG, option cfg (default 32,M,64,M,128,128,M,256,256,M); 1,128,938 params on 1x28x28"),
     "lstm": (LSTMClassifier, "LSTM over image rows, options hidden (128), num_layers (1); 82,186 params on 1x28x28"),
+    "gpt": (CausalTransformer, "GPT-style causal language model on token ids, options width (64), layers (2), "
+                               "heads (4); 141,312 params for 256 tokens, 128 positions"),
 }
 
 
 ANY_SHAPE = ("mlp", "lenet300")  # zoo models that flatten any input (tabular data included)
+SEQUENCES = ("gpt",)  # zoo models of token sequences, input shape (T,)
 
 
 def available_models() -> list[ModelInfo]:

@@ -78,7 +78,7 @@ class Ours:
         if not candidates:
             raise UsageError(f"no candidate allocation reaches {sparsity:g}: " + "; ".join(errors.values()))
         before = val.evaluations
-        values = {name: val(allocation).get(metric) for name, allocation in candidates.items()}
+        values = {name: val(allocation).score(metric) for name, allocation in candidates.items()}
         start = max(values, key=values.get)  # the first of equals: budget, then the order of starts
         details: dict = {
             "candidates": values,
@@ -91,10 +91,11 @@ class Ours:
         refinement = 0
         if self.refiner is not None:
             numels = {t.name: t.numel for t in targets}
-            # Moves must win beyond the val noise (paired accuracy interval); other metrics have no such interval.
-            noise = val.gain_interval if metric == "accuracy" else None
-            refined = self.refiner.refine(allocation, numels, lambda a: val(a).get(metric), start_value=values[start],
-                                          noise=noise)
+            # Moves must win beyond the val noise: the paired interval of the gain on the same val examples
+            # (accuracy: right / wrong per example; perplexity: each sequence's loss). Macro-F1 has none.
+            noise = val.gain_interval if metric in ("accuracy", "perplexity") else None
+            refined = self.refiner.refine(allocation, numels, lambda a: val(a).score(metric),
+                                          start_value=values[start], noise=noise)
             allocation = refined.allocation
             details["refined"] = refined.to_dict()
             refinement = refined.evaluations

@@ -145,16 +145,13 @@ def verify(
 
 def model_evaluator(pruning: Pruning, evaluator: Evaluator, metric: str = "accuracy") -> Evaluate:
     """An ``evaluate`` for :func:`verify`: prune the model in place with the allocation
-    (``pruning.applied``, restored after), return ``metric``.
-
-    ``metric`` must be higher-is-better like the curves (accuracy, macro_f1 or a user metric).
+    (``pruning.applied``, restored after), return the score of ``metric`` (higher is better, like the curves:
+    :meth:`~prunescope.evaluate.Metrics.score`).
     """
-    if metric == "loss":
-        raise UsageError("verify compares higher-is-better metrics: use accuracy, macro_f1 or a user metric, not loss")
 
     def evaluate(allocation: dict[str, float]) -> float:
         with pruning.applied(allocation):
-            return evaluator.evaluate().get(metric)
+            return evaluator.evaluate().score(metric)
 
     return evaluate
 

@@ -44,7 +44,7 @@ from prunescope.curves import Curves
 from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
-from prunescope.evaluate import Evaluator, Metrics, paired_drop
+from prunescope.evaluate import Evaluator, Metrics, paired_gain_interval
 from prunescope.masks import check_sparsity, compute_masks, removed_count
 from prunescope.pick.allocator import Allocator, Problem
 from prunescope.pick.baselines import ALLOCATIONS
@@ -130,12 +130,12 @@ class Comparison:
 
 class _ValCache:
     """Val metrics of allocations, measured once each (keyed by removed counts) with ``pruning``,
-    with the examples each got right, for paired intervals between two of them."""
+    with what each got on every example, for paired intervals between two of them."""
 
     def __init__(self, pruning: Pruning, units: Sequence[Unit], evaluator: Evaluator) -> None:
         self.pruning, self.units, self.evaluator = pruning, units, evaluator
         self.known: dict[tuple[int, ...], Metrics] = {}
-        self.correct: dict[tuple[int, ...], np.ndarray] = {}
+        self.outcomes: dict[tuple[int, ...], np.ndarray] = {}  # per example: right, or minus a sequence's loss
         self.evaluations = 0
 
     def _key(self, allocation: Mapping[str, float]) -> tuple[int, ...]:
@@ -146,14 +146,13 @@ class _ValCache:
         if key not in self.known:
             with self.pruning.applied(dict(allocation)):
                 self.known[key] = self.evaluator.evaluate()
-            self.correct[key] = self.evaluator.correct.cpu().numpy()
+            self.outcomes[key] = self.evaluator.outcomes()
             self.evaluations += 1
         return self.known[key]
 
     def gain_interval(self, before: Mapping[str, float], after: Mapping[str, float]) -> tuple[float, float]:
-        """95% paired interval of accuracy(after) − accuracy(before) on the val examples (both measured)."""
-        _, low, high = paired_drop(self.correct[self._key(before)], self.correct[self._key(after)])
-        return -high, -low  # after's drop against before, turned into its gain
+        """95% paired interval of score(after) − score(before) on the val examples (both measured)."""
+        return paired_gain_interval(self.outcomes[self._key(before)], self.outcomes[self._key(after)])
 
 
 @dataclass

@@ -19,13 +19,14 @@ in milliseconds at batch 1; throughput in samples per second at batch 256.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 from torch import nn
 
-from prunescope.curves import Curves
+from prunescope.curves import CurvePoint, Curves
 from prunescope.io import write_csv, write_json
 from prunescope.masks import removed_count
 from prunescope.pick.choose import Choice
@@ -36,8 +37,10 @@ from prunescope.report.schema import document
 from prunescope.report.verdict import crossval_clause, predicted_drop_text
 from prunescope.scan.files import SCAN_FILE
 from prunescope.scan.identity import model_fingerprint
+from prunescope.scores import Score
 from prunescope.structured.find import find_groups
 from prunescope.targets import find_targets
+from prunescope.train.loop import EpochRecord
 
 
 def sweep_rows(result: SweepResult) -> list[dict[str, Any]]:
@@ -112,6 +115,18 @@ def listing_table(title: str, columns: list[str], rows: list[list[str]]) -> Tabl
     return table
 
 
+def history_table(title: str, history: Sequence[EpochRecord]) -> Table:
+    """One row per epoch: train loss, the val metrics (perplexity and token accuracy for a language model), seconds."""
+    language = any(r.val_perplexity is not None for r in history)
+    columns = ["epoch", "train loss", *(["val perplexity", "val token accuracy"] if language
+                                        else ["val accuracy", "val macro-F1"]), "val loss", "seconds"]
+    rows = [[str(r.epoch), f"{r.train_loss:.4f}",
+             *([f"{r.val_perplexity:.3f}", f"{r.val_accuracy:.2%}"] if language
+               else [f"{r.val_accuracy:.2%}", f"{r.val_macro_f1:.3f}"]),
+             f"{r.val_loss:.4f}", f"{r.seconds:.1f}"] for r in history]
+    return listing_table(title, columns, rows)
+
+
 def level_text(sparsity: float, size: int, channels: bool) -> str:
     """A sparsity as the user reads it: ``"13/16 kept"`` for a channel group, ``"90.0%"`` for weights."""
     if channels:
@@ -120,17 +135,23 @@ def level_text(sparsity: float, size: int, channels: bool) -> str:
 
 
 def scan_table(curves: Curves, tolerance: float) -> Table:
-    """Per target: points measured, and the highest measured sparsity within ``tolerance`` of dense."""
+    """Per target: points measured, and the highest measured sparsity within ``tolerance`` (a score drop) of dense."""
     channels = curves.granularity == "channel"
     unit = "channels" if channels else "weights"
+    score = Score(curves.metric)
+    shown = "pts" if not score.lower_is_better else "% perplexity"
     table = Table(title=f"sensitivity of each {'channel group' if channels else 'layer'} (val {curves.metric}, "
-                  f"dense {curves.dense.value:.2%} on {curves.dense.n} val examples, "
-                  f"tolerance {tolerance * 100:g} pts; "
+                  f"dense {score.value_text(curves.dense.value)} on {curves.dense.n} val examples, "
+                  f"tolerance {score.drop_text(tolerance, sign=False)}; "
                   f"sparsity = fraction of {unit})")
     for column in ("group" if channels else "layer", unit, "points", "highest sparsity within tolerance",
-                   "drop there (pts)", "drop at the highest level (pts)"):
+                   f"drop there ({shown})", f"drop at the highest level ({shown})"):
         table.add_column(column, justify="right" if column not in ("layer", "group") else "left",
                          overflow="fold")
+
+    def drop(point: CurvePoint) -> str:
+        return score.drop_text(curves.dense_at(point.n).value - point.value).split()[0]
+
     for name, curve in curves.curves.items():
         points = curve.sorted_points()
         within = [p for p in points if curves.dense_at(p.n).value - p.value <= tolerance]
@@ -141,32 +162,35 @@ def scan_table(curves: Curves, tolerance: float) -> Table:
             _si(curve.numel),
             str(len(points)),
             level_text(best.sparsity, curve.numel, channels) if best else "none",
-            f"{(curves.dense_at(best.n).value - best.value) * 100:+.2f}" if best else "-",
-            f"{(curves.dense_at(last.n).value - last.value) * 100:+.2f} at "
-            f"{level_text(last.sparsity, curve.numel, channels)}" if last else "-",
+            drop(best) if best else "-",
+            f"{drop(last)} at {level_text(last.sparsity, curve.numel, channels)}" if last else "-",
         )
     for name, reason in curves.skipped.items():
         table.add_row(f"[dim]{name}[/dim]", "-", "-", "left dense", "-", f"[dim]{reason}[/dim]")
     return table
 
 
-def choice_table(choice: Choice, sizes: dict[str, int] | None = None) -> Table:
+def choice_table(choice: Choice, sizes: dict[str, int] | None = None, metric: str = "accuracy") -> Table:
     """The verified allocation per target, who decided it, and the predicted drop there.
 
     ``sizes`` (channel picks: each group's width) shows channels kept / total instead of a fraction.
+    ``metric``: the scan's, which says how drops read (points of accuracy, percent of perplexity).
     """
     drops = choice.pick.details.get("drops", {})
     channels = choice.footprint is not None
+    score = Score(metric)
     removed = "of the parameters removed (whole channels)" if channels else "of the weights removed"
+    verified = choice.verified
+    predicted = (predicted_drop_text(verified.predicted_drop, verified.reference) + " pts"
+                 if not score.lower_is_better else score.drop_text(verified.predicted_drop))
     table = Table(title=f"{choice.picker} pick: {choice.global_sparsity:.1%} {removed}; joint drop "
-                  f"predicted {predicted_drop_text(choice.verified.predicted_drop, choice.verified.reference)} "
-                  f"pts, measured "
-                  f"{choice.verified.measured_drop * 100:+.2f} pts in-sample"
+                  f"predicted {predicted}, measured {score.drop_text(verified.measured_drop)} in-sample"
                   f"{crossval_clause(None if choice.crossval is None else choice.crossval.to_dict())}")
     first = "group" if channels else "layer"
-    for column in (first, "picked", "verified", "decided by", "predicted drop (pts)"):
+    for column in (first, "picked", "verified", "decided by",
+                   f"predicted drop ({'% perplexity' if score.lower_is_better else 'pts'})"):
         table.add_column(column, justify="right" if column != first else "left", overflow="fold")
-    for name, sparsity in choice.verified.allocation.items():
+    for name, sparsity in verified.allocation.items():
         size = (sizes or {}).get(name)
 
         def shown(value: float, size: int | None = size) -> str:
@@ -177,7 +201,7 @@ def choice_table(choice: Choice, sizes: dict[str, int] | None = None) -> Table:
             shown(choice.pick.allocation.get(name, 0.0)),
             shown(sparsity),
             choice.pick.decided_by.get(name, choice.picker),
-            f"{drops[name] * 100:+.2f}" if name in drops else "-",
+            score.drop_text(drops[name]).split()[0] if name in drops else "-",
         )
     return table
 

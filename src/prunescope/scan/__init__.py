@@ -32,6 +32,7 @@ from prunescope.scan.identity import data_fingerprint, model_fingerprint
 from prunescope.scan.runner import Ladder, Runner
 from prunescope.scan.strategy import SCONCE_LEVELS, STRATEGIES, Whole, make_planner
 from prunescope.scan.study import DENSE, StudySpec, quiet_optuna
+from prunescope.scores import default_metric
 from prunescope.targets import find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.trials.executors import executor_kind as choose_executor
@@ -40,7 +41,7 @@ from prunescope.units import GRANULARITIES, WeightPruning, find_units
 
 __all__ = ["GRANULARITIES", "SCAN_METRICS", "SCONCE_LEVELS", "STRATEGIES", "auto_subset", "scan"]
 
-SCAN_METRICS = ("accuracy", "macro_f1")  # higher is better, as curves and pickers assume
+SCAN_METRICS = ("accuracy", "macro_f1", "perplexity")  # curves hold their scores: higher is better (prunescope.scores)
 SUBSET_GROWTH = 4  # by default a point's subset grows to at most 4 times the first one
 AUTO_SUBSET_COVERAGE = 3.0  # subset="auto": n = 3 / tolerance examples
 # What a study that holds trials but does not record these settings was scanned with (recorded only since).
@@ -88,7 +89,7 @@ def scan(
     strategy: str = "adaptive",
     levels: Sequence[float] | None = None,
     tolerance: float = 0.005,
-    metric: str = "accuracy",
+    metric: str | None = None,
     subset: int | str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
@@ -125,9 +126,11 @@ def scan(
             ``tolerance``, stopped early where the crossing lies within the subset's noise; see
             :class:`~prunescope.scan.strategy.Adaptive`).
         levels: sparsities in (0, 1) overriding the strategy's levels.
-        tolerance: allowed drop of the metric from dense, a fraction (0.005 = 0.5 accuracy
-            points); signed, an improvement never violates it.
-        metric: ``accuracy`` or ``macro_f1`` (fractions in [0, 1]).
+        tolerance: allowed drop of the score from dense: a fraction of accuracy (0.005 = 0.5
+            points), or for perplexity ``ln(1 + r)`` for a relative increase r
+            (:meth:`prunescope.scores.Score.allowed`); signed, an improvement never violates it.
+        metric: ``accuracy`` or ``macro_f1`` (fractions in [0, 1]) or ``perplexity`` (a language
+            model; curves hold ``-ln perplexity``); None: perplexity for labels per token, else accuracy.
         subset: evaluate on a seeded subset of this many validation examples; a point whose
             decision (drop within tolerance?) is within noise is evaluated again on twice
             as many, up to ``max_subset``; one still within noise there keeps that
@@ -185,6 +188,7 @@ def scan(
 
     The model's weights are bit-identical afterwards: pruning is applied in place and undone.
     """
+    metric = metric or default_metric(data.val)
     planner = make_planner(strategy, levels, tolerance)
     _check(tolerance, metric, subset, max_subset, len(data.val))
     executor_kind = choose_executor(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from prunescope.curves import ExampleResults
 from prunescope.data.types import Split
 from prunescope.device import resolve_device
+from prunescope.errors import PrunescopeError
 from prunescope.evaluate import Evaluator, pack_bits, subset_indices, unpack_bits
 from prunescope.measure import fastest_batch_size
 from prunescope.scan.runner import ScanOutcome
@@ -96,7 +98,11 @@ class ModelEvaluation:
                 self._dense_correct[n] = evaluator.correct
             with self.pruning.applied({target: sparsity}):
                 metrics = evaluator.evaluate()
-        value = metrics.get(self.metric)
+        value = metrics.score(self.metric)
+        if not math.isfinite(value):
+            what = "the dense model" if target == DENSE else f"pruning {target} to {sparsity:.1%}"
+            raise PrunescopeError(f"{what} made the val {self.metric} {metrics.get(self.metric)} (loss "
+                                  f"{metrics.loss}): exclude that layer (--exclude) or scan lower levels")
         if not paired:
             return Measurement(value, value, value)
         low, high = metrics.accuracy_ci

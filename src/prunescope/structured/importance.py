@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
+from prunescope.evaluate import prediction_loss
 from prunescope.structured.groups import ChannelGroups
 
 IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
@@ -69,7 +69,7 @@ def _accumulate_gradients(groups: ChannelGroups, data: Split, *, batches: int, b
         with torch.enable_grad():
             for start in range(0, min(len(data), batches * batch_size), batch_size):
                 index = order[start : start + batch_size]
-                F.cross_entropy(model(data.x[index].to(device)), data.y[index].to(device)).backward()
+                prediction_loss(model(data.x[index].to(device)), data.y[index].to(device)).backward()
     finally:
         model.train(was_training)
 

@@ -24,15 +24,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from prunescope.apply import existing_masks, release
 from prunescope.checkpoint import load_checkpoint, load_extra_state, save_checkpoint
 from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
 from prunescope.errors import PrunescopeError, UsageError
-from prunescope.evaluate import Evaluator
+from prunescope.evaluate import Evaluator, prediction_loss
 from prunescope.masks import Masks, apply_permanently
+from prunescope.scores import default_metric
 from prunescope.targets import Target, by_name, find_targets
 from prunescope.train.sam import SAM
 from prunescope.trust import Trust
@@ -89,15 +89,20 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One finished epoch: mean train loss (nats), learning rate used, val metrics, seconds."""
+    """One finished epoch: mean train loss (nats), learning rate used, val metrics, seconds.
+
+    For a language model val_accuracy is over tokens, val_macro_f1 is None and val_perplexity
+    is ``exp(val_loss)``; early stopping then keeps the epoch of lowest val perplexity.
+    """
 
     epoch: int
     train_loss: float
     lr: float
     val_accuracy: float
-    val_macro_f1: float
+    val_macro_f1: float | None
     val_loss: float
     seconds: float
+    val_perplexity: float | None = None
 
 
 @dataclass
@@ -105,7 +110,7 @@ class TrainResult:
     """The trained model and every epoch run.
 
     With early stopping (``patience``) ``model`` holds the weights of ``best_epoch`` (the
-    epoch of highest val accuracy), which may be earlier than the last epoch in ``history``;
+    epoch of highest val accuracy, or lowest perplexity), which may be earlier than the last epoch in ``history``;
     ``stopped_early`` says whether training ended before ``config.epochs``.
     """
 
@@ -145,7 +150,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.o
 
 def _backward(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
     """The batch loss, back-propagated (SAM's second pass)."""
-    loss = F.cross_entropy(model(inputs), labels, label_smoothing=smoothing)
+    loss = prediction_loss(model(inputs), labels, label_smoothing=smoothing)
     loss.backward()
     return loss
 
@@ -266,7 +271,8 @@ def train(
     scheduler = _scheduler(optimizer, config)
     history: list[EpochRecord] = []
     best_epoch: int | None = None
-    best_accuracy = -float("inf")
+    best_score = -float("inf")
+    metric = default_metric(data.val)
     best_state: dict[str, torch.Tensor] | None = None
     stopped_early = False
     if saved is not None:
@@ -278,7 +284,7 @@ def train(
             scheduler.T_max = config.epochs
         if "best" in saved.extra:
             best_epoch = saved.extra["best"]["epoch"]
-            best_accuracy = saved.extra["best"]["accuracy"]
+            best_score = saved.extra["best"].get("score", saved.extra["best"].get("accuracy"))
             best_state = {k: v.to(device) for k, v in saved.extra["best"]["state"].items()}
         stopped_early = bool(saved.meta.get("stopped_early", False))
 
@@ -293,7 +299,7 @@ def train(
         total_loss = 0.0
         for i in range(0, len(y), config.batch_size):
             index = order[i : i + config.batch_size].to(device)
-            loss = F.cross_entropy(model(x[index]), y[index], label_smoothing=config.label_smoothing)
+            loss = prediction_loss(model(x[index]), y[index], label_smoothing=config.label_smoothing)
             if not torch.isfinite(loss):
                 kept = f"; the last good checkpoint is {path}" if path is not None and path.exists() else ""
                 raise PrunescopeError(
@@ -316,11 +322,12 @@ def train(
             val_macro_f1=metrics.macro_f1,
             val_loss=metrics.loss,
             seconds=time.perf_counter() - start,
+            val_perplexity=metrics.get("perplexity") if metric == "perplexity" else None,
         )
         history.append(record)
         if patience is not None:
-            if record.val_accuracy > best_accuracy:
-                best_epoch, best_accuracy = epoch, record.val_accuracy
+            if metrics.score(metric) > best_score:
+                best_epoch, best_score = epoch, metrics.score(metric)
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             stopped_early = epoch - best_epoch >= patience and epoch < config.epochs
         if path is not None:
@@ -328,7 +335,7 @@ def train(
             if wanted:
                 extra["masks"] = {name: mask.cpu() for name, mask in wanted.items()}
             if best_state is not None:
-                extra["best"] = {"epoch": best_epoch, "accuracy": best_accuracy, "state": best_state}
+                extra["best"] = {"epoch": best_epoch, "score": best_score, "state": best_state}
             meta = {"train_config": config.to_dict(), "history": [asdict(r) for r in history]}
             if patience is not None:
                 meta |= {"patience": patience, "best_epoch": best_epoch, "stopped_early": stopped_early}
