@@ -132,7 +132,11 @@ def test_exported_module_has_the_pruned_models_macs(exports, name: str) -> None:
     assert count_macs(load_exported(path, trusted=True).module, SHAPE).dense == macs < dense
 
 
-def test_measure_command_on_an_export(cli, exports, tmp_path: Path) -> None:
+def test_measure_command_on_an_export(cli, exports, tmp_path: Path, monkeypatch) -> None:
+    from prunescope.cli import console
+
+    # Wide enough that no cell wraps: the column widths follow the measured timings, longer on a slower CPU.
+    monkeypatch.setattr(console, "width", 400)
     _, path = exports["lstm"]
     out = tmp_path / "measure.json"
     code, stdout, stderr = cli(
@@ -186,3 +190,4 @@ def test_an_export_is_read_only_when_trusted(cli, exports) -> None:
         load_exported(path)
     code, _, stderr = cli("measure", "--checkpoint", path, "--device", "cpu")
     assert code == 2 and "can run code" in stderr and len(stderr.strip().splitlines()) == 1
+
