@@ -71,6 +71,53 @@ def fitted(data: Dataset, *, steps: int, lr: float) -> TinyNet:
     return model.eval()
 
 
+# Accuracies reached on different float paths (another batch size or batch, kernel, thread count, process) are
+# counts of argmax decisions: rounding moves logits by ~1e-6 of their size, so only an example whose two highest
+# logits are closer than that can change its prediction. NEAR_TIE is 100 times that: examples within it are the
+# only ones such a comparison may disagree on (mostly none, and then the accuracies are equal exactly).
+NEAR_TIE = 1e-4
+
+
+def near_ties(logits: torch.Tensor, margin: float = NEAR_TIE) -> int:
+    """How many rows of ``logits`` (N, C) have their two highest values within ``margin`` of each other,
+    relative to the row's largest magnitude (at least 1)."""
+    logits = logits.detach().float()
+    top = logits.topk(2, dim=1).values
+    return int(((top[:, 0] - top[:, 1]) <= margin * logits.abs().amax(1).clamp(min=1.0)).sum())
+
+
+def assert_same_accuracy(value: float, reference: float, logits: torch.Tensor) -> None:
+    """``value`` and ``reference`` are accuracies on the same examples computed on different float paths;
+    ``logits`` are one path's logits of those examples. They may differ only by the near ties: exactly equal
+    where there are none."""
+    ties = near_ties(logits)
+    assert abs(value - reference) * len(logits) <= ties + 1e-9, (value, reference, f"{ties} near ties")
+
+
+def scan_near_ties(units, x: torch.Tensor, curves: dict) -> dict:
+    """Near ties of ``units.model`` on the inputs ``x`` (every example a scan's subsets draw from): dense (key
+    None) and pruned by ``units`` at every point of ``curves`` ({name: Curve}; key (name, sparsity))."""
+    with torch.no_grad():
+        ties = {None: near_ties(units.model.eval()(x))}
+        for name, curve in curves.items():
+            for point in curve.points:
+                with units.applied({name: point.sparsity}) as model:
+                    ties[name, point.sparsity] = near_ties(model(x))
+    return ties
+
+
+def assert_same_curves(got: dict, expected: dict, ties: dict) -> None:
+    """Curves ({name: Curve}) of two scans of one model measured on different float paths (other processes,
+    batch sizes): the same levels, each value equal up to the near ties ``ties`` (:func:`scan_near_ties`) of
+    the model pruned there."""
+    assert got.keys() == expected.keys()
+    for name, curve in expected.items():
+        ours, theirs = got[name].sorted_points(), curve.sorted_points()
+        assert [p.sparsity for p in ours] == [p.sparsity for p in theirs], name
+        for p, q in zip(ours, theirs, strict=True):
+            assert p.n == q.n and abs(p.value - q.value) * p.n <= ties[name, p.sparsity] + 1e-9, (name, p, q)
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
     """Run ``prunescope ARGV`` in process; return (exit code, stdout, stderr)."""
     from prunescope.cli import main

@@ -8,6 +8,7 @@ import torch
 from prunescope.checkpoint import load_checkpoint
 from prunescope.cli import main
 from prunescope.masks import removed_count
+from prunescope.scan import evaluation
 from prunescope.targets import find_targets
 
 ALLOCATION = {"fc1.weight": 0.9, "fc2.weight": 0.8, "fc3.weight": 0.5}
@@ -17,14 +18,20 @@ ALLOCATION = {"fc1.weight": 0.9, "fc2.weight": 0.8, "fc3.weight": 0.5}
 
 @pytest.fixture(scope="module")
 def scans(dense, tmp_path_factory):
-    """Grid scans of fc2 alone, with masks alone and re-fitted by reconstruction (mask, 256 examples)."""
+    """Grid scans of fc2 alone, with masks alone and re-fitted by reconstruction (mask, 256 examples).
+
+    The scan evaluates in the batch size it measures fastest; here it gets compare's (1024: the whole val split
+    in one batch), so that its accuracies are computed exactly as compare computes them, on any CPU.
+    """
     outs = {}
-    for name, extra in (("plain", []), ("mask", ["--reconstruct", "mask", "--calibration", "256"])):
-        outs[name] = tmp_path_factory.mktemp(f"scan-{name}")
-        with pytest.raises(SystemExit) as done:
-            main(["scan", "--checkpoint", str(dense), "--out", str(outs[name]), "--strategy", "grid", "--include",
-                  "fc2", "--device", "cpu", *extra])
-        assert (done.value.code or 0) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluation, "fastest_batch_size", lambda *args, **kwargs: 1024)
+        for name, extra in (("plain", []), ("mask", ["--reconstruct", "mask", "--calibration", "256"])):
+            outs[name] = tmp_path_factory.mktemp(f"scan-{name}")
+            with pytest.raises(SystemExit) as done:
+                main(["scan", "--checkpoint", str(dense), "--out", str(outs[name]), "--strategy", "grid",
+                      "--include", "fc2", "--device", "cpu", *extra])
+            assert (done.value.code or 0) == 0
     return outs
 
 

@@ -133,7 +133,11 @@ def test_exported_module_has_the_pruned_models_macs(exports, name: str) -> None:
     assert count_macs(load_exported(path, trusted=True).module, SHAPE).dense == macs < dense
 
 
-def test_measure_command_on_an_export(cli, exports, tmp_path: Path) -> None:
+def test_measure_command_on_an_export(cli, exports, tmp_path: Path, monkeypatch) -> None:
+    from prunescope.cli.terminal import console
+
+    # Wide enough that no cell wraps: the column widths follow the measured timings, longer on a slower CPU.
+    monkeypatch.setattr(console, "width", 400)
     _, path = exports["lstm"]
     out = tmp_path / "measure.json"
     code, stdout, stderr = cli(
@@ -187,3 +191,36 @@ def test_an_export_is_read_only_when_trusted(cli, exports) -> None:
         load_exported(path)
     code, _, stderr = cli("measure", "--checkpoint", path, "--device", "cpu")
     assert code == 2 and "can run code" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_the_export_check_allows_rounding_also_where_it_breaks_a_tie_and_refuses_other_outputs(monkeypatch, tmp_path):
+    from prunescope.pipeline import prune as prune_module
+    from prunescope.data.types import Split
+    from prunescope.errors import PrunescopeError
+    from prunescope.structured.export import Exported
+
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    split = Split(torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]]), torch.tensor([0, 1, 0]))  # the last: a tie
+
+    class Shifted(nn.Module):
+        """The model's logits plus ``by``: what an export computing on other kernels (or wrongly) gives."""
+
+        def __init__(self, by: list[float]) -> None:
+            super().__init__()
+            self.by = torch.tensor(by)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return model(x) + self.by
+
+    def check(by: list[float]) -> float:
+        monkeypatch.setattr(prune_module, "load_exported", lambda *args, **kwargs: Exported(Shifted(by), {}))
+        return prune_module.check_export(model, tmp_path / "model.pt2", split, torch.device("cpu"))[0]
+
+    # Rounding-sized differences pass, also where they swap the tied example's prediction (0 → 1).
+    assert Shifted([0.0, 1e-6])(split.x).argmax(1).tolist() == [0, 1, 1]
+    assert check([0.0, 1e-6]) == pytest.approx(1e-6)
+    for by in ([0.0, 1e-2], [-1.0, 0.0], [float("nan"), 0.0]):  # other outputs, other predictions, NaN
+        with pytest.raises(PrunescopeError, match="does not reproduce the pruned model"):
+            check(by)

@@ -5,14 +5,17 @@ import re
 
 import pytest
 import torch
+from conftest import assert_same_curves, scan_near_ties
 
 from prunescope.checkpoint import load_checkpoint
+from prunescope.curves import Curves
 from prunescope.data import load_dataset
 from prunescope.measure import count_macs
 from prunescope.models import build_from_spec, model_spec
 from prunescope.structured.export import load_exported
 from prunescope.structured.find import find_groups, rebuild
 from prunescope.structured.groups import pruned_spec
+from prunescope.units import find_units
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +139,11 @@ def test_channel_scan_with_two_workers_measures_what_one_process_does(cnn, chann
     saved, data = load_checkpoint(cnn), load_dataset("digits")
     curves = scan(saved.model, data, criterion="l1", granularity="channel", strategy="grid", device="cpu",
                   storage=tmp_path / "study.journal", workers=2)
-    single = json.loads((channel_scan[0] / "scan.json").read_text())["curves"]["curves"]
-    for name, curve in curves.curves.items():
-        assert [(p.sparsity, p.value) for p in curve.sorted_points()] == [
-            (p["sparsity"], p["value"]) for p in sorted(single[name]["points"], key=lambda p: p["sparsity"])]
+    single = Curves.from_dict(json.loads((channel_scan[0] / "scan.json").read_text())["curves"])
+    # Other processes, each measuring its own batch size: the same values up to an example near a tie (see
+    # conftest.near_ties; mostly none, and then exactly).
+    ties = scan_near_ties(find_units(saved.model, data, "channel", "l1"), data.val.x, single.curves)
+    assert_same_curves(curves.curves, single.curves, ties)
 
 
 def test_recalibrate_bn_reestimates_the_statistics_of_the_pruned_model(cli, cnn, tmp_path):

@@ -95,7 +95,8 @@ def _predictions(model: nn.Module, split: Split, device: torch.device, batch_siz
 def check_export(model: nn.Module, path: Path, split: Split, device: torch.device) -> tuple[float, dict[str, Any]]:
     """Largest logit difference on ``split`` between the exported file and ``model``, and the file's metadata.
 
-    Raises PrunescopeError if the predictions differ.
+    Raises PrunescopeError if a logit differs by more than ``EXPORT_TOLERANCE`` (relative to the
+    largest logit, at least 1), or is NaN.
     """
     loaded = load_exported(path, device, trusted=True)  # the file this process just wrote
     batch = loaded.metadata.get("batch")
@@ -106,9 +107,10 @@ def check_export(model: nn.Module, path: Path, split: Split, device: torch.devic
     model.eval()
     ours, theirs = _predictions(model, split, device, size), _predictions(loaded.module, split, device, size)
     difference = float((ours - theirs).abs().max()) if len(split) else 0.0
-    if difference > EXPORT_TOLERANCE * max(1.0, float(ours.abs().max())) or not torch.equal(
-        ours.argmax(1), theirs.argmax(1)
-    ):
+    # No exact test of the predictions: the export runs other kernels, so an example whose top two logits are
+    # within rounding of each other may go either way; wherever they are more than twice the bound apart, the
+    # bound itself keeps the prediction. ``not <=``: a NaN logit fails.
+    if not difference <= EXPORT_TOLERANCE * max(1.0, float(ours.abs().max())):
         raise PrunescopeError(f"the exported model {path} does not reproduce the pruned model "
                               f"(logits differ by up to {difference:.3g}); the checkpoint next to it is still valid")
     return difference, loaded.metadata
