@@ -41,9 +41,8 @@ from prunescope.cli.options import (
 from prunescope.cli.terminal import console, growing_progress, print_fallback, progress_bar
 from prunescope.criteria import CRITERIA
 from prunescope.errors import UsageError
-from prunescope.pick.baselines import ALLOCATIONS
-from prunescope.pick.registry import ALLOCATORS
-from prunescope.pipeline.compare import CHANNEL_METHODS, METHODS, compare
+from prunescope.pick.registry import ALLOCATORS, WEIGHT_METHODS
+from prunescope.pipeline.compare import CHANNEL_METHODS, DEFAULT_METHODS, METHODS, compare
 from prunescope.pipeline.sweep import sweep
 from prunescope.report.schema import document
 from prunescope.report.tables import (
@@ -82,7 +81,7 @@ def sweep_command(
     """One-shot prune at each sparsity, evaluate on val, restore; print and save a table."""
     levels = parse_sparsities(sparsities)
     check_choice("--criterion", criterion, list(CRITERIA))
-    check_choice("--allocation", allocation, ALLOCATIONS)
+    check_choice("--allocation", allocation, WEIGHT_METHODS)
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
@@ -108,7 +107,8 @@ def compare_command(
                                                  "channel, fractions of the dense MACs to remove.")]
     = "0.8,0.9,0.95,0.98",
     allocations: Annotated[str | None, typer.Option(
-        help=f"Comma-separated: {', '.join(METHODS)} (channels: {', '.join(CHANNEL_METHODS)}) [all].",
+        help=f"Comma-separated: {', '.join(METHODS)} (channels: {', '.join(CHANNEL_METHODS)}) "
+             f"[{', '.join(DEFAULT_METHODS)}; channels: all].",
         show_default=False)] = None,
     scan_dir: Annotated[Path | None, typer.Option("--scan", help="Scan for 'ours' and 'budget' (default: scan "
                                                                  "OUT/scan now).")] = None,
@@ -139,7 +139,8 @@ def compare_command(
     at_least("--round-to", round_to, 1)
     levels = parse_sparsities(sparsities)
     allowed = METHODS if granularity == "weight" else CHANNEL_METHODS
-    methods = [m.strip() for m in allocations.split(",") if m.strip()] if allocations else list(allowed)
+    default = DEFAULT_METHODS if granularity == "weight" else CHANNEL_METHODS
+    methods = [m.strip() for m in allocations.split(",") if m.strip()] if allocations else list(default)
     for method in methods:
         check_choice("allocation", method, allowed)
     criterion = unit_criterion(granularity, criterion, None)
@@ -183,4 +184,9 @@ def compare_command(
             console.print(f"{row.method} at {row.sparsity:g}: {row.error}", highlight=False)
     if (effort := selection_sentence(doc["comparison"]["rows"])) is not None:
         console.print(effort, highlight=False)
+    for row in comparison.rows:
+        if row.error is None and "chosen" in row.details:
+            chosen = ", ".join(f"{key} = {value:g}" for key, value in row.details["chosen"].items())
+            console.print(f"{row.method} at {row.sparsity:g}: {chosen} chosen on val among "
+                          f"{len(row.details['grid'])} settings", highlight=False)
     console.print(f"wrote {out / 'result.json'}, {out / 'compare.csv'} and plots in {out / 'plots'}")

@@ -21,7 +21,8 @@ from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
 from prunescope.evaluate import Evaluator, Metrics
 from prunescope.masks import check_sparsity, measured_sparsity
-from prunescope.pick.baselines import allocate
+from prunescope.pick.allocator import Problem
+from prunescope.pick.registry import weight_allocation
 from prunescope.reconstruct import fallen_back, reconstructing
 from prunescope.targets import Target, find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
@@ -96,7 +97,9 @@ def sweep(
     Args:
         sparsities: global sparsities in [0, 1) (fraction of the targets' weights removed).
         criterion: which weights go first within a target (see :mod:`prunescope.criteria`).
-        allocation: how the global sparsity is split over targets (see :mod:`prunescope.pick.baselines`).
+        allocation: how the global sparsity is split over targets: a baseline of :mod:`prunescope.pick.baselines`,
+            ``owl`` or ``alpha`` (:data:`prunescope.pick.registry.WEIGHT_METHODS`; OWL's Wanda scores read
+            ``calibration`` seeded train inputs).
         include / exclude: globs selecting the targets.
         split: ``val`` (default) or ``test``; selection should never use ``test``.
         subset: evaluate on a seeded subset of this many examples.
@@ -120,9 +123,10 @@ def sweep(
     base = reconstructing(WeightPruning(model, targets, scores), data.train, reconstruct, calibration,
                           fallback=reconstruct_fallback)
     pruning = recalibrating(base, data.train, batches)
+    problem = Problem(model=model, targets=targets, example=data.train.x[:2], train=data.train, calibration=calibration)
     points = []
     for sparsity in [0.0, *levels]:
-        per_target = allocate(allocation, model, targets, sparsity, example=data.train.x[:2])
+        per_target = weight_allocation(allocation, problem, sparsity)
         with pruning.applied(per_target):
             zeros = measured_sparsity(model, targets)
             point = SweepPoint(
