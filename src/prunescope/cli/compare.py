@@ -9,7 +9,6 @@ import typer
 
 from prunescope.cli.options import (
     DEFAULT_SPARSITIES_TEXT,
-    Allocation,
     Calibration,
     CheckpointOption,
     Criterion,
@@ -26,7 +25,6 @@ from prunescope.cli.options import (
     RecalibrateBN,
     Reconstruct,
     ReconstructFallback,
-    Sparsities,
     StudyName,
     TrustFactoryOption,
     UnitCriterion,
@@ -41,6 +39,7 @@ from prunescope.cli.options import (
 from prunescope.cli.terminal import console, growing_progress, print_fallback, progress_bar
 from prunescope.criteria import CRITERIA
 from prunescope.errors import UsageError
+from prunescope.patterns import parse_patterns
 from prunescope.pick.registry import ALLOCATORS, WEIGHT_METHODS
 from prunescope.pipeline.compare import CHANNEL_METHODS, DEFAULT_METHODS, METHODS, compare
 from prunescope.pipeline.sweep import sweep
@@ -59,9 +58,15 @@ from prunescope.scan.files import JOURNAL_FILE, load_scan
 
 def sweep_command(
     checkpoint: CheckpointOption,
-    sparsities: Sparsities = DEFAULT_SPARSITIES_TEXT,
+    sparsities: Annotated[str | None, typer.Option(help=f"Comma-separated global sparsities in [0, 1) "
+                                                        f"[{DEFAULT_SPARSITIES_TEXT}].", show_default=False)] = None,
     criterion: Criterion = "magnitude",
-    allocation: Allocation = "uniform",
+    allocation: Annotated[str | None, typer.Option(help=f"How the global sparsity is split: "
+                                                        f"{', '.join(WEIGHT_METHODS)} [uniform].",
+                                                   show_default=False)] = None,
+    pattern: Annotated[str | None, typer.Option(help="Comma-separated N:M patterns (e.g. 2:4,4:8) to sweep instead "
+                                                     "of sparsities: every layer keeps N of every M weights along "
+                                                     "its input dimension.", show_default=False)] = None,
     include: Include = None,
     exclude: Exclude = None,
     subset: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset of this many examples.")] = None,
@@ -78,20 +83,25 @@ def sweep_command(
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
 ) -> None:
-    """One-shot prune at each sparsity, evaluate on val, restore; print and save a table."""
-    levels = parse_sparsities(sparsities)
+    """One-shot prune at each sparsity (or N:M pattern), evaluate on val, restore; print and save a table."""
+    patterns = parse_patterns(pattern) if pattern is not None else []
+    if patterns and (sparsities is not None or allocation is not None):
+        raise UsageError("--pattern fixes every layer at 1 − N/M: drop --sparsities and --allocation")
+    levels = [] if patterns else parse_sparsities(sparsities or DEFAULT_SPARSITIES_TEXT)
+    allocation = allocation or "uniform"
     check_choice("--criterion", criterion, list(CRITERIA))
     check_choice("--allocation", allocation, WEIGHT_METHODS)
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    with progress_bar("sweeping", len(levels) + 1) as point_done:
+    with progress_bar("sweeping", len(levels) + len(patterns) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
             exclude=exclude or (), subset=subset, device=device, on_point=point_done, recalibrate_bn=recalibrate_bn,
-            **rebuild.arguments(),
+            patterns=patterns, **rebuild.arguments(),
         )
-    settings = {"checkpoint": str(checkpoint), "sparsities": levels, "criterion": criterion,
+    settings = {"checkpoint": str(checkpoint), "sparsities": levels, "patterns": [str(p) for p in patterns],
+                "criterion": criterion,
                 "allocation": allocation, "include": include or [], "exclude": exclude or [], "subset": subset,
                 "recalibrate_bn": result.recalibrate_bn, **rebuild.settings()}
     doc = document("sweep", settings, model=saved.model_spec, dataset=saved.dataset_spec, sweep=result.to_dict())
@@ -148,7 +158,7 @@ def compare_command(
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     curves = None
-    if any(ALLOCATORS[m].reads in ("curves", "validation") for m in methods):  # ours and budget read a scan
+    if any(ALLOCATORS[m].needs_scan for m in methods):  # ours and budget read a scan
         if scan_dir is None:
             scan_dir = out / "scan"
             with growing_progress("scanning") as advance:

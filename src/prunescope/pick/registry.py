@@ -187,10 +187,16 @@ def _channel_baseline(name: str) -> Callable[..., Allocator]:
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered method: how to build it from options, and what it reads (``curves``, ``weights``, ``channels``)."""
+    """A registered method: how to build it from options, and what it reads (``curves``, ``weights``, ``channels``,
+    ``validation``). ``scan``: whether it needs sensitivity curves (None: when it reads ``curves``)."""
 
     build: Callable[..., Allocator]
     reads: str
+    scan: bool | None = None
+
+    @property
+    def needs_scan(self) -> bool:
+        return self.reads == "curves" if self.scan is None else self.scan
 
     @property
     def options(self) -> list[str]:
@@ -207,9 +213,9 @@ ALLOCATORS: dict[str, Entry] = {
     "owl": Entry(_owl, "weights"),
     "alpha": Entry(_alpha, "weights"),
     **{name: Entry(_channel_baseline(name), "channels") for name in _CHANNEL_BASELINES},
-    "ours": Entry(_ours, "validation"),
-    "owl-tuned": Entry(_owl_tuned, "validation"),
-    "alpha-tuned": Entry(_alpha_tuned, "validation"),
+    "ours": Entry(_ours, "validation", scan=True),
+    "owl-tuned": Entry(_owl_tuned, "validation", scan=False),
+    "alpha-tuned": Entry(_alpha_tuned, "validation", scan=False),
 }
 
 
