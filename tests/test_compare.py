@@ -61,7 +61,7 @@ def test_every_row_removes_its_target_of_the_compared_layers_only(mlp, include, 
     weights = sum(t.numel for t in compared)
     scores = compute_scores(model, compared, "magnitude")
     comparison = compare(model, data, [0.5, 0.8, 0.9], METHODS, curves=_scan_of_every_layer(model), include=include,
-                         exclude=exclude, refiner=PairwiseRefiner(max_evaluations=6), test=False)
+                         exclude=exclude, refiner=PairwiseRefiner(max_evaluations=6), test=False, calibration=200)
     assert comparison.weights == weights
     for row in comparison.rows:
         if row.error is not None:

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "prunescope.units": LIBRARY,
     "prunescope.criteria": LIBRARY,
     "prunescope.masks": LIBRARY,
+    "prunescope.patterns": LIBRARY,  # N:M masks
     "prunescope.calibration": LIBRARY,  # a layer's inputs on calibration data
     "prunescope.reconstruct": LIBRARY,  # layer-wise OBS reconstruction
     # groups, importance, allocation, masking (pruning) and latency tables: the engine behind channel units

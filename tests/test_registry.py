@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from prunescope.curves import Curve, CurvePoint, Curves
+from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.evaluate import Metrics
 from prunescope.masks import removed_count
@@ -53,16 +54,20 @@ def problem() -> Problem:
         for i, t in enumerate(targets)
     })
     pruning = ChannelPruning(groups, group_scores(groups, "l2"))
+    train = Split(torch.randn(32, *SHAPE), torch.zeros(32, dtype=torch.long))  # OWL's calibration inputs
     return Problem(model=model, targets=targets, example=torch.zeros(2, *SHAPE), curves=curves, pruning=pruning,
-                   validation=_Validation(targets[0].name))
+                   validation=_Validation(targets[0].name), train=train, calibration=32)
 
 
 def test_every_method_is_registered_once_with_what_it_reads():
     assert set(PICKERS) == {"threshold", "sconce", "knee", "budget", "ensemble"}
     assert set(ALLOCATIONS) == {"uniform", "uniform+", "global", "erk", "lamp"}
     assert set(CHANNEL_BASELINES) == {"channel-uniform", "channel-global"}
-    assert set(ALLOCATORS) == {*PICKERS, *ALLOCATIONS, *CHANNEL_BASELINES, "ours"}
-    assert ALLOCATORS["ours"].reads == "validation"
+    assert set(ALLOCATORS) == {*PICKERS, *ALLOCATIONS, *CHANNEL_BASELINES, "ours", "owl", "alpha", "owl-tuned",
+                               "alpha-tuned"}
+    assert {name for name, entry in ALLOCATORS.items() if entry.reads == "validation"} == {
+        "ours", "owl-tuned", "alpha-tuned"}
+    assert ALLOCATORS["owl"].reads == ALLOCATORS["alpha"].reads == "weights"
 
 
 @pytest.mark.parametrize("name", list(ALLOCATORS))

@@ -38,6 +38,7 @@ from prunescope.criteria import compute_scores
 from prunescope.data.types import Dataset, Split
 from prunescope.errors import UsageError
 from prunescope.masks import Masks, apply_permanently, check_sparsity, compute_masks, measured_sparsity
+from prunescope.patterns import Pattern, check_pattern, check_widths, pattern_masks
 from prunescope.reconstruct import Reconstruction
 from prunescope.reconstruct import reconstruct as reconstruct_layers
 from prunescope.structured.allocation import removal_for
@@ -163,6 +164,7 @@ def prune(
     calibration: int = 1024,
     reconstruct_fallback: bool = False,
     on_reconstructed: Callable[[Reconstruction], None] | None = None,
+    pattern: Pattern | None = None,
 ) -> Masks:
     """Prune ``model`` in place to ``allocation`` and return the keep-masks applied.
 
@@ -178,11 +180,25 @@ def prune(
     chooses each layer's mask (same counts); ``reconstruct_fallback`` prunes the layers whose
     inputs cannot be captured with the criterion's masks alone. ``on_reconstructed`` gets the
     :class:`~prunescope.reconstruct.Reconstruction` (per-layer errors, the layers that fell back).
+
+    ``pattern`` (N:M, :mod:`prunescope.patterns`): every target the allocation prunes (sparsity > 0)
+    keeps exactly N of every M weights along its input dimension instead; the model must not
+    carry pruning masks already. The masks are checked N:M before they are applied.
     """
     targets = find_targets(model, include, exclude)
     checked = check_allocation(allocation, targets)
-    masks = pruning_masks(model, targets, checked, criterion=criterion, data=data, seed=seed)
     existing = list(existing_masks(model, targets))
+    if pattern is None:
+        masks = pruning_masks(model, targets, checked, criterion=criterion, data=data, seed=seed)
+    else:
+        if existing:
+            raise UsageError(f"an N:M pattern is chosen on unpruned weights, and {existing[0]} is already pruned: "
+                             "start from the dense checkpoint")
+        chosen = [t for t in targets if checked[t.name] > 0]
+        check_widths(chosen, pattern)
+        split = data.train if isinstance(data, Dataset) else data
+        masks = pattern_masks(compute_scores(model, chosen, criterion, data=split, seed=seed), pattern,
+                              [t.name for t in chosen])
     if reconstruct == "obs" and existing:
         raise UsageError(f"--reconstruct obs chooses its own masks, which could bring back the weights this model has "
                          f"already pruned ({existing[0]}…): use --reconstruct mask")
@@ -192,10 +208,12 @@ def prune(
         if split is None:
             raise UsageError("reconstruction needs the train split for its calibration inputs")
         done = reconstruct_layers(model, targets, checked, calibration_inputs(split, calibration), masks=masks,
-                                  select=reconstruct, fallback=reconstruct_fallback)
+                                  select=reconstruct, fallback=reconstruct_fallback, pattern=pattern)
         masks = {name: done.masks.get(name, mask) for name, mask in masks.items()}
         if on_reconstructed is not None:
             on_reconstructed(done)
+    if pattern is not None:
+        check_pattern(masks, pattern)
     apply_permanently(model, targets, masks, reparametrize=True)
     return masks
 

@@ -205,6 +205,12 @@ def fisher(
     return {name: 0.5 * weights[name] ** 2 * total / max(samples, 1) for name, total in squares.items()}
 
 
+def wanda_saliency(model: nn.Module, target: Target, inputs: torch.Tensor) -> torch.Tensor:
+    """Wanda's |W_ij| · ‖X_j‖₂ of ``target`` as (d_out, d_in), X the layer's inputs on ``inputs`` (N, *input_shape)."""
+    norms = input_norms(model, target.module, inputs, param=target.param)
+    return effective_weight(model, target).reshape(target.shape[0], -1).abs() * norms
+
+
 def wanda(
     model: nn.Module, targets: Sequence[Target], *, data: Split | None = None, calibration: int = 1024,
     seed: int = 0, **_: object
@@ -215,8 +221,7 @@ def wanda(
     check_supported(model, targets, inputs[:1], "use a criterion that needs no calibration data")
     scores = {}
     for t in targets:
-        norms = input_norms(model, t.module, inputs, param=t.param)
-        saliency = effective_weight(model, t).reshape(t.shape[0], -1).abs() * norms
+        saliency = wanda_saliency(model, t, inputs)
         # Rank within each row; ties between rows at one rank go to the smaller saliency (scaled into [0, 0.5)).
         rank = saliency.argsort(1).argsort(1).double()
         tie_break = saliency.double() / (2 * saliency.max().double() + 1e-30)

@@ -23,6 +23,12 @@ What this implementation adds, each for a measured reason:
 - **An exact re-fit** of every row's kept weights (least squares on H restricted to the
   kept set) after the OBS sweep, which the sweep's one-directional updates only
   approximate; it never increases the layer's error.
+- **N:M** (``pattern``, :mod:`prunescope.patterns`): SparseGPT's semi-structured variant. When
+  the sweep reaches the first column of each group of M input columns, every row keeps the N
+  of them with the highest OBS saliency w² / [H⁻¹]_qq² of the weights as compensated so far,
+  so that each row holds exactly N of every M (Frantar & Alistarh 2023, section 3, "Adaptive
+  mask selection" and "Extension to semi-structured sparsity"); with ``select="mask"`` the
+  criterion's N:M masks are kept.
 
 Memory is one layer's H (and the two cross products of the dense target) at a time.
 Calibration inputs come from the train split; no label is read.
@@ -51,6 +57,7 @@ from prunescope.criteria import Scores
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.masks import Masks, check_sparsity, compute_masks, removed_count
+from prunescope.patterns import Pattern, PatternPruning, check_pattern, check_widths, pattern_masks
 from prunescope.targets import Target, flow_order
 from prunescope.units import Pruning, WeightPruning
 
@@ -110,6 +117,7 @@ def reconstruct(
     blocksize: int = 128,
     damping: float = 0.01,
     batch_size: int = 256,
+    pattern: Pattern | None = None,
 ) -> Reconstruction:
     """Prune ``model`` in place to ``allocation`` ({target name: sparsity}), reconstructing each layer.
 
@@ -123,6 +131,9 @@ def reconstruct(
     refit: re-fit every row's kept weights exactly after the sweep.
     sequential: feed each layer the outputs of the already pruned layers (default); False
         fits every layer on the dense network's inputs, independently of the others.
+    pattern: N:M (:mod:`prunescope.patterns`): every target the allocation prunes keeps exactly
+        N of every M weights along its input dimension (sparsity 1 − N/M, whatever the
+        allocation says), masks chosen group by group (``obs``) or kept (``mask``: N:M masks).
     Targets absent from ``allocation`` (or at sparsity 0) are left untouched. Pruned weights
     are exactly zero afterwards; the model's weights are plain tensors (no re-parametrisation).
     """
@@ -141,6 +152,9 @@ def reconstruct(
     if unknown:
         raise UsageError(f"unknown layer {unknown[0]!r} in allocation; known: {', '.join(named)}")
     chosen = [named[name] for name, s in allocation.items() if check_sparsity(s, f"sparsity of {name}") > 0]
+    if pattern is not None:
+        check_widths(chosen, pattern)
+        allocation = {t.name: pattern.sparsity for t in chosen}
     plain = unsupported(model, chosen, calibration[:1])
     if not fallback:
         refuse(chosen, plain, FALLBACK_REMEDY)
@@ -168,8 +182,11 @@ def reconstruct(
             damping=damping,
             batch_size=batch_size,
             inputs_from=model if sequential else dense,
+            pattern=pattern,
         )
         layers.append(layer)
+    if pattern is not None:
+        check_pattern(kept, pattern)
     return Reconstruction(layers, len(calibration), time.perf_counter() - start, plain, kept)
 
 
@@ -193,6 +210,7 @@ class ReconstructedPruning:
         *,
         select: str = "mask",
         fallback: bool = False,
+        pattern: Pattern | None = None,
     ) -> None:
         if select not in SELECTIONS:
             raise UsageError(f"unknown mask selection {select!r}: use {' or '.join(SELECTIONS)}")
@@ -200,7 +218,7 @@ class ReconstructedPruning:
         if not fallback:
             refuse(targets, self.fallback, FALLBACK_REMEDY)
         self.model, self.targets, self.scores = model, list(targets), scores
-        self.calibration, self.select = calibration, select
+        self.calibration, self.select, self.pattern = calibration, select, pattern
         self.last: Reconstruction | None = None
 
     @contextlib.contextmanager
@@ -211,9 +229,11 @@ class ReconstructedPruning:
             if pruned:
                 # The criterion's masks: kept by select="mask", and those of the layers falling back.
                 masked = {n: s for n, s in pruned.items() if self.select == "mask" or n in self.fallback}
+                masks = (compute_masks(self.scores, masked) if self.pattern is None
+                         else pattern_masks(self.scores, self.pattern, masked))
                 self.last = reconstruct(
-                    self.model, self.targets, pruned, self.calibration, masks=compute_masks(self.scores, masked),
-                    select=self.select, fallback=bool(self.fallback),
+                    self.model, self.targets, pruned, self.calibration, masks=masks,
+                    select=self.select, fallback=bool(self.fallback), pattern=self.pattern,
                 )
             yield self.model
         finally:
@@ -223,15 +243,17 @@ class ReconstructedPruning:
 
 
 def reconstructing(
-    pruning: WeightPruning, train: Split, select: str | None, calibration: int = 1024, *, fallback: bool = False
+    pruning: WeightPruning, train: Split, select: str | None, calibration: int = 1024, *, fallback: bool = False,
+    pattern: Pattern | None = None,
 ) -> Pruning:
     """``pruning`` itself when ``select`` is None, else its targets and scores pruned by reconstruction
-    (:class:`ReconstructedPruning`) on ``calibration`` seeded ``train`` inputs."""
+    (:class:`ReconstructedPruning`) on ``calibration`` seeded ``train`` inputs; ``pattern``: N:M masks
+    (without reconstruction, :class:`~prunescope.patterns.PatternPruning`)."""
     if select is None:
-        return pruning
+        return pruning if pattern is None else PatternPruning(pruning.model, pruning.targets, pruning.scores, pattern)
     inputs = calibration_inputs(train, calibration)
     return ReconstructedPruning(pruning.model, pruning.targets, pruning.scores, inputs, select=select,
-                                fallback=fallback)
+                                fallback=fallback, pattern=pattern)
 
 
 def fallen_back(pruning: Pruning) -> dict[str, str]:
@@ -257,6 +279,7 @@ def _reconstruct_layer(
     damping: float,
     batch_size: int,
     inputs_from: nn.Module,
+    pattern: Pattern | None = None,
 ) -> tuple[LayerReconstruction, torch.Tensor]:
     """The layer's reconstruction and its keep-mask (the shape of the tensor)."""
     start = time.perf_counter()
@@ -291,7 +314,7 @@ def _reconstruct_layer(
     w_star = torch.linalg.solve(h_damped, (cross + lam) @ w_dense.T).T
     k = removed_count(sparsity, target.numel)
     given = None if mask is None else mask.reshape(len(w_star), -1)
-    keep, weights = _sweep(w_star, h_damped, columns, k, blocksize, given)
+    keep, weights = _sweep(w_star, h_damped, columns, k, blocksize, given, pattern)
     if refit:
         weights = _refit(w_star, h_damped, keep)
     masked = w_dense * keep
@@ -344,12 +367,14 @@ def _block_counts(k: int, columns: int, blocksize: int) -> list[tuple[int, int, 
 
 
 def _sweep(
-    w: torch.Tensor, h: torch.Tensor, columns: int, k: int, blocksize: int, given: torch.Tensor | None
+    w: torch.Tensor, h: torch.Tensor, columns: int, k: int, blocksize: int, given: torch.Tensor | None,
+    pattern: Pattern | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A SparseGPT sweep over ``w`` (d_out × d_in[+1]): (keep-mask, compensated weights).
 
-    The mask of each column block is ``given`` or chosen by OBS saliency w² / [H⁻¹]_qq;
-    columns from ``columns`` on (the bias) are never pruned.
+    The mask of each column block is ``given`` or chosen by OBS saliency w² / [H⁻¹]_qq; with
+    ``pattern`` (N:M) instead each group of M columns, when the sweep reaches it, keeps the N
+    most salient weights of every row. Columns from ``columns`` on (the bias) are never pruned.
     """
     w = w.clone()
     hinv = _upper_inverse_factor(h)
@@ -357,12 +382,16 @@ def _sweep(
     if given is not None:
         keep[:, :columns] = given.to(w.device)
     for first, end, remove in _block_counts(k, columns, blocksize):
-        if given is None and remove:
+        if given is None and pattern is None and remove:
             saliency = w[:, first:end] ** 2 / torch.diag(hinv)[first:end] ** 2
             block_keep = torch.ones(saliency.numel(), dtype=torch.bool, device=w.device)
             block_keep[torch.topk(saliency.flatten(), remove, largest=False).indices] = False
             keep[:, first:end] = block_keep.view(saliency.shape)
         for q in range(first, end):
+            if given is None and pattern is not None and q % pattern.m == 0:
+                saliency = w[:, q : q + pattern.m] ** 2 / torch.diag(hinv)[q : q + pattern.m] ** 2
+                group = torch.zeros_like(saliency, dtype=torch.bool)
+                keep[:, q : q + pattern.m] = group.scatter_(1, torch.topk(saliency, pattern.n, dim=1).indices, True)
             error = (w[:, q] * ~keep[:, q]) / hinv[q, q]
             w[:, q:] -= error.unsqueeze(1) * hinv[q, q:].unsqueeze(0)
     return keep, w * keep

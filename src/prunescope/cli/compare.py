@@ -9,7 +9,6 @@ import typer
 
 from prunescope.cli.options import (
     DEFAULT_SPARSITIES_TEXT,
-    Allocation,
     Calibration,
     CheckpointOption,
     Criterion,
@@ -26,7 +25,6 @@ from prunescope.cli.options import (
     RecalibrateBN,
     Reconstruct,
     ReconstructFallback,
-    Sparsities,
     StudyName,
     TrustFactoryOption,
     UnitCriterion,
@@ -41,9 +39,9 @@ from prunescope.cli.options import (
 from prunescope.cli.terminal import console, growing_progress, print_fallback, progress_bar
 from prunescope.criteria import CRITERIA
 from prunescope.errors import UsageError
-from prunescope.pick.baselines import ALLOCATIONS
-from prunescope.pick.registry import ALLOCATORS
-from prunescope.pipeline.compare import CHANNEL_METHODS, METHODS, compare
+from prunescope.patterns import parse_patterns
+from prunescope.pick.registry import ALLOCATORS, WEIGHT_METHODS
+from prunescope.pipeline.compare import CHANNEL_METHODS, DEFAULT_METHODS, METHODS, compare
 from prunescope.pipeline.sweep import sweep
 from prunescope.report.schema import document
 from prunescope.report.tables import (
@@ -60,9 +58,15 @@ from prunescope.scan.files import JOURNAL_FILE, load_scan
 
 def sweep_command(
     checkpoint: CheckpointOption,
-    sparsities: Sparsities = DEFAULT_SPARSITIES_TEXT,
+    sparsities: Annotated[str | None, typer.Option(help=f"Comma-separated global sparsities in [0, 1) "
+                                                        f"[{DEFAULT_SPARSITIES_TEXT}].", show_default=False)] = None,
     criterion: Criterion = "magnitude",
-    allocation: Allocation = "uniform",
+    allocation: Annotated[str | None, typer.Option(help=f"How the global sparsity is split: "
+                                                        f"{', '.join(WEIGHT_METHODS)} [uniform].",
+                                                   show_default=False)] = None,
+    pattern: Annotated[str | None, typer.Option(help="Comma-separated N:M patterns (e.g. 2:4,4:8) to sweep instead "
+                                                     "of sparsities: every layer keeps N of every M weights along "
+                                                     "its input dimension.", show_default=False)] = None,
     include: Include = None,
     exclude: Exclude = None,
     subset: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset of this many examples.")] = None,
@@ -79,20 +83,25 @@ def sweep_command(
     device: Device = "auto",
     trust_factory: TrustFactoryOption = False,
 ) -> None:
-    """One-shot prune at each sparsity, evaluate on val, restore; print and save a table."""
-    levels = parse_sparsities(sparsities)
+    """One-shot prune at each sparsity (or N:M pattern), evaluate on val, restore; print and save a table."""
+    patterns = parse_patterns(pattern) if pattern is not None else []
+    if patterns and (sparsities is not None or allocation is not None):
+        raise UsageError("--pattern fixes every layer at 1 − N/M: drop --sparsities and --allocation")
+    levels = [] if patterns else parse_sparsities(sparsities or DEFAULT_SPARSITIES_TEXT)
+    allocation = allocation or "uniform"
     check_choice("--criterion", criterion, list(CRITERIA))
-    check_choice("--allocation", allocation, ALLOCATIONS)
+    check_choice("--allocation", allocation, WEIGHT_METHODS)
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    with progress_bar("sweeping", len(levels) + 1) as point_done:
+    with progress_bar("sweeping", len(levels) + len(patterns) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
             exclude=exclude or (), subset=subset, device=device, on_point=point_done, recalibrate_bn=recalibrate_bn,
-            **rebuild.arguments(),
+            patterns=patterns, **rebuild.arguments(),
         )
-    settings = {"checkpoint": str(checkpoint), "sparsities": levels, "criterion": criterion,
+    settings = {"checkpoint": str(checkpoint), "sparsities": levels, "patterns": [str(p) for p in patterns],
+                "criterion": criterion,
                 "allocation": allocation, "include": include or [], "exclude": exclude or [], "subset": subset,
                 "recalibrate_bn": result.recalibrate_bn, **rebuild.settings()}
     doc = document("sweep", settings, model=saved.model_spec, dataset=saved.dataset_spec, sweep=result.to_dict())
@@ -108,7 +117,8 @@ def compare_command(
                                                  "channel, fractions of the dense MACs to remove.")]
     = "0.8,0.9,0.95,0.98",
     allocations: Annotated[str | None, typer.Option(
-        help=f"Comma-separated: {', '.join(METHODS)} (channels: {', '.join(CHANNEL_METHODS)}) [all].",
+        help=f"Comma-separated: {', '.join(METHODS)} (channels: {', '.join(CHANNEL_METHODS)}) "
+             f"[{', '.join(DEFAULT_METHODS)}; channels: all].",
         show_default=False)] = None,
     scan_dir: Annotated[Path | None, typer.Option("--scan", help="Scan for 'ours' and 'budget' (default: scan "
                                                                  "OUT/scan now).")] = None,
@@ -139,7 +149,8 @@ def compare_command(
     at_least("--round-to", round_to, 1)
     levels = parse_sparsities(sparsities)
     allowed = METHODS if granularity == "weight" else CHANNEL_METHODS
-    methods = [m.strip() for m in allocations.split(",") if m.strip()] if allocations else list(allowed)
+    default = DEFAULT_METHODS if granularity == "weight" else CHANNEL_METHODS
+    methods = [m.strip() for m in allocations.split(",") if m.strip()] if allocations else list(default)
     for method in methods:
         check_choice("allocation", method, allowed)
     criterion = unit_criterion(granularity, criterion, None)
@@ -147,7 +158,7 @@ def compare_command(
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     curves = None
-    if any(ALLOCATORS[m].reads in ("curves", "validation") for m in methods):  # ours and budget read a scan
+    if any(ALLOCATORS[m].needs_scan for m in methods):  # ours and budget read a scan
         if scan_dir is None:
             scan_dir = out / "scan"
             with growing_progress("scanning") as advance:
@@ -183,4 +194,9 @@ def compare_command(
             console.print(f"{row.method} at {row.sparsity:g}: {row.error}", highlight=False)
     if (effort := selection_sentence(doc["comparison"]["rows"])) is not None:
         console.print(effort, highlight=False)
+    for row in comparison.rows:
+        if row.error is None and "chosen" in row.details:
+            chosen = ", ".join(f"{key} = {value:g}" for key, value in row.details["chosen"].items())
+            console.print(f"{row.method} at {row.sparsity:g}: {chosen} chosen on val among "
+                          f"{len(row.details['grid'])} settings", highlight=False)
     console.print(f"wrote {out / 'result.json'}, {out / 'compare.csv'} and plots in {out / 'plots'}")

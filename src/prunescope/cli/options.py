@@ -24,7 +24,7 @@ from prunescope.criteria import CRITERIA
 from prunescope.data import load_from_spec
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity
-from prunescope.pick.baselines import ALLOCATIONS
+from prunescope.pick.registry import WEIGHT_METHODS
 from prunescope.reconstruct import SELECTIONS
 from prunescope.scores import Score
 from prunescope.structured.importance import IMPORTANCES
@@ -197,7 +197,7 @@ DataDir = Annotated[
 ]
 Seed = Annotated[int, typer.Option(help="Seed of the split, the initialisation and the shuffling.")]
 Criterion = Annotated[str, typer.Option(help=f"Which weights go first: {', '.join(CRITERIA)}.")]
-Allocation = Annotated[str, typer.Option(help=f"How the global sparsity is split: {', '.join(ALLOCATIONS)}.")]
+Allocation = Annotated[str, typer.Option(help=f"How the global sparsity is split: {', '.join(WEIGHT_METHODS)}.")]
 Sparsities = Annotated[str, typer.Option(help="Comma-separated global sparsities in [0, 1).")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 DEFAULT_SPARSITIES_TEXT = "0.5,0.7,0.8,0.9,0.95"

@@ -49,6 +49,8 @@ from prunescope.errors import UsageError
 from prunescope.io import write_json
 from prunescope.masks import global_sparsity
 from prunescope.measure import measure_speedup
+from prunescope.measure.semistructured import semi_structured_speedup
+from prunescope.patterns import Pattern, parse_pattern
 from prunescope.pipeline.prune import (
     PickSettings,
     prune_channels_and_recover,
@@ -70,7 +72,9 @@ from prunescope.units import criterion_for
 
 def prune_command(
     checkpoint: CheckpointOption,
-    allocation: Annotated[Path, typer.Option(help="pick.json from prunescope pick, or a {layer: sparsity} JSON.")],
+    allocation: Annotated[Path | None, typer.Option(help="pick.json from prunescope pick, or a {layer: sparsity} JSON "
+                                                         "(with --pattern: the layers it prunes get the pattern; "
+                                                         "default every layer).", show_default=False)] = None,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (0: one-shot).")] = 5,
     lr: Annotated[float, typer.Option(help="Fine-tuning peak learning rate.")] = 0.01,
     optimizer: Optimizer = "sgd",
@@ -91,6 +95,9 @@ def prune_command(
     reconstruct: Reconstruct = None,
     calibration: Calibration = None,
     reconstruct_fallback: ReconstructFallback = False,
+    pattern: Annotated[str | None, typer.Option(help="N:M sparsity, e.g. 2:4: N kept of every M weights along each "
+                                                     "layer's input dimension, by the criterion or by --reconstruct.",
+                                                show_default=False)] = None,
     out: Out = Path("prunescope-out/pruned"),
     data_dir: DataDir = None,
     data_arg: DataArg = None,
@@ -114,30 +121,41 @@ def prune_command(
                            weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed)
     if granularity != "channel" and (round_to is not None or export_path is not None or recalibrate_bn):
         raise UsageError("--round-to, --export and --recalibrate-bn apply to --granularity channel")
+    chosen_pattern = parse_pattern(pattern) if pattern is not None else None
+    if chosen_pattern is not None and granularity != "weight":
+        raise UsageError("--pattern keeps N of every M weights: it applies to --granularity weight")
+    if allocation is None and chosen_pattern is None:
+        raise UsageError("give --allocation (a pick.json or a {layer: sparsity} JSON), or --pattern N:M")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     if granularity == "channel":
+        if allocation is None:
+            raise UsageError("--granularity channel applies a channel pick: give --allocation")
         pick = read_channel_pick(allocation, saved.model, saved.model_spec)
         chosen = unit_criterion(granularity, criterion, importance) if criterion or importance else None
         _prune_channels(saved, dataset, checkpoint, allocation, pick, tune, patience, chosen, round_to,
                         export_path, recalibrate_bn, out, device, seed)
     else:
         _prune_weights(saved, dataset, checkpoint, allocation, tune, patience,
-                       unit_criterion(granularity, criterion, importance), rebuild, out, device, seed)
+                       unit_criterion(granularity, criterion, importance), rebuild, out, device, seed, chosen_pattern)
 
 
 def _prune_weights(
-    saved: Checkpoint, dataset: Dataset, checkpoint: Path, allocation: Path, tune: TrainConfig | None,
+    saved: Checkpoint, dataset: Dataset, checkpoint: Path, allocation: Path | None, tune: TrainConfig | None,
     patience: int | None, criterion: str, rebuild: ReconstructChoice, out: Path, device: str, seed: int,
+    pattern: Pattern | None = None,
 ) -> None:
     targets = find_targets(saved.model)
-    per_target = load_allocation(allocation, targets)
+    per_target = load_allocation(allocation, targets) if allocation is not None else {t.name: 1.0 for t in targets}
+    if pattern is not None:  # every layer the allocation prunes is at 1 − N/M
+        per_target = {name: pattern.sparsity if s > 0 else 0.0 for name, s in per_target.items()}
     with progress_bar("fine-tuning", tune.epochs if tune else 0) as epoch_done:
         result = prune_weights_and_recover(
             saved.model, saved.model_spec, saved.dataset_spec, dataset, per_target, criterion=criterion, config=tune,
             out=out, patience=patience, device=device, meta={"pruned_from": str(checkpoint)},
-            reconstruction=rebuild.arguments(), on_epoch=epoch_done, seed=seed)
-    doc = document("prune", {"checkpoint": str(checkpoint), "allocation": str(allocation),
+            reconstruction=rebuild.arguments(), on_epoch=epoch_done, seed=seed, pattern=pattern)
+    doc = document("prune", {"checkpoint": str(checkpoint), "allocation": str(allocation) if allocation else None,
+                             "pattern": str(pattern) if pattern else None,
                              "lr": tune.lr if tune else None, "finetune_epochs": tune.epochs if tune else 0,
                              "criterion": criterion, "finetune": tune.to_dict() if tune else None,
                              **rebuild.settings()},
@@ -258,12 +276,27 @@ def measure_command(
     console.print(listing_table(f"{checkpoint.name} on {target} as {runtime}, input {shape}, {repeats} timed passes "
                                 "each, interleaved (speed-up = dense median / model median; range over 5 rounds)",
                                 columns, _measure_rows(result, labels)))
+    semi = semi_structured_speedup(ours, model.input_shape, device=target, batch_sizes=sizes, repeats=repeats)
+    if semi["layers"]:
+        console.print(_semi_structured_line(semi), highlight=False)
     if json_out is not None:
         settings = {"checkpoint": str(checkpoint), "dense": str(dense) if dense else None, "device": str(target),
                     "batch_sizes": list(sizes), "repeats": repeats, "threads": torch.get_num_threads()}
         write_json(json_out, document("measure", settings, input_shape=list(model.input_shape), runtime=runtime,
-                                      dense_reference=labels[1] if reference is not None else None, **result))
+                                      dense_reference=labels[1] if reference is not None else None,
+                                      semi_structured=semi, **result))
         console.print(f"wrote {json_out}")
+
+
+def _semi_structured_line(semi: dict) -> str:
+    """One line: the 2:4 kernels' speed-up over dense kernels on the same weights, or why none was measured."""
+    if semi["reason"] is not None:
+        return semi["reason"]
+    speedups = ", ".join(f"batch {b}: {x:.2f}× ({semi['speedup_range'][b][0]:.2f}–{semi['speedup_range'][b][1]:.2f})"
+                         for b, x in semi["speedup"].items())
+    left = f"; left dense: {', '.join(semi['skipped'])}" if semi["skipped"] else ""
+    return (f"2:4 semi-structured kernels ({semi['dtype']}, compute capability {semi['capability']}) on "
+            f"{len(semi['converted'])} Linear layers vs dense kernels on the same weights: {speedups}{left}")
 
 
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:

@@ -35,7 +35,8 @@ from prunescope.data import load_dataset
 from prunescope.evaluate import Evaluator
 from prunescope.io import write_json
 from prunescope.masks import check_sparsity
-from prunescope.pick.baselines import ALLOCATIONS, allocate
+from prunescope.pick.allocator import Problem
+from prunescope.pick.registry import WEIGHT_METHODS, weight_allocation
 from prunescope.pipeline.job import train_model
 from prunescope.report.schema import document
 from prunescope.report.tables import (
@@ -115,7 +116,7 @@ def gradual_command(
     """Prune gradually along a schedule, fine-tuning between steps; export OUT/model.pt."""
     check_sparsity(target_sparsity, "--target-sparsity")
     check_choice("--schedule", schedule, ("polynomial", "iterative"))
-    check_choice("--allocation", allocation, ALLOCATIONS)
+    check_choice("--allocation", allocation, WEIGHT_METHODS)
     sparsities = (polynomial_schedule(initial_sparsity, target_sparsity, steps) if schedule == "polynomial"
                   else iterative_schedule(target_sparsity, fraction))
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
@@ -124,7 +125,9 @@ def gradual_command(
     targets = find_targets(model)
     with progress_bar("pruning steps", len(sparsities)) as step_done:
         result = gradual_prune(
-            model, dataset, lambda s: allocate(allocation, model, targets, s, example=dataset.train.x[:2]), sparsities,
+            # A new problem per call: a re-pick reads the weights as they are at that step.
+            model, dataset, lambda s: weight_allocation(allocation, Problem(
+                model=model, targets=targets, example=dataset.train.x[:2], train=dataset.train), s), sparsities,
             TrainConfig(epochs=epochs_per_step, optimizer=optimizer, lr=lr, batch_size=batch_size,
                         weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed),
             repick=not fixed, device=device,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -190,6 +191,32 @@ def measure_all(
     }
 
 
+def interleaved_times(
+    modules: Sequence[nn.Module], input_shape: tuple[int, ...], *, device: torch.device | str,
+    batch_sizes: tuple[int, ...], repeats: int, rounds: int,
+) -> dict[int, list[list[list[float]]]]:
+    """``{batch: [per module: [per round: milliseconds of each pass]]}``: ``repeats`` passes of each module in
+    ``rounds`` alternating chunks (5 untimed passes before a module's first chunk, 1 before the others)."""
+    if not batch_sizes:
+        raise UsageError("batch_sizes must name at least one batch size")
+    if rounds < 1:
+        raise UsageError(f"rounds must be at least 1, got {rounds}")
+    chunk = max(1, repeats // rounds)
+    times: dict[int, list[list[list[float]]]] = {batch: [[] for _ in modules] for batch in batch_sizes}
+    for batch in batch_sizes:
+        for round_number in range(max(1, min(rounds, repeats))):
+            for timed, module in zip(times[batch], modules, strict=True):
+                warmup = 5 if round_number == 0 else 1
+                timed.append(_timed_passes(module, input_shape, device=device, batch_size=batch, warmup=warmup,
+                                           repeats=chunk))
+    return times
+
+
+def round_ratios(times: list[list[list[float]]]) -> list[float]:
+    """Per round, the second module's median over the first's: ``times`` of one batch as from interleaved_times."""
+    return [float(np.median(d)) / float(np.median(m)) for m, d in zip(*times, strict=True)]
+
+
 def measure_speedup(
     model: nn.Module,
     reference: nn.Module | None,
@@ -211,20 +238,9 @@ def measure_speedup(
     highest of the per-round ratios; ``mac_reduction`` is reference MACs / model MACs. All
     three are None without a reference.
     """
-    if not batch_sizes:
-        raise UsageError("batch_sizes must name at least one batch size")
-    if rounds < 1:
-        raise UsageError(f"rounds must be at least 1, got {rounds}")
     sizes = tuple(dict.fromkeys(batch_sizes))
     modules = [model] if reference is None else [model, reference]
-    chunk = max(1, repeats // rounds)
-    times: dict[int, list[list[list[float]]]] = {batch: [[] for _ in modules] for batch in sizes}
-    for batch in sizes:
-        for round_number in range(max(1, min(rounds, repeats))):
-            for timed, module in zip(times[batch], modules, strict=True):
-                warmup = 5 if round_number == 0 else 1
-                timed.append(_timed_passes(module, input_shape, device=device, batch_size=batch, warmup=warmup,
-                                           repeats=chunk))
+    times = interleaved_times(modules, input_shape, device=device, batch_sizes=sizes, repeats=repeats, rounds=rounds)
 
     def cost(index: int, module: nn.Module) -> dict[str, Any]:
         latency = {str(b): asdict(_latency([t for part in times[b][index] for t in part], b)) for b in sizes}
@@ -236,9 +252,7 @@ def measure_speedup(
         return {"model": ours, "dense": None, "speedup": None, "speedup_range": None, "mac_reduction": None}
     dense = cost(1, reference)
     speedup = {str(b): dense["latency"][str(b)]["median_ms"] / ours["latency"][str(b)]["median_ms"] for b in sizes}
-    per_round = {
-        str(b): [float(np.median(d)) / float(np.median(m)) for m, d in zip(*times[b], strict=True)] for b in sizes
-    }
+    per_round = {str(b): round_ratios(times[b]) for b in sizes}
     return {
         "model": ours,
         "dense": dense,

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from prunescope.calibration import calibration_inputs
 from prunescope.errors import UsageError
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from prunescope.curves import Curves
+    from prunescope.data.types import Split
     from prunescope.evaluate import Metrics
     from prunescope.structured.pruning import ChannelPruning
     from prunescope.targets import Target
@@ -66,7 +68,10 @@ class Problem:
     inputs, ``(N, *input_shape)``, through which uniform+ finds the data-flow order. curves:
     sensitivity curves of the units (pickers). pruning: the channel groups with their
     importance and exact footprint (channel baselines). validation: joint val measurements
-    (``ours``, which selects and refines on val).
+    (``ours``, which selects and refines on val). train / calibration: the train split and how
+    many seeded inputs of it calibrate (OWL's Wanda scores). cache: what allocators computed
+    from this problem's dense model (OWL's outlier ratios, AlphaPruning's alphas), reused by
+    every later call on the same problem; the model must be the same at every call.
     """
 
     model: nn.Module | None = None
@@ -75,6 +80,15 @@ class Problem:
     curves: Curves | None = None
     pruning: ChannelPruning | None = field(default=None, repr=False)
     validation: Validation | None = field(default=None, repr=False)
+    train: Split | None = field(default=None, repr=False)
+    calibration: int = 1024
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def needs_calibration(self, name: str) -> torch.Tensor:
+        """``calibration`` seeded train inputs (N, *input_shape), the same at every call."""
+        if self.train is None:
+            raise UsageError(f"{name} reads calibration inputs: it needs the train split")
+        return calibration_inputs(self.train, self.calibration)
 
     def needs_validation(self, name: str) -> Validation:
         if self.validation is None:

@@ -19,7 +19,6 @@ exactly ``round(s · N)``; fractional counts are rounded by the largest-remainde
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -28,32 +27,15 @@ from torch import nn
 from prunescope.criteria import Scores, compute_scores
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity
+from prunescope.pick.spread import exact_counts, total_removed
 from prunescope.targets import Target, flow_order
 
 ALLOCATIONS = ("uniform", "uniform+", "global", "erk", "lamp")
 UNIFORM_PLUS_LAST_CAP = 0.8
 
 
-def _exact_counts(targets: Sequence[Target], removed: dict[str, float], total: int) -> dict[str, float]:
-    """Round fractional removed counts so that they sum to ``total`` (largest remainder)."""
-    floors = {t.name: min(math.floor(removed[t.name]), t.numel) for t in targets}
-    missing = total - sum(floors.values())
-    by_remainder = sorted(targets, key=lambda t: removed[t.name] - floors[t.name], reverse=True)
-    for t in by_remainder:
-        if missing <= 0:
-            break
-        if floors[t.name] < t.numel:
-            floors[t.name] += 1
-            missing -= 1
-    return {t.name: floors[t.name] / t.numel for t in targets}
-
-
-def _total_removed(targets: Sequence[Target], sparsity: float) -> int:
-    return round(sparsity * sum(t.numel for t in targets))
-
-
 def uniform(targets: Sequence[Target], sparsity: float) -> dict[str, float]:
-    return _exact_counts(targets, {t.name: sparsity * t.numel for t in targets}, _total_removed(targets, sparsity))
+    return exact_counts(targets, {t.name: sparsity * t.numel for t in targets}, total_removed(targets, sparsity))
 
 
 def uniform_plus(targets: Sequence[Target], sparsity: float) -> dict[str, float]:
@@ -61,7 +43,7 @@ def uniform_plus(targets: Sequence[Target], sparsity: float) -> dict[str, float]
     if len(targets) < 3:
         raise UsageError("uniform+ needs at least three prunable layers (first dense, last capped, the rest uniform)")
     first, middle, last = targets[0], list(targets[1:-1]), targets[-1]
-    total = _total_removed(targets, sparsity)
+    total = total_removed(targets, sparsity)
     prunable = sum(t.numel for t in middle) + last.numel
     if total >= prunable:
         raise UsageError(
@@ -76,7 +58,7 @@ def uniform_plus(targets: Sequence[Target], sparsity: float) -> dict[str, float]
         raise UsageError(f"uniform+ cannot reach {sparsity:g} with {last.name} capped at 80%: choose a lower sparsity")
     removed = {first.name: 0.0, last.name: last_sparsity * last.numel}
     removed |= {t.name: middle_sparsity * t.numel for t in middle}
-    return _exact_counts(targets, removed, total)
+    return exact_counts(targets, removed, total)
 
 
 def _erk_shape_factor(target: Target) -> float:
@@ -85,7 +67,7 @@ def _erk_shape_factor(target: Target) -> float:
 
 
 def erk(targets: Sequence[Target], sparsity: float) -> dict[str, float]:
-    kept_total = sum(t.numel for t in targets) - _total_removed(targets, sparsity)
+    kept_total = sum(t.numel for t in targets) - total_removed(targets, sparsity)
     dense: set[str] = set()
     while True:
         free = [t for t in targets if t.name not in dense]
@@ -98,14 +80,14 @@ def erk(targets: Sequence[Target], sparsity: float) -> dict[str, float]:
             break
         dense.update(saturated)
     removed = {t.name: 0.0 if t.name in dense else (1 - epsilon * _erk_shape_factor(t)) * t.numel for t in targets}
-    return _exact_counts(targets, removed, _total_removed(targets, sparsity))
+    return exact_counts(targets, removed, total_removed(targets, sparsity))
 
 
 def global_threshold(targets: Sequence[Target], scores: Scores, sparsity: float) -> dict[str, float]:
     """Remove the round(s · N) lowest ``scores`` over all targets (scores must be comparable)."""
     flat = torch.cat([scores[t.name].flatten().float().cpu() for t in targets])
     owner = torch.cat([torch.full((t.numel,), i) for i, t in enumerate(targets)])
-    k = _total_removed(targets, sparsity)
+    k = total_removed(targets, sparsity)
     lowest = torch.topk(flat, k, largest=False, sorted=False).indices if k else torch.empty(0, dtype=torch.long)
     counts = torch.bincount(owner[lowest], minlength=len(targets))
     return {t.name: int(counts[i]) / t.numel for i, t in enumerate(targets)}

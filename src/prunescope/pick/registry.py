@@ -13,7 +13,12 @@ of its registry entry (:attr:`Entry.reads`), so that callers never special-case 
 - ``channels``: the channel baselines at a MAC budget, channel-uniform and channel-global
   (:mod:`prunescope.structured.baselines`);
 - ``validation``: ``ours`` (:mod:`prunescope.pick.ours`), which also reads the curves and
-  selects among the budget pick and the weight baselines on val.
+  selects among the budget pick and the weight baselines on val; ``owl-tuned`` and
+  ``alpha-tuned`` (:mod:`prunescope.pick.tuned`), OWL's and AlphaPruning's grids selected on val.
+
+The layer-wise allocations ``owl`` (:mod:`prunescope.pick.owl`, which also reads calibration
+inputs for its Wanda scores) and ``alpha`` (:mod:`prunescope.pick.alpha`) read ``weights`` like
+the baselines and, like them, remove exactly round(s · N) weights.
 
 Options are given by keyword, the same names everywhere (``max_drop``, ``target_sparsity``,
 ``target_params``, ``target_macs``, ``target_latency_ms``, ``lower_bound``, ``vote``…); an
@@ -28,12 +33,14 @@ from dataclasses import dataclass
 
 from prunescope.curves import Curves
 from prunescope.errors import UsageError
+from prunescope.pick import alpha, owl
 from prunescope.pick.allocator import Allocator, Pick, Problem
 from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.budget import BudgetPicker, macs_limit
 from prunescope.pick.ours import DEFAULT_REFINER, Ours
 from prunescope.pick.pickers import EnsemblePicker, KneePicker, Picker, ThresholdPicker, predicted_drops
 from prunescope.pick.refine import Refiner
+from prunescope.pick.tuned import GridSearch
 from prunescope.structured.baselines import global_channels, uniform_channels
 
 DEFAULT_MAX_DROP = 0.005  # half an accuracy point
@@ -141,6 +148,29 @@ def _ours(
     return Ours(target_sparsity, refiner, tuple(starts))
 
 
+def _owl(target_sparsity: float, outlier_m: float | None = None, owl_lambda: float | None = None) -> owl.OWL:
+    return owl.OWL(target_sparsity, owl.M_DEFAULT if outlier_m is None else outlier_m,
+                   owl.LAMBDA_DEFAULT if owl_lambda is None else owl_lambda)
+
+
+def _owl_tuned(target_sparsity: float) -> GridSearch:
+    """OWL's M × λ grid (:data:`~prunescope.pick.owl.M_GRID` × :data:`~prunescope.pick.owl.LAMBDA_GRID`), the
+    paper's default first."""
+    default = (owl.M_DEFAULT, owl.LAMBDA_DEFAULT)
+    grid = [default, *((m, lam) for m in owl.M_GRID for lam in owl.LAMBDA_GRID if (m, lam) != default)]
+    return GridSearch("owl-tuned", [({"M": m, "lambda": lam}, owl.OWL(target_sparsity, m, lam)) for m, lam in grid])
+
+
+def _alpha(target_sparsity: float, epsilon: float | None = None, tail: str | None = None) -> alpha.AlphaPruning:
+    return alpha.AlphaPruning(target_sparsity, alpha.EPSILON_DEFAULT if epsilon is None else epsilon, tail or "peak")
+
+
+def _alpha_tuned(target_sparsity: float, tail: str | None = None) -> GridSearch:
+    """AlphaPruning's ε over :data:`~prunescope.pick.alpha.EPSILON_GRID`, the reference's default first."""
+    grid = [alpha.EPSILON_DEFAULT, *(e for e in alpha.EPSILON_GRID if e != alpha.EPSILON_DEFAULT)]
+    return GridSearch("alpha-tuned", [({"epsilon": e}, _alpha(target_sparsity, e, tail)) for e in grid])
+
+
 def _weight_baseline(name: str) -> Callable[..., Allocator]:
     def build(target_sparsity: float) -> Allocator:
         return WeightBaseline(name, target_sparsity)
@@ -157,10 +187,16 @@ def _channel_baseline(name: str) -> Callable[..., Allocator]:
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered method: how to build it from options, and what it reads (``curves``, ``weights``, ``channels``)."""
+    """A registered method: how to build it from options, and what it reads (``curves``, ``weights``, ``channels``,
+    ``validation``). ``scan``: whether it needs sensitivity curves (None: when it reads ``curves``)."""
 
     build: Callable[..., Allocator]
     reads: str
+    scan: bool | None = None
+
+    @property
+    def needs_scan(self) -> bool:
+        return self.reads == "curves" if self.scan is None else self.scan
 
     @property
     def options(self) -> list[str]:
@@ -174,8 +210,12 @@ ALLOCATORS: dict[str, Entry] = {
     "budget": Entry(_budget, "curves"),
     "ensemble": Entry(_ensemble, "curves"),
     **{name: Entry(_weight_baseline(name), "weights") for name in ALLOCATIONS},
+    "owl": Entry(_owl, "weights"),
+    "alpha": Entry(_alpha, "weights"),
     **{name: Entry(_channel_baseline(name), "channels") for name in _CHANNEL_BASELINES},
-    "ours": Entry(_ours, "validation"),
+    "ours": Entry(_ours, "validation", scan=True),
+    "owl-tuned": Entry(_owl_tuned, "validation", scan=False),
+    "alpha-tuned": Entry(_alpha_tuned, "validation", scan=False),
 }
 
 
@@ -185,7 +225,10 @@ def names(reads: str) -> tuple[str, ...]:
 
 
 PICKERS = names("curves")
-COMPARED = (*names("validation"), *ALLOCATIONS)  # methods compared at one global sparsity of the weights
+LAYERWISE = ("owl", "alpha")  # layer-wise allocations from each layer's statistics, at a global sparsity
+WEIGHT_METHODS = (*ALLOCATIONS, *LAYERWISE)  # allocations at a global sparsity that select nothing on val
+COMPARED = ("ours", *ALLOCATIONS)  # what compare and run compare unless told otherwise
+COMPARABLE = (*COMPARED, *LAYERWISE, "owl-tuned", "alpha-tuned")  # every method compare takes at a global sparsity
 CHANNEL_BASELINES = names("channels")
 
 
@@ -220,3 +263,8 @@ def make_allocator(
         raise UsageError(f"the {name} {noun} does not take {option} (--{option.replace('_', '-')}); "
                          f"it takes {', '.join(entry.options)}{where}")
     return entry.build(**given)
+
+
+def weight_allocation(name: str, problem: Problem, sparsity: float) -> dict[str, float]:
+    """The allocation of :data:`WEIGHT_METHODS` member ``name`` at global ``sparsity`` of ``problem``'s targets."""
+    return make_allocator(name, among=WEIGHT_METHODS, target_sparsity=sparsity).allocate(problem).allocation

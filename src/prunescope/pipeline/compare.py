@@ -8,7 +8,9 @@ after every val evaluation is done.
 Every method is an allocator of :mod:`prunescope.pick.registry`, built by name with the
 same settings and asked for the same problem (the compared targets, their curves, the val
 measurements); ``ours`` (:mod:`prunescope.pick.ours`) is the budget pick or the best
-baseline on val, refined on val. Methods that select on val run after the others, so that
+baseline on val, refined on val. ``owl`` and ``alpha`` (OWL and AlphaPruning at their
+papers' settings) and ``owl-tuned`` / ``alpha-tuned`` (their grids selected on val) are
+compared when asked for. Methods that select on val run after the others, so that
 they reuse the baselines' val measurements.
 
 Every allocation, ``ours``'s budget pick included, is spread over the compared targets
@@ -51,12 +53,13 @@ from prunescope.pick.baselines import ALLOCATIONS
 from prunescope.pick.budget import macs_limit
 from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.refine import Refiner
-from prunescope.pick.registry import ALLOCATORS, CHANNEL_BASELINES, COMPARED, make_allocator
+from prunescope.pick.registry import ALLOCATORS, CHANNEL_BASELINES, COMPARABLE, COMPARED, make_allocator
 from prunescope.reconstruct import fallen_back, reconstructing
 from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.units import Pruning, Unit, Units, criterion_for, find_units
 
-METHODS = COMPARED
+METHODS = COMPARABLE  # every method compared at a global sparsity of the weights
+DEFAULT_METHODS = COMPARED  # those compared unless told: ours and the five baselines
 CHANNEL_METHODS = ("budget", *CHANNEL_BASELINES)  # compared at one fraction of the dense MACs removed
 
 
@@ -222,7 +225,7 @@ def compare(
     """Evaluate every method at every level on val, then each once on test.
 
     ``granularity``: ``weight`` (``sparsities`` are global sparsities of the compared
-    targets' weights; methods default to :data:`METHODS`) or ``channel`` (``sparsities`` are
+    targets' weights; methods among :data:`METHODS`, default :data:`DEFAULT_METHODS`) or ``channel`` (``sparsities`` are
     fractions of the dense MACs per sample to remove; methods default to
     :data:`CHANNEL_METHODS`; kept channel counts in multiples of ``round_to``).
     ``ours`` (see the module docstring) starts from the best on val of the budget pick
@@ -237,11 +240,12 @@ def compare(
     reconstruction (:mod:`prunescope.reconstruct`) on ``calibration`` train inputs instead of
     masking alone, the same for every row; None: plain masks. ``reconstruct_fallback``: layers whose
     inputs cannot be captured are pruned with the criterion's masks alone (recorded in
-    ``Comparison.fallback``) instead of refused.
+    ``Comparison.fallback``) instead of refused. ``calibration`` seeded train inputs also give
+    ``owl``'s Wanda scores.
     """
     criterion = criterion_for(granularity, criterion)
     allowed = METHODS if granularity == "weight" else CHANNEL_METHODS
-    methods = list(allowed if methods is None else methods)
+    methods = list((DEFAULT_METHODS if granularity == "weight" else CHANNEL_METHODS) if methods is None else methods)
     unknown = [m for m in methods if m not in allowed]
     if unknown:
         raise UsageError(f"unknown allocation {unknown[0]!r}: use one of {', '.join(allowed)}")
@@ -268,7 +272,8 @@ def compare(
     batches = bn_batches(model, recalibrate_bn)
     pruning = recalibrating(base, data.train, batches)
     val = _ValCache(pruning, units.units, Evaluator(model, data.val, device=device, batch_size=batch_size))
-    problem = Problem(model=model, example=data.train.x[:2], curves=curves, validation=val, **problem_units)
+    problem = Problem(model=model, example=data.train.x[:2], curves=curves, validation=val, train=data.train,
+                      calibration=calibration, **problem_units)
     rows = []
     for level in levels:
         # Methods that select on val last, so that they reuse the others' val evaluations; rows keep the

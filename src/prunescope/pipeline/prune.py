@@ -29,11 +29,12 @@ from prunescope.data.types import Dataset, Split
 from prunescope.device import resolve_device
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.evaluate import Evaluator, Metrics
+from prunescope.patterns import Pattern, check_pattern
 from prunescope.reconstruct import Reconstruction
 from prunescope.scan.files import load_scan
 from prunescope.structured.export import export_model, load_exported
 from prunescope.structured.find import find_groups
-from prunescope.targets import find_targets
+from prunescope.targets import effective_weight, find_targets
 from prunescope.train import TrainConfig, finetune, recalibrate_batchnorm, train
 from prunescope.train.loop import EpochRecord
 
@@ -199,11 +200,13 @@ def prune_weights_and_recover(
     reconstruction: dict[str, Any] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     seed: int = 0,
+    pattern: Pattern | None = None,
 ) -> WeightPruneResult:
     """Prune ``model``'s weights (in place) to ``allocation``, fine-tune with ``config`` (None: one-shot), save.
 
     ``reconstruction``: keyword arguments of :func:`prunescope.apply.prune` that re-fit the
     kept weights (``reconstruct``, ``calibration``, ``reconstruct_fallback``; None: masks alone).
+    ``pattern``: N:M in every layer the allocation prunes (checked before fine-tuning and saving).
     Writes ``out/model.pt`` with the zeros baked in (fine-tuning checkpoints to ``out/finetune.pt``).
     """
     device = resolve_device(device)
@@ -212,7 +215,7 @@ def prune_weights_and_recover(
     dense = Evaluator(model, data.val, device=device).evaluate()
     reports: list[Reconstruction] = []
     masks = prune(model, allocation, criterion=criterion, data=data.train, seed=seed, **(reconstruction or {}),
-                  on_reconstructed=reports.append)
+                  on_reconstructed=reports.append, pattern=pattern)
     one_shot = Evaluator(model, data.val, device=device).evaluate()
     history: list[EpochRecord] = []
     if config is not None:
@@ -220,6 +223,9 @@ def prune_weights_and_recover(
                           model_spec=model_spec, patience=patience, device=device, on_epoch=on_epoch)
         model, history = result.model, result.history
     finetuned = Evaluator(model, data.val, device=device).evaluate()
+    if pattern is not None:  # fine-tuning keeps pruned weights at zero: the saved zeros are still N:M
+        check_pattern({t.name: effective_weight(model, t) != 0 for t in targets if t.name in masks}, pattern,
+                      at_most=True)
     checkpoint = save_baked(model, out / "model.pt", model_spec, dataset_spec, meta=meta)
     return WeightPruneResult(dense, one_shot, finetuned, history, reports[0] if reports else None, checkpoint)
 

@@ -6,6 +6,10 @@ re-estimated on a few training batches when asked (by default for a model with B
 the split is evaluated and the model measured (non-zero parameters, sparse bytes,
 effective MACs, latency), and the weights and statistics are restored exactly before the
 next level.
+
+With N:M ``patterns`` (:mod:`prunescope.patterns`) the levels are the patterns instead: each
+prunes every target to exactly N of every M weights along its input dimension (sparsity
+1 − N/M), by the criterion's scores or by reconstruction, and no allocation applies.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from prunescope import measure
 from prunescope.criteria import compute_scores
 from prunescope.data.types import Dataset
 from prunescope.device import resolve_device
+from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator, Metrics
 from prunescope.masks import check_sparsity, measured_sparsity
-from prunescope.pick.baselines import allocate
+from prunescope.patterns import Pattern, check_widths
+from prunescope.pick.allocator import Problem
+from prunescope.pick.registry import weight_allocation
 from prunescope.reconstruct import fallen_back, reconstructing
 from prunescope.targets import Target, find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
-from prunescope.units import WeightPruning
+from prunescope.units import Pruning, WeightPruning
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class SweepPoint:
     allocation: dict[str, float]
     metrics: Metrics
     measure: dict
+    pattern: str | None = None  # "2:4" for a level pruned N:M
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +62,7 @@ class SweepResult:
     recalibrate_bn: int = 0
     reconstruct: str | None = None
     fallback: dict[str, str] = field(default_factory=dict)
+    patterns: list[str] = field(default_factory=list)
 
     @property
     def dense(self) -> SweepPoint:
@@ -69,6 +78,7 @@ class SweepResult:
             "recalibrate_bn": self.recalibrate_bn,
             "reconstruct": self.reconstruct,
             "fallback": self.fallback,
+            "patterns": self.patterns,
         }
 
 
@@ -90,13 +100,16 @@ def sweep(
     calibration: int = 1024,
     reconstruct_fallback: bool = False,
     on_point: Callable[[SweepPoint], None] | None = None,
+    patterns: Sequence[Pattern] = (),
 ) -> SweepResult:
     """Evaluate ``model`` dense and one-shot pruned at each global sparsity.
 
     Args:
         sparsities: global sparsities in [0, 1) (fraction of the targets' weights removed).
         criterion: which weights go first within a target (see :mod:`prunescope.criteria`).
-        allocation: how the global sparsity is split over targets (see :mod:`prunescope.pick.baselines`).
+        allocation: how the global sparsity is split over targets: a baseline of :mod:`prunescope.pick.baselines`,
+            ``owl`` or ``alpha`` (:data:`prunescope.pick.registry.WEIGHT_METHODS`; OWL's Wanda scores read
+            ``calibration`` seeded train inputs).
         include / exclude: globs selecting the targets.
         split: ``val`` (default) or ``test``; selection should never use ``test``.
         subset: evaluate on a seeded subset of this many examples.
@@ -109,20 +122,38 @@ def sweep(
             masks alone. ``reconstruct_fallback``: layers whose inputs cannot be captured are
             pruned with the criterion's masks alone (``SweepResult.fallback``) instead of refused.
         on_point: called after each level (progress bars).
+        patterns: N:M patterns to evaluate instead of ``sparsities`` (which must then be empty), each
+            at sparsity 1 − N/M in every target; ``allocation`` must be ``uniform``.
     """
+    if patterns and (sparsities or allocation != "uniform"):
+        raise UsageError("an N:M pattern fixes every layer at 1 − N/M: give --pattern without --sparsities and "
+                         "--allocation")
     levels = [check_sparsity(s) for s in sparsities]
     device = resolve_device(device)
     model.to(device).eval()
     targets = find_targets(model, include, exclude)
+    for pattern in patterns:
+        check_widths(targets, pattern)  # before any evaluation
     scores = compute_scores(model, targets, criterion, data=data.train)
     evaluator = Evaluator(model, data.split(split), device=device, subset=subset)
     batches = bn_batches(model, recalibrate_bn)
-    base = reconstructing(WeightPruning(model, targets, scores), data.train, reconstruct, calibration,
-                          fallback=reconstruct_fallback)
-    pruning = recalibrating(base, data.train, batches)
+
+    def base_of(pattern: Pattern | None) -> Pruning:
+        return reconstructing(WeightPruning(model, targets, scores), data.train, reconstruct, calibration,
+                              fallback=reconstruct_fallback, pattern=pattern)
+
+    def pruned_by(pattern: Pattern) -> Pruning:
+        return recalibrating(base_of(pattern), data.train, batches)
+
+    problem = Problem(model=model, targets=targets, example=data.train.x[:2], train=data.train, calibration=calibration)
+    base = base_of(None)
+    plain = recalibrating(base, data.train, batches)
+    # (sparsity, pattern, pruning) per level: the dense model first
+    runs = [(0.0, None, plain), *((s, None, plain) for s in levels), *((p.sparsity, p, pruned_by(p)) for p in patterns)]
     points = []
-    for sparsity in [0.0, *levels]:
-        per_target = allocate(allocation, model, targets, sparsity, example=data.train.x[:2])
+    for sparsity, pattern, pruning in runs:
+        per_target = ({t.name: sparsity for t in targets} if pattern is not None
+                      else weight_allocation(allocation, problem, sparsity))
         with pruning.applied(per_target):
             zeros = measured_sparsity(model, targets)
             point = SweepPoint(
@@ -132,9 +163,11 @@ def sweep(
                 metrics=evaluator.evaluate(),
                 measure=measure.measure_all(model, data.input_shape, device=evaluator.device,
                                             batch_sizes=measure.LATENCY_BATCHES, repeats=latency_repeats),
+                pattern=None if pattern is None else str(pattern),
             )
         points.append(point)
         if on_point is not None:
             on_point(point)
     return SweepResult(criterion=criterion, allocation=allocation, split=split, targets=targets, points=points,
-                       recalibrate_bn=batches, reconstruct=reconstruct, fallback=fallen_back(base))
+                       recalibrate_bn=batches, reconstruct=reconstruct, fallback=fallen_back(base),
+                       patterns=[str(p) for p in patterns])

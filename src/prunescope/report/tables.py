@@ -51,6 +51,7 @@ def sweep_rows(result: SweepResult) -> list[dict[str, Any]]:
         rows.append(
             {
                 "sparsity": p.sparsity,
+                "pattern": p.pattern or "",
                 "achieved_sparsity": round(p.achieved_sparsity, 6),
                 "accuracy": p.metrics.accuracy,
                 "accuracy_ci_low": low,
@@ -76,8 +77,8 @@ def _si(value: float) -> str:
 def sweep_table(result: SweepResult, title: str | None = None) -> Table:
     """One row per sparsity: metrics on the split, with the accuracy's 95% interval, and measurements."""
     dense = result.dense
-    table = Table(title=title or f"{result.split} metrics vs sparsity ({result.allocation} allocation, "
-                  f"{result.criterion} criterion)")
+    split_by = "N:M patterns" if result.patterns else f"{result.allocation} allocation"
+    table = Table(title=title or f"{result.split} metrics vs sparsity ({split_by}, {result.criterion} criterion)")
     columns = ("sparsity", "accuracy", "95% CI", "Δ pts", "macro-F1", "loss", "non-zero", "KiB",
                "MACs", "ms b=1", "samples/s")
     for column in columns:
@@ -85,7 +86,7 @@ def sweep_table(result: SweepResult, title: str | None = None) -> Table:
     for p in result.points:
         m = p.metrics
         table.add_row(
-            f"{p.achieved_sparsity:.1%}",
+            f"{p.achieved_sparsity:.1%}" + (f" ({p.pattern})" if p.pattern else ""),
             f"{m.accuracy:.2%}",
             f"{m.accuracy_ci[0]:.1%}–{m.accuracy_ci[1]:.1%}",
             f"{(m.accuracy - dense.metrics.accuracy) * 100:+.2f}",
