@@ -194,9 +194,9 @@ def test_an_export_is_read_only_when_trusted(cli, exports) -> None:
 
 
 def test_the_export_check_allows_rounding_also_where_it_breaks_a_tie_and_refuses_other_outputs(monkeypatch, tmp_path):
-    from prunescope.pipeline import prune as prune_module
     from prunescope.data.types import Split
     from prunescope.errors import PrunescopeError
+    from prunescope.pipeline import prune as prune_module
     from prunescope.structured.export import Exported
 
     model = nn.Linear(2, 2, bias=False)
