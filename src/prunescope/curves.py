@@ -230,6 +230,7 @@ class Curves:
 
     @classmethod
     def from_dict(cls, data: dict) -> Curves:
+        """The curves of a :meth:`to_dict` document (``scan.json``'s ``curves``)."""
         curves = {
             name: Curve(c["target"], c["numel"], c["macs"], [CurvePoint(**p) for p in c["points"]], c.get("params"))
             for name, c in data["curves"].items()

@@ -96,6 +96,7 @@ class Reconstruction:
     masks: Masks = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
+        """``result.json``'s ``reconstruction``: calibration size, seconds, per-layer errors, fallen-back layers."""
         return {"calibration": self.calibration, "seconds": self.seconds, "layers": [asdict(x) for x in self.layers],
                 "fallback": self.fallback}
 
@@ -223,6 +224,8 @@ class ReconstructedPruning:
 
     @contextlib.contextmanager
     def applied(self, allocation: Mapping[str, float]) -> Iterator[nn.Module]:
+        """The model pruned to ``allocation`` and reconstructed on the calibration inputs, for a ``with``
+        block; every parameter is restored bit-exactly afterwards (``last``: the reconstruction's record)."""
         pruned = {name: s for name, s in allocation.items() if s > 0}
         saved = [(p, p.detach().clone()) for p in self.model.parameters()]
         try:

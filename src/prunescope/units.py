@@ -82,7 +82,9 @@ class Units(Pruning, Protocol):
     # Whether a level is reported as the count it removes, k / size (few, whole elements: channels).
     whole_levels: bool
 
-    def footprint(self, allocation: Mapping[str, float]) -> Footprint: ...
+    def footprint(self, allocation: Mapping[str, float]) -> Footprint:
+        """The whole model's exact parameters and MACs per sample under ``allocation``."""
+        ...
 
     def latency_table(self, device: str | torch.device, batch_size: int) -> LatencyTable | None:
         """Per-unit latency savings timed on ``device`` (channel units), None where removing a unit saves no time."""

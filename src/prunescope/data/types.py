@@ -46,6 +46,7 @@ class Dataset:
     spec: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> Split:
+        """The split called ``name``: ``train``, ``val`` or ``test`` (ValueError otherwise)."""
         if name not in ("train", "val", "test"):
             raise ValueError(f"unknown split {name!r}: use train, val or test")
         return getattr(self, name)

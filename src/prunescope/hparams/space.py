@@ -85,9 +85,11 @@ class Space:
 
     @property
     def names(self) -> list[str]:
+        """The searched knobs' names, in the space's order."""
         return [p.name for p in self.params]
 
     def param(self, name: str) -> Param:
+        """The searched knob ``name`` (a one-line UsageError when it is not searched)."""
         for p in self.params:
             if p.name == name:
                 return p
@@ -98,6 +100,7 @@ class Space:
         return Space(tuple(self.param(name) for name in names))
 
     def distributions(self) -> dict[str, BaseDistribution]:
+        """Optuna's distribution of every searched knob, by name."""
         return {p.name: p.distribution() for p in self.params}
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
@@ -117,6 +120,7 @@ class Space:
         return TrainConfig(**{**dict(self.fixed), **values, "seed": seed})
 
     def to_dict(self) -> dict[str, Any]:
+        """The space as its TOML file has it: the fixed knobs' values and one table per searched knob."""
         return {**dict(self.fixed), **{p.name: p.to_dict() for p in self.params}}
 
 

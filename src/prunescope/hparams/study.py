@@ -84,9 +84,11 @@ class HparamsConfig:
     grace_period: int = GRACE_PERIOD
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def execution(self) -> Execution:
+        """Who evaluates the study's trials: the executor, workers and heartbeat settings of this config."""
         return Execution(self.executor, self.workers, self.ray_address, self.gpus_per_worker,
                          self.heartbeat_interval, self.grace_period)
 
@@ -122,6 +124,7 @@ class HparamsResult:
     verdict: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every table as JSON values: settings, space, search, importances, grid, landscapes, verdict."""
         return {"settings": self.settings, "space": self.space, "search": self.search, "importance": self.importance,
                 "grid": self.grid.to_dict(), "seeds": self.seeds, "temperature": self.temperature,
                 "units": self.units, "landscapes": [ls.to_dict() for ls in self.landscapes], "verdict": self.verdict}

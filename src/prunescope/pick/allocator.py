@@ -91,11 +91,13 @@ class Problem:
         return calibration_inputs(self.train, self.calibration)
 
     def needs_validation(self, name: str) -> Validation:
+        """The val split to measure allocations on; a one-line UsageError naming ``name`` without one."""
         if self.validation is None:
             raise UsageError(f"{name} selects on val: it needs the val split to measure allocations on")
         return self.validation
 
     def needs_curves(self, name: str) -> Curves:
+        """The scan's sensitivity curves; a one-line UsageError naming ``name`` without a scan."""
         if self.curves is None:
             raise UsageError(f"{name} needs a scan (it reads sensitivity curves): run prunescope scan first and "
                              "pass --scan")
@@ -108,7 +110,9 @@ class Allocator(Protocol):
 
     name: str
 
-    def allocate(self, problem: Problem) -> Pick: ...
+    def allocate(self, problem: Problem) -> Pick:
+        """The per-unit sparsities of this method for ``problem``."""
+        ...
 
 
 class ReadsCurves:

@@ -155,6 +155,7 @@ class BudgetPicker(ReadsCurves):
             raise UsageError(f"round_to must be a positive number of channels, got {self.round_to}")
 
     def pick(self, curves: Curves) -> Pick:
+        """The allocation that meets the budget exactly with the least predicted drop on ``curves``."""
         aligned = _aligned_curves(curves)
         budget = self._budget(aligned)
         choices = self._choices(curves, aligned, budget.kind)

@@ -51,6 +51,7 @@ class Choice:
     crossval: CrossValidation | None = None
 
     def to_dict(self) -> dict:
+        """``result.json``'s ``pick``: picker, verified allocation and its steps, bound, cross-validation."""
         return {
             "picker": self.picker,
             "recalibrate_bn": self.recalibrate_bn,

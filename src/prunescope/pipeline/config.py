@@ -75,6 +75,7 @@ class RunConfig:
     hparams: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
         return asdict(self)
 
 

@@ -140,6 +140,7 @@ class RegimeSettings:
         return replace(config, sam_rho=float(value))
 
     def recovery_config(self, seed: int) -> TrainConfig:
+        """The fine-tuning that recovers a pruned model (``finetune_epochs``, ``finetune_lr``) with ``seed``."""
         return TrainConfig(epochs=self.finetune_epochs, lr=self.finetune_lr, batch_size=self.batch_size, seed=seed)
 
 

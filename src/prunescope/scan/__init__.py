@@ -141,7 +141,8 @@ def scan(
             (``Curves.dense_by_n``). ``"auto"``: :func:`auto_subset` (``3 / tolerance``
             examples, 600 for half a point, where the split holds at least 4 times that;
             otherwise the whole split). None: the whole split.
-        include / exclude: globs selecting the targets.
+        include: globs of the targets to scan (default: every target).
+        exclude: globs of the targets to leave out.
         device: ``auto``, ``cpu``, ``cuda``…
         storage: where the Optuna study lives: a journal file path, a database URL
             (``sqlite:///scan.db``, ``postgresql://…``), or None (in memory, no resume).
@@ -166,9 +167,9 @@ def scan(
             or ``ray`` (``workers`` Ray actors); None: ``local`` for one worker, else ``processes``.
         ray_address: the Ray cluster to join (``auto``: the running one; None: a local one).
         gpus_per_worker: the GPU share of each Ray worker (0.25: four workers per GPU).
-        heartbeat_interval / grace_period: seconds; a trial running in ``storage`` whose
-            heartbeat is older than ``grace_period`` (or whose process on this host is
-            gone) is failed and its point evaluated again.
+        heartbeat_interval: seconds between the heartbeats of a running trial.
+        grace_period: seconds; a trial running in ``storage`` whose heartbeat is older than
+            this (or whose process on this host is gone) is failed and its point evaluated again.
         recalibrate_bn: re-estimate BatchNorm statistics of every pruned point on this many
             batches of 128 training examples (:class:`~prunescope.train.batchnorm.
             RecalibratedPruning`; statistics restored after each point). 0: off (default).

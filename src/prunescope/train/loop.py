@@ -79,10 +79,12 @@ class TrainConfig:
             raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict of every field."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        """The config of a :meth:`to_dict` document; keys this version does not know are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -121,6 +123,7 @@ class TrainResult:
 
     @property
     def final(self) -> EpochRecord:
+        """The record of the last epoch trained."""
         return self.history[-1]
 
     @property

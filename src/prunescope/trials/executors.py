@@ -49,6 +49,8 @@ log = logging.getLogger("prunescope")
 
 
 class Executor(Protocol):
+    """Who evaluates a study's queued trials: ``local``, ``processes`` or ``ray`` (see :func:`make_executor`)."""
+
     workers: int
 
     def run(self, settle: Settle) -> None:
@@ -69,6 +71,7 @@ class Local:
         self.drain = drain
 
     def run(self, settle: Settle) -> None:
+        """Evaluate queued trials here, one at a time, until ``settle()`` returns True."""
         while not settle():
             if not self.drain(1):
                 time.sleep(POLL_SECONDS)  # nothing queued: the points we wait for run elsewhere
@@ -146,12 +149,14 @@ class Processes:
             return None
 
     def run(self, settle: Settle) -> None:
+        """Wait until ``settle()`` returns True, replacing every worker process that died meanwhile."""
         self._supervise()
         while not settle():
             time.sleep(POLL_SECONDS)
             self._supervise()
 
     def close(self) -> None:
+        """Stop the workers: each finishes the trial it is evaluating, then exits."""
         self.stop.set()
         for process in self.processes:
             process.join()
@@ -196,6 +201,7 @@ class RayExecutor:
         self.calls: dict[Any, Any] = {}  # pending call -> actor
 
     def run(self, settle: Settle) -> None:
+        """Keep every actor draining queued trials until ``settle()`` returns True."""
         ray = self.ray
         while not settle():
             busy = set(self.calls.values())
@@ -214,6 +220,7 @@ class RayExecutor:
                 time.sleep(POLL_SECONDS)  # nothing queued: the points we wait for run elsewhere
 
     def close(self) -> None:
+        """Wait for the actors' trials, stop the actors, and shut down a Ray this executor started."""
         ray = self.ray
         if self.calls:
             ray.wait(list(self.calls), num_returns=len(self.calls))  # each finishes its trial

@@ -53,6 +53,7 @@ class Execution:
         return Place(location, name, self.heartbeat_interval, self.grace_period)
 
     def start(self, drain: Drain) -> Executor:
+        """The executor of this execution, running ``drain`` on its workers."""
         return make_executor(
             self.kind, drain, self.workers, ray_address=self.ray_address, gpus_per_worker=self.gpus_per_worker
         )
