@@ -38,13 +38,14 @@ from prunescope.cli.options import (
     reconstruct_choice,
     unit_criterion,
 )
-from prunescope.cli.terminal import console, growing_progress, print_fallback, progress_bar
+from prunescope.cli.terminal import console, growing_progress, print_fallback, print_prunable, progress_bar
 from prunescope.criteria import CRITERIA
 from prunescope.errors import UsageError
 from prunescope.pick.baselines import ALLOCATIONS
 from prunescope.pick.registry import ALLOCATORS
 from prunescope.pipeline.compare import CHANNEL_METHODS, METHODS, compare
 from prunescope.pipeline.sweep import sweep
+from prunescope.prunable import unit_share
 from prunescope.report.schema import document
 from prunescope.report.tables import (
     comparison_table,
@@ -86,6 +87,7 @@ def sweep_command(
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
+    prunable = print_prunable(unit_share(saved.model, "weight", dataset.input_shape, include or (), exclude or ()))
     with progress_bar("sweeping", len(levels) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
@@ -95,7 +97,8 @@ def sweep_command(
     settings = {"checkpoint": str(checkpoint), "sparsities": levels, "criterion": criterion,
                 "allocation": allocation, "include": include or [], "exclude": exclude or [], "subset": subset,
                 "recalibrate_bn": result.recalibrate_bn, **rebuild.settings()}
-    doc = document("sweep", settings, model=saved.model_spec, dataset=saved.dataset_spec, sweep=result.to_dict())
+    doc = document("sweep", settings, model=saved.model_spec, dataset=saved.dataset_spec, prunable=prunable,
+                   sweep=result.to_dict())
     write_sweep(out, doc, result)
     console.print(sweep_table(result))
     print_fallback(result.fallback)
@@ -146,6 +149,7 @@ def compare_command(
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback, granularity)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
+    prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape, include or (), exclude or ()))
     curves = None
     if any(ALLOCATORS[m].reads in ("curves", "validation") for m in methods):  # ours and budget read a scan
         if scan_dir is None:
@@ -155,7 +159,8 @@ def compare_command(
                               exclude=exclude or (), device=device, storage=scan_dir / JOURNAL_FILE,
                               study_name=study_name, on_trial=advance, granularity=granularity)
             save_scan(scan_dir, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
-                      dataset_spec=saved.dataset_spec, settings={"criterion": criterion, "tolerance": 0.005})
+                      dataset_spec=saved.dataset_spec, settings={"criterion": criterion, "tolerance": 0.005},
+                      prunable=prunable)
         else:
             saved_scan = load_scan(scan_dir)
             saved_scan.check_model(saved.model, scan_dir)
@@ -173,7 +178,7 @@ def compare_command(
                 "scan": str(scan_dir) if scan_dir else None, "criterion": criterion, "test": test,
                 "include": include or [], "exclude": exclude or [], "recalibrate_bn": comparison.recalibrate_bn,
                 **rebuild.settings()}
-    doc = document("compare", settings, model=saved.model_spec, dataset=saved.dataset_spec,
+    doc = document("compare", settings, model=saved.model_spec, dataset=saved.dataset_spec, prunable=prunable,
                    comparison=comparison.to_dict())
     write_comparison(out, doc, comparison)
     console.print(comparison_table(comparison))

@@ -42,7 +42,7 @@ from prunescope.cli.options import (
     reconstruct_choice,
     unit_criterion,
 )
-from prunescope.cli.terminal import console, print_fallback, progress_bar
+from prunescope.cli.terminal import console, print_fallback, print_prunable, progress_bar
 from prunescope.data import Dataset
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
@@ -55,6 +55,7 @@ from prunescope.pipeline.prune import (
     prune_weights_and_recover,
     read_channel_pick,
 )
+from prunescope.prunable import unit_share
 from prunescope.report.schema import document
 from prunescope.report.tables import (
     listing_table,
@@ -116,19 +117,21 @@ def prune_command(
         raise UsageError("--round-to, --export and --recalibrate-bn apply to --granularity channel")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
+    prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape))
     if granularity == "channel":
         pick = read_channel_pick(allocation, saved.model, saved.model_spec)
         chosen = unit_criterion(granularity, criterion, importance) if criterion or importance else None
         _prune_channels(saved, dataset, checkpoint, allocation, pick, tune, patience, chosen, round_to,
-                        export_path, recalibrate_bn, out, device, seed)
+                        export_path, recalibrate_bn, out, device, seed, prunable)
     else:
         _prune_weights(saved, dataset, checkpoint, allocation, tune, patience,
-                       unit_criterion(granularity, criterion, importance), rebuild, out, device, seed)
+                       unit_criterion(granularity, criterion, importance), rebuild, out, device, seed, prunable)
 
 
 def _prune_weights(
     saved: Checkpoint, dataset: Dataset, checkpoint: Path, allocation: Path, tune: TrainConfig | None,
     patience: int | None, criterion: str, rebuild: ReconstructChoice, out: Path, device: str, seed: int,
+    prunable: dict,
 ) -> None:
     targets = find_targets(saved.model)
     per_target = load_allocation(allocation, targets)
@@ -141,7 +144,7 @@ def _prune_weights(
                              "lr": tune.lr if tune else None, "finetune_epochs": tune.epochs if tune else 0,
                              "criterion": criterion, "finetune": tune.to_dict() if tune else None,
                              **rebuild.settings()},
-                   model=saved.model_spec, dataset=saved.dataset_spec, allocation=per_target,
+                   model=saved.model_spec, dataset=saved.dataset_spec, prunable=prunable, allocation=per_target,
                    reconstruction=result.reconstruction.to_dict() if result.reconstruction else None,
                    val={"dense": result.dense.to_dict(), "one_shot": result.one_shot.to_dict(),
                         "finetuned": result.finetuned.to_dict()},
@@ -168,7 +171,7 @@ def _prune_channels(
     saved: Checkpoint, dataset: Dataset, checkpoint: Path, allocation: Path, pick: PickSettings,
     tune: TrainConfig | None,
     patience: int | None, importance: str | None, round_to: int | None, export_path: Path | None, bn_batches: int,
-    out: Path, device: str, seed: int,
+    out: Path, device: str, seed: int, prunable: dict,
 ) -> None:
     importance = importance or criterion_for("channel", pick.importance)
     finetune_epochs = tune.epochs if tune else 0
@@ -185,7 +188,8 @@ def _prune_channels(
                              "finetune_epochs": finetune_epochs, "granularity": "channel", "importance": importance,
                              "round_to": round_to or pick.round_to or 1, "export": str(export_path or ""),
                              "recalibrate_bn": bn_batches},
-                   model=result.pruned.model_spec, dataset=saved.dataset_spec, allocation=pick.allocation,
+                   model=result.pruned.model_spec, dataset=saved.dataset_spec, prunable=prunable,
+                   allocation=pick.allocation,
                    removed_channels=result.pruned.removal, skipped=result.pruned.skipped,
                    footprint={"dense": vars(dense), "pruned": vars(pruned)},
                    val={"dense": result.dense.to_dict(), "one_shot": result.one_shot.to_dict(),

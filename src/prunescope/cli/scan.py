@@ -46,12 +46,20 @@ from prunescope.cli.options import (
     reconstruct_choice,
     unit_criterion,
 )
-from prunescope.cli.terminal import console, growing_progress, print_fallback, progress_bar, warn_if_val_is_small
+from prunescope.cli.terminal import (
+    console,
+    growing_progress,
+    print_fallback,
+    print_prunable,
+    progress_bar,
+    warn_if_val_is_small,
+)
 from prunescope.errors import UsageError
 from prunescope.io import write_json
 from prunescope.pick.choose import choose
 from prunescope.pick.crossval import DEFAULT_FOLDS
 from prunescope.pick.registry import PICKERS, make_allocator
+from prunescope.prunable import unit_share
 from prunescope.report.schema import document
 from prunescope.report.tables import (
     choice_table,
@@ -114,6 +122,7 @@ def scan_command(
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     warn_if_val_is_small(len(dataset.val), tolerance / 100)
+    prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape, include or (), exclude or ()))
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
                 "tolerance": tolerance / 100, "subset": subset, "workers": workers, "study_name": study_name,
                 "include": include or [],
@@ -129,7 +138,7 @@ def scan_command(
             **rebuild.arguments(),
         )
     save_scan(out, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
-              dataset_spec=saved.dataset_spec, settings=settings)
+              dataset_spec=saved.dataset_spec, settings=settings, prunable=prunable)
     console.print(scan_table(curves, tolerance / 100))
     print_fallback(curves.fallback)
     console.print(f"{curves.evaluations} evaluations ({curves.reused} reused from the study), "

@@ -20,23 +20,26 @@ from prunescope.cli.options import (
     LimitTrain,
     LimitVal,
     ModelArg,
+    ModelName,
     Optimizer,
     Out,
     Seed,
     TrustFactoryOption,
     WeightDecay,
+    Weights,
     assignments,
     check_choice,
     checkpoint_and_data,
     data_choice,
 )
-from prunescope.cli.terminal import console, progress_bar
+from prunescope.cli.terminal import console, print_prunable, progress_bar
 from prunescope.data import load_dataset
 from prunescope.evaluate import Evaluator
 from prunescope.io import write_json
 from prunescope.masks import check_sparsity
 from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pipeline.job import train_model
+from prunescope.prunable import prunable_share
 from prunescope.report.schema import document
 from prunescope.report.tables import (
     listing_table,
@@ -52,7 +55,8 @@ from prunescope.train import (
 
 
 def train_command(
-    model: Annotated[str, typer.Option(help="Zoo model or package.module:factory.")] = "mlp",
+    model: Annotated[str, typer.Option(help=f"{ModelName}.")] = "mlp",
+    weights: Weights = None,
     data: Annotated[str, typer.Option(help="Dataset name or package.module:factory.")] = "digits",
     data_dir: DataDir = None,
     model_arg: ModelArg = None,
@@ -79,7 +83,7 @@ def train_command(
     dataset = load_dataset(data, data_dir=data_dir, seed=seed, **choice.overrides())
     with progress_bar(f"training {model}", epochs) as epoch_done:
         result = train_model(dataset, model, config, out, model_args=assignments("--model-arg", model_arg),
-                             device=device, on_epoch=epoch_done)
+                             weights=weights, device=device, on_epoch=epoch_done)
     columns = ["epoch", "train loss", "val accuracy", "val macro-F1", "val loss", "seconds"]
     rows = [
         [str(r.epoch), f"{r.train_loss:.4f}", f"{r.val_accuracy:.2%}", f"{r.val_macro_f1:.3f}", f"{r.val_loss:.4f}",
@@ -127,6 +131,7 @@ def gradual_command(
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     model = saved.model
     targets = find_targets(model)
+    prunable = print_prunable(prunable_share(model, targets, dataset.input_shape))
     with progress_bar("pruning steps", len(sparsities)) as step_done:
         result = gradual_prune(
             model, dataset, lambda s: allocate(allocation, model, targets, s, example=dataset.train.x[:2]), sparsities,
@@ -139,7 +144,7 @@ def gradual_command(
     write_json(out / "result.json", document("gradual", {"checkpoint": str(checkpoint), "schedule": schedule,
                                                          "sparsities": sparsities, "allocation": allocation},
                                              model=saved.model_spec, dataset=saved.dataset_spec,
-                                             gradual=result.to_dict()))
+                                             prunable=prunable, gradual=result.to_dict()))
     rows = [[str(st.step), f"{st.sparsity:.1%}", f"{st.achieved_sparsity:.2%}", f"{st.val['accuracy']:.2%}"]
             for st in result.steps]
     console.print(listing_table(f"{schedule} pruning to {target_sparsity:.0%} ({allocation} allocation)",
