@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from prunescope.measure import count_macs
+from prunescope.models import build_from_spec
 from prunescope.structured.find import find_groups
 from prunescope.targets import Target, find_targets, parameter
 
@@ -150,6 +151,11 @@ def unit_share(
     targets = find_targets(model, include, exclude) if granularity == "weight" else _grouped(model, input_shape,
                                                                                            include, exclude)
     return prunable_share(model, targets, input_shape)
+
+
+def spec_share(spec: dict, granularity: str = "weight") -> PrunableShare:
+    """:func:`unit_share` of the architecture a model spec describes (studies that build their models by name)."""
+    return unit_share(build_from_spec(spec), granularity, spec["input_shape"])
 
 
 def _grouped(model: nn.Module, input_shape: Sequence[int], include: Sequence[str], exclude: Sequence[str]

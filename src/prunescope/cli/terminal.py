@@ -51,9 +51,9 @@ def warn_if_val_is_small(examples: int, tolerance: float | None) -> None:
 
 def print_prunable(share: PrunableShare) -> dict:
     """Say how much of the model is prunable (a yellow warning below half); returns what a result records."""
-    console.print(escape(share.line()), highlight=False)
+    console.print(escape(share.line()), highlight=False, soft_wrap=True)
     if (warning := share.warning()) is not None:
-        console.print(f"[yellow]warning: {escape(warning)}[/yellow]", highlight=False)
+        console.print(f"[yellow]warning: {escape(warning)}[/yellow]", highlight=False, soft_wrap=True)
     return share.to_dict()
 
 

@@ -59,7 +59,7 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 warnings.simplefilter("ignore", UserWarning)
                 payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
-            if "Weights only load failed" in str(error):
+            if "Unsupported global" in str(error):  # a pickled object, not a tensor
                 raise UsageError(f"--weights {path} holds Python objects that are unsafe to load, so it was refused: "
                                  "save the model's state_dict() instead") from None
             raise UsageError(f"--weights {path} is not a readable torch file ({_one_line(error)}): give a state "
