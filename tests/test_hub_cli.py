@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-import hub_models
 import pytest
+import tiny_hf
 import torch
 
 from prunescope.checkpoint import load_checkpoint
@@ -14,7 +14,7 @@ from prunescope.targets import find_targets
 
 pytest.importorskip("transformers")
 
-DATA = ["--data", "hub_models:tokens"]
+DATA = ["--data", "tiny_hf:tokens"]
 CONV1D = [f"transformer.h.{i}.{layer}.weight" for i in range(2)
           for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
 
@@ -24,7 +24,7 @@ def gpt2_checkpoint(tmp_path_factory):
     from prunescope.cli import main
 
     root = tmp_path_factory.mktemp("gpt2-cli")
-    directory = hub_models.save("GPT2ForSequenceClassification", hub_models.gpt2_config(), root / "gpt2")
+    directory = tiny_hf.save("GPT2ForSequenceClassification", tiny_hf.gpt2_config(), root / "gpt2")
     with pytest.raises(SystemExit) as done:
         main(["train", "--model", f"hf:{directory}", *DATA, "--epochs", "6", "--optimizer", "adamw", "--lr", "0.01",
               "--batch-size", "32", "--weight-decay", "0", "--out", str(root / "train"), "--device", "cpu"])
@@ -33,9 +33,9 @@ def gpt2_checkpoint(tmp_path_factory):
 
 
 def test_trained_gpt2_learns_the_tokens_and_keeps_its_names(gpt2_checkpoint):
-    saved = load_checkpoint(gpt2_checkpoint, trust_factory=["hub_models:tokens"])  # the data's factory only
+    saved = load_checkpoint(gpt2_checkpoint, trust_factory=["tiny_hf:tokens"])  # the data's factory only
     assert saved.model_spec["name"].startswith("hf:/")
-    data = hub_models.tokens()
+    data = tiny_hf.tokens()
     x, y = data["val"]
     accuracy = float((saved.model(x.float()).argmax(1) == y).float().mean())
     assert accuracy > 0.8  # 3 classes: chance is 1/3
@@ -43,7 +43,7 @@ def test_trained_gpt2_learns_the_tokens_and_keeps_its_names(gpt2_checkpoint):
 
 
 def test_scan_and_compare_prune_the_conv1d_layers_and_say_the_prunable_share(cli, gpt2_checkpoint, tmp_path):
-    model = load_checkpoint(gpt2_checkpoint, trust_factory=["hub_models:tokens"]).model
+    model = load_checkpoint(gpt2_checkpoint, trust_factory=["tiny_hf:tokens"]).model
     total = sum(p.numel() for p in model.parameters())
     in_targets = sum(t.numel for t in find_targets(model))
     code, out, err = cli("scan", "--checkpoint", gpt2_checkpoint, "--out", tmp_path / "scan", "--strategy", "grid",
@@ -81,7 +81,7 @@ def test_exclude_leaving_most_of_the_model_warns(cli, gpt2_checkpoint, tmp_path)
 
 
 def test_llama_reconstructed_through_the_command_line(cli, tmp_path):
-    directory = hub_models.save("LlamaForSequenceClassification", hub_models.llama_config(), tmp_path / "llama")
+    directory = tiny_hf.save("LlamaForSequenceClassification", tiny_hf.llama_config(), tmp_path / "llama")
     code, _, err = cli("train", "--model", f"hf:{directory}", *DATA, "--epochs", "1", "--optimizer", "adamw",
                        "--lr", "0.01", "--out", tmp_path / "train", "--device", "cpu")
     assert code == 0, err
@@ -107,7 +107,7 @@ def test_bad_hf_model_is_one_line_and_writes_nothing(cli, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     torch.save({"nope": torch.zeros(1)}, tmp_path / "w.pt")
-    directory = hub_models.save("GPT2ForSequenceClassification", hub_models.gpt2_config(), tmp_path / "gpt2")
+    directory = tiny_hf.save("GPT2ForSequenceClassification", tiny_hf.gpt2_config(), tmp_path / "gpt2")
     cases = [
         (["--model", f"hf:{empty}"], "has no config.json"),
         (["--model", f"hf:{directory}", "--weights", tmp_path / "w.pt"], "does not fit the model: 'transformer.wte"),

@@ -7,8 +7,8 @@ import json
 import sys
 import types
 
-import hub_models
 import pytest
+import tiny_hf
 import torch
 from torch import nn
 
@@ -186,13 +186,13 @@ def test_unsupported_matrix_product_is_said_and_registering_the_layer_makes_it_a
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
     pytest.importorskip("transformers")
-    return hub_models.save("GPT2ForSequenceClassification", hub_models.gpt2_config(), tmp_path_factory.mktemp("g"))
+    return tiny_hf.save("GPT2ForSequenceClassification", tiny_hf.gpt2_config(), tmp_path_factory.mktemp("g"))
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     pytest.importorskip("transformers")
-    return hub_models.save("LlamaForSequenceClassification", hub_models.llama_config(),
+    return tiny_hf.save("LlamaForSequenceClassification", tiny_hf.llama_config(),
                            tmp_path_factory.mktemp("l"))
 
 
@@ -202,7 +202,7 @@ def test_hf_directory_weights_loaded_and_spec_rebuilds_the_architecture(gpt2_dir
     saved = transformers.GPT2ForSequenceClassification.from_pretrained(gpt2_dir)
     model = build_model(f"hf:{gpt2_dir}", (8,), 3)
     assert torch.equal(model.score.weight, saved.score.weight)  # the directory's weights
-    x = torch.randint(1, hub_models.VOCAB, (4, 8))
+    x = torch.randint(1, tiny_hf.VOCAB, (4, 8))
     logits = model(x.float())  # float token ids, as prunescope keeps inputs, read as ids
     torch.testing.assert_close(logits, saved(x).logits, rtol=0, atol=0)
     spec = model_spec(f"hf:{gpt2_dir}", (8,), 3)
@@ -247,9 +247,9 @@ def test_llama_targets_are_its_projections_head_and_embedding(llama_dir):
 
 def test_tied_weights_are_one_target_counted_once(tmp_path):
     pytest.importorskip("transformers")
-    directory = hub_models.save("GPT2LMHeadModel", hub_models.gpt2_config(architectures=["GPT2LMHeadModel"]),
+    directory = tiny_hf.save("GPT2LMHeadModel", tiny_hf.gpt2_config(architectures=["GPT2LMHeadModel"]),
                                 tmp_path / "lm")
-    model = build_model(f"hf:{directory}", (8,), hub_models.VOCAB)
+    model = build_model(f"hf:{directory}", (8,), tiny_hf.VOCAB)
     assert model.lm_head.weight is model.transformer.wte.weight
     found = find_targets(model)
     tied = [t for t in found if "wte" in t.name or "lm_head" in t.name]
@@ -262,7 +262,7 @@ def test_tied_weights_are_one_target_counted_once(tmp_path):
     # A file holding the tied tensor under one name only (as save_pretrained writes it) fits.
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     torch.save(state, tmp_path / "w.pt")
-    load_weights(build_model(f"hf:{directory}", (8,), hub_models.VOCAB), tmp_path / "w.pt")
+    load_weights(build_model(f"hf:{directory}", (8,), tiny_hf.VOCAB), tmp_path / "w.pt")
 
 
 def test_hf_bad_inputs_are_one_line_each(gpt2_dir, tmp_path):
@@ -302,3 +302,18 @@ def test_a_user_factory_returning_a_transformers_model_is_read_as_logits(gpt2_di
     assert as_logits(as_logits(model)) is model
     assert len(model._forward_hooks) == 1 and len(model._forward_pre_hooks) == 1  # idempotent
     assert model(torch.ones(2, 8)).shape == (2, 3)
+
+
+def test_wrap_a_transformers_model_through_its_directory(gpt2_dir, tmp_path):
+    import transformers
+
+    from prunescope import wrap
+
+    model = transformers.GPT2ForSequenceClassification.from_pretrained(gpt2_dir)
+    data = tiny_hf.tokens(n_train=30, n_val=9, n_test=9)
+    with pytest.raises(UsageError, match="save it with model.save_pretrained"):
+        wrap(model, data, tmp_path / "refused")
+    path = wrap(model, data, tmp_path / "wrapped", factory=f"hf:{gpt2_dir}")
+    loaded = load_checkpoint(path).model
+    x = data["val"][0]
+    torch.testing.assert_close(loaded(x.float()), model(x).logits, rtol=0, atol=0)

@@ -23,7 +23,7 @@ from prunescope.targets import find_targets
 from prunescope.units import WeightPruning
 
 transformers = pytest.importorskip("transformers")
-import hub_models  # noqa: E402
+import tiny_hf  # noqa: E402  (examples/, on sys.path by conftest)
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 OUTPUTS = {"rtol": 1e-5, "atol": 1e-6}  # float32 rounding of two summation orders
@@ -60,9 +60,9 @@ def pair() -> tuple[Stack, Stack]:
 
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
-    directory = hub_models.save("GPT2ForSequenceClassification", hub_models.gpt2_config(),
+    directory = tiny_hf.save("GPT2ForSequenceClassification", tiny_hf.gpt2_config(),
                                 tmp_path_factory.mktemp("gpt2"))
-    return build_model(f"hf:{directory}", (hub_models.SEQ_LEN,), 3).eval()
+    return build_model(f"hf:{directory}", (tiny_hf.SEQ_LEN,), 3).eval()
 
 
 def test_conv1d_targets_are_found_transposed_in_a_gpt2_block(gpt2):
@@ -149,7 +149,7 @@ def test_macs_of_conv1d_equal_those_of_the_linear(pair, gpt2):
     with torch.no_grad():
         conv_model.first.weight[:5].zero_()  # 5 of the 10 input rows: half the weights
     assert count_macs(conv_model, (7, 10)).per_weight["first.weight"] == (7 * 10 * 12, 7 * 5 * 12)
-    block = count_macs(gpt2, (hub_models.SEQ_LEN,)).per_weight
+    block = count_macs(gpt2, (tiny_hf.SEQ_LEN,)).per_weight
     for name, (dense, _) in block.items():
         if name.endswith("c_fc.weight"):
-            assert dense == hub_models.SEQ_LEN * 16 * 64  # tokens × in × out of each block's c_fc
+            assert dense == tiny_hf.SEQ_LEN * 16 * 64  # tokens × in × out of each block's c_fc

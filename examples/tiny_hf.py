@@ -1,10 +1,15 @@
-"""Tiny Hugging Face models saved from config objects (never a download) and a token classification dataset.
+"""Tiny Hugging Face classifiers saved from config objects (never a download), and token sequences to classify.
 
-Imported by name (``hub_models:tokens``) by the command-line tests; pytest puts this folder on ``sys.path``.
+    python examples/tiny_hf.py gpt2-tiny            # or: ... llama-tiny LlamaForSequenceClassification
+    prunescope train --model hf:gpt2-tiny --data tiny_hf:tokens --optimizer adamw --lr 0.01 --out runs/gpt2
+
+(run from ``examples/``, or with it on ``PYTHONPATH``, so that ``tiny_hf:tokens`` imports). Needs the
+``hf`` extra: ``pip install 'prunescope[hf]'``. The tests build their models with the same functions.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -58,3 +63,10 @@ def save(model_class: str, config, directory: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     getattr(transformers, model_class)(config).save_pretrained(directory)
     return directory
+
+
+if __name__ == "__main__":
+    directory = Path(sys.argv[1] if len(sys.argv) > 1 else "gpt2-tiny")
+    architecture = sys.argv[2] if len(sys.argv) > 2 else "GPT2ForSequenceClassification"
+    config = llama_config() if architecture.startswith("Llama") else gpt2_config()
+    print(f"wrote {save(architecture, config, directory)}")
