@@ -311,7 +311,7 @@ def test_wrap_a_transformers_model_through_its_directory(gpt2_dir, tmp_path):
 
     model = transformers.GPT2ForSequenceClassification.from_pretrained(gpt2_dir)
     data = tiny_hf.tokens(n_train=30, n_val=9, n_test=9)
-    with pytest.raises(UsageError, match="save it with model.save_pretrained"):
+    with pytest.raises(UsageError, match=r"save it with model\.save_pretrained"):
         wrap(model, data, tmp_path / "refused")
     path = wrap(model, data, tmp_path / "wrapped", factory=f"hf:{gpt2_dir}")
     loaded = load_checkpoint(path).model
