@@ -317,3 +317,26 @@ def test_wrap_a_transformers_model_through_its_directory(gpt2_dir, tmp_path):
     loaded = load_checkpoint(path).model
     x = data["val"][0]
     torch.testing.assert_close(loaded(x.float()), model(x).logits, rtol=0, atol=0)
+
+
+def test_a_pruned_tied_tensor_is_masked_wherever_it_is_used(tmp_path):
+    pytest.importorskip("transformers")
+    import copy
+
+    from prunescope.criteria import compute_scores
+    from prunescope.masks import apply_permanently, compute_masks, make_permanent
+
+    directory = tiny_hf.save("GPT2LMHeadModel", tiny_hf.gpt2_config(architectures=["GPT2LMHeadModel"]), tmp_path / "lm")
+    model = build_model(f"hf:{directory}", (8,), tiny_hf.VOCAB).eval()
+    found = find_targets(model)
+    masks = compute_masks(compute_scores(model, found, "magnitude"), {"transformer.wte.weight": 0.5})
+    reparametrized, baked = copy.deepcopy(model), copy.deepcopy(model)
+    apply_permanently(reparametrized, found, masks)
+    apply_permanently(baked, found, masks, reparametrize=False)
+    x = torch.randint(1, tiny_hf.VOCAB, (3, 8)).float()
+    # The head reads the embedding table's tensor: it must see the mask too (lm_head computes orig * mask).
+    torch.testing.assert_close(reparametrized(x), baked(x), rtol=0, atol=0)
+    assert float((reparametrized.lm_head.weight == 0).float().mean()) == 0.5
+    make_permanent(reparametrized)
+    assert reparametrized.lm_head.weight is reparametrized.transformer.wte.weight  # still one tensor
+    torch.testing.assert_close(reparametrized(x), baked(x), rtol=0, atol=0)
