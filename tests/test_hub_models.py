@@ -101,6 +101,14 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch, source):
     assert one_line(error) == f"--model {source}:… needs the optional extra: pip install 'prunescope[{source}]'"
 
 
+def test_missing_hf_extra_is_one_line(monkeypatch, tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "architectures": ["GPT2ForSequenceClassification"]}')
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(UsageError) as error:
+        model_spec(f"hf:{tmp_path}", (8,), 3)
+    assert one_line(error) == "--model hf:… needs the optional extra: pip install 'prunescope[hf]'"
+
+
 def test_unknown_library_model_and_refused_options(fake_timm, fake_torchvision):
     with pytest.raises(UsageError, match="unknown timm model 'nope'"):
         build_model("timm:nope", (1, 8, 8), 3)
