@@ -110,6 +110,12 @@ def _unwritable(world: Path) -> Path:
     return folder
 
 
+def _state(world: Path, state: dict[str, torch.Tensor], name: str = "state.pt") -> Path:
+    path = world / name
+    torch.save(state, path)
+    return path
+
+
 def _json(world: Path, name: str, value: object) -> Path:
     path = world / name
     path.write_text(json.dumps(value))
@@ -246,6 +252,20 @@ CASES: list[Case] = [
     ),
     Case("train --data unknown", lambda w: ["train", "--data", "imagenet", "--out", w / "t"], "unknown dataset"),
     Case("train --model unknown", lambda w: ["train", "--model", "alexnet", "--out", w / "t"], "alexnet"),
+    Case("train --model hf: no directory", lambda w: ["train", "--model", f"hf:{w / 'nowhere'}", "--out", w / "t"],
+         "no such directory"),
+    Case("train --model hf: without config.json",
+         lambda w: ["train", "--model", f"hf:{w / 'scan' / 'plots'}", "--out", w / "t"], "has no config.json"),
+    Case("train --weights missing", lambda w: ["train", "--weights", w / "none.pt", "--out", w / "t", *CPU],
+         "does not exist"),
+    Case("train --weights not a torch file",
+         lambda w: ["train", "--weights", _file(w, "w.pt", "garbage"), "--out", w / "t", *CPU],
+         "is not a readable torch file"),
+    Case("train --weights of another model",
+         lambda w: ["train", "--weights", _state(w, {"fc9.weight": torch.zeros(2, 2)}), "--out", w / "t", *CPU],
+         "does not fit the model: 'fc1.weight'"),
+    Case("run --weights missing", lambda w: ["run", "--weights", w / "none.pt", "--out", w / "r"],
+         "setting 'weights' must name an existing"),
     Case(
         "train another model into an --out",
         lambda w: ["train", "--model", "lenet300", "--epochs", "1", "--out", _other_model_in_out(w), *CPU],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from torch import nn
 from prunescope.data.types import Dataset, Split
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# examples/ importable by name (tiny_hf:tokens), as the README runs them from there.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 
 class TinyNet(nn.Module):

@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "prunescope.checkpoint": LIBRARY,
     "prunescope.targets": LIBRARY,
     "prunescope.units": LIBRARY,
+    "prunescope.prunable": LIBRARY,  # the prunable share of a model, and what is left out
     "prunescope.criteria": LIBRARY,
     "prunescope.masks": LIBRARY,
     "prunescope.patterns": LIBRARY,  # N:M masks

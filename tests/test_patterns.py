@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from prunescope.apply import prune
-from prunescope.calibration import weight_matrix
 from prunescope.criteria import compute_scores
 from prunescope.data.types import Split
 from prunescope.errors import PrunescopeError, UsageError
@@ -91,7 +90,7 @@ def test_obs_with_a_diagonal_hessian_keeps_the_largest_weights_of_each_group():
     done = reconstruct(model, [target], {target.name: 0.5}, torch.eye(16), select="obs", pattern=Pattern(2, 4))
     expected = pattern_masks({target.name: dense.abs()}, Pattern(2, 4), [target.name])[target.name]
     assert torch.equal(done.masks[target.name], expected)
-    torch.testing.assert_close(weight_matrix(model[0]), dense * expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model[0].weight.detach(), dense * expected, rtol=1e-5, atol=1e-6)
 
 
 def test_prune_applies_the_pattern_and_checks_it():
@@ -138,3 +137,37 @@ def test_the_check_refuses_masks_that_are_not_n_m():
     check_pattern({"w": torch.eye(4, 8, dtype=torch.bool)}, Pattern(2, 4), at_most=True)  # fewer non-zeros: fine
     with pytest.raises(PrunescopeError, match="more than 2"):
         check_pattern({"w": torch.ones(4, 8, dtype=torch.bool)}, Pattern(2, 4), at_most=True)
+
+
+class Conv1D(nn.Module):
+    """Hugging Face's GPT-2 ``Conv1D`` in miniature: y = x @ W + b with W stored (in, out)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf, self.nx = nf, nx
+        self.weight = nn.Parameter(torch.randn(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.view(-1, self.nx), self.weight).view(*x.shape[:-1], self.nf)
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda"])
+def test_a_conv1d_is_grouped_along_its_input_dimension_like_the_equivalent_linear(criterion):
+    """A Conv1D stores (in, out): its N:M groups run down the stored columns, so its mask is the equivalent
+    Linear's mask transposed, and every output unit keeps 2 of every 4 consecutive inputs."""
+    torch.manual_seed(5)
+    conv = nn.Sequential(Conv1D(8, 16)).eval()
+    linear = nn.Sequential(nn.Linear(16, 8)).eval()
+    with torch.no_grad():
+        linear[0].weight.copy_(conv[0].weight.t())
+        linear[0].bias.copy_(conv[0].bias)
+    train = Split(torch.randn(1100, 16), torch.zeros(1100, dtype=torch.long))
+    masks = {}
+    for name, model in (("conv", conv), ("linear", linear)):
+        targets = find_targets(model)
+        masks[name] = prune(model, {targets[0].name: 0.5}, criterion=criterion, data=train, pattern=Pattern(2, 4),
+                            calibration=64)[targets[0].name]
+    assert torch.equal(masks["conv"], masks["linear"].t())
+    assert torch.equal(_kept_per_group(masks["linear"], 4), torch.full((8, 4), 2))
+    torch.testing.assert_close(conv[0].weight.detach().t(), linear[0].weight.detach(), rtol=0, atol=0)

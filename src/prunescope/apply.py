@@ -198,7 +198,7 @@ def prune(
         check_widths(chosen, pattern)
         split = data.train if isinstance(data, Dataset) else data
         masks = pattern_masks(compute_scores(model, chosen, criterion, data=split, seed=seed), pattern,
-                              [t.name for t in chosen])
+                              [t.name for t in chosen], {t.name: t for t in chosen})
     if reconstruct == "obs" and existing:
         raise UsageError(f"--reconstruct obs chooses its own masks, which could bring back the weights this model has "
                          f"already pruned ({existing[0]}…): use --reconstruct mask")
@@ -213,7 +213,7 @@ def prune(
         if on_reconstructed is not None:
             on_reconstructed(done)
     if pattern is not None:
-        check_pattern(masks, pattern)
+        check_pattern(masks, pattern, layouts={t.name: t for t in targets})
     apply_permanently(model, targets, masks, reparametrize=True)
     return masks
 

@@ -1,8 +1,9 @@
 """What a layer sees: its inputs on calibration data, as the rows a weight matrix multiplies.
 
 Calibration-aware pruning (Wanda's feature norms, OBS reconstruction's Hessians) needs,
-for a weight viewed as (d_out, d_in), the matrix ``X`` of shape (M, d_in) whose rows are the
-input vectors it is applied to: the last dimension of a Linear's input, the im2col patches
+for a weight viewed as (d_out, d_in) (:meth:`prunescope.targets.Target.matrix`), the matrix ``X`` of
+shape (M, d_in) whose rows are the input vectors it is applied to: the last dimension of the input
+of a Linear or another matrix layer (a Hugging Face ``Conv1D``: ``x @ W + b``), the im2col patches
 (in-channel, kh, kw) of a convolution, or, inside ``nn.MultiheadAttention``, the query (and
 key and value) of the projections and the attention's per-head context of ``out_proj``.
 This module captures them with a forward pre-hook, stops the forward pass right after the
@@ -31,7 +32,7 @@ from torch.nn import functional as F
 
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
-from prunescope.targets import Target, forward_owner, forward_with_pre_hooks
+from prunescope.targets import Target, forward_owner, forward_with_pre_hooks, matrix_orientation
 
 # The argument of nn.MultiheadAttention's call that each of its projection weights multiplies.
 _ATTENTION_INPUTS = {"in_proj_weight": "query", "q_proj_weight": "query", "k_proj_weight": "key",
@@ -57,7 +58,7 @@ def supports(module: nn.Module, param: str = "weight") -> str | None:
         return "an embedding (a table lookup, not a product with inputs)"
     if param != "weight":
         return f"the tensor {param} of a {type(module).__name__}"
-    if isinstance(module, nn.Linear):
+    if matrix_orientation(module) is not None:  # Linear, HF Conv1D, registered matrix layers
         return None
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         if module.groups != 1:
@@ -65,8 +66,8 @@ def supports(module: nn.Module, param: str = "weight") -> str | None:
         if isinstance(module.padding, str) or module.padding_mode != "zeros":
             return f"a convolution with padding {module.padding!r} / mode {module.padding_mode!r}"
         return None
-    return (f"a {type(module).__name__} (only Linear, ungrouped Conv1d/Conv2d and attention projection inputs are "
-            "captured)")
+    return (f"a {type(module).__name__} (only matrix layers (Linear, Conv1D), ungrouped Conv1d/Conv2d and attention "
+            "projection inputs are captured)")
 
 
 def unsupported(model: nn.Module, targets: Sequence[Target], example: torch.Tensor) -> dict[str, str]:
@@ -127,8 +128,8 @@ def _cross_attention(model: nn.Module, modules: set[str], example: torch.Tensor)
 
 def as_rows(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The input vectors (M, d_in) that ``module``'s weight, viewed as (d_out, d_in), multiplies."""
-    if isinstance(module, nn.Linear):
-        return inputs.reshape(-1, module.in_features)
+    if (transposed := matrix_orientation(module)) is not None:  # x @ Wᵀ, or x @ W for a weight stored (in, out)
+        return inputs.reshape(-1, module.weight.shape[0 if transposed else 1])
     if isinstance(module, nn.Conv1d):  # a 1-D convolution is a 2-D one of height 1
         inputs = inputs.unsqueeze(2)
         kernel, dilation, padding, stride = (
@@ -141,12 +142,6 @@ def as_rows(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
     patches = F.unfold(inputs, kernel, dilation=dilation, padding=padding, stride=stride)  # (N, C·kh·kw, L)
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
-
-
-def weight_matrix(module: nn.Module, param: str = "weight") -> torch.Tensor:
-    """The module's tensor ``param`` as (d_out, d_in), a view in the layout of :func:`as_rows`."""
-    weight = getattr(module, param)
-    return weight.reshape(weight.shape[0], -1)
 
 
 def bias_of(module: nn.Module, param: str = "weight") -> torch.Tensor | None:

@@ -28,6 +28,7 @@ from torch import nn
 
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.io import atomic_write
+from prunescope.models.weights import first_mismatch
 from prunescope.structured.find import rebuild
 from prunescope.trust import Trust, TrustFactory, check_spec
 
@@ -99,21 +100,6 @@ def _plain_data(value: Any, where: str, *, tensors: bool) -> Any:
     raise TypeError(f"{where} is a {type(value).__name__}, which a checkpoint cannot store; convert it to plain data")
 
 
-def _first_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
-    """Describe the first key where state dict ``found`` does not fit ``expected``, or None."""
-    for key, tensor in expected.items():
-        if key not in found:
-            return f"{key!r} (shape {tuple(tensor.shape)}) is missing from the checkpoint"
-        if found[key].shape != tensor.shape:
-            return (
-                f"{key!r} has shape {tuple(found[key].shape)} in the checkpoint but {tuple(tensor.shape)} in the model"
-            )
-    unexpected = next((key for key in found if key not in expected), None)
-    if unexpected is not None:
-        return f"the checkpoint has {unexpected!r} (shape {tuple(found[unexpected].shape)}), which the model lacks"
-    return None
-
-
 def _build(spec: dict[str, Any]) -> nn.Module:
     """Build a model from its spec without advancing the global RNG (saving mid-training must
     not change what the training run does next)."""
@@ -138,7 +124,7 @@ def save_checkpoint(
     """
     path = Path(path)
     state = plain_state_dict(model)
-    mismatch = _first_mismatch(_build(model_spec).state_dict(), state)
+    mismatch = first_mismatch(_build(model_spec).state_dict(), state)
     if mismatch:
         raise PrunescopeError(
             f"cannot save checkpoint {path}: the model does not match its spec {model_spec.get('name')!r}: {mismatch}"
@@ -247,7 +233,7 @@ def load_checkpoint(
     except UsageError as e:
         raise UsageError(f"checkpoint {path}: {e}") from e
     state = payload["state_dict"]
-    mismatch = _first_mismatch(model.state_dict(), state)
+    mismatch = first_mismatch(model.state_dict(), state)
     if mismatch:
         raise UsageError(
             f"checkpoint {path} does not fit model {spec.get('name')!r}: {mismatch}; "

@@ -23,7 +23,8 @@ Scores are computed once per model and reused for every allocation.
   normalisation by Σ|g·w| is one constant for all weights and changes no mask.
 - ``wanda``: |W_ij| · ‖X_j‖₂, X_j the j-th input feature of the layer over ``calibration``
   examples of the train split (for a convolution its im2col feature (in-channel, kh, kw)),
-  compared within each output row (Sun et al., "A Simple and Effective Pruning Approach for
+  compared within each output row (of the weight as (out, fan_in): a Hugging Face ``Conv1D``'s
+  (in, out) weight is read transposed) (Sun et al., "A Simple and Effective Pruning Approach for
   Large Language Models", ICLR 2024). Scores are within-row ranks, so a layer's removed
   weights are spread evenly over its rows (at most one apart) and are not comparable across layers.
 - ``lamp``: w[u]² / Σ_{v ≥ u} w[v]², weights of one layer sorted ascending by w²
@@ -206,9 +207,10 @@ def fisher(
 
 
 def wanda_saliency(model: nn.Module, target: Target, inputs: torch.Tensor) -> torch.Tensor:
-    """Wanda's |W_ij| · ‖X_j‖₂ of ``target`` as (d_out, d_in), X the layer's inputs on ``inputs`` (N, *input_shape)."""
+    """Wanda's |W_ij| · ‖X_j‖₂ of ``target`` as (out, fan_in) (rows are output units, whatever the layer stores),
+    X the layer's inputs on ``inputs`` (N, *input_shape)."""
     norms = input_norms(model, target.module, inputs, param=target.param)
-    return effective_weight(model, target).reshape(target.shape[0], -1).abs() * norms
+    return target.matrix(effective_weight(model, target)).abs() * norms
 
 
 def wanda(
@@ -225,7 +227,7 @@ def wanda(
         # Rank within each row; ties between rows at one rank go to the smaller saliency (scaled into [0, 0.5)).
         rank = saliency.argsort(1).argsort(1).double()
         tie_break = saliency.double() / (2 * saliency.max().double() + 1e-30)
-        scores[t.name] = (rank + tie_break).reshape(t.shape).float()
+        scores[t.name] = t.from_matrix(rank + tie_break).float()
     return scores
 
 

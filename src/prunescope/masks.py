@@ -117,12 +117,17 @@ def apply_permanently(
     through optimiser steps (momentum and weight decay act on ``weight_orig``, whose
     gradient is masked). A target already pruned this way gets its masks combined.
     ``reparametrize=False`` writes the zeros into the tensor and leaves plain parameters.
+    A tied tensor (a target with ``aliases``) is re-parametrised in every module holding it,
+    all sharing the one ``weight_orig``.
     """
     for target, tensor, mask in _resolve(model, targets, masks):
         if reparametrize:
             if bool(mask.all()) and not _is_reparametrized(model, target):
                 continue  # a dense target stays a plain parameter
             prune.custom_from_mask(model.get_submodule(target.module), target.param, mask)
+            for alias in target.aliases:  # a tied tensor: every module holding it computes with orig * mask
+                module, _, param = alias.rpartition(".")
+                prune.custom_from_mask(model.get_submodule(module), param, mask)
         else:
             with torch.no_grad():
                 tensor.masked_fill_(~mask, 0)

@@ -1,7 +1,8 @@
 """N:M sparsity: in every group of M consecutive weights along a layer's input dimension, exactly N are kept.
 
-A target's weight is viewed as (d_out, fan_in), as :func:`prunescope.calibration.weight_matrix`
-and Wanda's scores see it: a Linear's (out, in) as it is, a convolution's (out, in, kh, kw)
+A target's weight is viewed as (d_out, fan_in), as :meth:`prunescope.targets.Target.matrix`
+and Wanda's scores see it: a Linear's (out, in) as it is, a Hugging Face ``Conv1D``'s (in, out)
+transposed, a convolution's (out, in, kh, kw)
 flattened per output channel into in·kh·kw in PyTorch's layout, so that a group of M runs
 over the kernel positions of one input channel before the next one's (the columns that OBS
 reconstruction sweeps). Every included layer's fan_in must then be a multiple of M: a layer
@@ -75,47 +76,63 @@ def fan_in(shape: Sequence[int]) -> int:
     return width
 
 
+def _width(target: Target) -> int:
+    return target.fan_in if len(target.shape) > 1 else 1
+
+
 def check_widths(targets: Iterable[Target], pattern: Pattern) -> None:
     """Refuse, naming it, the first target whose input width is not a multiple of M."""
     for t in targets:
-        if len(t.shape) < 2 or fan_in(t.shape) % pattern.m:
+        if len(t.shape) < 2 or _width(t) % pattern.m:
             module = t.module or t.name
-            raise UsageError(f"{t.name} has input width {fan_in(t.shape) if len(t.shape) > 1 else 1}, not a multiple "
-                             f"of {pattern.m}: pattern {pattern} cannot apply; exclude it (--exclude {module!r}) to "
-                             "keep it dense")
+            raise UsageError(f"{t.name} has input width {_width(t)}, not a multiple of {pattern.m}: pattern {pattern} "
+                             f"cannot apply; exclude it (--exclude {module!r}) to keep it dense")
 
 
-def _groups(tensor: torch.Tensor, pattern: Pattern) -> torch.Tensor:
-    """(d_out, fan_in / M, M): the groups of M consecutive weights along the input dimension."""
-    return tensor.reshape(tensor.shape[0], -1, pattern.m)
+Layouts = Mapping[str, Target]
+"""How each named tensor is laid out (:meth:`Target.matrix`); a name absent is stored (d_out, ...) like a Linear's."""
 
 
-def pattern_masks(scores: Scores, pattern: Pattern, names: Iterable[str]) -> Masks:
-    """Keep-masks of targets ``names`` keeping, in every group of M, the N highest ``scores`` (ties: the earlier)."""
+def _as_matrix(name: str, tensor: torch.Tensor, layouts: Layouts) -> torch.Tensor:
+    return layouts[name].matrix(tensor) if name in layouts else tensor.reshape(tensor.shape[0], -1)
+
+
+def _from_matrix(name: str, matrix: torch.Tensor, like: torch.Tensor, layouts: Layouts) -> torch.Tensor:
+    return layouts[name].from_matrix(matrix) if name in layouts else matrix.reshape(like.shape)
+
+
+def pattern_masks(scores: Scores, pattern: Pattern, names: Iterable[str], layouts: Layouts | None = None) -> Masks:
+    """Keep-masks of targets ``names`` keeping, in every group of M along the input dimension, the N highest
+    ``scores`` (ties: the earlier). ``layouts``: the targets by name, for layers that store a weight (in, out)."""
+    layouts = layouts or {}
     masks = {}
     for name in names:
         if name not in scores:
             raise UsageError(f"unknown layer {name!r}; known: {', '.join(scores)}")
         score = scores[name]
-        if score.dim() < 2 or fan_in(score.shape) % pattern.m:
+        if score.dim() < 2 or _as_matrix(name, score, layouts).shape[1] % pattern.m:
             raise UsageError(f"{name} has input width {fan_in(score.shape)}, not a multiple of {pattern.m}: pattern "
                              f"{pattern} cannot apply; exclude it to keep it dense")
-        groups = _groups(score, pattern)
+        matrix = _as_matrix(name, score, layouts)
+        groups = matrix.reshape(matrix.shape[0], -1, pattern.m)
         keep = torch.zeros(groups.shape, dtype=torch.bool, device=score.device)
         keep.scatter_(2, torch.topk(groups, pattern.n, dim=2, sorted=False).indices, True)
-        masks[name] = keep.reshape(score.shape)
+        masks[name] = _from_matrix(name, keep.reshape(matrix.shape), score, layouts)
     return masks
 
 
-def check_pattern(masks: Mapping[str, torch.Tensor], pattern: Pattern, *, at_most: bool = False) -> None:
+def check_pattern(masks: Mapping[str, torch.Tensor], pattern: Pattern, *, at_most: bool = False,
+                  layouts: Layouts | None = None) -> None:
     """Raise PrunescopeError unless every mask keeps exactly N of every group of M along its input dimension.
 
     ``at_most``: at most N (the non-zeros of pruned weights, where a kept weight may be zero too).
+    ``layouts``: as for :func:`pattern_masks`.
     """
     for name, mask in masks.items():
-        if mask.dim() < 2 or fan_in(mask.shape) % pattern.m:
+        matrix = _as_matrix(name, mask, layouts or {}) if mask.dim() >= 2 else mask
+        if mask.dim() < 2 or matrix.shape[1] % pattern.m:
             raise PrunescopeError(f"the mask of {name} ({tuple(mask.shape)}) has no groups of {pattern.m}")
-        kept = _groups(mask.bool(), pattern).sum(2)
+        kept = matrix.bool().reshape(matrix.shape[0], -1, pattern.m).sum(2)
         wrong = int((kept > pattern.n).sum() if at_most else (kept != pattern.n).sum())
         if wrong:
             raise PrunescopeError(f"the mask of {name} is not {pattern}: {wrong} of {kept.numel()} groups keep "
@@ -132,7 +149,8 @@ class PatternPruning:
 
     @contextlib.contextmanager
     def applied(self, allocation: Mapping[str, float]) -> Iterator[nn.Module]:
-        masks = pattern_masks(self.scores, self.pattern, [name for name, s in allocation.items() if s > 0])
-        check_pattern(masks, self.pattern)
+        layouts = {t.name: t for t in self.targets}
+        masks = pattern_masks(self.scores, self.pattern, [name for name, s in allocation.items() if s > 0], layouts)
+        check_pattern(masks, self.pattern, layouts=layouts)
         with applied(self.model, self.targets, masks):
             yield self.model

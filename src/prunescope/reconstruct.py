@@ -1,7 +1,8 @@
 """Layer-wise OBS reconstruction: prune each layer so that its outputs change the least.
 
 The OBS family (Optimal Brain Compression, Frantar et al. 2022; SparseGPT, Frantar &
-Alistarh 2023) prunes a layer with weight W (d_out × d_in) by minimising the change of its
+Alistarh 2023) prunes a layer with weight W (d_out × d_in, :meth:`~prunescope.targets.Target.matrix`:
+a Hugging Face ``Conv1D``'s (in, out) weight read transposed and written back so) by minimising the change of its
 outputs on calibration inputs X, ‖W X − Ŵ X‖²_F, under the mask. With H = XᵀX (d_in ×
 d_in, here from rows of X) plus a dampening λ·mean(diag H)·I, removing weight q of a row
 and compensating the rest costs w_q² / [H⁻¹]_qq and moves the row by
@@ -51,7 +52,6 @@ from prunescope.calibration import (
     layer_inputs,
     refuse,
     unsupported,
-    weight_matrix,
 )
 from prunescope.criteria import Scores
 from prunescope.data.types import Split
@@ -187,7 +187,7 @@ def reconstruct(
         )
         layers.append(layer)
     if pattern is not None:
-        check_pattern(kept, pattern)
+        check_pattern(kept, pattern, layouts=named)
     return Reconstruction(layers, len(calibration), time.perf_counter() - start, plain, kept)
 
 
@@ -233,7 +233,7 @@ class ReconstructedPruning:
                 # The criterion's masks: kept by select="mask", and those of the layers falling back.
                 masked = {n: s for n, s in pruned.items() if self.select == "mask" or n in self.fallback}
                 masks = (compute_masks(self.scores, masked) if self.pattern is None
-                         else pattern_masks(self.scores, self.pattern, masked))
+                         else pattern_masks(self.scores, self.pattern, masked, {t.name: t for t in self.targets}))
                 self.last = reconstruct(
                     self.model, self.targets, pruned, self.calibration, masks=masks,
                     select=self.select, fallback=bool(self.fallback), pattern=self.pattern,
@@ -309,14 +309,15 @@ def _reconstruct_layer(
         dense_h = x.T @ x if dense_h is None else dense_h + x.T @ x
     assert h is not None and cross is not None and dense_h is not None
 
-    w_dense = _augmented_weight(weight_matrix(module, target.param), bias)
+    weight = getattr(module, target.param)
+    w_dense = _augmented_weight(target.matrix(weight), bias)  # (out, fan_in[+1]), whatever the storage
     columns = w_dense.shape[1] - int(has_bias)
     h_damped, used = _damped(h, damping)
     # W* = argmin ‖X W_denseᵀ − X̃ Vᵀ‖² + λ‖V − W_dense‖²: the dense target seen through the pruned inputs.
     lam = h_damped - h
     w_star = torch.linalg.solve(h_damped, (cross + lam) @ w_dense.T).T
     k = removed_count(sparsity, target.numel)
-    given = None if mask is None else mask.reshape(len(w_star), -1)
+    given = None if mask is None else target.matrix(mask)
     keep, weights = _sweep(w_star, h_damped, columns, k, blocksize, given, pattern)
     if refit:
         weights = _refit(w_star, h_damped, keep)
@@ -329,12 +330,11 @@ def _reconstruct_layer(
         )
         return float(residual.clamp_min(0) / target_energy.clamp_min(torch.finfo(torch.float64).tiny))
 
-    weight = getattr(module, target.param)
-    _write(weight, bias, weights)
+    _write(target, weight, bias, weights)
     layer = LayerReconstruction(
         target.name, k, target.numel, error(masked), error(weights), used, time.perf_counter() - start
     )
-    return layer, keep[:, :columns].reshape(weight.shape)
+    return layer, target.from_matrix(keep[:, :columns])
 
 
 def _augmented_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -411,10 +411,11 @@ def _refit(w: torch.Tensor, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
     return result
 
 
-def _write(weight: torch.Tensor, bias: torch.Tensor | None, weights: torch.Tensor) -> None:
-    """Write the augmented ``weights`` back: the last column into ``bias`` (a view of the parameter), if any."""
+def _write(target: Target, weight: torch.Tensor, bias: torch.Tensor | None, weights: torch.Tensor) -> None:
+    """Write the augmented (out, fan_in[+1]) ``weights`` back into the tensor's own layout: the last column into
+    ``bias`` (a view of the parameter), if any."""
     with torch.no_grad():
         if bias is not None:
             bias.copy_(weights[:, -1].to(bias.dtype))
             weights = weights[:, :-1]
-        weight.copy_(weights.reshape(weight.shape).to(weight.dtype))
+        weight.copy_(target.from_matrix(weights).to(weight.dtype))

@@ -1,8 +1,21 @@
-"""Discover what can be pruned: the weight tensors of Linear, ConvNd, RNN/LSTM/GRU, attention and embeddings.
+"""Discover what can be pruned: the weight tensors of Linear, ConvNd, RNN/LSTM/GRU, attention, embeddings and
+the other matrix layers (Hugging Face ``Conv1D``, layers registered with :func:`register_matrix_layer`).
 
 A target is one weight tensor, named by its parameter path (``"fc1.weight"``,
 ``"rnn.weight_hh_l0"``, ``"attn.in_proj_weight"``). Biases and normalisation parameters
 are never targets: they are few, and removing them rarely saves anything.
+
+Orientation: every target is also a matrix (out, fan_in), what per-row criteria (Wanda),
+calibration inputs and reconstruction read: a Linear's weight as it is, a convolution's as
+out × in·kh·kw, and a Hugging Face ``Conv1D``'s (GPT-2), stored (in, out) because it computes
+``x @ W + b``, transposed (:meth:`Target.matrix`, :meth:`Target.from_matrix`).
+
+Which layers are matrix layers is known from their type, never guessed from a weight's shape
+(a square matrix reads the same both ways): ``nn.Linear`` and its subclasses, the ``Conv1D``
+of ``transformers`` (recognised by its class name and its ``nf`` / ``nx`` widths, so that
+``transformers`` is never imported here), and any class a user registers. A tensor shared by
+several modules (tied weights: GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) is one
+target, named where it first occurs, its other names kept as ``aliases``.
 """
 
 from __future__ import annotations
@@ -18,6 +31,8 @@ from prunescope.errors import UsageError
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _RNN = (nn.RNNBase,)  # RNN, LSTM and GRU
+# Matrix layers registered by users: class -> whether the weight is stored (in, out) (see register_matrix_layer).
+_REGISTERED: dict[type, bool] = {}
 
 
 @dataclass(frozen=True)
@@ -29,6 +44,8 @@ class Target:
     param: attribute name on that module (``"weight"``, ``"weight_ih_l0"``, ``"in_proj_weight"``).
     kind: ``linear``, ``conv``, ``recurrent``, ``attention`` or ``embedding``.
     shape: shape of the tensor.
+    transposed: the tensor is stored (fan_in, out), as a Hugging Face ``Conv1D``'s.
+    aliases: other parameter paths of the same tensor (tied weights), in module order.
     """
 
     name: str
@@ -36,6 +53,8 @@ class Target:
     param: str
     kind: str
     shape: tuple[int, ...]
+    transposed: bool = False
+    aliases: tuple[str, ...] = ()
 
     @property
     def numel(self) -> int:
@@ -44,27 +63,83 @@ class Target:
             n *= d
         return n
 
+    @property
+    def rows(self) -> int:
+        """Output rows of the matrix view (out channels, out features)."""
+        return self.shape[-1] if self.transposed else self.shape[0]
+
+    @property
+    def fan_in(self) -> int:
+        """Columns of the matrix view: the inputs each output row reads (in · kh · kw for a convolution)."""
+        return self.numel // self.rows
+
+    def matrix(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (the target's shape: its weight, a score, a mask) as the (rows, fan_in) matrix, a view."""
+        return tensor.t() if self.transposed else tensor.reshape(self.rows, -1)
+
+    def from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`matrix`: a (rows, fan_in) matrix in the tensor's own shape and layout (contiguous)."""
+        return matrix.t().contiguous() if self.transposed else matrix.reshape(self.shape)
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "numel": self.numel}
+        data = {"name": self.name, "kind": self.kind, "shape": list(self.shape), "numel": self.numel}
+        if self.transposed:
+            data["transposed"] = True
+        if self.aliases:
+            data["aliases"] = list(self.aliases)
+        return data
 
 
-def _weights_of(module: nn.Module) -> Iterator[tuple[str, str]]:
-    """(param name, kind) of the prunable weights owned directly by ``module``."""
+def register_matrix_layer(layer: type[nn.Module], *, transposed: bool) -> None:
+    """Make the 2-D ``weight`` of every ``layer`` module a prune target, with its fan-in orientation.
+
+    The layer must compute ``x @ weight.T (+ bias)`` over the last dimension of its first input
+    (``transposed=False``: weight stored (out, in), as ``nn.Linear``) or ``x @ weight (+ bias)``
+    (``transposed=True``: stored (in, out), as Hugging Face's ``Conv1D``); calibration (Wanda,
+    reconstruction) reads its inputs on that contract. Call it before the targets are found, e.g.
+    in the module of a ``--model`` factory.
+    """
+    if not (isinstance(layer, type) and issubclass(layer, nn.Module)):
+        raise UsageError(f"register_matrix_layer takes an nn.Module class, got {layer!r}")
+    _REGISTERED[layer] = bool(transposed)
+
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``transformers.pytorch_utils.Conv1D`` (GPT, GPT-2…), by duck typing: class ``Conv1D`` with
+    integer widths ``nf`` (out) and ``nx`` (in) and a weight of shape (nx, nf)."""
+    if type(module).__name__ != "Conv1D":
+        return False
+    nf, nx, weight = getattr(module, "nf", None), getattr(module, "nx", None), _tensor_or_none(module, "weight")
+    return isinstance(nf, int) and isinstance(nx, int) and weight is not None and tuple(weight.shape) == (nx, nf)
+
+
+def matrix_orientation(module: nn.Module) -> bool | None:
+    """For a matrix layer (one computing a product of its input's last dimension with a 2-D ``weight``): whether the
+    weight is stored (in, out), i.e. transposed; None for any other module."""
     if isinstance(module, nn.Linear):
-        yield "weight", "linear"
+        return False
+    if _is_hf_conv1d(module):
+        return True
+    return next((flag for cls, flag in _REGISTERED.items() if isinstance(module, cls)), None)
+
+
+def _weights_of(module: nn.Module) -> Iterator[tuple[str, str, bool]]:
+    """(param name, kind, transposed) of the prunable weights owned directly by ``module``."""
+    if (transposed := matrix_orientation(module)) is not None:
+        yield "weight", "linear", transposed
     elif isinstance(module, _CONV):
-        yield "weight", "conv"
+        yield "weight", "conv", False
     elif isinstance(module, _RNN):
         for name in module._flat_weights_names:
             if name.startswith("weight_"):
-                yield name, "recurrent"
+                yield name, "recurrent", False
     elif isinstance(module, nn.MultiheadAttention):
         # out_proj is a Linear submodule and is found on its own.
         for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
             if _tensor_or_none(module, name) is not None:
-                yield name, "attention"
+                yield name, "attention", False
     elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-        yield "weight", "embedding"
+        yield "weight", "embedding", False
 
 
 def _tensor_or_none(module: nn.Module, param: str) -> torch.Tensor | None:
@@ -94,33 +169,50 @@ def effective_weight(model: nn.Module, target: Target) -> torch.Tensor:
     return tensor * mask if mask is not None else tensor
 
 
+def _storage_key(tensor: torch.Tensor) -> tuple:
+    """What identifies one tensor's memory: shared (tied) parameters have the same key."""
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+
+
+def _all_targets(model: nn.Module) -> list[Target]:
+    """Every prunable tensor once, in module order; a tensor reached from several modules keeps its first name."""
+    first: dict[tuple, int] = {}
+    found: list[Target] = []
+    for path, module in model.named_modules():
+        for param, kind, transposed in _weights_of(module):
+            tensor = _tensor_or_none(module, param)
+            name = f"{path}.{param}" if path else param
+            key = _storage_key(tensor)
+            if key in first:  # tied: the same tensor under another name
+                t = found[first[key]]
+                found[first[key]] = Target(t.name, t.module, t.param, t.kind, t.shape, t.transposed,
+                                           (*t.aliases, name))
+                continue
+            first[key] = len(found)
+            found.append(Target(name, path, param, kind, tuple(tensor.shape), transposed))
+    return found
+
+
+def matches(target: Target, pattern: str) -> bool:
+    """Whether shell-style glob ``pattern`` matches the target's name or module path, or one of its aliases'."""
+    names = (target.name, target.module, *target.aliases, *(alias.rpartition(".")[0] for alias in target.aliases))
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+
+
 def find_targets(
     model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> list[Target]:
-    """All prunable weight tensors of ``model``, in module order.
+    """All prunable weight tensors of ``model``, in module order, each tensor once (tied weights: see ``aliases``).
 
     ``include`` / ``exclude`` are shell-style globs matched against the target name and
-    its module path (``"conv*"``, ``"layer1.*"``, ``"fc3.weight"``). With ``include`` only
-    matching targets are kept; ``exclude`` then drops matches. A glob that matches no
-    target is an error, since it is almost always a typo.
+    its module path (``"conv*"``, ``"layer1.*"``, ``"fc3.weight"``), and those of its aliases.
+    With ``include`` only matching targets are kept; ``exclude`` then drops matches. A glob
+    that matches no target is an error, since it is almost always a typo.
     """
-    found = [
-        Target(
-            name=f"{path}.{param}" if path else param,
-            module=path,
-            param=param,
-            kind=kind,
-            shape=tuple(_tensor_or_none(module, param).shape),
-        )
-        for path, module in model.named_modules()
-        for param, kind in _weights_of(module)
-    ]
+    found = _all_targets(model)
     if not found:
-        raise UsageError("model has no prunable layers (Linear, Conv, RNN/LSTM/GRU, MultiheadAttention or Embedding)")
-
-    def matches(target: Target, pattern: str) -> bool:
-        return fnmatch.fnmatchcase(target.name, pattern) or fnmatch.fnmatchcase(target.module, pattern)
-
+        raise UsageError("model has no prunable layers (Linear, Conv, RNN/LSTM/GRU, MultiheadAttention, Embedding or "
+                         "another matrix layer: see prunescope.targets.register_matrix_layer)")
     available = ", ".join(t.name for t in found)
     for option, patterns in (("--include", include), ("--exclude", exclude)):
         for pattern in patterns:

@@ -11,7 +11,11 @@ factory named there is never imported unless the user vouches for it:
   imported is said on stderr first.
 
 Zoo models and built-in datasets (names without a colon) need no trust: building them runs
-only prunescope's own code.
+only prunescope's own code. Nor do the model sources of the ecosystem (:data:`HUB_SOURCES`), whose
+names are data, not code paths: ``hf:DIR`` reads a directory's ``config.json`` (and weights as
+tensors only) and builds the class ``transformers`` registers for that configuration, never code
+from the directory (``trust_remote_code`` is always off); ``timm:NAME`` / ``torchvision:NAME`` look
+a name up in the installed library's registry of models. Nothing named in a file is imported.
 """
 
 from __future__ import annotations
@@ -27,9 +31,19 @@ TrustFactory = bool | Collection[str]
 """``trust_factory`` arguments: True trusts every factory, a collection those names, False none."""
 
 
-def is_factory(name: str) -> bool:
-    """Whether a model or dataset ``name`` is a ``package.module:function`` factory."""
-    return ":" in name
+HUB_SOURCES = ("hf", "timm", "torchvision")
+"""Model names ``<source>:<what>`` built from the ecosystem (:mod:`prunescope.models.hub`), not imported."""
+
+
+def is_hub(name: str) -> bool:
+    """Whether a model ``name`` is ``hf:DIR``, ``timm:NAME`` or ``torchvision:NAME``."""
+    return name.partition(":")[0] in HUB_SOURCES and ":" in name
+
+
+def is_factory(name: str, kind: str = "model") -> bool:
+    """Whether a model or dataset (``kind``) ``name`` is a ``package.module:function`` factory (a model source of
+    :data:`HUB_SOURCES` is not; a dataset name with a colon always is)."""
+    return ":" in name and not (kind == "model" and is_hub(name))
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,7 @@ def check_spec(spec: Any, kind: str, source: object, trust: Trust) -> None:
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise UsageError(f"{source} is damaged: its {kind} spec has no name (got {name!r})")
-    if not is_factory(name) or name in trust.names:
+    if not is_factory(name, kind) or name in trust.names:
         return
     if not trust.everything:
         raise UsageError(

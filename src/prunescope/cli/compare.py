@@ -36,13 +36,14 @@ from prunescope.cli.options import (
     reconstruct_choice,
     unit_criterion,
 )
-from prunescope.cli.terminal import console, growing_progress, print_fallback, progress_bar
+from prunescope.cli.terminal import console, growing_progress, print_fallback, print_prunable, progress_bar
 from prunescope.criteria import CRITERIA
 from prunescope.errors import UsageError
-from prunescope.patterns import parse_patterns
+from prunescope.patterns import check_widths, parse_patterns
 from prunescope.pick.registry import ALLOCATORS, WEIGHT_METHODS
 from prunescope.pipeline.compare import CHANNEL_METHODS, DEFAULT_METHODS, METHODS, compare
 from prunescope.pipeline.sweep import sweep
+from prunescope.prunable import unit_share
 from prunescope.report.schema import document
 from prunescope.report.tables import (
     comparison_table,
@@ -54,6 +55,7 @@ from prunescope.report.tables import (
 from prunescope.report.verdict import selection_sentence
 from prunescope.scan import GRANULARITIES, scan
 from prunescope.scan.files import JOURNAL_FILE, load_scan
+from prunescope.targets import find_targets
 
 
 def sweep_command(
@@ -94,6 +96,9 @@ def sweep_command(
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
+    for chosen in patterns:  # refused before anything is printed or evaluated
+        check_widths(find_targets(saved.model, include or (), exclude or ()), chosen)
+    prunable = print_prunable(unit_share(saved.model, "weight", dataset.input_shape, include or (), exclude or ()))
     with progress_bar("sweeping", len(levels) + len(patterns) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
@@ -104,7 +109,8 @@ def sweep_command(
                 "criterion": criterion,
                 "allocation": allocation, "include": include or [], "exclude": exclude or [], "subset": subset,
                 "recalibrate_bn": result.recalibrate_bn, **rebuild.settings()}
-    doc = document("sweep", settings, model=saved.model_spec, dataset=saved.dataset_spec, sweep=result.to_dict())
+    doc = document("sweep", settings, model=saved.model_spec, dataset=saved.dataset_spec, prunable=prunable,
+                   sweep=result.to_dict())
     write_sweep(out, doc, result)
     console.print(sweep_table(result))
     print_fallback(result.fallback)
@@ -157,6 +163,7 @@ def compare_command(
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback, granularity)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
+    prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape, include or (), exclude or ()))
     curves = None
     if any(ALLOCATORS[m].needs_scan for m in methods):  # ours and budget read a scan
         if scan_dir is None:
@@ -166,7 +173,8 @@ def compare_command(
                               exclude=exclude or (), device=device, storage=scan_dir / JOURNAL_FILE,
                               study_name=study_name, on_trial=advance, granularity=granularity)
             save_scan(scan_dir, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
-                      dataset_spec=saved.dataset_spec, settings={"criterion": criterion, "tolerance": 0.005})
+                      dataset_spec=saved.dataset_spec, settings={"criterion": criterion, "tolerance": 0.005},
+                      prunable=prunable)
         else:
             saved_scan = load_scan(scan_dir)
             saved_scan.check_model(saved.model, scan_dir)
@@ -184,7 +192,7 @@ def compare_command(
                 "scan": str(scan_dir) if scan_dir else None, "criterion": criterion, "test": test,
                 "include": include or [], "exclude": exclude or [], "recalibrate_bn": comparison.recalibrate_bn,
                 **rebuild.settings()}
-    doc = document("compare", settings, model=saved.model_spec, dataset=saved.dataset_spec,
+    doc = document("compare", settings, model=saved.model_spec, dataset=saved.dataset_spec, prunable=prunable,
                    comparison=comparison.to_dict())
     write_comparison(out, doc, comparison)
     console.print(comparison_table(comparison))

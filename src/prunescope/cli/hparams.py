@@ -21,12 +21,13 @@ from prunescope.cli.options import (
     Workers,
     numbers,
 )
-from prunescope.cli.terminal import console, stage_progress
+from prunescope.cli.terminal import console, print_prunable, stage_progress
 from prunescope.errors import UsageError
 from prunescope.hparams import GRID_LIMIT, HparamsConfig, study
 from prunescope.hparams.degrees import ALLOCATORS, GRANULARITIES
 from prunescope.hparams.search import SEARCHES
 from prunescope.hparams.trials import RECOVERIES
+from prunescope.prunable import spec_share
 from prunescope.report.hparams import shift_table, write_result
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
@@ -87,7 +88,8 @@ def hparams_command(
     )
     with stage_progress() as progress:
         result = study(config, out, progress=progress)
-    write_result(out, result)
+    prunable = print_prunable(spec_share(result.model_spec, granularity))
+    write_result(out, result, prunable)
     console.print(shift_table(result.to_dict()))
     console.print(f"• {result.verdict['sentence']}", highlight=False)
     console.print(f"wrote {out / 'report.html'}, {out / 'result.json'}, landscapes.csv, shift.csv; studies in "

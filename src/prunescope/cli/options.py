@@ -38,6 +38,12 @@ ModelArg = Annotated[
     typer.Option(help="Option for the model factory, key=value (repeatable), e.g. --model-arg width=64.",
                  show_default=False),
 ]
+ModelName = "Zoo model, package.module:factory, hf:DIR (a save_pretrained folder), timm:NAME or torchvision:NAME"
+Weights = Annotated[
+    Path | None,
+    typer.Option(help="Starting weights of the model: a state dict saved with torch.save (read as tensors only) or a "
+                      ".safetensors file; it must fit the model.", show_default=False),
+]
 DataArg = Annotated[
     list[str] | None,
     typer.Option(help="Option for the dataset (factory), key=value (repeatable), e.g. --data-arg n_train=500.",

@@ -42,7 +42,7 @@ from prunescope.cli.options import (
     reconstruct_choice,
     unit_criterion,
 )
-from prunescope.cli.terminal import console, print_fallback, progress_bar
+from prunescope.cli.terminal import console, print_fallback, print_prunable, progress_bar
 from prunescope.data import Dataset
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
@@ -50,13 +50,14 @@ from prunescope.io import write_json
 from prunescope.masks import global_sparsity
 from prunescope.measure import measure_speedup
 from prunescope.measure.semistructured import semi_structured_speedup
-from prunescope.patterns import Pattern, parse_pattern
+from prunescope.patterns import Pattern, check_widths, parse_pattern
 from prunescope.pipeline.prune import (
     PickSettings,
     prune_channels_and_recover,
     prune_weights_and_recover,
     read_channel_pick,
 )
+from prunescope.prunable import PrunableShare, unit_share
 from prunescope.report.schema import document
 from prunescope.report.tables import (
     listing_table,
@@ -128,27 +129,32 @@ def prune_command(
         raise UsageError("give --allocation (a pick.json or a {layer: sparsity} JSON), or --pattern N:M")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
+    share = unit_share(saved.model, granularity, dataset.input_shape)
     if granularity == "channel":
         if allocation is None:
             raise UsageError("--granularity channel applies a channel pick: give --allocation")
         pick = read_channel_pick(allocation, saved.model, saved.model_spec)
         chosen = unit_criterion(granularity, criterion, importance) if criterion or importance else None
         _prune_channels(saved, dataset, checkpoint, allocation, pick, tune, patience, chosen, round_to,
-                        export_path, recalibrate_bn, out, device, seed)
+                        export_path, recalibrate_bn, out, device, seed, print_prunable(share))
     else:
         _prune_weights(saved, dataset, checkpoint, allocation, tune, patience,
-                       unit_criterion(granularity, criterion, importance), rebuild, out, device, seed, chosen_pattern)
+                       unit_criterion(granularity, criterion, importance), rebuild, out, device, seed, share,
+                       chosen_pattern)
 
 
 def _prune_weights(
     saved: Checkpoint, dataset: Dataset, checkpoint: Path, allocation: Path | None, tune: TrainConfig | None,
     patience: int | None, criterion: str, rebuild: ReconstructChoice, out: Path, device: str, seed: int,
+    share: PrunableShare,
     pattern: Pattern | None = None,
 ) -> None:
     targets = find_targets(saved.model)
     per_target = load_allocation(allocation, targets) if allocation is not None else {t.name: 1.0 for t in targets}
     if pattern is not None:  # every layer the allocation prunes is at 1 − N/M
         per_target = {name: pattern.sparsity if s > 0 else 0.0 for name, s in per_target.items()}
+        check_widths([t for t in targets if per_target.get(t.name, 0) > 0], pattern)  # before anything is said
+    prunable = print_prunable(share)
     with progress_bar("fine-tuning", tune.epochs if tune else 0) as epoch_done:
         result = prune_weights_and_recover(
             saved.model, saved.model_spec, saved.dataset_spec, dataset, per_target, criterion=criterion, config=tune,
@@ -159,7 +165,7 @@ def _prune_weights(
                              "lr": tune.lr if tune else None, "finetune_epochs": tune.epochs if tune else 0,
                              "criterion": criterion, "finetune": tune.to_dict() if tune else None,
                              **rebuild.settings()},
-                   model=saved.model_spec, dataset=saved.dataset_spec, allocation=per_target,
+                   model=saved.model_spec, dataset=saved.dataset_spec, prunable=prunable, allocation=per_target,
                    reconstruction=result.reconstruction.to_dict() if result.reconstruction else None,
                    val={"dense": result.dense.to_dict(), "one_shot": result.one_shot.to_dict(),
                         "finetuned": result.finetuned.to_dict()},
@@ -186,7 +192,7 @@ def _prune_channels(
     saved: Checkpoint, dataset: Dataset, checkpoint: Path, allocation: Path, pick: PickSettings,
     tune: TrainConfig | None,
     patience: int | None, importance: str | None, round_to: int | None, export_path: Path | None, bn_batches: int,
-    out: Path, device: str, seed: int,
+    out: Path, device: str, seed: int, prunable: dict,
 ) -> None:
     importance = importance or criterion_for("channel", pick.importance)
     finetune_epochs = tune.epochs if tune else 0
@@ -203,7 +209,8 @@ def _prune_channels(
                              "finetune_epochs": finetune_epochs, "granularity": "channel", "importance": importance,
                              "round_to": round_to or pick.round_to or 1, "export": str(export_path or ""),
                              "recalibrate_bn": bn_batches},
-                   model=result.pruned.model_spec, dataset=saved.dataset_spec, allocation=pick.allocation,
+                   model=result.pruned.model_spec, dataset=saved.dataset_spec, prunable=prunable,
+                   allocation=pick.allocation,
                    removed_channels=result.pruned.removal, skipped=result.pruned.skipped,
                    footprint={"dense": vars(dense), "pruned": vars(pruned)},
                    val={"dense": result.dense.to_dict(), "one_shot": result.one_shot.to_dict(),

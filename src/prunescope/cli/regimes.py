@@ -24,9 +24,10 @@ from prunescope.cli.options import (
     Workers,
     numbers,
 )
-from prunescope.cli.terminal import console
+from prunescope.cli.terminal import console, print_prunable
 from prunescope.errors import UsageError
 from prunescope.io import write_csv, write_json
+from prunescope.prunable import spec_share
 from prunescope.regimes.classify import DEFAULT_DELTA, DEFAULT_EPSILON
 from prunescope.regimes.select import select
 from prunescope.regimes.study import PAIRINGS, TEMPERATURES, RegimeSettings, dataset_of, model_spec_of, study
@@ -159,9 +160,11 @@ def regimes_command(
                         gpus_per_worker=gpus_per_worker, heartbeat_interval=heartbeat_interval,
                         grace_period=grace_period)
     dataset = dataset_of(settings)
+    spec = model_spec_of(settings, dataset)
+    prunable = print_prunable(spec_share(spec))
     doc = document("regimes", settings.identity() | {"workers": workers, "executor": executor, "storage": storage,
                                                       "study_name": study_name, "epsilon": epsilon, "delta": delta},
-                   model=model_spec_of(settings, dataset), dataset=dataset.spec, regimes=summary)
+                   model=spec, dataset=dataset.spec, prunable=prunable, regimes=summary)
     rows = [{k: v for k, v in c.items() if k not in ("pairs", "errors")} for c in summary["cells"]]
     plots = _plots(out, summary)
     _write(out, doc, rows)

@@ -14,22 +14,25 @@ from prunescope.cli.options import (
     LimitTrain,
     LimitVal,
     ModelArg,
+    ModelName,
     Out,
     Points,
     RecalibrateBN,
     TrustFactoryOption,
+    Weights,
     assignments,
     check_choice,
     parse_sparsities,
     points,
 )
-from prunescope.cli.terminal import console, stage_progress, warn_if_val_is_small
+from prunescope.cli.terminal import console, print_prunable, stage_progress, warn_if_val_is_small
 from prunescope.criteria import CRITERIA
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity
 from prunescope.pipeline.compare import METHODS
 from prunescope.pipeline.config import load_config
 from prunescope.pipeline.job import run
+from prunescope.prunable import PrunableShare
 from prunescope.report.hparams import shift_table
 from prunescope.report.html import write_html
 from prunescope.report.schema import load_result
@@ -42,7 +45,8 @@ from prunescope.trust import Trust, check_spec
 def run_command(
     out: Out = Path("prunescope-out"),
     config: Annotated[Path | None, typer.Option(help="TOML file with any of run's settings.")] = None,
-    model: Annotated[str | None, typer.Option(help="Zoo model or package.module:factory [mlp].")] = None,
+    model: Annotated[str | None, typer.Option(help=f"{ModelName} [mlp].")] = None,
+    weights: Weights = None,
     data: Annotated[str | None, typer.Option(help="Dataset name or package.module:factory [digits].")] = None,
     data_dir: DataDir = None,
     model_arg: ModelArg = None,
@@ -80,7 +84,8 @@ def run_command(
 ) -> None:
     """The whole job: dense → scan → pick → verify → prune → fine-tune → compare → test once → report."""
     overrides = {
-        "model": model, "data": data, "data_dir": data_dir, "epochs": epochs, "sparsity": sparsity,
+        "model": model, "weights": str(weights) if weights else None, "data": data, "data_dir": data_dir,
+        "epochs": epochs, "sparsity": sparsity,
         "sparsities": parse_sparsities(sparsities) if sparsities else None,
         "methods": [m.strip() for m in methods.split(",")] if methods else None, "criterion": criterion,
         "folds": folds, "cv": cv, "max_drop": points(max_drop), "finetune_epochs": finetune_epochs,
@@ -101,6 +106,7 @@ def run_command(
     with stage_progress() as progress:
         doc = run(settings, out, progress=progress)
     console.print(run_table(doc))
+    print_prunable(PrunableShare.from_dict(doc["prunable"]))
     warn_if_val_is_small(doc["dense"]["val"]["n"], min(settings.tolerance, settings.max_drop) or settings.tolerance)
     for sentence in doc["verdict"]:
         console.print(f"• {sentence}", highlight=False)

@@ -46,12 +46,20 @@ from prunescope.cli.options import (
     reconstruct_choice,
     unit_criterion,
 )
-from prunescope.cli.terminal import console, growing_progress, print_fallback, progress_bar, warn_if_val_is_small
+from prunescope.cli.terminal import (
+    console,
+    growing_progress,
+    print_fallback,
+    print_prunable,
+    progress_bar,
+    warn_if_val_is_small,
+)
 from prunescope.errors import UsageError
 from prunescope.io import write_json
 from prunescope.pick.choose import choose
 from prunescope.pick.crossval import DEFAULT_FOLDS
 from prunescope.pick.registry import ALLOCATORS, PICKERS, make_allocator
+from prunescope.prunable import unit_share
 from prunescope.report.schema import document
 from prunescope.report.tables import (
     choice_table,
@@ -119,6 +127,7 @@ def scan_command(
     allowed = allowed_drop(tolerance, metric)
     console.print(f"tolerance: {Score(metric).bound_text(allowed)}", highlight=False)
     warn_if_val_is_small(len(dataset.val), allowed, metric)
+    prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape, include or (), exclude or ()))
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
                 "metric": metric, "tolerance": allowed, "subset": subset, "workers": workers, "study_name": study_name,
                 "include": include or [],
@@ -134,7 +143,7 @@ def scan_command(
             **rebuild.arguments(),
         )
     save_scan(out, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
-              dataset_spec=saved.dataset_spec, settings=settings)
+              dataset_spec=saved.dataset_spec, settings=settings, prunable=prunable)
     console.print(scan_table(curves, allowed))
     print_fallback(curves.fallback)
     console.print(f"{curves.evaluations} evaluations ({curves.reused} reused from the study), "

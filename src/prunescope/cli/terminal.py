@@ -5,8 +5,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 
 from prunescope.cli.progress import progress_updates
+from prunescope.prunable import PrunableShare
 from prunescope.report.verdict import small_val_warning
 
 console = Console()
@@ -46,6 +48,14 @@ def warn_if_val_is_small(examples: int, tolerance: float | None, metric: str = "
     """Warn when one val example outweighs an accuracy tolerance (a language model's loss moves smoothly)."""
     if metric == "accuracy" and tolerance and (warning := small_val_warning(examples, tolerance)):
         console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
+
+
+def print_prunable(share: PrunableShare) -> dict:
+    """Say how much of the model is prunable (a yellow warning below half); returns what a result records."""
+    console.print(escape(share.line()), highlight=False, soft_wrap=True)
+    if (warning := share.warning()) is not None:
+        console.print(f"[yellow]warning: {escape(warning)}[/yellow]", highlight=False, soft_wrap=True)
+    return share.to_dict()
 
 
 def print_fallback(fallback: dict[str, str]) -> None:

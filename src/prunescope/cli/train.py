@@ -20,17 +20,19 @@ from prunescope.cli.options import (
     LimitTrain,
     LimitVal,
     ModelArg,
+    ModelName,
     Optimizer,
     Out,
     Seed,
     TrustFactoryOption,
     WeightDecay,
+    Weights,
     assignments,
     check_choice,
     checkpoint_and_data,
     data_choice,
 )
-from prunescope.cli.terminal import console, progress_bar
+from prunescope.cli.terminal import console, print_prunable, progress_bar
 from prunescope.data import load_dataset
 from prunescope.evaluate import Evaluator
 from prunescope.io import write_json
@@ -38,6 +40,7 @@ from prunescope.masks import check_sparsity
 from prunescope.pick.allocator import Problem
 from prunescope.pick.registry import WEIGHT_METHODS, weight_allocation
 from prunescope.pipeline.job import train_model
+from prunescope.prunable import prunable_share
 from prunescope.report.schema import document
 from prunescope.report.tables import (
     history_table,
@@ -54,7 +57,8 @@ from prunescope.train import (
 
 
 def train_command(
-    model: Annotated[str, typer.Option(help="Zoo model or package.module:factory.")] = "mlp",
+    model: Annotated[str, typer.Option(help=f"{ModelName}.")] = "mlp",
+    weights: Weights = None,
     data: Annotated[str, typer.Option(help="Dataset name or package.module:factory.")] = "digits",
     data_dir: DataDir = None,
     model_arg: ModelArg = None,
@@ -81,7 +85,7 @@ def train_command(
     dataset = load_dataset(data, data_dir=data_dir, seed=seed, **choice.overrides())
     with progress_bar(f"training {model}", epochs) as epoch_done:
         result = train_model(dataset, model, config, out, model_args=assignments("--model-arg", model_arg),
-                             device=device, on_epoch=epoch_done)
+                             weights=weights, device=device, on_epoch=epoch_done)
     console.print(history_table(f"{model} on {data}", result.history))
     console.print(f"checkpoint: {out / 'model.pt'}")
 
@@ -123,6 +127,7 @@ def gradual_command(
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
     model = saved.model
     targets = find_targets(model)
+    prunable = print_prunable(prunable_share(model, targets, dataset.input_shape))
     with progress_bar("pruning steps", len(sparsities)) as step_done:
         result = gradual_prune(
             # A new problem per call: a re-pick reads the weights as they are at that step.
@@ -137,7 +142,7 @@ def gradual_command(
     write_json(out / "result.json", document("gradual", {"checkpoint": str(checkpoint), "schedule": schedule,
                                                          "sparsities": sparsities, "allocation": allocation},
                                              model=saved.model_spec, dataset=saved.dataset_spec,
-                                             gradual=result.to_dict()))
+                                             prunable=prunable, gradual=result.to_dict()))
     rows = [[str(st.step), f"{st.sparsity:.1%}", f"{st.achieved_sparsity:.2%}", f"{st.val['accuracy']:.2%}"]
             for st in result.steps]
     console.print(listing_table(f"{schedule} pruning to {target_sparsity:.0%} ({allocation} allocation)",

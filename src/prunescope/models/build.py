@@ -1,4 +1,5 @@
-"""Models by name: a zoo name or a user factory ``"package.module:function"``, and the spec that rebuilds one.
+"""Models by name: a zoo name, a user factory ``"package.module:function"`` or a model source of the ecosystem
+(``hf:DIR``, ``timm:NAME``, ``torchvision:NAME``, see :mod:`prunescope.models.hub`), and the spec that rebuilds one.
 
 A user factory is called with keyword arguments: the user's options plus whatever of
 ``input_shape`` / ``in_channels`` / ``in_features`` / ``num_classes`` (or a common alias) its
@@ -16,7 +17,10 @@ import torch
 from torch import nn
 
 from prunescope.errors import PrunescopeError, UsageError
+from prunescope.models.adapters import as_logits, is_transformers_model
+from prunescope.models.hub import build_hub, canonical
 from prunescope.models.zoo import ANY_SHAPE, SEQUENCES, ZOO
+from prunescope.trust import is_hub
 
 _FIXED_ARGS = ("input_shape", "num_classes")
 
@@ -125,9 +129,14 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwa
     A user factory is called with keyword arguments only (see :func:`factory_arguments`).
     Deterministic given ``torch.manual_seed``. Raises UsageError for unknown names or
     options, bad shapes and factories that cannot be imported; PrunescopeError, naming the
-    factory, for one that raises or returns something other than an nn.Module.
+    factory, for one that raises or returns something other than an nn.Module. A model of
+    the ecosystem comes with the weights its source holds (an ``hf:`` directory's), and a
+    ``transformers`` model (also one a factory returns) is adapted to return its logits
+    (:func:`prunescope.models.adapters.as_logits`).
     """
     shape = _check_shape(name, input_shape, num_classes)
+    if is_hub(name):
+        return build_hub(name, shape, num_classes, kwargs)
     builder = _resolve(name)
     call = factory_arguments(name, builder, shape, num_classes, kwargs)
     try:
@@ -139,7 +148,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwa
         raise PrunescopeError(f"{_what(name)} failed when called with {_shown(call)}: {reason}") from e
     if not isinstance(model, nn.Module):
         raise UsageError(f"{_what(name)} returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return as_logits(model) if is_transformers_model(model) else model
 
 
 def _shown(call: dict[str, Any]) -> str:
@@ -160,10 +169,14 @@ def _json_like(value: Any, where: str) -> Any:
 def model_spec(name: str, input_shape: Sequence[int], num_classes: int, **kwargs: Any) -> dict[str, Any]:
     """JSON-serialisable ``{"name", "input_shape", "num_classes", "kwargs"}`` for :func:`build_from_spec`.
 
-    Checks the name and option names (without building) so a bad spec fails early.
+    Checks the name and option names (without building) so a bad spec fails early; an
+    ``hf:`` directory is recorded as an absolute path.
     """
     shape = _check_shape(name, input_shape, num_classes)
-    factory_arguments(name, _resolve(name), shape, num_classes, kwargs)
+    if is_hub(name):
+        name = canonical(name, kwargs)
+    else:
+        factory_arguments(name, _resolve(name), shape, num_classes, kwargs)
     return {
         "name": name,
         "input_shape": list(shape),
@@ -176,7 +189,9 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Build the dense model a :func:`model_spec` dict describes.
 
     A spec with ``"removed_channels"`` describes a structurally pruned model: those are
-    rebuilt by :func:`prunescope.structured.groups.rebuild`, which removes the channels.
+    rebuilt by :func:`prunescope.structured.groups.rebuild`, which removes the channels. A
+    model of the ecosystem is initialised as its architecture (an ``hf:`` directory's weights
+    are not read: whoever rebuilds from a spec loads weights of their own, a checkpoint's).
     """
     missing = [key for key in ("name", "input_shape", "num_classes") if key not in spec]
     if missing:
@@ -184,4 +199,7 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     if spec.get("removed_channels"):
         raise UsageError("this spec describes a model with channels removed: rebuild it with "
                          "prunescope.structured.groups.rebuild")
+    if is_hub(spec["name"]):
+        shape = _check_shape(spec["name"], tuple(spec["input_shape"]), spec["num_classes"])
+        return build_hub(spec["name"], shape, spec["num_classes"], spec.get("kwargs", {}), pretrained=False)
     return build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec.get("kwargs", {}))

@@ -28,6 +28,7 @@ class RunConfig:
     # what
     model: str = "mlp"
     model_args: dict[str, Any] = field(default_factory=dict)  # options of the model (factory)
+    weights: str | None = None  # starting weights of the dense model: a state dict or .safetensors file
     data: str = "digits"
     data_args: dict[str, Any] = field(default_factory=dict)  # options of the dataset (factory)
     data_dir: str | None = None
@@ -189,6 +190,8 @@ def validate(config: RunConfig) -> RunConfig:
     for key in ("lr", "weight_decay", "label_smoothing", "tolerance", "max_drop", "sparsity", "finetune_lr"):
         need(math.isfinite(getattr(config, key)), key, "must be a finite number")
     need(config.seed >= 0, "seed", "must be at least 0")
+    need(config.weights is None or Path(config.weights).is_file(), "weights",
+         "must name an existing state dict or .safetensors file")
     need(config.weight_decay >= 0, "weight_decay", "must be at least 0")
     TrainConfig(epochs=config.epochs, optimizer=config.optimizer, lr=config.lr, batch_size=config.batch_size,
                 label_smoothing=config.label_smoothing)  # raises for what dense training would refuse

@@ -35,7 +35,7 @@ from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
 from prunescope.io import write_csv, write_json
 from prunescope.masks import compute_masks
-from prunescope.models import build_model, model_spec
+from prunescope.models import build_model, load_weights, model_spec
 from prunescope.pick.choose import choose
 from prunescope.pick.crossval import val_folds, with_threshold
 from prunescope.pick.ours import DEFAULT_REFINER
@@ -44,6 +44,7 @@ from prunescope.pick.retrain import retrain_cross_validate
 from prunescope.pipeline.compare import compare
 from prunescope.pipeline.config import RunConfig, check_settings, validate
 from prunescope.pipeline.recovered import recovered_channels, recovered_sweep
+from prunescope.prunable import prunable_share
 from prunescope.report.html import write_html
 from prunescope.report.schema import document
 from prunescope.report.tables import comparison_rows, save_scan
@@ -76,13 +77,17 @@ def train_model(
     out: Path,
     *,
     model_args: dict[str, Any] | None = None,
+    weights: str | Path | None = None,
     device: str = "auto",
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> TrainResult:
-    """Build ``model_name`` (options ``model_args``) for ``data``; train it, checkpointing to ``out/model.pt``."""
+    """Build ``model_name`` (options ``model_args``) for ``data``, starting from the state dict in file ``weights``
+    when given; train it, checkpointing to ``out/model.pt``."""
     spec = model_spec(model_name, data.input_shape, data.num_classes, **(model_args or {}))
     torch.manual_seed(config.seed)
     model = build_model(model_name, data.input_shape, data.num_classes, **(model_args or {}))
+    if weights is not None:
+        load_weights(model, weights)
     return train(model, data, config, device=device, checkpoint=out / "model.pt", model_spec=spec, on_epoch=on_epoch)
 
 
@@ -140,7 +145,8 @@ def _pick(config: RunConfig, curves: Curves, model: torch.nn.Module, data: Datas
                       recalibrate_bn=config.recalibrate_bn, folds=config.folds, seed=config.seed).to_dict()
 
     def fit(fold_data: Dataset, directory: Path) -> torch.nn.Module:
-        return train_model(fold_data, config.model, dense_config, directory, device=config.device,
+        return train_model(fold_data, config.model, dense_config, directory, model_args=config.model_args,
+                           weights=config.weights, device=config.device,
                            on_epoch=lambda r: progress(f"cv: training {directory.name}", r.epoch,
                                                        config.epochs)).model.eval()
 
@@ -172,9 +178,11 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     # 1. dense model (resumes from out/model.pt)
     dense_config = train_config(config, epochs=config.epochs, lr=config.lr)
     dense_run = train_model(data, config.model, dense_config, out, model_args=config.model_args,
-                            device=config.device, on_epoch=lambda r: progress("dense training", r.epoch, config.epochs))
+                            weights=config.weights, device=config.device,
+                            on_epoch=lambda r: progress("dense training", r.epoch, config.epochs))
     model = dense_run.model.eval()
     targets = find_targets(model)
+    prunable = prunable_share(model, targets, data.input_shape).to_dict()
 
     # 2. sensitivity scan (resumes from the journal)
     curves = _scan(config, model, data, out, progress)
@@ -317,7 +325,7 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
             model=config.model, data=config.data, data_dir=config.data_dir, device=config.device, seed=config.seed),
             out / "hparams", progress=progress).to_dict()
         verdict.append(f"hyperparameters: {studies['hparams']['verdict']['sentence']}")
-    doc = document("run", config.to_dict(), model=spec, dataset=data.spec, dense=dense,
+    doc = document("run", config.to_dict(), model=spec, dataset=data.spec, prunable=prunable, dense=dense,
                    scan={"tolerance": config.tolerance, "curves": curves.to_dict(per_example=False)},
                    pick=pick, sparsity=config.sparsity, one_shot=one_shot, methods=methods, scratch=scratch,
                    one_shot_reconstructed=reconstructed, recovered=recovered,

@@ -225,7 +225,7 @@ def prune_weights_and_recover(
     finetuned = Evaluator(model, data.val, device=device).evaluate()
     if pattern is not None:  # fine-tuning keeps pruned weights at zero: the saved zeros are still N:M
         check_pattern({t.name: effective_weight(model, t) != 0 for t in targets if t.name in masks}, pattern,
-                      at_most=True)
+                      at_most=True, layouts={t.name: t for t in targets})
     checkpoint = save_baked(model, out / "model.pt", model_spec, dataset_spec, meta=meta)
     return WeightPruneResult(dense, one_shot, finetuned, history, reports[0] if reports else None, checkpoint)
 

@@ -23,6 +23,7 @@ from prunescope.data.factory import as_raw
 from prunescope.data.saved import write_saved
 from prunescope.errors import UsageError
 from prunescope.models import build_from_spec, model_spec
+from prunescope.models.adapters import is_transformers_model, logits
 
 DATA_FILE = "data.pt"
 MODEL_FILE = "model.pt"
@@ -58,6 +59,9 @@ def wrap(
     if not isinstance(model, nn.Module):
         raise UsageError(f"wrap needs a torch.nn.Module, got {type(model).__name__}")
     out = Path(out)
+    if factory is None and is_transformers_model(model):
+        raise UsageError(f"a transformers {type(model).__name__} is rebuilt from its configuration: save it with "
+                         "model.save_pretrained(DIR) and pass factory='hf:DIR'")
     dataset = _dataset(data, out)
     name = factory or _class_path(model)
     spec = model_spec(name, dataset.input_shape, dataset.num_classes, **dict(model_args or {}))
@@ -99,7 +103,7 @@ def _check_same_outputs(model: nn.Module, rebuilt: nn.Module, dataset: Dataset, 
     rebuilt.to(device).eval()
     try:
         with torch.no_grad():
-            expected, found = model(inputs), rebuilt(inputs)
+            expected, found = logits(model, inputs), logits(rebuilt, inputs)  # outputs read as prunescope reads them
     finally:
         model.train(training)
     if not torch.allclose(expected, found, rtol=1e-5, atol=1e-6):

@@ -31,15 +31,16 @@ from prunescope.report.schema import document
 from prunescope.report.tables import listing_table
 
 
-def hparams_document(result: Any) -> dict[str, Any]:
-    """The result document of a :class:`~prunescope.hparams.HparamsResult`."""
-    return document("hparams", result.settings, model=result.model_spec, dataset=result.dataset_spec,
+def hparams_document(result: Any, prunable: dict | None = None) -> dict[str, Any]:
+    """The result document of a :class:`~prunescope.hparams.HparamsResult` (with the model's prunable share)."""
+    extra = {} if prunable is None else {"prunable": prunable}
+    return document("hparams", result.settings, model=result.model_spec, dataset=result.dataset_spec, **extra,
                     hparams=result.to_dict(), verdict=[result.verdict["sentence"]])
 
 
-def write_result(out: Path, result: Any) -> dict[str, Any]:
+def write_result(out: Path, result: Any, prunable: dict | None = None) -> dict[str, Any]:
     """``result.json``, ``report.html``, ``landscapes.csv`` and ``shift.csv`` of an ``HparamsResult`` in ``out``."""
-    doc = hparams_document(result)
+    doc = hparams_document(result, prunable)
     write_json(out / "result.json", doc)
     write_csv(out / "landscapes.csv", result.landscape_rows())
     write_csv(out / "shift.csv", result.shift_rows())

@@ -309,10 +309,12 @@ def save_scan(
     model_spec: dict,
     dataset_spec: dict,
     settings: dict[str, Any],
+    prunable: dict | None = None,
 ) -> None:
-    """``scan.json`` (the curves, the checkpoint scanned and its fingerprint), ``scan.csv`` and ``plots/curves.png``."""
+    """``scan.json`` (the curves, the checkpoint scanned and its fingerprint, the prunable share when given),
+    ``scan.csv`` and ``plots/curves.png``."""
     fingerprint = model_fingerprint(model, find_targets(model))
-    extra = {}
+    extra: dict[str, Any] = {} if prunable is None else {"prunable": prunable}
     if curves.granularity == "channel":  # each group's members: the layers whose slices go with its channels
         groups = find_groups(model, model_spec["input_shape"]).groups
         extra["groups"] = {name: groups[name].to_dict() for name in curves.curves if name in groups}
