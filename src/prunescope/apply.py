@@ -161,7 +161,7 @@ def prune(
     exclude: Sequence[str] = (),
     seed: int = 0,
     reconstruct: str | None = None,
-    calibration: int = 1024,
+    calibration: int | None = None,
     reconstruct_fallback: bool = False,
     on_reconstructed: Callable[[Reconstruction], None] | None = None,
     pattern: Pattern | None = None,

@@ -233,8 +233,23 @@ def input_norms(
     return total.sqrt().float()
 
 
-def calibration_inputs(train: Split, size: int = 1024, *, seed: int = 0) -> torch.Tensor:
-    """A seeded sample of ``size`` train inputs (N, *input_shape): the calibration set (no labels)."""
+DEFAULT_CALIBRATION = 1024  # train examples, or for a language model:
+DEFAULT_LANGUAGE_CALIBRATION = 128  # sequences, as Wanda and SparseGPT calibrate (128 sequences of the corpus)
+
+
+def calibration_size(train: Split, size: int | None = None) -> int:
+    """``size``, or by default :data:`DEFAULT_CALIBRATION` examples (:data:`DEFAULT_LANGUAGE_CALIBRATION` sequences
+    of a language model's data, labels per token), at most the whole split."""
+    if size is not None:
+        return size
+    return min(DEFAULT_LANGUAGE_CALIBRATION if train.y.dim() == 2 else DEFAULT_CALIBRATION, len(train))
+
+
+def calibration_inputs(train: Split, size: int | None = None, *, seed: int = 0) -> torch.Tensor:
+    """A seeded sample of ``size`` train inputs (N, *input_shape): the calibration set (no labels).
+
+    None: :func:`calibration_size`'s default; a size given is refused above the split's."""
+    size = calibration_size(train, size)
     if not 1 <= size <= len(train):
         raise UsageError(
             f"calibration size {size} is outside 1…{len(train)} (the train split): give a number of train examples"

@@ -214,7 +214,7 @@ def wanda_saliency(model: nn.Module, target: Target, inputs: torch.Tensor) -> to
 
 
 def wanda(
-    model: nn.Module, targets: Sequence[Target], *, data: Split | None = None, calibration: int = 1024,
+    model: nn.Module, targets: Sequence[Target], *, data: Split | None = None, calibration: int | None = None,
     seed: int = 0, **_: object
 ) -> Scores:
     if data is None:
@@ -252,7 +252,7 @@ def compute_scores(
     batches: int = 16,
     batch_size: int = 128,
     seed: int = 0,
-    calibration: int = 1024,
+    calibration: int | None = None,
 ) -> Scores:
     """Importance of every weight of every target under ``criterion`` (lower = pruned first).
 

@@ -21,7 +21,7 @@ from torch import nn
 from prunescope.measure import count_macs
 from prunescope.models import build_from_spec
 from prunescope.structured.find import find_groups
-from prunescope.targets import Target, find_targets, parameter
+from prunescope.targets import Target, chosen_targets, find_targets, parameter
 
 WARN_BELOW = 0.5  # a model less than half prunable gets a warning: most of it stays dense whatever is asked
 _SHOWN = 3  # names listed per category in the one-line summary
@@ -40,6 +40,7 @@ class PrunableShare:
     excluded: list[str] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
     in_products: list[str] = field(default_factory=list)
+    left_dense: list[str] = field(default_factory=list)  # a language model's embeddings and output layer
 
     @property
     def share(self) -> float:
@@ -68,12 +69,13 @@ class PrunableShare:
     def from_dict(cls, data: dict) -> PrunableShare:
         """The share :meth:`to_dict` recorded."""
         return cls(data["prunable"], data["total"], data["layers"], dict(data["left_out"]), list(data["excluded"]),
-                   list(data["unsupported"]), list(data["in_products"]))
+                   list(data["unsupported"]), list(data["in_products"]), list(data.get("left_dense", [])))
 
     def to_dict(self) -> dict:
         return {"share": self.share, "prunable": self.prunable, "total": self.total, "layers": self.layers,
                 "left_out": dict(self.left_out), "excluded": list(self.excluded),
-                "unsupported": list(self.unsupported), "in_products": list(self.in_products)}
+                "unsupported": list(self.unsupported), "in_products": list(self.in_products),
+                "left_dense": list(self.left_dense)}
 
 
 def _names(names: Sequence[str]) -> str:
@@ -82,6 +84,8 @@ def _names(names: Sequence[str]) -> str:
 
 
 _DESCRIBED = {
+    "language_model": lambda s: (f"in the embeddings and output layer ({_names(s.left_dense)}), left dense as LLM "
+                                 "pruning does (--include them to prune)"),
     "biases": lambda s: "in biases",
     "norms": lambda s: "in normalisation layers",
     "excluded": lambda s: f"in layers left out by --include/--exclude ({_names(s.excluded)})",
@@ -98,14 +102,16 @@ def _is_norm(module: nn.Module) -> bool:
 
 
 def prunable_share(
-    model: nn.Module, targets: Sequence[Target], input_shape: Sequence[int] | None = None
+    model: nn.Module, targets: Sequence[Target], input_shape: Sequence[int] | None = None,
+    left_dense: Sequence[str] = (),
 ) -> PrunableShare:
     """The share of ``model``'s weights in ``targets`` (those a command prunes, after ``--include`` /
     ``--exclude``); with ``input_shape`` (one sample's) the unsupported tensors a forward pass multiplies are found
     by the MAC counter."""
     chosen = {id(parameter(model, t)) for t in targets}
     every = {id(parameter(model, t)): t for t in find_targets(model)}
-    left_out = dict.fromkeys(("excluded", "unsupported", "norms", "biases", "other"), 0)
+    left_out = dict.fromkeys(("language_model", "excluded", "unsupported", "norms", "biases", "other"), 0)
+    by_default = set(left_dense)
     excluded: list[str] = []
     unsupported: list[str] = []
     prunable = total = 0
@@ -123,6 +129,8 @@ def prunable_share(
         module, attr = owners[id(tensor)]
         if id(tensor) in chosen:
             prunable += tensor.numel()
+        elif id(tensor) in every and every[id(tensor)].name in by_default:
+            left_out["language_model"] += tensor.numel()
         elif id(tensor) in every:
             left_out["excluded"] += tensor.numel()
             excluded.append(every[id(tensor)].name)
@@ -139,18 +147,21 @@ def prunable_share(
     if unsupported and input_shape is not None:
         multiplied = count_macs(model, tuple(input_shape)).per_weight
         in_products = [name for name in unsupported if multiplied.get(name, (0, 0))[0] > 0]
-    return PrunableShare(prunable, total, len(targets), left_out, excluded, unsupported, in_products)
+    return PrunableShare(prunable, total, len(targets), left_out, excluded, unsupported, in_products,
+                         sorted(by_default))
 
 
 def unit_share(
     model: nn.Module, granularity: str, input_shape: Sequence[int], include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
+    exclude: Sequence[str] = (), vocabulary: int | None = None,
 ) -> PrunableShare:
-    """:func:`prunable_share` of the units a command at ``granularity`` prunes: the weight targets, or the weights
-    of the layers whose slices the channel groups remove."""
-    targets = find_targets(model, include, exclude) if granularity == "weight" else _grouped(model, input_shape,
-                                                                                           include, exclude)
-    return prunable_share(model, targets, input_shape)
+    """:func:`prunable_share` of the units a command at ``granularity`` prunes: the weight targets (for a language
+    model of ``vocabulary`` tokens, without its default-dense embeddings and output layer:
+    :func:`~prunescope.targets.chosen_targets`), or the weights of the layers whose slices the channel groups remove."""
+    if granularity != "weight":
+        return prunable_share(model, _grouped(model, input_shape, include, exclude), input_shape)
+    targets, left = chosen_targets(model, vocabulary, include, exclude)
+    return prunable_share(model, targets, input_shape, left_dense=list(left))
 
 
 def spec_share(spec: dict, granularity: str = "weight") -> PrunableShare:

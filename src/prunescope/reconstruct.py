@@ -246,7 +246,7 @@ class ReconstructedPruning:
 
 
 def reconstructing(
-    pruning: WeightPruning, train: Split, select: str | None, calibration: int = 1024, *, fallback: bool = False,
+    pruning: WeightPruning, train: Split, select: str | None, calibration: int | None = None, *, fallback: bool = False,
     pattern: Pattern | None = None,
 ) -> Pruning:
     """``pruning`` itself when ``select`` is None, else its targets and scores pruned by reconstruction

@@ -15,11 +15,13 @@ conversion lives here only, at the edges (command line, run settings, reports).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
-from prunescope.evaluate import LOWER_IS_BETTER, token_level
+from prunescope.evaluate import LOWER_IS_BETTER, Metrics, token_level
 
 # Allowed drop when none is given, in the metric's own unit: half an accuracy point; 5% more perplexity.
 DEFAULT_TOLERANCE = {"perplexity": 0.05}
@@ -66,6 +68,32 @@ class Score:
         if not self.lower_is_better:
             return score
         return math.exp(-score) if -score < 700 else math.inf
+
+    @property
+    def label(self) -> str:
+        return "perplexity" if self.lower_is_better else self.metric
+
+    def of(self, metrics: Metrics | Mapping[str, Any]) -> float:
+        """The score of an evaluation, a :class:`Metrics` or its recorded ``to_dict()``."""
+        if isinstance(metrics, Metrics):
+            return metrics.score(self.metric)
+        if self.lower_is_better:
+            return -float(metrics["loss"])
+        return float(metrics[self.metric] if self.metric in metrics else metrics["extra"][self.metric])
+
+    def measured_text(self, metrics: Metrics | Mapping[str, Any]) -> str:
+        """An evaluation as the user reads it: ``97.22%``, or a perplexity ``21.818``."""
+        return self.value_text(self.of(metrics))
+
+    def change_text(self, metrics: Metrics | Mapping[str, Any], reference: Metrics | Mapping[str, Any]) -> str:
+        """How ``metrics`` differs from ``reference``: ``-0.28`` accuracy points, or ``+4.10%`` perplexity."""
+        if self.lower_is_better:
+            return f"{self.tolerance(self.of(reference) - self.of(metrics)) * 100:+.2f}%"
+        return f"{(self.of(metrics) - self.of(reference)) * 100:+.2f}"
+
+    @property
+    def change_unit(self) -> str:
+        return "Δ perplexity" if self.lower_is_better else "Δ pts"
 
     def value_text(self, score: float) -> str:
         return f"{self.shown(score):.3f}" if self.lower_is_better else f"{score:.2%}"

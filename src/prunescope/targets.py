@@ -278,3 +278,33 @@ def flow_order(model: nn.Module, targets: Sequence[Target], example: torch.Tenso
     if unused:
         raise UsageError(f"the forward pass never reaches {unused[0]}: exclude it (--exclude)")
     return sorted(targets, key=lambda t: order[owners[t.name]])  # stable: one module's tensors keep their order
+
+
+LANGUAGE_MODEL_DEFAULT = ("embeddings and the output layer are left dense, as in LLM pruning practice (Wanda, "
+                          "SparseGPT, OWL): --include them to prune")
+
+
+def language_model_defaults(targets: Sequence[Target], vocabulary: int) -> dict[str, str]:
+    """What LLM practice leaves dense in a language model of ``vocabulary`` tokens, ``{target: why}``: every
+    embedding table, and the output layer (the last matrix in module order with one output row per token)."""
+    left = {t.name: "an embedding" for t in targets if t.kind == "embedding"}
+    heads = [t for t in targets if t.kind == "linear" and t.rows == vocabulary and t.name not in left]
+    if heads:
+        left[heads[-1].name] = "the output layer"
+    return left
+
+
+def chosen_targets(
+    model: nn.Module, vocabulary: int | None, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> tuple[list[Target], dict[str, str]]:
+    """The targets a command prunes and those left dense by default, ``(targets, {name: why})``.
+
+    ``vocabulary``: the token count of a language model's data (None: any other model). For a
+    language model without ``include``, :func:`language_model_defaults` are left out (an
+    ``include`` that names them, or any ``include``, chooses exactly what it matches instead).
+    """
+    targets = find_targets(model, include, exclude)
+    if vocabulary is None or include:
+        return targets, {}
+    left = language_model_defaults(targets, vocabulary)
+    return [t for t in targets if t.name not in left], left

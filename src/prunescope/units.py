@@ -37,7 +37,7 @@ from prunescope.structured.groups import Footprint
 from prunescope.structured.importance import IMPORTANCES, group_scores
 from prunescope.structured.latency import LatencyTable
 from prunescope.structured.pruning import ChannelPruning, masking_error
-from prunescope.targets import Target, find_targets
+from prunescope.targets import Target, chosen_targets, find_targets
 
 MASKING_CHECK_BATCH = 32  # val examples on which channel masking is checked against removal
 MASKING_TOLERANCE = 1e-4  # relative to the largest output: above float rounding, below any real reader
@@ -218,7 +218,9 @@ def _weight_units(
 ) -> WeightPruning:
     if round_to != 1:
         raise UsageError("--round-to applies to channel scans: scan with --granularity channel")
-    targets = find_targets(model, include, exclude)
+    # Named units (a pick on a scan) are exactly those names; otherwise a language model's defaults apply.
+    targets = (find_targets(model, include, exclude) if names is not None
+               else chosen_targets(model, data.vocabulary, include, exclude)[0])
     if names is not None:
         targets = [t for t in targets if t.name in set(names)]
     scores = compute_scores(model, targets, criterion, data=data.train, seed=seed)

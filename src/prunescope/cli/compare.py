@@ -96,9 +96,11 @@ def sweep_command(
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
+    rebuild = rebuild.for_data(dataset.train)
     for chosen in patterns:  # refused before anything is printed or evaluated
         check_widths(find_targets(saved.model, include or (), exclude or ()), chosen)
-    prunable = print_prunable(unit_share(saved.model, "weight", dataset.input_shape, include or (), exclude or ()))
+    prunable = print_prunable(unit_share(saved.model, "weight", dataset.input_shape, include or (), exclude or (),
+                                         dataset.vocabulary))
     with progress_bar("sweeping", len(levels) + len(patterns) + 1) as point_done:
         result = sweep(
             saved.model, dataset, levels, criterion=criterion, allocation=allocation, include=include or (),
@@ -163,7 +165,9 @@ def compare_command(
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback, granularity)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape, include or (), exclude or ()))
+    rebuild = rebuild.for_data(dataset.train)
+    prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape, include or (), exclude or (),
+                                         dataset.vocabulary))
     curves = None
     if any(ALLOCATORS[m].needs_scan for m in methods):  # ours and budget read a scan
         if scan_dir is None:

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from prunescope.calibration import calibration_size
 from prunescope.checkpoint import load_checkpoint
 from prunescope.cli import inputs as cli_input
 from prunescope.criteria import CRITERIA
 from prunescope.data import load_from_spec
+from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity
 from prunescope.pick.registry import WEIGHT_METHODS
@@ -66,12 +68,11 @@ Reconstruct = Annotated[str | None, typer.Option(
     help="Prune by layer-wise reconstruction on train calibration inputs: 'mask' re-fits the kept weights of the "
          "criterion's masks, 'obs' also chooses the masks by OBS saliency [off: masks only].", show_default=False)]
 Calibration = Annotated[int | None, typer.Option(help="With --reconstruct, train examples used as calibration inputs "
-                                                      "(no labels) [1024].", show_default=False)]
+                                                      "(no labels) [1024; 128 sequences of text].", show_default=False)]
 ReconstructFallback = Annotated[bool, typer.Option(
     help="With --reconstruct, prune the layers whose inputs cannot be captured (recurrent gates, embeddings, "
          "cross-attention's packed projection) with the criterion's masks alone instead of refusing; the result "
          "records which.")]
-DEFAULT_CALIBRATION = 1024
 
 
 def _value(text: str) -> Any:
@@ -137,8 +138,12 @@ class ReconstructChoice:
     """``--reconstruct`` / ``--calibration`` / ``--reconstruct-fallback``, checked: select None means off."""
 
     select: str | None = None
-    calibration: int = DEFAULT_CALIBRATION
+    calibration: int | None = None  # None: calibration's default (1024 examples; 128 sequences of text)
     fallback: bool = False
+
+    def for_data(self, train: Split) -> ReconstructChoice:
+        """This choice with the calibration size the train split gives by default, so that results record it."""
+        return replace(self, calibration=calibration_size(train, self.calibration)) if self.select else self
 
     def arguments(self) -> dict[str, Any]:
         """Keyword arguments of compare, sweep, scan and prune."""
@@ -164,8 +169,8 @@ def reconstruct_choice(
     if granularity != "weight":
         raise UsageError(f"--reconstruct re-fits a layer's weights: it applies to --granularity weight, not "
                          f"{granularity}")
-    size = DEFAULT_CALIBRATION if calibration is None else calibration
-    if size < 1:
+    size = calibration
+    if size is not None and size < 1:
         raise UsageError(f"calibration size {size} is below 1: give --calibration a number of train examples")
     return ReconstructChoice(reconstruct, size, fallback)
 

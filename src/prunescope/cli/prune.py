@@ -64,7 +64,7 @@ from prunescope.report.tables import (
 )
 from prunescope.scan import GRANULARITIES
 from prunescope.structured.export import comparable_modules, dense_reference, load_model_file
-from prunescope.targets import find_targets
+from prunescope.targets import chosen_targets, find_targets
 from prunescope.train import (
     TrainConfig,
 )
@@ -129,7 +129,8 @@ def prune_command(
         raise UsageError("give --allocation (a pick.json or a {layer: sparsity} JSON), or --pattern N:M")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    share = unit_share(saved.model, granularity, dataset.input_shape)
+    rebuild = rebuild.for_data(dataset.train)
+    share = unit_share(saved.model, granularity, dataset.input_shape, vocabulary=dataset.vocabulary)
     if granularity == "channel":
         if allocation is None:
             raise UsageError("--granularity channel applies a channel pick: give --allocation")
@@ -150,7 +151,9 @@ def _prune_weights(
     pattern: Pattern | None = None,
 ) -> None:
     targets = find_targets(saved.model)
-    per_target = load_allocation(allocation, targets) if allocation is not None else {t.name: 1.0 for t in targets}
+    default = chosen_targets(saved.model, dataset.vocabulary)[0]  # without --allocation: what a pattern prunes
+    per_target = (load_allocation(allocation, targets) if allocation is not None
+                  else {t.name: 1.0 if t in default else 0.0 for t in targets})
     if pattern is not None:  # every layer the allocation prunes is at 1 − N/M
         per_target = {name: pattern.sparsity if s > 0 else 0.0 for name, s in per_target.items()}
         check_widths([t for t in targets if per_target.get(t.name, 0) > 0], pattern)  # before anything is said

@@ -123,11 +123,13 @@ def scan_command(
         raise UsageError("--storage is empty: give an Optuna storage URL, or leave it out for a journal file in --out")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
+    rebuild = rebuild.for_data(dataset.train)
     metric = default_metric(dataset.val)
     allowed = allowed_drop(tolerance, metric)
     console.print(f"tolerance: {Score(metric).bound_text(allowed)}", highlight=False)
     warn_if_val_is_small(len(dataset.val), allowed, metric)
-    prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape, include or (), exclude or ()))
+    prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape, include or (), exclude or (),
+                                         dataset.vocabulary))
     settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
                 "metric": metric, "tolerance": allowed, "subset": subset, "workers": workers, "study_name": study_name,
                 "include": include or [],

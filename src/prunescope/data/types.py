@@ -12,8 +12,8 @@ import torch
 class Split:
     """One split held as tensors.
 
-    x: float32, shape (N, *input_shape), already normalised.
-    y: int64 class indices, shape (N,).
+    x: float32, shape (N, *input_shape), already normalised; or int64 token ids (N, T) of a language model.
+    y: int64 class indices, shape (N,); or the next token at every position, (N, T).
     """
 
     x: torch.Tensor
@@ -44,6 +44,11 @@ class Dataset:
     input_shape: tuple[int, ...]
     num_classes: int
     spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vocabulary(self) -> int | None:
+        """Token ids of a language model's data (labels one per token, ``y`` (N, T)); None for any other data."""
+        return self.num_classes if self.train.y.dim() == 2 else None
 
     def split(self, name: str) -> Split:
         """The split called ``name``: ``train``, ``val`` or ``test`` (ValueError otherwise)."""

@@ -81,7 +81,7 @@ class Problem:
     pruning: ChannelPruning | None = field(default=None, repr=False)
     validation: Validation | None = field(default=None, repr=False)
     train: Split | None = field(default=None, repr=False)
-    calibration: int = 1024
+    calibration: int | None = None
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def needs_calibration(self, name: str) -> torch.Tensor:

@@ -55,6 +55,7 @@ from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.refine import Refiner
 from prunescope.pick.registry import ALLOCATORS, CHANNEL_BASELINES, COMPARABLE, COMPARED, make_allocator
 from prunescope.reconstruct import fallen_back, reconstructing
+from prunescope.scores import default_metric
 from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.units import Pruning, Unit, Units, criterion_for, find_units
 
@@ -115,10 +116,12 @@ class Comparison:
     reconstruct: str | None = None
     fallback: dict[str, str] = field(default_factory=dict)
     granularity: str = "weight"  # weight: levels are sparsities; channel: fractions of the dense MACs removed
+    metric: str = "accuracy"  # what val selects on and the tables show: accuracy, or perplexity (a language model)
 
     def to_dict(self) -> dict:
         return {
             "criterion": self.criterion,
+            "metric": self.metric,
             "granularity": self.granularity,
             "dense_val": self.dense_val.to_dict(),
             "dense_test": self.dense_test.to_dict() if self.dense_test else None,
@@ -218,7 +221,7 @@ def compare(
     batch_size: int = 1024,
     recalibrate_bn: int | None = None,
     reconstruct: str | None = None,
-    calibration: int = 1024,
+    calibration: int | None = None,
     reconstruct_fallback: bool = False,
     round_to: int = 1,
 ) -> Comparison:
@@ -306,4 +309,4 @@ def compare(
     return Comparison(criterion=criterion, dense_val=dense_val, dense_test=dense_test, rows=rows,
                       weights=ledger.weights if isinstance(ledger, _Weights) else 0, recalibrate_bn=batches,
                       val_evaluations=val.evaluations, reconstruct=reconstruct, fallback=fallen_back(base),
-                      granularity=granularity)
+                      granularity=granularity, metric=curves.metric if curves is not None else default_metric(data.val))

@@ -69,7 +69,7 @@ class RunConfig:
     removed_macs: tuple[float, ...] = (0.3, 0.5, 0.67, 0.75)  # fractions of the dense MACs the channel sweep removes
     # one-shot comparison repeated with layer-wise reconstruction ("mask" or "obs"; None: off)
     reconstruct: str | None = "mask"
-    calibration: int = 1024
+    calibration: int | None = None
     # one-shot evaluation of pruned models (scan aside): BatchNorm batches, None = 20 with BatchNorm, else 0
     recalibrate_bn: int | None = None
     # optional studies: the hyperparameter study (prunescope hparams' defaults) into OUT/hparams

@@ -30,7 +30,8 @@ from prunescope.patterns import Pattern, check_widths
 from prunescope.pick.allocator import Problem
 from prunescope.pick.registry import weight_allocation
 from prunescope.reconstruct import fallen_back, reconstructing
-from prunescope.targets import Target, find_targets
+from prunescope.scores import default_metric
+from prunescope.targets import Target, chosen_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.units import Pruning, WeightPruning
 
@@ -63,6 +64,7 @@ class SweepResult:
     reconstruct: str | None = None
     fallback: dict[str, str] = field(default_factory=dict)
     patterns: list[str] = field(default_factory=list)
+    metric: str = "accuracy"  # how the tables read the points: accuracy, or perplexity (a language model)
 
     @property
     def dense(self) -> SweepPoint:
@@ -79,6 +81,7 @@ class SweepResult:
             "reconstruct": self.reconstruct,
             "fallback": self.fallback,
             "patterns": self.patterns,
+            "metric": self.metric,
         }
 
 
@@ -97,7 +100,7 @@ def sweep(
     latency_repeats: int = 30,
     recalibrate_bn: int | None = None,
     reconstruct: str | None = None,
-    calibration: int = 1024,
+    calibration: int | None = None,
     reconstruct_fallback: bool = False,
     on_point: Callable[[SweepPoint], None] | None = None,
     patterns: Sequence[Pattern] = (),
@@ -131,7 +134,7 @@ def sweep(
     levels = [check_sparsity(s) for s in sparsities]
     device = resolve_device(device)
     model.to(device).eval()
-    targets = find_targets(model, include, exclude)
+    targets, _ = chosen_targets(model, data.vocabulary, include, exclude)
     for pattern in patterns:
         check_widths(targets, pattern)  # before any evaluation
     scores = compute_scores(model, targets, criterion, data=data.train)
@@ -170,4 +173,4 @@ def sweep(
             on_point(point)
     return SweepResult(criterion=criterion, allocation=allocation, split=split, targets=targets, points=points,
                        recalibrate_bn=batches, reconstruct=reconstruct, fallback=fallen_back(base),
-                       patterns=[str(p) for p in patterns])
+                       patterns=[str(p) for p in patterns], metric=default_metric(data.split(split)))

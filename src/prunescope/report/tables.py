@@ -75,22 +75,25 @@ def _si(value: float) -> str:
 
 
 def sweep_table(result: SweepResult, title: str | None = None) -> Table:
-    """One row per sparsity: metrics on the split, with the accuracy's 95% interval, and measurements."""
+    """One row per sparsity: metrics on the split (accuracy with its 95% interval, or a language model's perplexity
+    and token accuracy), and measurements."""
     dense = result.dense
+    score = Score(result.metric)
     split_by = "N:M patterns" if result.patterns else f"{result.allocation} allocation"
     table = Table(title=title or f"{result.split} metrics vs sparsity ({split_by}, {result.criterion} criterion)")
-    columns = ("sparsity", "accuracy", "95% CI", "Δ pts", "macro-F1", "loss", "non-zero", "KiB",
-               "MACs", "ms b=1", "samples/s")
-    for column in columns:
+    quality = (("perplexity", score.change_unit, "token accuracy") if score.lower_is_better
+               else ("accuracy", "95% CI", "Δ pts", "macro-F1"))
+    for column in ("sparsity", *quality, "loss", "non-zero", "KiB", "MACs", "ms b=1", "samples/s"):
         table.add_column(column, justify="right", no_wrap=True)
     for p in result.points:
         m = p.metrics
+        cells = ([score.measured_text(m), score.change_text(m, dense.metrics), f"{m.accuracy:.2%}"]
+                 if score.lower_is_better else
+                 [f"{m.accuracy:.2%}", f"{m.accuracy_ci[0]:.1%}–{m.accuracy_ci[1]:.1%}",
+                  score.change_text(m, dense.metrics), f"{m.macro_f1:.3f}"])
         table.add_row(
             f"{p.achieved_sparsity:.1%}" + (f" ({p.pattern})" if p.pattern else ""),
-            f"{m.accuracy:.2%}",
-            f"{m.accuracy_ci[0]:.1%}–{m.accuracy_ci[1]:.1%}",
-            f"{(m.accuracy - dense.metrics.accuracy) * 100:+.2f}",
-            f"{m.macro_f1:.3f}",
+            *cells,
             f"{m.loss:.3f}",
             f"{_si(p.measure['params_nonzero'])}/{_si(p.measure['params_total'])}",
             f"{p.measure['bytes_sparse'] / 1024:.1f}",
@@ -208,14 +211,18 @@ def choice_table(choice: Choice, sizes: dict[str, int] | None = None, metric: st
 
 
 def comparison_rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
-    """One CSV row per method and sparsity of a ``Comparison.to_dict()``."""
+    """One CSV row per method and sparsity of a ``Comparison.to_dict()`` (perplexities too for a language model)."""
     rows = []
+    language = Score(comparison.get("metric", "accuracy")).lower_is_better
     for r in comparison["rows"]:
         val, test = r["val"] or {}, r["test"] or {}
+        extra = ({"val_perplexity": (val.get("extra") or {}).get("perplexity"),
+                  "test_perplexity": (test.get("extra") or {}).get("perplexity")} if language else {})
         rows.append({
             "method": r["method"],
             "sparsity": r["sparsity"],
             "achieved_sparsity": r["achieved"],
+            **extra,
             "val_accuracy": val.get("accuracy"),
             "val_macro_f1": val.get("macro_f1"),
             "test_accuracy": test.get("accuracy"),
@@ -226,13 +233,14 @@ def comparison_rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def comparison_table(comparison: Comparison) -> Table:
-    """Rows: sparsities; columns: methods; cells: val accuracy (test accuracy)."""
+    """Rows: sparsities; columns: methods; cells: val accuracy (test accuracy), or perplexities for a language model."""
+    score = Score(comparison.metric)
     methods = list(dict.fromkeys(r.method for r in comparison.rows))
     test = " (test)" if comparison.dense_test else ""
-    dense = f"dense val {comparison.dense_val.accuracy:.2%} on {comparison.dense_val.n} examples"
+    dense = f"dense val {score.measured_text(comparison.dense_val)} on {comparison.dense_val.n} examples"
     if comparison.dense_test:
-        dense += f", test {comparison.dense_test.accuracy:.2%}"
-    table = Table(title=f"one-shot accuracy, val{test}, by allocation ({comparison.criterion} criterion; {dense})")
+        dense += f", test {score.measured_text(comparison.dense_test)}"
+    table = Table(title=f"one-shot {score.label}, val{test}, by allocation ({comparison.criterion} criterion; {dense})")
     table.add_column("sparsity" if comparison.granularity == "weight" else "MACs removed", justify="right")
     for method in methods:
         table.add_column(method, justify="right", no_wrap=True)
@@ -243,13 +251,13 @@ def comparison_table(comparison: Comparison) -> Table:
             if row.val is None:
                 cells.append("infeasible")
             else:
-                cells.append(f"{row.val.accuracy:.2%}" + (f" ({row.test.accuracy:.2%})" if row.test else ""))
+                cells.append(score.measured_text(row.val) + (f" ({score.measured_text(row.test)})" if row.test else ""))
         table.add_row(f"{sparsity:.0%}", *cells)
     return table
 
 
 def write_comparison(out: Path, doc: dict[str, Any], comparison: Comparison) -> None:
-    """``result.json``, ``compare.csv``, and plots: allocations per sparsity, accuracy vs sparsity per method."""
+    """``result.json``, ``compare.csv``, and plots: allocations per sparsity, the metric vs sparsity per method."""
     write_json(out / "result.json", doc)
     write_csv(out / "compare.csv", comparison_rows(comparison.to_dict()))
     feasible = [r for r in comparison.rows if r.val is not None]
@@ -257,16 +265,22 @@ def write_comparison(out: Path, doc: dict[str, Any], comparison: Comparison) -> 
         allocations = {r.method: r.allocation for r in feasible if r.sparsity == sparsity}
         allocation_plot(allocations, out / "plots" / f"allocation_{sparsity:g}.png",
                         f"per-layer sparsity at {sparsity:.0%} overall")
+    score = Score(comparison.metric)
     for split in ("val", "test"):
         series: dict[str, list[tuple[float, float, float]]] = {}
         for r in feasible:
             metrics = getattr(r, split)
-            if metrics is not None:
+            if metrics is None:
+                continue
+            if score.lower_is_better:  # no interval on a perplexity
+                series.setdefault(r.method, []).append((r.sparsity, score.shown(score.of(metrics)), 0.0))
+            else:
                 low, high = metrics.accuracy_ci
                 series.setdefault(r.method, []).append((r.sparsity, metrics.accuracy, (high - low) / 2))
         if series:
-            metric_vs_sparsity_plot(series, out / "plots" / f"{split}_accuracy.png", f"{split} accuracy",
-                                    f"one-shot {split} accuracy (bars: 95% CI half-width)")
+            bars = "" if score.lower_is_better else " (bars: 95% CI half-width)"
+            metric_vs_sparsity_plot(series, out / "plots" / f"{split}_{score.label}.png", f"{split} {score.label}",
+                                    f"one-shot {split} {score.label}{bars}")
 
 
 def run_table(doc: dict[str, Any]) -> Table:

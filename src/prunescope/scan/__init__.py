@@ -108,7 +108,7 @@ def scan(
     grace_period: int = GRACE_PERIOD,
     recalibrate_bn: int = 0,
     reconstruct: str | None = None,
-    calibration: int = 1024,
+    calibration: int | None = None,
     reconstruct_fallback: bool = False,
 ) -> Curves:
     """Sensitivity curves of every target of ``model`` on ``data.val``: one target pruned, others dense.
