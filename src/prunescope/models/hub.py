@@ -153,6 +153,18 @@ def _has_weights(path: Path) -> bool:
     return any((path / name).is_file() for name in _HF_WEIGHTS)
 
 
+def _check_language_model(path: Path, config: Any, input_shape: tuple[int, ...], vocabulary: int) -> None:
+    """A causal LM must have a position for every token of a block and an embedding for every token id."""
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if len(input_shape) == 1 and positions is not None and input_shape[0] > positions:
+        raise UsageError(f"--model hf:{path} has {positions} positions, fewer than the data's blocks of "
+                         f"{input_shape[0]} tokens: give --data-arg block={positions} or less")
+    size = getattr(config, "vocab_size", None)
+    if len(input_shape) == 1 and size is not None and vocabulary > size:
+        raise UsageError(f"the data has {vocabulary} token ids but --model hf:{path} embeds {size}: tokenise with "
+                         "the model's own tokenizer (--data-arg tokenizer=DIR)")
+
+
 def _hf(what: str, input_shape: tuple[int, ...], num_classes: int, options: dict[str, Any], pretrained: bool
         ) -> nn.Module:
     path = _hf_directory(what)
@@ -161,6 +173,8 @@ def _hf(what: str, input_shape: tuple[int, ...], num_classes: int, options: dict
     with _offline_and_quiet() as transformers:
         config = _hf_config(transformers, path, options)
         cls, by_classes = _hf_class(transformers, config, architecture, path)
+        if not by_classes:
+            _check_language_model(path, config, input_shape, num_classes)
         resized = by_classes and config.num_labels != num_classes
         if by_classes:
             config.num_labels = num_classes
