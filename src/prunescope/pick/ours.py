@@ -5,7 +5,8 @@ At global sparsity s (fraction of the problem's targets' weights):
 1. candidates: the budget picker's allocation on the curves of the problem's targets
    (:class:`~prunescope.pick.budget.BudgetPicker` with ``target_sparsity=s``, spread over
    those targets only, however many more the scan covered) and the allocations of the
-   baselines in ``starts`` (uniform, uniform+, global, ERK, LAMP), each measured jointly on
+   baselines in ``starts`` (uniform, uniform+, global, ERK, LAMP by default; OWL and AlphaPruning
+   with their published settings may be added, as for language models), each measured jointly on
    val through the problem's ``validation`` (a cache: what was measured once is reused);
 2. start from the candidate with the best val metric (ties: the budget pick, then the
    order of ``starts``);
@@ -28,12 +29,16 @@ from dataclasses import dataclass, field, replace
 from prunescope.curves import Curves
 from prunescope.errors import UsageError
 from prunescope.pick.allocator import Pick, Problem
+from prunescope.pick.alpha import AlphaPruning
 from prunescope.pick.baselines import ALLOCATIONS, allocate
 from prunescope.pick.budget import BudgetPicker
+from prunescope.pick.owl import OWL
 from prunescope.pick.refine import PairwiseRefiner, Refiner
 from prunescope.targets import Target
 
 DEFAULT_REFINER = PairwiseRefiner()  # stateless: one instance serves every call
+LAYERWISE = {"owl": OWL, "alpha": AlphaPruning}  # layer-wise starts, at their published settings
+STARTS = (*ALLOCATIONS, *LAYERWISE)
 
 
 def budget_start(curves: Curves, targets: Sequence[Target], sparsity: float) -> dict[str, float]:
@@ -56,9 +61,9 @@ class Ours:
     name: str = "ours"
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.starts if s not in ALLOCATIONS]
+        unknown = [s for s in self.starts if s not in STARTS]
         if unknown:
-            raise UsageError(f"starts are baseline allocations ({', '.join(ALLOCATIONS)}), got {unknown[0]!r}")
+            raise UsageError(f"starts are baseline allocations ({', '.join(STARTS)}), got {unknown[0]!r}")
 
     def allocate(self, problem: Problem) -> Pick:
         curves = problem.needs_curves("method 'ours'")
@@ -68,11 +73,12 @@ class Ours:
         errors: dict[str, str] = {}
         for name in ("budget", *self.starts):
             try:
-                candidates[name] = (
-                    budget_start(curves, targets, sparsity)
-                    if name == "budget"
-                    else allocate(name, problem.model, targets, sparsity, example=problem.example)
-                )
+                if name == "budget":
+                    candidates[name] = budget_start(curves, targets, sparsity)
+                elif name in LAYERWISE:
+                    candidates[name] = LAYERWISE[name](target_sparsity=sparsity).allocate(problem).allocation
+                else:
+                    candidates[name] = allocate(name, problem.model, targets, sparsity, example=problem.example)
             except UsageError as error:
                 errors[name] = str(error)
         if not candidates:

@@ -51,7 +51,7 @@ from prunescope.masks import check_sparsity, compute_masks, removed_count
 from prunescope.pick.allocator import Allocator, Problem
 from prunescope.pick.baselines import ALLOCATIONS
 from prunescope.pick.budget import macs_limit
-from prunescope.pick.ours import DEFAULT_REFINER
+from prunescope.pick.ours import DEFAULT_REFINER, LAYERWISE
 from prunescope.pick.refine import Refiner
 from prunescope.pick.registry import ALLOCATORS, CHANNEL_BASELINES, COMPARABLE, COMPARED, make_allocator
 from prunescope.reconstruct import fallen_back, reconstructing
@@ -217,7 +217,7 @@ def compare(
     test: bool = True,
     on_row: Callable[[ComparisonRow], None] | None = None,
     refiner: Refiner | None = DEFAULT_REFINER,
-    starts: Sequence[str] = ALLOCATIONS,
+    starts: Sequence[str] | None = None,
     batch_size: int = 1024,
     recalibrate_bn: int | None = None,
     reconstruct: str | None = None,
@@ -232,7 +232,8 @@ def compare(
     fractions of the dense MACs per sample to remove; methods default to
     :data:`CHANNEL_METHODS`; kept channel counts in multiples of ``round_to``).
     ``ours`` (see the module docstring) starts from the best on val of the budget pick
-    and the baselines in ``starts``, then is refined on val by ``refiner`` (default
+    and the baselines in ``starts`` (None: uniform, uniform+, global, ERK and LAMP, and for a language
+    model OWL and AlphaPruning too), then is refined on val by ``refiner`` (default
     :data:`DEFAULT_REFINER`, a :class:`~prunescope.pick.refine.PairwiseRefiner` of at most
     40 evaluations per sparsity; None: no refinement). ``refiner=None, starts=()`` gives
     the budget pick alone. The metric ``ours`` maximises is the scan's (``curves.metric``).
@@ -247,6 +248,8 @@ def compare(
     ``owl``'s Wanda scores.
     """
     criterion = criterion_for(granularity, criterion)
+    if starts is None:
+        starts = (*ALLOCATIONS, *(LAYERWISE if data.vocabulary is not None else ()))
     allowed = METHODS if granularity == "weight" else CHANNEL_METHODS
     methods = list((DEFAULT_METHODS if granularity == "weight" else CHANNEL_METHODS) if methods is None else methods)
     unknown = [m for m in methods if m not in allowed]
