@@ -198,12 +198,15 @@ def test_a_language_model_is_scanned_picked_compared_and_pruned_on_perplexity(la
     picked = _cli("pick", "--scan", str(tmp_path / "scan"), "--picker", "budget", "--target-sparsity", "0.5", *common)
     assert "% perplexity" in picked
     compared = _cli("compare", "--checkpoint", str(language_model), "--scan", str(tmp_path / "scan"),
-                    "--sparsities", "0.5", "--allocations", "ours,uniform,owl,alpha", "--criterion", "wanda",
+                    "--sparsities", "0.5", "--allocations", "ours,uniform,owl,alpha,alpha-tuned", "--criterion", "wanda",
                     "--out", str(tmp_path / "compare"), *common)
     assert "one-shot perplexity" in compared
     rows = json.loads((tmp_path / "compare" / "result.json").read_text())["comparison"]["rows"]
-    assert {r["method"] for r in rows} == {"ours", "uniform", "owl", "alpha"}
+    assert {r["method"] for r in rows} == {"ours", "uniform", "owl", "alpha", "alpha-tuned"}
     assert all(r["error"] is None and r["val"]["extra"]["perplexity"] > 1 for r in rows)
+    tuned = next(r for r in rows if r["method"] == "alpha-tuned")
+    # Chosen on val as the lowest perplexity of its grid (perplexity is lower-is-better).
+    assert tuned["val"]["extra"]["perplexity"] == min(point["perplexity"] for point in tuned["details"]["grid"])
     swept = _cli("sweep", "--checkpoint", str(language_model), "--pattern", "2:4", "--criterion", "wanda",
                  "--out", str(tmp_path / "sweep"), *common)
     assert "perplexity" in swept

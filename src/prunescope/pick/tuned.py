@@ -2,8 +2,8 @@
 
 Each grid point is the allocation at the same global sparsity (every one removes exactly
 round(s · N) weights), measured jointly on val through the problem's ``validation`` (each
-allocation once); the best val metric wins (the curves' metric, accuracy without a scan),
-ties to the earlier point, and the grid lists the paper's default first. The test split is
+allocation once); the best val metric wins (the curves' metric, accuracy without a scan;
+the lowest perplexity for a language model: compared as scores, higher is better), ties to the earlier point, and the grid lists the paper's default first. The test split is
 never read. The chosen settings and every point's val metric are in the pick's details.
 """
 
@@ -31,13 +31,13 @@ class GridSearch:
         grid = []
         for settings, member in self.members:
             pick = member.allocate(problem)
-            value = val(pick.allocation).get(metric)
-            grid.append({**settings, metric: value})
-            if best is None or value > best[0]:
-                best = (value, settings, pick)
+            measured = val(pick.allocation)
+            grid.append({**settings, metric: measured.get(metric)})
+            if best is None or measured.score(metric) > best[0]:
+                best = (measured.score(metric), settings, pick)
         if best is None:
             raise UsageError(f"{self.name} has an empty grid")
-        value, settings, pick = best
+        _, settings, pick = best
         details = {**pick.details, "chosen": settings, "default": self.members[0][0], "metric": metric,
                    "grid": grid, "val_evaluations": {"grid": len(grid), "new": val.evaluations - before}}
         return Pick(pick.allocation, None, dict.fromkeys(pick.allocation, self.name), details)
