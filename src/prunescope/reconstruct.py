@@ -59,7 +59,7 @@ from prunescope.errors import UsageError
 from prunescope.masks import Masks, check_sparsity, compute_masks, removed_count
 from prunescope.patterns import Pattern, PatternPruning, check_pattern, check_widths, pattern_masks
 from prunescope.targets import Target, flow_order
-from prunescope.units import Pruning, WeightPruning
+from prunescope.units import BlockUnits, ExpandedPruning, Pruning, WeightPruning
 
 SELECTIONS = ("obs", "mask")
 _MAX_DAMPING_RAISES = 6
@@ -251,16 +251,24 @@ def reconstructing(
 ) -> Pruning:
     """``pruning`` itself when ``select`` is None, else its targets and scores pruned by reconstruction
     (:class:`ReconstructedPruning`) on ``calibration`` seeded ``train`` inputs; ``pattern``: N:M masks
-    (without reconstruction, :class:`~prunescope.patterns.PatternPruning`)."""
+    (without reconstruction, :class:`~prunescope.patterns.PatternPruning`). Block units
+    (:class:`~prunescope.units.BlockUnits`) keep their block allocations, spread over the targets
+    before either."""
+    if select is None and pattern is None:
+        return pruning
     if select is None:
-        return pruning if pattern is None else PatternPruning(pruning.model, pruning.targets, pruning.scores, pattern)
-    inputs = calibration_inputs(train, calibration)
-    return ReconstructedPruning(pruning.model, pruning.targets, pruning.scores, inputs, select=select,
-                                fallback=fallback, pattern=pattern)
+        inner: Pruning = PatternPruning(pruning.model, pruning.targets, pruning.scores, pattern)
+    else:
+        inner = ReconstructedPruning(pruning.model, pruning.targets, pruning.scores,
+                                     calibration_inputs(train, calibration), select=select, fallback=fallback,
+                                     pattern=pattern)
+    return ExpandedPruning(inner, pruning.expand) if isinstance(pruning, BlockUnits) else inner
 
 
 def fallen_back(pruning: Pruning) -> dict[str, str]:
     """The layers ``pruning`` prunes with the criterion's masks alone instead of by reconstruction ({name: why})."""
+    if isinstance(pruning, ExpandedPruning):
+        return pruning.fallback
     return dict(pruning.fallback) if isinstance(pruning, ReconstructedPruning) else {}
 
 
