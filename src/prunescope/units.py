@@ -103,6 +103,10 @@ class Units(Pruning, Protocol):
         """The share of what the units measure (weights, or the model's parameters) that ``allocation`` removes."""
         ...
 
+    def expand(self, allocation: Mapping[str, float]) -> dict[str, float]:
+        """``allocation`` as what ``prunescope prune`` applies: per target (block units: spread) or per group."""
+        ...
+
 
 class WeightPruning:
     """Unstructured pruning: per target the ``round(sparsity · numel)`` lowest-scored weights are zeroed.
@@ -154,6 +158,10 @@ class WeightPruning:
         masks = self.masks(*next(iter(pruned.items()))) if single else compute_masks(self.scores, pruned)
         with applied(self.model, self.targets, masks):
             yield self.model
+
+    def expand(self, allocation: Mapping[str, float]) -> dict[str, float]:
+        """The allocation itself: its units are the targets."""
+        return dict(allocation)
 
     def footprint(self, allocation: Mapping[str, float]) -> Footprint:
         """The model's parameters left non-zero by the allocation, and its effective MACs per sample
@@ -214,10 +222,6 @@ class BlockUnits(WeightPruning):
     def removed_fraction(self, allocation: Mapping[str, float]) -> float:
         return super().removed_fraction(self.expand(allocation))
 
-    def summary(self, allocation: Mapping[str, float]) -> dict:
-        """The per-target sparsities the block allocation prunes with (what ``prunescope prune`` applies)."""
-        return {"units": "block", "target_allocation": self.expand(allocation)}
-
 
 class ExpandedPruning:
     """A per-target :class:`Pruning` (``inner``) driven by per-unit allocations: ``applied(a)`` applies
@@ -254,6 +258,10 @@ class ChannelUnits(ChannelPruning):
     @property
     def every(self) -> list[str]:
         return self.groups.every
+
+    def expand(self, allocation: Mapping[str, float]) -> dict[str, float]:
+        """The allocation itself: its units are the groups."""
+        return dict(allocation)
 
     def removed_fraction(self, allocation: Mapping[str, float]) -> float:
         """The share of the whole model's parameters that removing the allocation's channels removes."""

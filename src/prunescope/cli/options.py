@@ -33,7 +33,7 @@ from prunescope.structured.importance import IMPORTANCES
 from prunescope.train import DEFAULT_BN_BATCHES
 from prunescope.train.loop import OPTIMIZERS
 from prunescope.trials.executors import EXECUTORS
-from prunescope.units import criterion_for
+from prunescope.units import UNIT_KINDS, criterion_for
 
 ModelArg = Annotated[
     list[str] | None,
@@ -220,6 +220,10 @@ Exclude = Annotated[list[str] | None, typer.Option(help="Glob of layers to keep 
 CheckpointOption = Annotated[Path, typer.Option(help="A checkpoint written by prunescope train.")]
 Granularity = Annotated[str, typer.Option(help="weight (unstructured) or channel (coupled channel groups, physically "
                                                 "removable).")]
+UnitKind = Annotated[str, typer.Option(
+    "--units", help="With --granularity weight, what one unit (one curve, one sparsity) is: matrix (each weight "
+                    "tensor) or block (each block of the network, e.g. a transformer's decoder layer: its matrices "
+                    "share one sparsity, spread over them by count).")]
 UnitCriterion = Annotated[str | None, typer.Option(
     help=f"What goes first: weights ({', '.join(CRITERIA)}; default magnitude) or, with --granularity channel, "
          f"channels ({', '.join(IMPORTANCES)}; default l2, or the importance of the pick's scan).",
@@ -273,6 +277,14 @@ def allowed_drop(value: float | None, metric: str) -> float:
     """A tolerance typed in hundredths of the metric's unit (accuracy points; percent more perplexity) as the
     score drop it allows (:mod:`prunescope.scores`); None: the metric's default (0.5 pts; 5%)."""
     return Score(metric).allowed_or_default(points(value))
+
+
+def unit_kind(units: str, granularity: str) -> str:
+    """``--units`` checked: a one-line UsageError for an unknown kind or ``block`` with channel granularity."""
+    check_choice("--units", units, UNIT_KINDS)
+    if units != "matrix" and granularity != "weight":
+        raise UsageError("--units block groups weight matrices: it applies to --granularity weight")
+    return units
 
 
 def unit_criterion(granularity: str, criterion: str | None, importance: str | None) -> str:

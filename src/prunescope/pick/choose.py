@@ -38,7 +38,9 @@ class Choice:
     ``global_sparsity`` is that of the verified allocation: removed weights of the weight
     targets, or for channel picks the fraction of the whole model's parameters removed.
     ``footprint`` (channel picks only): the verified allocation's exact size once its
-    channels are removed (see :meth:`prunescope.units.ChannelUnits.summary`).
+    channels are removed (see :meth:`prunescope.units.ChannelUnits.summary`). ``units``: what
+    the scan's curves are (``matrix``, ``block``, ``group``); ``applied``: the verified allocation
+    as ``prunescope prune`` applies it (a block pick's spread over each block's matrices, exact counts).
     """
 
     picker: str
@@ -49,13 +51,17 @@ class Choice:
     footprint: dict | None = None
     recalibrate_bn: int = 0  # BatchNorm recalibration batches of every verified (pruned) model
     crossval: CrossValidation | None = None
+    units: str = "matrix"
+    applied: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         """``result.json``'s ``pick``: picker, verified allocation and its steps, bound, cross-validation."""
         return {
             "picker": self.picker,
             "recalibrate_bn": self.recalibrate_bn,
-            "allocation": self.verified.allocation,
+            "allocation": self.verified.allocation if self.applied is None else self.applied,
+            "units": self.units,
+            "unit_allocation": self.verified.allocation,
             "global_sparsity": self.global_sparsity,
             "bound": self.bound,
             "footprint": self.footprint,
@@ -101,7 +107,7 @@ def choose(
     are re-estimated on before it is evaluated (None: 20 for a model with BatchNorm, else 0).
     """
     structure = find_units(model, data, curves.granularity, curves.criterion, names=list(curves.curves),
-                           round_to=round_to)
+                           round_to=round_to, units="block" if curves.units == "block" else "matrix")
     if isinstance(picker, BudgetPicker):
         # The budget met exactly on this model: its footprint, or its latency timed on the device.
         timed = picker.target_latency_ms is not None
@@ -130,4 +136,5 @@ def choose(
         verified = verify(picked, curves, model_evaluator(pruning, Evaluator(model, data.val, device=device),
                                                           curves.metric), max_drop=limit)
     return Choice(picker.name, picked, verified, bound, structure.removed_fraction(verified.allocation),
-                  structure.summary(verified.allocation), batches, crossval)
+                  structure.summary(verified.allocation), batches, crossval, structure.unit_kind,
+                  structure.expand(verified.allocation))
