@@ -28,7 +28,6 @@ from prunescope.cli.options import (
     StudyName,
     TrustFactoryOption,
     UnitCriterion,
-    UnitKind,
     at_least,
     check_choice,
     checkpoint_and_data,

@@ -24,6 +24,7 @@ from prunescope.pick.pickers import Picker
 from prunescope.pick.registry import DEFAULT_MAX_DROP
 from prunescope.pick.verify import ExampleEvaluator, Verified, model_evaluator, verify
 from prunescope.train.batchnorm import bn_batches, recalibrating
+from prunescope.targets import find_targets
 from prunescope.units import find_units
 
 
@@ -40,7 +41,9 @@ class Choice:
     ``footprint`` (channel picks only): the verified allocation's exact size once its
     channels are removed (see :meth:`prunescope.units.ChannelUnits.summary`). ``units``: what
     the scan's curves are (``matrix``, ``block``, ``group``); ``applied``: the verified allocation
-    as ``prunescope prune`` applies it (a block pick's spread over each block's matrices, exact counts).
+    as ``prunescope prune`` applies it: a weight pick's names every weight tensor of the model (those the
+    scan left out, such as a language model's embeddings and output layer, at 0), a block pick's
+    spread over each block's matrices with exact counts.
     """
 
     picker: str
@@ -135,6 +138,8 @@ def choose(
         picked = picker.pick(curves)
         verified = verify(picked, curves, model_evaluator(pruning, Evaluator(model, data.val, device=device),
                                                           curves.metric), max_drop=limit)
+    applied = structure.expand(verified.allocation)
+    if structure.granularity == "weight":  # a weight pick names every weight tensor: those not scanned stay dense
+        applied = {t.name: applied.get(t.name, 0.0) for t in find_targets(model)}
     return Choice(picker.name, picked, verified, bound, structure.removed_fraction(verified.allocation),
-                  structure.summary(verified.allocation), batches, crossval, structure.unit_kind,
-                  structure.expand(verified.allocation))
+                  structure.summary(verified.allocation), batches, crossval, structure.unit_kind, applied)
