@@ -64,8 +64,8 @@ def spread(allocation: Mapping[str, float], grouped: Mapping[str, Sequence[Targe
     """Per-target sparsities of a per-block ``allocation`` ({block: sparsity}; blocks absent stay dense).
 
     Block b (n_b weights) removes exactly ``round(s_b · n_b)`` weights, each of its targets
-    ``s_b · n_t`` of them rounded by :func:`exact_counts` (no target emptied while another
-    keeps weights); a one-line UsageError for an unknown block.
+    ``s_b · n_t`` of them rounded by :func:`exact_counts` (no target emptied where the block keeps
+    at least one weight per target); a one-line UsageError for an unknown block.
     """
     unknown = [b for b in allocation if b not in grouped]
     if unknown:
