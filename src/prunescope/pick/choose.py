@@ -23,8 +23,8 @@ from prunescope.pick.crossval import CrossValidation, cross_validate, with_thres
 from prunescope.pick.pickers import Picker
 from prunescope.pick.registry import DEFAULT_MAX_DROP
 from prunescope.pick.verify import ExampleEvaluator, Verified, model_evaluator, verify
-from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.targets import find_targets
+from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.units import find_units
 
 
