@@ -149,7 +149,8 @@ def reconstruct(
         raise UsageError(f"{next(iter(plain))} falls back to the criterion's masks: pass them (masks)")
     start = time.perf_counter()
     ordered = flow_order(model, chosen, calibration[:1])
-    steps = plan(model, ordered, calibration[:1]) if blockwise else BlockPlan(before=ordered, reason="asked for")
+    steps = (plan(model, ordered, calibration[:1]) if blockwise
+             else BlockPlan(before=ordered, reason="block by block turned off (blockwise=False)"))
     # A dense copy of the whole model only where a layer outside the blocks is reconstructed through it.
     dense = copy.deepcopy(model) if any(t.name not in plain for t in (*steps.before, *steps.after)) else None
     layers: list[LayerReconstruction] = []
