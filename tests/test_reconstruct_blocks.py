@@ -78,7 +78,7 @@ def test_block_by_block_equals_the_whole_model_reconstruction(layers, select):
     allocation = {t.name: 0.3 + 0.1 * (i % 5) for i, t in enumerate(targets)}
     masks = compute_masks(compute_scores(model, targets, "magnitude"), allocation) if select == "mask" else None
     (by_block, first), (whole, second) = both_paths(model, targets, allocation, x, select=select, masks=masks)
-    assert first.plan.startswith(f"reconstruction block by block ({layers} of {layers} blocks pruned")
+    assert first.plan.startswith(f"reconstruction block by block over {layers} blocks (blocks.0")
     assert second.plan.endswith("block by block turned off (blockwise=False)") and second.block_inputs_peak_bytes == 0
     assert all(torch.equal(first.masks[k], second.masks[k]) for k in second.masks)
     assert_same_model(by_block, whole)
@@ -94,7 +94,7 @@ def test_hugging_face_decoders_are_reconstructed_block_by_block_as_through_the_w
     allocation = {t.name: 0.5 for t in targets}
     (by_block, first), (whole, _) = both_paths(model, targets, allocation, tokens())
     blocks = "model.layers" if which == "llama" else "transformer.h"
-    assert first.plan.startswith(f"reconstruction block by block (3 of 3 blocks pruned, {blocks}.0 … {blocks}.2)")
+    assert first.plan.startswith(f"reconstruction block by block over 3 blocks ({blocks}.0 … {blocks}.2)")
     assert_same_model(by_block, whole)
 
 
@@ -180,6 +180,6 @@ def test_layers_outside_the_blocks_go_through_the_whole_model_before_and_after_t
     allocation = {t.name: 0.5 for t in targets}
     masks = compute_masks(compute_scores(model, targets, "magnitude"), allocation)
     (by_block, first), (whole, _) = both_paths(model, targets, allocation, tokens(), masks=masks, fallback=True)
-    assert first.plan.startswith("reconstruction block by block (2 of 2 blocks pruned")
+    assert first.plan.startswith("reconstruction block by block over 2 blocks")
     assert set(first.fallback) == {"embed.weight"} and first.layers[-1].name == "head.weight"
     assert_same_model(by_block, whole)

@@ -41,6 +41,7 @@ from prunescope.cli.terminal import (
     console,
     growing_progress,
     print_fallback,
+    print_plan,
     print_prunable,
     print_units,
     progress_bar,
@@ -104,7 +105,8 @@ def sweep_command(
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    rebuild = rebuild.for_data(dataset.train)
+    rebuild = rebuild.for_model(saved.model, dataset, include or (), exclude or ())
+    print_plan(rebuild.plan)
     for chosen in patterns:  # refused before anything is printed or evaluated
         check_widths(find_targets(saved.model, include or (), exclude or ()), chosen)
     prunable = print_prunable(unit_share(saved.model, "weight", dataset.input_shape, include or (), exclude or (),
@@ -177,7 +179,8 @@ def compare_command(
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback, granularity)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    rebuild = rebuild.for_data(dataset.train)
+    rebuild = rebuild.for_model(saved.model, dataset, include or (), exclude or ())
+    print_plan(rebuild.plan)
     prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape, include or (), exclude or (),
                                          dataset.vocabulary))
     curves = None

@@ -52,6 +52,7 @@ from prunescope.cli.terminal import (
     console,
     growing_progress,
     print_fallback,
+    print_plan,
     print_prunable,
     print_units,
     progress_bar,
@@ -128,7 +129,8 @@ def scan_command(
         raise UsageError("--storage is empty: give an Optuna storage URL, or leave it out for a journal file in --out")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    rebuild = rebuild.for_data(dataset.train)
+    rebuild = rebuild.for_model(saved.model, dataset, include or (), exclude or ())
+    print_plan(rebuild.plan)
     metric = default_metric(dataset.val)
     allowed = allowed_drop(tolerance, metric)
     console.print(f"tolerance: {Score(metric).bound_text(allowed)}", highlight=False)

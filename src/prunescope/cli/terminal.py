@@ -64,6 +64,12 @@ def print_fallback(fallback: dict[str, str]) -> None:
         console.print(f"[yellow]{name}: masks alone, not reconstructed ({reason})[/yellow]", highlight=False)
 
 
+def print_plan(plan: str | None) -> None:
+    """Say how reconstruction runs (block by block, or through the whole model and why), when it does."""
+    if plan is not None:
+        console.print(plan, highlight=False)
+
+
 def print_units(units: str, curves: dict) -> None:
     """Say what a weight scan's units are: ``units`` (``matrix`` or ``block``) and ``curves`` ({unit: curve})."""
     if units == "block":

@@ -69,9 +69,8 @@ class BlockPlan:
         """One sentence for the output: block by block over which blocks, or the whole model and why."""
         if self.reason is not None:
             return f"reconstruction through the whole model for every layer: {self.reason}"
-        pruned = [b for b in self.blocks if b in self.inside]
-        return (f"reconstruction block by block ({len(pruned)} of {len(self.blocks)} blocks pruned, "
-                f"{self.blocks[0]} … {self.blocks[-1]}): one block's inputs in memory at a time")
+        return (f"reconstruction block by block over {len(self.blocks)} blocks ({self.blocks[0]} … "
+                f"{self.blocks[-1]}): one block's inputs in memory at a time")
 
 
 @contextlib.contextmanager
