@@ -40,8 +40,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -156,14 +157,15 @@ def reconstruct(
     layers: list[LayerReconstruction] = []
     kept: Masks = {}
 
-    def prune(target: Target, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def prune(target: Target, pairs: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """Mask ``target`` (falling back), or reconstruct it from the row pairs ``pairs()`` yields."""
         if target.name in plain:
             kept[target.name] = masks[target.name]
             with torch.no_grad():
                 getattr(model.get_submodule(target.module), target.param).masked_fill_(~masks[target.name], 0)
             return
         layer, kept[target.name] = reconstruct_layer(
-            model.get_submodule(target.module), target, allocation[target.name], pairs,
+            model.get_submodule(target.module), target, allocation[target.name], pairs(),
             mask=None if masks is None or select == "obs" else masks[target.name],
             refit=refit, blocksize=blocksize, damping=damping, pattern=pattern,
         )
@@ -171,7 +173,7 @@ def reconstruct(
 
     inputs = BlockInputs.at(model, steps.blocks[0], calibration, batch_size) if steps.blocks else None  # dense
     for target in steps.before:
-        prune(target, _model_rows(model, dense, target, calibration, batch_size, sequential))
+        prune(target, partial(_model_rows, model, dense, target, calibration, batch_size, sequential))
     peak = 0
     if inputs is not None:
         if steps.before:  # the first block's inputs in the pruned network differ from the dense ones
@@ -182,13 +184,13 @@ def reconstruct(
             module, members = model.get_submodule(block), steps.inside.get(block, [])
             dense_block = copy.deepcopy(module) if members else module
             for target in members:
-                prune(target, inputs.rows(module, dense_block, target.module[len(block) + 1 :], target.param,
-                                          sequential))
+                prune(target, partial(inputs.rows, module, dense_block, target.module[len(block) + 1 :],
+                                      target.param, sequential))
             if index < last:
                 inputs.advance(module, dense_block, bool(members))
         peak = inputs.peak_bytes
     for target in steps.after:
-        prune(target, _model_rows(model, dense, target, calibration, batch_size, sequential))
+        prune(target, partial(_model_rows, model, dense, target, calibration, batch_size, sequential))
     if pattern is not None:
         check_pattern(kept, pattern, layouts=named)
     return Reconstruction(layers, len(calibration), time.perf_counter() - start, plain, kept, steps.line(), peak)
