@@ -196,3 +196,30 @@ def test_block_units_through_scan_pick_compare_and_prune(cli, trained_gpt, tmp_p
     code, _, err = cli("compare", "--checkpoint", trained_gpt, "--scan", tmp_path / "scan", "--units", "matrix",
                        "--sparsities", "0.6", "--out", tmp_path / "compare2", *common)
     assert code == 2 and "has one curve per block, not per matrix" in err
+    code, out, err = cli("prune", "--checkpoint", trained_gpt, "--pattern", "2:4", "--reconstruct", "obs",
+                         "--calibration", "16", "--finetune-epochs", "0", "--out", tmp_path / "rebuilt", *common)
+    assert code == 0, err
+    line = "reconstruction block by block over 2 blocks (blocks.0 … blocks.1): one block's inputs in memory at a time"
+    assert line in out
+    result = json.loads((tmp_path / "rebuilt" / "result.json").read_text())
+    assert result["settings"]["reconstruct_plan"] == line and result["reconstruction"]["plan"] == line
+    assert result["reconstruction"]["block_inputs_peak_bytes"] == 2 * 16 * 16 * 16 * 4  # 16 sequences of 16, width 16
+
+
+def test_block_units_under_reconstruction_keep_each_blocks_count(gpt):
+    from prunescope.reconstruct import reconstructing
+
+    data = token_data()
+    units = find_units(gpt, data, "weight", "magnitude", units="block")
+    with units.applied({"blocks.1": 0.6}):
+        masked_only = {n: p.detach().clone() for n, p in gpt.named_parameters()}
+    pruning = reconstructing(units, data.train, "mask", 16)
+    with pruning.applied({"blocks.1": 0.6}):
+        removed = zeros(gpt)
+        refitted = {n: p.detach().clone() for n, p in gpt.named_parameters()}
+    block = units.members["blocks.1"]
+    size = next(u.size for u in units.units if u.name == "blocks.1")
+    assert sum(removed[t] for t in block) == removed_count(0.6, size)
+    assert all(removed[t] == 0 for t in removed if t not in block)
+    assert not torch.equal(refitted["blocks.1.fc.weight"], masked_only["blocks.1.fc.weight"])  # re-fitted
+    assert pruning.inner.last.plan.startswith("reconstruction block by block over 3 blocks")

@@ -31,8 +31,17 @@ What this implementation adds, each for a measured reason:
   mask selection" and "Extension to semi-structured sparsity"); with ``select="mask"`` the
   criterion's N:M masks are kept.
 
-Memory is one layer's H (and the two cross products of the dense target) at a time.
-Calibration inputs come from the train split; no label is read.
+- **Block by block** (:mod:`prunescope.reconstruct.sequence`): where the layers lie in a chain
+  of blocks (a transformer's decoder layers), the calibration inputs run through the
+  embeddings once, each block's layers are reconstructed from the block's stored inputs and its
+  pruned outputs become the next block's inputs, as SparseGPT's code does; the result is the
+  whole-model path's up to rounding, with one block's inputs and one dense block in memory
+  instead of a copy of the whole model. Elsewhere (and for layers outside the blocks) every
+  layer is fed through the whole model; ``Reconstruction.plan`` says which and why.
+
+Memory is one layer's H (and the two cross products of the dense target) at a time, plus block
+by block one block's inputs. Calibration inputs come from the train split; no label is read.
+The layer's sweep and re-fit live in :mod:`prunescope.reconstruct.obs`.
 """
 
 from __future__ import annotations
