@@ -214,12 +214,15 @@ class BlockUnits(WeightPruning):
         return spread(allocation, self.grouped)
 
     def applied(self, allocation: Mapping[str, float]) -> contextlib.AbstractContextManager[nn.Module]:
+        """The model with the block allocation's per-target masks, for a ``with`` block (restored after)."""
         return super().applied(self.expand(allocation))
 
     def footprint(self, allocation: Mapping[str, float]) -> Footprint:
+        """:meth:`WeightPruning.footprint` of the block allocation spread over the targets."""
         return super().footprint(self.expand(allocation))
 
     def removed_fraction(self, allocation: Mapping[str, float]) -> float:
+        """Removed weights over the weights of every target of the model, for a block allocation."""
         return super().removed_fraction(self.expand(allocation))
 
 

@@ -207,6 +207,7 @@ class BlockInputs:
         self._note()
 
     def held_bytes(self) -> int:
+        """Bytes of the hidden states held now, each tensor once (the streams share them until they part)."""
         unique = {id(t): t for t in (*self.pruned, *self.dense)}
         return sum(t.numel() * t.element_size() for t in unique.values())
 
