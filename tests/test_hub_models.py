@@ -175,7 +175,8 @@ def test_unsupported_matrix_product_is_said_and_registering_the_layer_makes_it_a
     share = prunable_share(model, find_targets(model), (20,))
     total = 600 + 60 + 90 + 3
     assert (share.prunable, share.total, share.layers) == (90, total, 1)
-    assert share.left_out == {"language_model": 0, "excluded": 0, "unsupported": 600, "norms": 60, "biases": 3, "other": 0}
+    assert share.left_out == {"language_model": 0, "excluded": 0, "unsupported": 600, "norms": 60, "biases": 3,
+                              "other": 0}
     assert share.unsupported == share.in_products == ["0.weight"]
     assert "600 in matrix products of unsupported layer types (0.weight" in share.line()
     assert share.warning() is not None and f"only {90 / total:.1%}" in share.warning()

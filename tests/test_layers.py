@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "prunescope.checkpoint": LIBRARY,
     "prunescope.targets": LIBRARY,
     "prunescope.units": LIBRARY,
+    "prunescope.blocks": LIBRARY,  # repeated blocks of a network, exact counts spread within them
     "prunescope.prunable": LIBRARY,  # the prunable share of a model, and what is left out
     "prunescope.criteria": LIBRARY,
     "prunescope.masks": LIBRARY,

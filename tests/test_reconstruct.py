@@ -12,7 +12,8 @@ from prunescope.data.types import Split
 from prunescope.errors import UsageError
 from prunescope.masks import compute_masks, removed_count
 from prunescope.pick.baselines import erk, uniform
-from prunescope.reconstruct import _damped, reconstruct
+from prunescope.reconstruct import reconstruct
+from prunescope.reconstruct.obs import damped
 from prunescope.targets import find_targets, flow_order
 
 
@@ -143,9 +144,9 @@ def test_layers_run_in_data_flow_order_each_fed_the_pruned_layers_before_it() ->
 
 def test_dampening_is_raised_until_the_hessian_is_positive_definite() -> None:
     h = torch.diag(torch.tensor([1.0, 1.0, -0.05], dtype=torch.float64))  # mean diag 0.65
-    damped, used = _damped(h, 0.01)
+    damped_h, used = damped(h, 0.01)
     assert used == pytest.approx(0.1)
-    assert torch.linalg.eigvalsh(damped).min() > 0
+    assert torch.linalg.eigvalsh(damped_h).min() > 0
 
 
 def test_bad_calibration_and_layers_are_one_line_errors() -> None:

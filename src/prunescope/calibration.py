@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -196,9 +196,20 @@ def layer_inputs(
     The model runs in eval mode (BatchNorm uses its running statistics) under no_grad, and
     each forward pass stops at the layer.
     """
-    module = model.get_submodule(module_name)
-    called = model.get_submodule(forward_owner(model, module_name))
     device = next(model.parameters()).device
+    runs = (lambda start=start: model(calibration[start : start + batch_size].to(device))
+            for start in range(0, len(calibration), batch_size))
+    return captured_rows(model, module_name, runs, param=param)
+
+
+def captured_rows(
+    root: nn.Module, module_name: str, runs: Iterable[Callable[[], object]], *, param: str = "weight"
+) -> Iterator[torch.Tensor]:
+    """Yield, per call of ``runs`` (each a forward pass through ``root``: the model on a batch, or one block on
+    its stored inputs), the rows (M, d_in) that the tensor ``param`` of ``root``'s module ``module_name``
+    multiplies; each pass stops at the layer, in eval mode under no_grad."""
+    module = root.get_submodule(module_name)
+    called = root.get_submodule(forward_owner(root, module_name))
     taken: list[torch.Tensor] = []
 
     def take(_module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -206,19 +217,19 @@ def layer_inputs(
         raise _Captured
 
     hook = called.register_forward_pre_hook(take, with_kwargs=True)
-    was_training = model.training
-    model.eval()
+    was_training = root.training
+    root.eval()
     try:
-        for start in range(0, len(calibration), batch_size):
+        for run in runs:
             taken.clear()
             with torch.no_grad(), contextlib.suppress(_Captured):
-                model(calibration[start : start + batch_size].to(device))
+                run()
             if not taken:
                 raise UsageError(f"the forward pass never reaches {module_name}: exclude it")
             yield taken[0]
     finally:
         hook.remove()
-        model.train(was_training)
+        root.train(was_training)
 
 
 def input_norms(

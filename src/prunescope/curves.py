@@ -164,6 +164,16 @@ class Curves:
     per_example: ExampleResults | None = None  # per-example results (accuracy scans), for folds without re-evaluation
     reconstruct: str | None = None  # how each point was pruned: "mask" / "obs" layer-wise reconstruction, None masks
     fallback: dict[str, str] = field(default_factory=dict)  # reconstructed scans: layers masked alone, with the reason
+    units: str = "matrix"  # weight scans: one curve per weight tensor ("matrix") or per block of the network ("block")
+    members: dict[str, list[str]] = field(default_factory=dict)  # block scans: each curve's weight tensors
+
+    def targets_of(self, allocation: Mapping[str, float]) -> dict[str, float]:
+        """``allocation`` over these curves' units as per-unit sparsities of the targets they hold: a block
+        scan's ``{block: s}`` as ``{target: s}`` for each of its members (counts spread exactly by
+        :class:`prunescope.units.BlockUnits`); any other scan's as it is."""
+        if self.units != "block":
+            return dict(allocation)
+        return {t: s for block, s in allocation.items() for t in self.members[block]}
 
     def dense_at(self, n: int) -> CurvePoint:
         """The dense reference for a point measured on ``n`` examples (the same seeded subset)."""
@@ -250,4 +260,6 @@ class Curves:
             ExampleResults.from_dict(data["per_example"]) if data.get("per_example") else None,
             reconstruct=data.get("reconstruct"),
             fallback=data.get("fallback", {}),
+            units=data.get("units", "group" if data.get("granularity") == "channel" else "matrix"),
+            members=data.get("members", {}),
         )

@@ -10,6 +10,9 @@ when found, mask an allocation for a ``with`` block and restore it bit-exactly
 
 - ``weight``: :class:`WeightPruning`, the weight tensors of :func:`prunescope.targets.find_targets`,
   scored by a :mod:`prunescope.criteria` criterion; an allocation zeroes the lowest-scored weights.
+  With ``units="block"`` (:class:`BlockUnits`) a unit is instead one block of the network
+  (:func:`prunescope.blocks.block_units`: a transformer's decoder layer, all its matrices
+  together), one sparsity per block spread over its matrices by count with the block's count exact.
 - ``channel``: :class:`ChannelUnits`, the coupled channel groups of
   :func:`prunescope.structured.groups.find_groups` (Torch-Pruning's dependency graph, traced
   once), scored by a group importance of :mod:`prunescope.structured.importance`; an
@@ -26,6 +29,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from prunescope.blocks import block_units, spread
 from prunescope.criteria import CRITERIA, Scores, compute_scores
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
@@ -72,6 +76,7 @@ class Units(Pruning, Protocol):
     """
 
     granularity: str
+    unit_kind: str  # what one unit is: a matrix or a block (weights), a group (channels)
     units: list[Unit]
     every: list[str]
     skipped: dict[str, str]
@@ -98,6 +103,10 @@ class Units(Pruning, Protocol):
         """The share of what the units measure (weights, or the model's parameters) that ``allocation`` removes."""
         ...
 
+    def expand(self, allocation: Mapping[str, float]) -> dict[str, float]:
+        """``allocation`` as what ``prunescope prune`` applies: per target (block units: spread) or per group."""
+        ...
+
 
 class WeightPruning:
     """Unstructured pruning: per target the ``round(sparsity · numel)`` lowest-scored weights are zeroed.
@@ -113,6 +122,7 @@ class WeightPruning:
     """
 
     granularity = "weight"
+    unit_kind = "matrix"
     round_to = 1
     additive = True
     whole_levels = False
@@ -149,6 +159,10 @@ class WeightPruning:
         with applied(self.model, self.targets, masks):
             yield self.model
 
+    def expand(self, allocation: Mapping[str, float]) -> dict[str, float]:
+        """The allocation itself: its units are the targets."""
+        return dict(allocation)
+
     def footprint(self, allocation: Mapping[str, float]) -> Footprint:
         """The model's parameters left non-zero by the allocation, and its effective MACs per sample
         (``Σ macs_l · (1 - s_l)`` over the targets, every other MAC unchanged)."""
@@ -169,11 +183,70 @@ class WeightPruning:
         return None
 
 
+class BlockUnits(WeightPruning):
+    """Unstructured pruning with one unit per block of the network (``units="block"``).
+
+    The targets are grouped by :func:`prunescope.blocks.block_units` (a decoder layer's
+    q/k/v/o and MLP matrices are one unit; a layer outside every block is a unit of its own).
+    A unit's size is its matrices' weights, and an allocation ``{block: s}`` removes exactly
+    ``round(s · n_block)`` of them, spread over its matrices by count (:func:`prunescope.blocks.spread`,
+    each matrix at ``s`` up to one weight), each matrix's weights chosen by the criterion.
+    ``members``: each unit's target names. ``expand``: a block allocation as per-target sparsities.
+    """
+
+    unit_kind = "block"
+
+    def __init__(
+        self, model: nn.Module, targets: Sequence[Target], scores: Scores, input_shape: Sequence[int] | None = None
+    ) -> None:
+        super().__init__(model, targets, scores, input_shape)
+        self.grouped = block_units(self.targets)
+        if all(len(members) == 1 for members in self.grouped.values()):
+            raise UsageError("--units block: no block of this model holds more than one prunable matrix (its layers "
+                             "are not in numbered blocks such as a transformer's decoder layers): use --units matrix")
+        self.members = {block: [t.name for t in members] for block, members in self.grouped.items()}
+        self.every = list(block_units(find_targets(model)))
+        self.units = [Unit(block, "block", sum(t.numel for t in members), sum(t.numel for t in members),
+                           sum(self._macs[t.name] for t in members)) for block, members in self.grouped.items()]
+
+    def expand(self, allocation: Mapping[str, float]) -> dict[str, float]:
+        """``{target: sparsity}`` of a ``{block: sparsity}`` allocation, each block's count exact."""
+        return spread(allocation, self.grouped)
+
+    def applied(self, allocation: Mapping[str, float]) -> contextlib.AbstractContextManager[nn.Module]:
+        """The model with the block allocation's per-target masks, for a ``with`` block (restored after)."""
+        return super().applied(self.expand(allocation))
+
+    def footprint(self, allocation: Mapping[str, float]) -> Footprint:
+        """:meth:`WeightPruning.footprint` of the block allocation spread over the targets."""
+        return super().footprint(self.expand(allocation))
+
+    def removed_fraction(self, allocation: Mapping[str, float]) -> float:
+        """Removed weights over the weights of every target of the model, for a block allocation."""
+        return super().removed_fraction(self.expand(allocation))
+
+
+class ExpandedPruning:
+    """A per-target :class:`Pruning` (``inner``) driven by per-unit allocations: ``applied(a)`` applies
+    ``expand(a)`` (block units over reconstruction). ``fallback``: the inner pruning's, if any."""
+
+    def __init__(self, inner: Pruning, expand: Callable[[Mapping[str, float]], dict[str, float]]) -> None:
+        self.inner, self.expand, self.model = inner, expand, inner.model
+
+    @property
+    def fallback(self) -> dict[str, str]:
+        return dict(getattr(self.inner, "fallback", {}))
+
+    def applied(self, allocation: Mapping[str, float]) -> contextlib.AbstractContextManager[nn.Module]:
+        return self.inner.applied(self.expand(allocation))
+
+
 class ChannelUnits(ChannelPruning):
     """Coupled channel groups as :class:`Units` (``granularity="channel"``); see
     :class:`~prunescope.structured.pruning.ChannelPruning` for masking, removal and footprints."""
 
     granularity = "channel"
+    unit_kind = "group"
     additive = False
     whole_levels = True
 
@@ -188,6 +261,10 @@ class ChannelUnits(ChannelPruning):
     @property
     def every(self) -> list[str]:
         return self.groups.every
+
+    def expand(self, allocation: Mapping[str, float]) -> dict[str, float]:
+        """The allocation itself: its units are the groups."""
+        return dict(allocation)
 
     def removed_fraction(self, allocation: Mapping[str, float]) -> float:
         """The share of the whole model's parameters that removing the allocation's channels removes."""
@@ -214,7 +291,7 @@ class ChannelUnits(ChannelPruning):
 
 def _weight_units(
     model: nn.Module, data: Dataset, criterion: str, include: Sequence[str], exclude: Sequence[str], seed: int,
-    round_to: int, names: Sequence[str] | None,
+    round_to: int, names: Sequence[str] | None, unit_kind: str = "matrix",
 ) -> WeightPruning:
     if round_to != 1:
         raise UsageError("--round-to applies to channel scans: scan with --granularity channel")
@@ -222,17 +299,24 @@ def _weight_units(
     targets = (find_targets(model, include, exclude) if names is not None
                else chosen_targets(model, data.vocabulary, include, exclude)[0])
     if names is not None:
-        targets = [t for t in targets if t.name in set(names)]
+        wanted = set(names)
+        unit_of = ({t.name: block for block, members in block_units(targets).items() for t in members}
+                   if unit_kind == "block" else {t.name: t.name for t in targets})
+        targets = [t for t in targets if unit_of[t.name] in wanted]
     scores = compute_scores(model, targets, criterion, data=data.train, seed=seed)
-    return WeightPruning(model, targets, scores, data.input_shape)
+    kind = BlockUnits if unit_kind == "block" else WeightPruning
+    return kind(model, targets, scores, data.input_shape)
+
 
 
 def _channel_units(
     model: nn.Module, data: Dataset, importance: str, include: Sequence[str], exclude: Sequence[str], seed: int,
-    round_to: int, names: Sequence[str] | None,
+    round_to: int, names: Sequence[str] | None, unit_kind: str = "matrix",
 ) -> ChannelUnits:
     """Refuses a model where masking does not reproduce removal (see
     :func:`~prunescope.structured.pruning.masking_error`), since its curves would mislead."""
+    if unit_kind != "matrix":
+        raise UsageError("--units block groups weight matrices: it applies to --granularity weight")
     groups = find_groups(model, data.input_shape, include, exclude)
     if names is not None:
         groups = groups.select(names)
@@ -251,6 +335,7 @@ def _channel_units(
 GRANULARITIES: dict[str, Callable[..., Units]] = {"weight": _weight_units, "channel": _channel_units}
 DEFAULT_CRITERION = {"weight": "magnitude", "channel": "l2"}  # what ranks a unit's elements unless the user says
 CRITERIA_OF = {"weight": tuple(CRITERIA), "channel": tuple(IMPORTANCES)}
+UNIT_KINDS = ("matrix", "block")  # weight units: one weight tensor each, or one block of the network each
 
 
 def criterion_for(granularity: str, criterion: str | None, option: str = "--criterion") -> str:
@@ -277,14 +362,19 @@ def find_units(
     names: Sequence[str] | None = None,
     seed: int = 0,
     round_to: int = 1,
+    units: str = "matrix",
 ) -> Units:
     """The units of ``model`` at ``granularity`` (``weight`` or ``channel``), scored by ``criterion``.
 
     include / exclude: shell-style globs on unit names (a glob matching nothing is an error);
     names: keep exactly these units (e.g. those a scan measured). Gradient criteria read
     ``data.train``; a channel model is checked on ``data.val`` to mask faithfully. round_to:
-    channels kept in multiples of it (channel units only).
+    channels kept in multiples of it (channel units only). units: ``matrix`` (a weight tensor per
+    unit) or ``block`` (:class:`BlockUnits`: a block of the network per unit; ``names`` are then
+    block names; weights only).
     """
     if granularity not in GRANULARITIES:
         raise UsageError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
-    return GRANULARITIES[granularity](model, data, criterion, include, exclude, seed, round_to, names)
+    if units not in UNIT_KINDS:
+        raise UsageError(f"unknown --units {units!r}: use one of {', '.join(UNIT_KINDS)}")
+    return GRANULARITIES[granularity](model, data, criterion, include, exclude, seed, round_to, names, units)

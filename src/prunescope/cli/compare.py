@@ -35,8 +35,17 @@ from prunescope.cli.options import (
     parse_sparsities,
     reconstruct_choice,
     unit_criterion,
+    unit_kind,
 )
-from prunescope.cli.terminal import console, growing_progress, print_fallback, print_prunable, progress_bar
+from prunescope.cli.terminal import (
+    console,
+    growing_progress,
+    print_fallback,
+    print_plan,
+    print_prunable,
+    print_units,
+    progress_bar,
+)
 from prunescope.criteria import CRITERIA
 from prunescope.errors import UsageError
 from prunescope.patterns import check_widths, parse_patterns
@@ -96,7 +105,8 @@ def sweep_command(
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    rebuild = rebuild.for_data(dataset.train)
+    rebuild = rebuild.for_model(saved.model, dataset, include or (), exclude or ())
+    print_plan(rebuild.plan)
     for chosen in patterns:  # refused before anything is printed or evaluated
         check_widths(find_targets(saved.model, include or (), exclude or ()), chosen)
     prunable = print_prunable(unit_share(saved.model, "weight", dataset.input_shape, include or (), exclude or (),
@@ -131,6 +141,9 @@ def compare_command(
     scan_dir: Annotated[Path | None, typer.Option("--scan", help="Scan for 'ours' and 'budget' (default: scan "
                                                                  "OUT/scan now).")] = None,
     granularity: Granularity = "weight",
+    units: Annotated[str | None, typer.Option(
+        "--units", help="The units 'ours' and 'budget' pick on: matrix or block (each block of the network one "
+                        "sparsity); with --scan, the scan's [matrix].", show_default=False)] = None,
     criterion: UnitCriterion = None,
     round_to: Annotated[int, typer.Option(help="With --granularity channel, keep channel counts multiples of "
                                                "this.")] = 1,
@@ -162,10 +175,12 @@ def compare_command(
     for method in methods:
         check_choice("allocation", method, allowed)
     criterion = unit_criterion(granularity, criterion, None)
+    asked_units = None if units is None else unit_kind(units, granularity)
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback, granularity)
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    rebuild = rebuild.for_data(dataset.train)
+    rebuild = rebuild.for_model(saved.model, dataset, include or (), exclude or ())
+    print_plan(rebuild.plan)
     prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape, include or (), exclude or (),
                                          dataset.vocabulary))
     curves = None
@@ -175,10 +190,11 @@ def compare_command(
             with growing_progress("scanning") as advance:
                 curves = scan(saved.model, dataset, criterion=criterion, include=include or (),
                               exclude=exclude or (), device=device, storage=scan_dir / JOURNAL_FILE,
-                              study_name=study_name, on_trial=advance, granularity=granularity)
+                              study_name=study_name, on_trial=advance, granularity=granularity,
+                              units=asked_units or "matrix")
             save_scan(scan_dir, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
-                      dataset_spec=saved.dataset_spec, settings={"criterion": criterion, "tolerance": 0.005},
-                      prunable=prunable)
+                      dataset_spec=saved.dataset_spec,
+                      settings={"criterion": criterion, "tolerance": 0.005, "units": curves.units}, prunable=prunable)
         else:
             saved_scan = load_scan(scan_dir)
             saved_scan.check_model(saved.model, scan_dir)
@@ -186,13 +202,21 @@ def compare_command(
             if curves.granularity != granularity:
                 raise UsageError(f"the scan in {scan_dir} measured {curves.granularity}s: compare with "
                                  f"--granularity {curves.granularity}, or scan with --granularity {granularity}")
+            if asked_units is not None and curves.units != asked_units:
+                raise UsageError(f"the scan in {scan_dir} has one curve per {curves.units}, not per {asked_units}: "
+                                 f"leave --units out, or scan with --units {asked_units}")
+        if granularity == "weight":
+            print_units(curves.units, curves.curves)
+    elif asked_units is not None:
+        raise UsageError("--units chooses what 'ours' and 'budget' pick on: none of these allocations reads a scan")
     with progress_bar("comparing", len(levels) * len(methods)) as row_done:
         comparison = compare(saved.model, dataset, levels, methods, granularity=granularity, curves=curves,
                              criterion=criterion, include=include or (), exclude=exclude or (), device=device,
                              test=test, on_row=row_done, recalibrate_bn=recalibrate_bn, round_to=round_to,
                              **rebuild.arguments())
     settings = {"checkpoint": str(checkpoint), "sparsities": levels, "allocations": methods,
-                "granularity": granularity, "round_to": round_to,
+                "granularity": granularity, "units": curves.units if curves is not None else asked_units,
+                "round_to": round_to,
                 "scan": str(scan_dir) if scan_dir else None, "criterion": criterion, "test": test,
                 "include": include or [], "exclude": exclude or [], "recalibrate_bn": comparison.recalibrate_bn,
                 **rebuild.settings()}

@@ -17,23 +17,25 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from torch import nn
 
 from prunescope.calibration import calibration_size
 from prunescope.checkpoint import load_checkpoint
 from prunescope.cli import inputs as cli_input
 from prunescope.criteria import CRITERIA
 from prunescope.data import load_from_spec
-from prunescope.data.types import Split
+from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.masks import check_sparsity
 from prunescope.pick.registry import WEIGHT_METHODS
-from prunescope.reconstruct import SELECTIONS
+from prunescope.reconstruct import SELECTIONS, reconstruction_plan
 from prunescope.scores import Score
 from prunescope.structured.importance import IMPORTANCES
+from prunescope.targets import chosen_targets
 from prunescope.train import DEFAULT_BN_BATCHES
 from prunescope.train.loop import OPTIMIZERS
 from prunescope.trials.executors import EXECUTORS
-from prunescope.units import criterion_for
+from prunescope.units import UNIT_KINDS, criterion_for
 
 ModelArg = Annotated[
     list[str] | None,
@@ -140,10 +142,18 @@ class ReconstructChoice:
     select: str | None = None
     calibration: int | None = None  # None: calibration's default (1024 examples; 128 sequences of text)
     fallback: bool = False
+    plan: str | None = None  # how it runs on the model: block by block, or through the whole model and why
 
-    def for_data(self, train: Split) -> ReconstructChoice:
-        """This choice with the calibration size the train split gives by default, so that results record it."""
-        return replace(self, calibration=calibration_size(train, self.calibration)) if self.select else self
+    def for_model(self, model: nn.Module, data: Dataset, include: Sequence[str] = (),
+                  exclude: Sequence[str] = ()) -> ReconstructChoice:
+        """This choice with the calibration size the train split gives by default and how reconstruction runs on
+        the layers the command prunes (:func:`prunescope.reconstruct.reconstruction_plan`), so that results
+        record both."""
+        if not self.select:
+            return self
+        targets = chosen_targets(model, data.vocabulary, include, exclude)[0]
+        line = reconstruction_plan(model, targets, data.train.x[:1]).line()
+        return replace(self, calibration=calibration_size(data.train, self.calibration), plan=line)
 
     def arguments(self) -> dict[str, Any]:
         """Keyword arguments of compare, sweep, scan and prune."""
@@ -153,7 +163,7 @@ class ReconstructChoice:
         """What a result document's settings record (calibration and fallback only when reconstructing)."""
         on = self.select is not None
         return {"reconstruct": self.select, "calibration": self.calibration if on else None,
-                "reconstruct_fallback": self.fallback if on else None}
+                "reconstruct_fallback": self.fallback if on else None, "reconstruct_plan": self.plan if on else None}
 
 
 def reconstruct_choice(
@@ -220,6 +230,10 @@ Exclude = Annotated[list[str] | None, typer.Option(help="Glob of layers to keep 
 CheckpointOption = Annotated[Path, typer.Option(help="A checkpoint written by prunescope train.")]
 Granularity = Annotated[str, typer.Option(help="weight (unstructured) or channel (coupled channel groups, physically "
                                                 "removable).")]
+UnitKind = Annotated[str, typer.Option(
+    "--units", help="With --granularity weight, what one unit (one curve, one sparsity) is: matrix (each weight "
+                    "tensor) or block (each block of the network, e.g. a transformer's decoder layer: its matrices "
+                    "share one sparsity, spread over them by count).")]
 UnitCriterion = Annotated[str | None, typer.Option(
     help=f"What goes first: weights ({', '.join(CRITERIA)}; default magnitude) or, with --granularity channel, "
          f"channels ({', '.join(IMPORTANCES)}; default l2, or the importance of the pick's scan).",
@@ -273,6 +287,14 @@ def allowed_drop(value: float | None, metric: str) -> float:
     """A tolerance typed in hundredths of the metric's unit (accuracy points; percent more perplexity) as the
     score drop it allows (:mod:`prunescope.scores`); None: the metric's default (0.5 pts; 5%)."""
     return Score(metric).allowed_or_default(points(value))
+
+
+def unit_kind(units: str, granularity: str) -> str:
+    """``--units`` checked: a one-line UsageError for an unknown kind or ``block`` with channel granularity."""
+    check_choice("--units", units, UNIT_KINDS)
+    if units != "matrix" and granularity != "weight":
+        raise UsageError("--units block groups weight matrices: it applies to --granularity weight")
+    return units
 
 
 def unit_criterion(granularity: str, criterion: str | None, importance: str | None) -> str:

@@ -42,7 +42,7 @@ from prunescope.cli.options import (
     reconstruct_choice,
     unit_criterion,
 )
-from prunescope.cli.terminal import console, print_fallback, print_prunable, progress_bar
+from prunescope.cli.terminal import console, print_fallback, print_plan, print_prunable, progress_bar
 from prunescope.data import Dataset
 from prunescope.device import resolve_device
 from prunescope.errors import UsageError
@@ -129,7 +129,8 @@ def prune_command(
         raise UsageError("give --allocation (a pick.json or a {layer: sparsity} JSON), or --pattern N:M")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    rebuild = rebuild.for_data(dataset.train)
+    rebuild = rebuild.for_model(saved.model, dataset)
+    print_plan(rebuild.plan)
     share = unit_share(saved.model, granularity, dataset.input_shape, vocabulary=dataset.vocabulary)
     if granularity == "channel":
         if allocation is None:

@@ -36,6 +36,7 @@ from prunescope.cli.options import (
     StudyName,
     TrustFactoryOption,
     UnitCriterion,
+    UnitKind,
     Workers,
     allowed_drop,
     at_least,
@@ -45,12 +46,15 @@ from prunescope.cli.options import (
     parse_subset,
     reconstruct_choice,
     unit_criterion,
+    unit_kind,
 )
 from prunescope.cli.terminal import (
     console,
     growing_progress,
     print_fallback,
+    print_plan,
     print_prunable,
+    print_units,
     progress_bar,
     warn_if_val_is_small,
 )
@@ -79,6 +83,7 @@ def scan_command(
     = "adaptive",
     criterion: UnitCriterion = None,
     granularity: Granularity = "weight",
+    units: UnitKind = "matrix",
     importance: ImportanceAlias = None,
     tolerance: Annotated[float | None, typer.Option(
         help="Allowed drop: points of accuracy, or percent more perplexity for a language model; adaptive refines "
@@ -115,6 +120,7 @@ def scan_command(
     check_choice("--strategy", strategy, STRATEGIES)
     check_choice("--granularity", granularity, GRANULARITIES)
     criterion = unit_criterion(granularity, criterion, importance)
+    units = unit_kind(units, granularity)
     rebuild = reconstruct_choice(reconstruct, calibration, reconstruct_fallback, granularity)
     subset = parse_subset(subset)
     if tolerance is not None and not tolerance > 0:
@@ -123,14 +129,16 @@ def scan_command(
         raise UsageError("--storage is empty: give an Optuna storage URL, or leave it out for a journal file in --out")
     data = data_choice(data_dir, data_arg, limit_train, limit_val)
     saved, dataset = checkpoint_and_data(checkpoint, data, trust_factory, model_arg)
-    rebuild = rebuild.for_data(dataset.train)
+    rebuild = rebuild.for_model(saved.model, dataset, include or (), exclude or ())
+    print_plan(rebuild.plan)
     metric = default_metric(dataset.val)
     allowed = allowed_drop(tolerance, metric)
     console.print(f"tolerance: {Score(metric).bound_text(allowed)}", highlight=False)
     warn_if_val_is_small(len(dataset.val), allowed, metric)
     prunable = print_prunable(unit_share(saved.model, granularity, dataset.input_shape, include or (), exclude or (),
                                          dataset.vocabulary))
-    settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "criterion": criterion,
+    settings = {"checkpoint": str(checkpoint), "strategy": strategy, "granularity": granularity, "units": units,
+                "criterion": criterion,
                 "metric": metric, "tolerance": allowed, "subset": subset, "workers": workers, "study_name": study_name,
                 "include": include or [],
                 "exclude": exclude or [], "seed": seed, "recalibrate_bn": recalibrate_bn, **rebuild.settings()}
@@ -139,7 +147,7 @@ def scan_command(
             saved.model, dataset, criterion=criterion, strategy=strategy, tolerance=allowed, subset=subset,
             include=include or (), exclude=exclude or (), device=device,
             storage=out / JOURNAL_FILE if storage is None else storage,
-            workers=workers, seed=seed, on_trial=advance, granularity=granularity, study_name=study_name,
+            workers=workers, seed=seed, on_trial=advance, granularity=granularity, study_name=study_name, units=units,
             executor_kind=executor, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
             heartbeat_interval=heartbeat_interval, grace_period=grace_period, recalibrate_bn=recalibrate_bn,
             **rebuild.arguments(),
@@ -147,6 +155,7 @@ def scan_command(
     save_scan(out, curves, model=saved.model, checkpoint=str(checkpoint), model_spec=saved.model_spec,
               dataset_spec=saved.dataset_spec, settings=settings, prunable=prunable)
     console.print(scan_table(curves, allowed))
+    print_units(curves.units, curves.curves)
     print_fallback(curves.fallback)
     console.print(f"{curves.evaluations} evaluations ({curves.reused} reused from the study), "
                   f"{curves.examples / len(dataset.val):.1f} full-split equivalents; wrote {out / SCAN_FILE}, "
@@ -211,6 +220,7 @@ def pick_command(
         folds = DEFAULT_FOLDS if reason is None else 0
         if reason is not None:
             console.print(f"[yellow]not cross-validated: {reason}[/yellow]")
+    print_units(saved_scan.curves.units, saved_scan.curves.curves)
     with progress_bar("verifying", 1) as done:
         choice = choose(saved_scan.curves, chosen, saved.model, dataset, max_drop=bound, device=device,
                         round_to=round_to, latency_batch=latency_batch, recalibrate_bn=recalibrate_bn,

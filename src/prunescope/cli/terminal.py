@@ -62,3 +62,18 @@ def print_fallback(fallback: dict[str, str]) -> None:
     """Say which layers were pruned with the criterion's masks alone instead of by reconstruction."""
     for name, reason in fallback.items():
         console.print(f"[yellow]{name}: masks alone, not reconstructed ({reason})[/yellow]", highlight=False)
+
+
+def print_plan(plan: str | None) -> None:
+    """Say how reconstruction runs (block by block, or through the whole model and why), when it does."""
+    if plan is not None:
+        console.print(plan, highlight=False)
+
+
+def print_units(units: str, curves: dict) -> None:
+    """Say what a weight scan's units are: ``units`` (``matrix`` or ``block``) and ``curves`` ({unit: curve})."""
+    if units == "block":
+        console.print(f"units: {len(curves)} blocks, one sparsity each spread over its matrices by count "
+                      "(--units block)", highlight=False)
+    elif units == "matrix":
+        console.print(f"units: {len(curves)} weight matrices, one sparsity each (--units matrix)", highlight=False)

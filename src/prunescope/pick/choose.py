@@ -23,6 +23,7 @@ from prunescope.pick.crossval import CrossValidation, cross_validate, with_thres
 from prunescope.pick.pickers import Picker
 from prunescope.pick.registry import DEFAULT_MAX_DROP
 from prunescope.pick.verify import ExampleEvaluator, Verified, model_evaluator, verify
+from prunescope.targets import find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.units import find_units
 
@@ -38,7 +39,11 @@ class Choice:
     ``global_sparsity`` is that of the verified allocation: removed weights of the weight
     targets, or for channel picks the fraction of the whole model's parameters removed.
     ``footprint`` (channel picks only): the verified allocation's exact size once its
-    channels are removed (see :meth:`prunescope.units.ChannelUnits.summary`).
+    channels are removed (see :meth:`prunescope.units.ChannelUnits.summary`). ``units``: what
+    the scan's curves are (``matrix``, ``block``, ``group``); ``applied``: the verified allocation
+    as ``prunescope prune`` applies it: a weight pick's names every weight tensor of the model (those the
+    scan left out, such as a language model's embeddings and output layer, at 0), a block pick's
+    spread over each block's matrices with exact counts.
     """
 
     picker: str
@@ -49,13 +54,17 @@ class Choice:
     footprint: dict | None = None
     recalibrate_bn: int = 0  # BatchNorm recalibration batches of every verified (pruned) model
     crossval: CrossValidation | None = None
+    units: str = "matrix"
+    applied: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         """``result.json``'s ``pick``: picker, verified allocation and its steps, bound, cross-validation."""
         return {
             "picker": self.picker,
             "recalibrate_bn": self.recalibrate_bn,
-            "allocation": self.verified.allocation,
+            "allocation": self.verified.allocation if self.applied is None else self.applied,
+            "units": self.units,
+            "unit_allocation": self.verified.allocation,
             "global_sparsity": self.global_sparsity,
             "bound": self.bound,
             "footprint": self.footprint,
@@ -101,7 +110,7 @@ def choose(
     are re-estimated on before it is evaluated (None: 20 for a model with BatchNorm, else 0).
     """
     structure = find_units(model, data, curves.granularity, curves.criterion, names=list(curves.curves),
-                           round_to=round_to)
+                           round_to=round_to, units="block" if curves.units == "block" else "matrix")
     if isinstance(picker, BudgetPicker):
         # The budget met exactly on this model: its footprint, or its latency timed on the device.
         timed = picker.target_latency_ms is not None
@@ -129,5 +138,8 @@ def choose(
         picked = picker.pick(curves)
         verified = verify(picked, curves, model_evaluator(pruning, Evaluator(model, data.val, device=device),
                                                           curves.metric), max_drop=limit)
+    applied = structure.expand(verified.allocation)
+    if structure.granularity == "weight":  # a weight pick names every weight tensor: those not scanned stay dense
+        applied = {t.name: applied.get(t.name, 0.0) for t in find_targets(model)}
     return Choice(picker.name, picked, verified, bound, structure.removed_fraction(verified.allocation),
-                  structure.summary(verified.allocation), batches, crossval)
+                  structure.summary(verified.allocation), batches, crossval, structure.unit_kind, applied)

@@ -2,11 +2,11 @@
 
 Shared by the allocations that split a global sparsity ``s`` over the targets (N weights):
 
-- :func:`exact_counts` rounds fractional removed counts by the largest-remainder method so
-  that they add up to a given total (REFERENCES, "Allocations": per layer ``round(s_l · n_l)``,
-  the total exact);
-- :func:`blocks` groups targets into the blocks of a network (a transformer's decoder layer,
-  a ResNet's residual block), which OWL and AlphaPruning allocate by;
+- :func:`exact_counts` (from :mod:`prunescope.blocks`) rounds fractional removed counts by the
+  largest-remainder method so that they add up to a given total (REFERENCES, "Allocations": per
+  layer ``round(s_l · n_l)``, the total exact);
+- :func:`blocks` (from :mod:`prunescope.blocks`) groups targets into the blocks of a network (a
+  transformer's decoder layer, a ResNet's residual block), which OWL and AlphaPruning allocate by;
 - :func:`solve` finds the shift (or scale) ``c`` of a layer-wise rule ``s_b = a_b + b_b · c``
   that meets the global count with every block's sparsity clipped to ``[0, (n − 1)/n]``
   (no target removed whole), then rounds exactly.
@@ -14,11 +14,13 @@ Shared by the allocations that split a global sparsity ``s`` over the targets (N
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
+from prunescope.blocks import block_of, blocks, exact_counts
 from prunescope.errors import UsageError
 from prunescope.targets import Target
+
+__all__ = ["block_of", "blocks", "exact_counts", "solve", "total_removed"]
 
 _BISECTIONS = 200  # float64 halvings: far below one weight of any layer
 
@@ -26,45 +28,6 @@ _BISECTIONS = 200  # float64 halvings: far below one weight of any layer
 def total_removed(targets: Sequence[Target], sparsity: float) -> int:
     """round(s · N), N the weights of ``targets``."""
     return round(sparsity * sum(t.numel for t in targets))
-
-
-def exact_counts(
-    targets: Sequence[Target], removed: Mapping[str, float], total: int, *, keep_one: bool = False
-) -> dict[str, float]:
-    """Round fractional removed counts so that they sum to ``total`` (largest remainder).
-
-    ``keep_one``: no target loses its last weight (at most ``n − 1`` removed).
-    """
-    limit = {t.name: t.numel - 1 if keep_one else t.numel for t in targets}
-    floors = {t.name: min(math.floor(removed[t.name]), limit[t.name]) for t in targets}
-    missing = total - sum(floors.values())
-    by_remainder = sorted(targets, key=lambda t: removed[t.name] - floors[t.name], reverse=True)
-    for t in by_remainder:
-        if missing <= 0:
-            break
-        if floors[t.name] < limit[t.name]:
-            floors[t.name] += 1
-            missing -= 1
-    return {t.name: floors[t.name] / t.numel for t in targets}
-
-
-def block_of(module: str) -> str:
-    """The block a module belongs to: its path up to its first numeric component (a ModuleList /
-    Sequential index: ``model.layers.3.self_attn.q_proj`` → ``model.layers.3``), else the module itself."""
-    parts = module.split(".")
-    for end, part in enumerate(parts, 1):
-        if part.isdigit():
-            return ".".join(parts[:end])
-    return module
-
-
-def blocks(targets: Sequence[Target], per_block: bool = True) -> dict[str, list[Target]]:
-    """``{block: its targets}`` in the targets' order; ``per_block=False``: every target its own block."""
-    grouped: dict[str, list[Target]] = {}
-    for t in targets:
-        key = (block_of(t.module) or t.name) if per_block else t.name
-        grouped.setdefault(key, []).append(t)
-    return grouped
 
 
 def solve(

@@ -13,6 +13,10 @@ papers' settings) and ``owl-tuned`` / ``alpha-tuned`` (their grids selected on v
 compared when asked for. Methods that select on val run after the others, so that
 they reuse the baselines' val measurements.
 
+On a block scan (``curves.units == "block"``: one curve per block of the network) ``ours``
+picks one sparsity per block (:mod:`prunescope.pick.ours`); the other rows are as on a matrix
+scan (OWL and AlphaPruning are per block anyway), and every row's allocation is per matrix.
+
 Every allocation, ``ours``'s budget pick included, is spread over the compared targets
 only (after ``include`` / ``exclude``), and refinement moves weights without changing the
 total, so every row removes round(s · N) of the compared targets' N weights. The removed
@@ -117,10 +121,12 @@ class Comparison:
     fallback: dict[str, str] = field(default_factory=dict)
     granularity: str = "weight"  # weight: levels are sparsities; channel: fractions of the dense MACs removed
     metric: str = "accuracy"  # what val selects on and the tables show: accuracy, or perplexity (a language model)
+    units: str = "matrix"  # the scan's units that ours / budget picked on: matrix, block (or group: channels)
 
     def to_dict(self) -> dict:
         return {
             "criterion": self.criterion,
+            "units": self.units,
             "metric": self.metric,
             "granularity": self.granularity,
             "dense_val": self.dense_val.to_dict(),
@@ -312,4 +318,5 @@ def compare(
     return Comparison(criterion=criterion, dense_val=dense_val, dense_test=dense_test, rows=rows,
                       weights=ledger.weights if isinstance(ledger, _Weights) else 0, recalibrate_bn=batches,
                       val_evaluations=val.evaluations, reconstruct=reconstruct, fallback=fallen_back(base),
-                      granularity=granularity, metric=curves.metric if curves is not None else default_metric(data.val))
+                      granularity=granularity, metric=curves.metric if curves is not None else default_metric(data.val),
+                      units=curves.units if curves is not None else units.unit_kind)

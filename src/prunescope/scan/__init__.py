@@ -37,7 +37,7 @@ from prunescope.targets import find_targets
 from prunescope.train.batchnorm import bn_batches, recalibrating
 from prunescope.trials.executors import executor_kind as choose_executor
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-from prunescope.units import GRANULARITIES, WeightPruning, find_units
+from prunescope.units import GRANULARITIES, BlockUnits, WeightPruning, find_units
 
 __all__ = ["GRANULARITIES", "SCAN_METRICS", "SCONCE_LEVELS", "STRATEGIES", "auto_subset", "scan"]
 
@@ -45,7 +45,7 @@ SCAN_METRICS = ("accuracy", "macro_f1", "perplexity")  # curves hold their score
 SUBSET_GROWTH = 4  # by default a point's subset grows to at most 4 times the first one
 AUTO_SUBSET_COVERAGE = 3.0  # subset="auto": n = 3 / tolerance examples
 # What a study that holds trials but does not record these settings was scanned with (recorded only since).
-IDENTITY_ABSENT = {"reconstruct": "off", "recalibrate_bn": 0}
+IDENTITY_ABSENT = {"reconstruct": "off", "recalibrate_bn": 0, "units": "matrix"}
 
 
 def auto_subset(val: int, tolerance: float) -> int | None:
@@ -110,6 +110,7 @@ def scan(
     reconstruct: str | None = None,
     calibration: int | None = None,
     reconstruct_fallback: bool = False,
+    units: str = "matrix",
 ) -> Curves:
     """Sensitivity curves of every target of ``model`` on ``data.val``: one target pruned, others dense.
 
@@ -181,6 +182,10 @@ def scan(
             it with another is refused. ``reconstruct_fallback``: targets whose inputs cannot
             be captured are scanned with the criterion's masks alone (``Curves.fallback``)
             instead of refused.
+        units: ``matrix`` (one curve per weight tensor) or ``block`` (one curve per block of the
+            network, :class:`~prunescope.units.BlockUnits`: a point prunes every matrix of its block at
+            that sparsity, the block's count exact; ``Curves.members`` lists each block's matrices);
+            weight granularity only.
 
     Returns:
         :class:`~prunescope.curves.Curves` with one curve per target (one point per
@@ -196,8 +201,8 @@ def scan(
         executor_kind, workers, shared=storage is not None, gpus_per_worker=gpus_per_worker
     )
     model.to(resolve_device(device))
-    found = find_units(model, data, granularity, criterion, include=include, exclude=exclude, seed=seed)
-    units = [Curve(u.name, u.size, u.macs, params=u.params) for u in found.units]
+    found = find_units(model, data, granularity, criterion, include=include, exclude=exclude, seed=seed, units=units)
+    empty = [Curve(u.name, u.size, u.macs, params=u.params) for u in found.units]
     if reconstruct is not None and not isinstance(found, WeightPruning):
         raise UsageError("reconstruction re-fits the weights of a layer: it applies to weight granularity, not "
                          f"{granularity}")
@@ -216,6 +221,7 @@ def scan(
         "model": model_fingerprint(model, find_targets(model)),
         "criterion": criterion,
         "granularity": granularity,
+        "units": units,
         "metric": metric,
         "seed": seed,
         "recalibrate_bn": recalibrate_bn,
@@ -233,8 +239,8 @@ def scan(
         ) as chosen:
             outcome = Runner(
                 study,
-                {unit.target: Whole(planner, unit.numel, exact=found.whole_levels) for unit in units},
-                [curve.target for curve in units],
+                {unit.target: Whole(planner, unit.numel, exact=found.whole_levels) for unit in empty},
+                [curve.target for curve in empty],
                 tolerance=tolerance,
                 ladder=Ladder(first, full, top),
                 executor=chosen,
@@ -244,7 +250,7 @@ def scan(
         metric=metric,
         criterion=criterion,
         dense=outcome.dense[min(outcome.dense)],
-        curves={unit.target: replace(unit, points=outcome.points[unit.target]) for unit in units},
+        curves={unit.target: replace(unit, points=outcome.points[unit.target]) for unit in empty},
         evaluations=outcome.evaluations,
         reused=outcome.reused,
         examples=outcome.examples,
@@ -254,5 +260,7 @@ def scan(
         per_example=example_results(outcome, full, seed) if metric == "accuracy" else None,
         reconstruct=reconstruct,
         fallback=fallen_back(base),
+        units=found.unit_kind,
+        members=found.members if isinstance(found, BlockUnits) else {},
     )
 

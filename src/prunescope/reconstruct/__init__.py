@@ -31,8 +31,17 @@ What this implementation adds, each for a measured reason:
   mask selection" and "Extension to semi-structured sparsity"); with ``select="mask"`` the
   criterion's N:M masks are kept.
 
-Memory is one layer's H (and the two cross products of the dense target) at a time.
-Calibration inputs come from the train split; no label is read.
+- **Block by block** (:mod:`prunescope.reconstruct.sequence`): where the layers lie in a chain
+  of blocks (a transformer's decoder layers), the calibration inputs run through the
+  embeddings once, each block's layers are reconstructed from the block's stored inputs and its
+  pruned outputs become the next block's inputs, as SparseGPT's code does; the result is the
+  whole-model path's up to rounding, with one block's inputs and one dense block in memory
+  instead of a copy of the whole model. Elsewhere (and for layers outside the blocks) every
+  layer is fed through the whole model; ``Reconstruction.plan`` says which and why.
+
+Memory is one layer's H (and the two cross products of the dense target) at a time, plus block
+by block one block's inputs. Calibration inputs come from the train split; no label is read.
+The layer's sweep and re-fit live in :mod:`prunescope.reconstruct.obs`.
 """
 
 from __future__ import annotations
@@ -40,48 +49,27 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 
-from prunescope.calibration import (
-    bias_of,
-    calibration_inputs,
-    layer_inputs,
-    refuse,
-    unsupported,
-)
+from prunescope.calibration import calibration_inputs, layer_inputs, refuse, unsupported
 from prunescope.criteria import Scores
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
-from prunescope.masks import Masks, check_sparsity, compute_masks, removed_count
+from prunescope.masks import Masks, check_sparsity, compute_masks
 from prunescope.patterns import Pattern, PatternPruning, check_pattern, check_widths, pattern_masks
+from prunescope.reconstruct.obs import LayerReconstruction, reconstruct_layer
+from prunescope.reconstruct.sequence import BlockInputs, BlockPlan, plan
 from prunescope.targets import Target, flow_order
-from prunescope.units import Pruning, WeightPruning
+from prunescope.units import BlockUnits, ExpandedPruning, Pruning, WeightPruning
 
 SELECTIONS = ("obs", "mask")
-_MAX_DAMPING_RAISES = 6
-
-
-@dataclass(frozen=True)
-class LayerReconstruction:
-    """One reconstructed layer.
-
-    error_masked / error_reconstructed: ‖Y_dense − Ŷ‖² / ‖Y_dense‖² on the calibration set,
-    Y_dense the dense layer's outputs on the dense network's inputs and Ŷ the pruned layer's
-    on the pruned network's inputs; "masked" keeps the dense weights under the same mask.
-    damping: λ used, as a fraction of mean(diag H) (raised ×10 while H was not positive definite).
-    """
-
-    name: str
-    removed: int
-    numel: int
-    error_masked: float
-    error_reconstructed: float
-    damping: float
-    seconds: float
+__all__ = ["FALLBACK_REMEDY", "SELECTIONS", "BlockPlan", "LayerReconstruction", "ReconstructedPruning",
+           "Reconstruction", "fallen_back", "reconstruct", "reconstructing", "reconstruction_plan"]
 
 
 @dataclass(frozen=True)
@@ -94,11 +82,14 @@ class Reconstruction:
     seconds: float
     fallback: dict[str, str] = field(default_factory=dict)
     masks: Masks = field(default_factory=dict, repr=False)
+    plan: str = ""  # block by block, or through the whole model and why (BlockPlan.line)
+    block_inputs_peak_bytes: int = 0  # block by block: the most bytes of block inputs held at once (0: whole model)
 
     def to_dict(self) -> dict:
-        """``result.json``'s ``reconstruction``: calibration size, seconds, per-layer errors, fallen-back layers."""
+        """``result.json``'s ``reconstruction``: calibration size, seconds, per-layer errors, fallen-back layers,
+        how it ran (block by block or through the whole model) and the block inputs it held at most."""
         return {"calibration": self.calibration, "seconds": self.seconds, "layers": [asdict(x) for x in self.layers],
-                "fallback": self.fallback}
+                "fallback": self.fallback, "plan": self.plan, "block_inputs_peak_bytes": self.block_inputs_peak_bytes}
 
 
 FALLBACK_REMEDY = "prune such layers with the criterion's masks alone (--reconstruct-fallback)"
@@ -119,6 +110,7 @@ def reconstruct(
     damping: float = 0.01,
     batch_size: int = 256,
     pattern: Pattern | None = None,
+    blockwise: bool = True,
 ) -> Reconstruction:
     """Prune ``model`` in place to ``allocation`` ({target name: sparsity}), reconstructing each layer.
 
@@ -135,6 +127,10 @@ def reconstruct(
     pattern: N:M (:mod:`prunescope.patterns`): every target the allocation prunes keeps exactly
         N of every M weights along its input dimension (sparsity 1 − N/M, whatever the
         allocation says), masks chosen group by group (``obs``) or kept (``mask``: N:M masks).
+    blockwise: block by block where the model's targets lie in a chain of blocks
+        (:mod:`prunescope.reconstruct.sequence`: one block's inputs in memory, the same result up to
+        rounding); False, or a model without such blocks: every layer through the whole model
+        (``Reconstruction.plan`` says which and why).
     Targets absent from ``allocation`` (or at sparsity 0) are left untouched. Pruned weights
     are exactly zero afterwards; the model's weights are plain tensors (no re-parametrisation).
     """
@@ -162,33 +158,72 @@ def reconstruct(
     if plain and (masks is None or any(name not in masks for name in plain)):
         raise UsageError(f"{next(iter(plain))} falls back to the criterion's masks: pass them (masks)")
     start = time.perf_counter()
-    dense = copy.deepcopy(model)
     ordered = flow_order(model, chosen, calibration[:1])
-    layers, kept = [], {}
-    for target in ordered:
+    steps = (plan(model, ordered, calibration[:1]) if blockwise
+             else BlockPlan(before=ordered, reason="block by block turned off (blockwise=False)"))
+    # A dense copy of the whole model only where a layer outside the blocks is reconstructed through it.
+    dense = copy.deepcopy(model) if any(t.name not in plain for t in (*steps.before, *steps.after)) else None
+    layers: list[LayerReconstruction] = []
+    kept: Masks = {}
+
+    def prune(target: Target, pairs: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """Mask ``target`` (falling back), or reconstruct it from the row pairs ``pairs()`` yields."""
         if target.name in plain:
             kept[target.name] = masks[target.name]
             with torch.no_grad():
                 getattr(model.get_submodule(target.module), target.param).masked_fill_(~masks[target.name], 0)
-            continue
-        layer, kept[target.name] = _reconstruct_layer(
-            model,
-            dense,
-            target,
-            allocation[target.name],
-            calibration,
+            return
+        layer, kept[target.name] = reconstruct_layer(
+            model.get_submodule(target.module), target, allocation[target.name], pairs(),
             mask=None if masks is None or select == "obs" else masks[target.name],
-            refit=refit,
-            blocksize=blocksize,
-            damping=damping,
-            batch_size=batch_size,
-            inputs_from=model if sequential else dense,
-            pattern=pattern,
+            refit=refit, blocksize=blocksize, damping=damping, pattern=pattern,
         )
         layers.append(layer)
+
+    inputs = BlockInputs.at(model, steps.blocks[0], calibration, batch_size) if steps.blocks else None  # dense
+    for target in steps.before:
+        prune(target, partial(_model_rows, model, dense, target, calibration, batch_size, sequential))
+    peak = 0
+    if inputs is not None:
+        if steps.before:  # the first block's inputs in the pruned network differ from the dense ones
+            inputs = BlockInputs(BlockInputs.at(model, steps.blocks[0], calibration, batch_size).pruned,
+                                 inputs.dense, inputs.rest)
+        last = max(steps.blocks.index(b) for b in steps.inside)
+        for index, block in enumerate(steps.blocks[: last + 1]):
+            module, members = model.get_submodule(block), steps.inside.get(block, [])
+            dense_block = copy.deepcopy(module) if members else module
+            for target in members:
+                prune(target, partial(inputs.rows, module, dense_block, target.module[len(block) + 1 :],
+                                      target.param, sequential))
+            if index < last:
+                inputs.advance(module, dense_block, bool(members))
+        peak = inputs.peak_bytes
+    for target in steps.after:
+        prune(target, partial(_model_rows, model, dense, target, calibration, batch_size, sequential))
     if pattern is not None:
         check_pattern(kept, pattern, layouts=named)
-    return Reconstruction(layers, len(calibration), time.perf_counter() - start, plain, kept)
+    return Reconstruction(layers, len(calibration), time.perf_counter() - start, plain, kept, steps.line(), peak)
+
+
+def reconstruction_plan(model: nn.Module, targets: Sequence[Target], example: torch.Tensor) -> BlockPlan:
+    """How :func:`reconstruct` would run on ``targets`` of ``model`` (:func:`~prunescope.reconstruct.sequence.plan`):
+    block by block, or through the whole model and why; ``example``: a batch of inputs."""
+    return plan(model, flow_order(model, targets, example), example)
+
+
+def _model_rows(
+    model: nn.Module, dense: nn.Module | None, target: Target, calibration: torch.Tensor, batch_size: int,
+    sequential: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch, the rows ``target`` multiplies in the pruned ``model`` and in the ``dense`` copy, each through the
+    whole network (``sequential=False``: the dense rows twice)."""
+    assert dense is not None  # made for every reconstructed target outside the blocks
+    # One capture per model: two live captures on one model would stop each other's forward pass.
+    dense_rows = layer_inputs(dense, target.module, calibration, batch_size=batch_size, param=target.param)
+    if not sequential:
+        return ((rows, rows) for rows in dense_rows)
+    pruned_rows = layer_inputs(model, target.module, calibration, batch_size=batch_size, param=target.param)
+    return zip(pruned_rows, dense_rows, strict=True)
 
 
 class ReconstructedPruning:
@@ -251,171 +286,24 @@ def reconstructing(
 ) -> Pruning:
     """``pruning`` itself when ``select`` is None, else its targets and scores pruned by reconstruction
     (:class:`ReconstructedPruning`) on ``calibration`` seeded ``train`` inputs; ``pattern``: N:M masks
-    (without reconstruction, :class:`~prunescope.patterns.PatternPruning`)."""
+    (without reconstruction, :class:`~prunescope.patterns.PatternPruning`). Block units
+    (:class:`~prunescope.units.BlockUnits`) keep their block allocations, spread over the targets
+    before either."""
+    if select is None and pattern is None:
+        return pruning
     if select is None:
-        return pruning if pattern is None else PatternPruning(pruning.model, pruning.targets, pruning.scores, pattern)
-    inputs = calibration_inputs(train, calibration)
-    return ReconstructedPruning(pruning.model, pruning.targets, pruning.scores, inputs, select=select,
-                                fallback=fallback, pattern=pattern)
+        inner: Pruning = PatternPruning(pruning.model, pruning.targets, pruning.scores, pattern)
+    else:
+        inner = ReconstructedPruning(pruning.model, pruning.targets, pruning.scores,
+                                     calibration_inputs(train, calibration), select=select, fallback=fallback,
+                                     pattern=pattern)
+    return ExpandedPruning(inner, pruning.expand) if isinstance(pruning, BlockUnits) else inner
 
 
 def fallen_back(pruning: Pruning) -> dict[str, str]:
     """The layers ``pruning`` prunes with the criterion's masks alone instead of by reconstruction ({name: why})."""
+    if isinstance(pruning, ExpandedPruning):
+        return pruning.fallback
     return dict(pruning.fallback) if isinstance(pruning, ReconstructedPruning) else {}
 
 
-def _augmented(rows: torch.Tensor, bias: bool) -> torch.Tensor:
-    rows = rows.double()
-    return torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype, device=rows.device)], 1) if bias else rows
-
-
-def _reconstruct_layer(
-    model: nn.Module,
-    dense: nn.Module,
-    target: Target,
-    sparsity: float,
-    calibration: torch.Tensor,
-    *,
-    mask: torch.Tensor | None,
-    refit: bool,
-    blocksize: int,
-    damping: float,
-    batch_size: int,
-    inputs_from: nn.Module,
-    pattern: Pattern | None = None,
-) -> tuple[LayerReconstruction, torch.Tensor]:
-    """The layer's reconstruction and its keep-mask (the shape of the tensor)."""
-    start = time.perf_counter()
-    module = model.get_submodule(target.module)
-    bias = bias_of(module, target.param)
-    has_bias = bias is not None
-    # Second moments of the pruned (X̃) and dense (X) inputs: H = X̃ᵀX̃, cross = X̃ᵀX, dense_h = XᵀX.
-    h = cross = dense_h = None
-    dense_inputs = layer_inputs(dense, target.module, calibration, batch_size=batch_size, param=target.param)
-    # One capture per model: two live captures on one model would stop each other's forward pass.
-    pairs = (
-        ((rows, rows) for rows in dense_inputs)
-        if inputs_from is dense
-        else zip(
-            layer_inputs(inputs_from, target.module, calibration, batch_size=batch_size, param=target.param),
-            dense_inputs,
-            strict=True,
-        )
-    )
-    for pruned_rows, dense_rows in pairs:
-        x_tilde, x = _augmented(pruned_rows, has_bias), _augmented(dense_rows, has_bias)
-        h = x_tilde.T @ x_tilde if h is None else h + x_tilde.T @ x_tilde
-        cross = x_tilde.T @ x if cross is None else cross + x_tilde.T @ x
-        dense_h = x.T @ x if dense_h is None else dense_h + x.T @ x
-    assert h is not None and cross is not None and dense_h is not None
-
-    weight = getattr(module, target.param)
-    w_dense = _augmented_weight(target.matrix(weight), bias)  # (out, fan_in[+1]), whatever the storage
-    columns = w_dense.shape[1] - int(has_bias)
-    h_damped, used = _damped(h, damping)
-    # W* = argmin ‖X W_denseᵀ − X̃ Vᵀ‖² + λ‖V − W_dense‖²: the dense target seen through the pruned inputs.
-    lam = h_damped - h
-    w_star = torch.linalg.solve(h_damped, (cross + lam) @ w_dense.T).T
-    k = removed_count(sparsity, target.numel)
-    given = None if mask is None else target.matrix(mask)
-    keep, weights = _sweep(w_star, h_damped, columns, k, blocksize, given, pattern)
-    if refit:
-        weights = _refit(w_star, h_damped, keep)
-    masked = w_dense * keep
-
-    def error(w: torch.Tensor) -> float:
-        target_energy = torch.einsum("ij,jk,ik->", w_dense, dense_h, w_dense)
-        residual = (
-            target_energy - 2 * torch.einsum("ij,kj,ik->", w_dense, cross, w) + torch.einsum("ij,jk,ik->", w, h, w)
-        )
-        return float(residual.clamp_min(0) / target_energy.clamp_min(torch.finfo(torch.float64).tiny))
-
-    _write(target, weight, bias, weights)
-    layer = LayerReconstruction(
-        target.name, k, target.numel, error(masked), error(weights), used, time.perf_counter() - start
-    )
-    return layer, target.from_matrix(keep[:, :columns])
-
-
-def _augmented_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """(d_out, d_in) weights with the bias as a last column, in float64."""
-    w = weight.detach().double()
-    return torch.cat([w, bias.detach().double().unsqueeze(1)], 1) if bias is not None else w
-
-
-def _damped(h: torch.Tensor, damping: float) -> tuple[torch.Tensor, float]:
-    """H + λ·mean(diag H)·I, λ raised ×10 until H is positive definite; returns it and the λ used."""
-    scale = float(torch.diag(h).mean()) or 1.0
-    eye = torch.eye(len(h), dtype=h.dtype, device=h.device)
-    for attempt in range(_MAX_DAMPING_RAISES):
-        lam = damping * 10**attempt
-        damped = h + lam * scale * eye
-        if torch.linalg.cholesky_ex(damped).info == 0:
-            return damped, lam
-    raise UsageError(f"the calibration Hessian stays singular up to dampening {lam:g}: use more calibration examples")
-
-
-def _upper_inverse_factor(h: torch.Tensor) -> torch.Tensor:
-    """Upper Cholesky factor of H⁻¹: row q holds the OBS update of column q given columns < q are fixed."""
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-
-
-def _block_counts(k: int, columns: int, blocksize: int) -> list[tuple[int, int, int]]:
-    """(first column, end column, weights to remove) per block; removals spread by cumulative rounding."""
-    blocks = []
-    for first in range(0, columns, blocksize):
-        end = min(first + blocksize, columns)
-        blocks.append((first, end, round(k * end / columns) - round(k * first / columns)))
-    return blocks
-
-
-def _sweep(
-    w: torch.Tensor, h: torch.Tensor, columns: int, k: int, blocksize: int, given: torch.Tensor | None,
-    pattern: Pattern | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A SparseGPT sweep over ``w`` (d_out × d_in[+1]): (keep-mask, compensated weights).
-
-    The mask of each column block is ``given`` or chosen by OBS saliency w² / [H⁻¹]_qq; with
-    ``pattern`` (N:M) instead each group of M columns, when the sweep reaches it, keeps the N
-    most salient weights of every row. Columns from ``columns`` on (the bias) are never pruned.
-    """
-    w = w.clone()
-    hinv = _upper_inverse_factor(h)
-    keep = torch.ones_like(w, dtype=torch.bool)
-    if given is not None:
-        keep[:, :columns] = given.to(w.device)
-    for first, end, remove in _block_counts(k, columns, blocksize):
-        if given is None and pattern is None and remove:
-            saliency = w[:, first:end] ** 2 / torch.diag(hinv)[first:end] ** 2
-            block_keep = torch.ones(saliency.numel(), dtype=torch.bool, device=w.device)
-            block_keep[torch.topk(saliency.flatten(), remove, largest=False).indices] = False
-            keep[:, first:end] = block_keep.view(saliency.shape)
-        for q in range(first, end):
-            if given is None and pattern is not None and q % pattern.m == 0:
-                saliency = w[:, q : q + pattern.m] ** 2 / torch.diag(hinv)[q : q + pattern.m] ** 2
-                group = torch.zeros_like(saliency, dtype=torch.bool)
-                keep[:, q : q + pattern.m] = group.scatter_(1, torch.topk(saliency, pattern.n, dim=1).indices, True)
-            error = (w[:, q] * ~keep[:, q]) / hinv[q, q]
-            w[:, q:] -= error.unsqueeze(1) * hinv[q, q:].unsqueeze(0)
-    return keep, w * keep
-
-
-def _refit(w: torch.Tensor, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Per row, the kept weights minimising (w − v)ᵀ H (w − v) with the pruned ones at zero."""
-    result = torch.zeros_like(w)
-    hw = w @ h  # row r: (H w_r)ᵀ, since H is symmetric
-    for row in range(len(w)):
-        kept = keep[row].nonzero().squeeze(1)
-        if len(kept):
-            result[row, kept] = torch.linalg.solve(h[kept][:, kept], hw[row, kept])
-    return result
-
-
-def _write(target: Target, weight: torch.Tensor, bias: torch.Tensor | None, weights: torch.Tensor) -> None:
-    """Write the augmented (out, fan_in[+1]) ``weights`` back into the tensor's own layout: the last column into
-    ``bias`` (a view of the parameter), if any."""
-    with torch.no_grad():
-        if bias is not None:
-            bias.copy_(weights[:, -1].to(bias.dtype))
-            weights = weights[:, :-1]
-        weight.copy_(target.from_matrix(weights).to(weight.dtype))
