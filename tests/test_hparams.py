@@ -270,6 +270,17 @@ def test_bohb_stops_trials_early():
     assert best_params(study)["lr"] == pytest.approx(0.03, rel=3)
 
 
+def test_bohb_stops_only_at_hyperband_rungs_of_a_full_trial():
+    # 9-epoch trials, reduction factor 3: rungs at epochs 1 and 3 (9 is the full trial); a trial stops nowhere else,
+    # and stopping starts before any trial has finished (with max_resource "auto" it could not)
+    study = search(parse_space(SPACE), _recipe(), method="bohb", budget=30, seed=0)
+    trials = sorted(finished(study), key=lambda t: t.number)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert {t.user_attrs["epochs"] for t in pruned} <= {1, 3}
+    assert all(t.user_attrs["epochs"] == 9 for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert epochs_spent(study) == sum(t.user_attrs["epochs"] for t in trials) <= 30 * 9
+
+
 @pytest.mark.parametrize("method", ["tpe", "gp", "random"])
 def test_every_search_runs_its_budget(method):
     study = search(parse_space(SPACE), _recipe(), method=method, budget=6, seed=0)

@@ -120,14 +120,17 @@ class TrainObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = self.space.suggest(trial)
+        config = self.space.config(values, self.seed)
 
         def report(record: EpochRecord) -> None:
             trial.report(record.val_accuracy, record.epoch)
-            if trial.should_prune():
+            # never at the last epoch: the trial is already paid for in full, and Optuna's successive halving
+            # has a rung there too (it would discard a finished trial)
+            if record.epoch < config.epochs and trial.should_prune():
                 trial.set_user_attr("epochs", record.epoch)
                 raise optuna.TrialPruned(f"stopped after epoch {record.epoch}")
 
-        outcome = self.recipe.run(self.space.config(values, self.seed), report)
+        outcome = self.recipe.run(config, report)
         trial.set_user_attr("epochs", outcome.epochs)
         trial.set_user_attr("diverged", outcome.diverged)
         return outcome.value
