@@ -4,6 +4,9 @@ LeNet-5 on Fashion-MNIST, a stratified subset of the train split (CPU budget; th
 says how many examples), val 1/60 of the train split (1,000 examples). The space is lr
 (log, 0.003–0.3) × momentum (0–0.95), batch 64, a fixed number of epochs per full trial.
 
+Every trial trains on ``--device`` (auto: CUDA when present), recorded in the output; the
+raw file is rewritten after the grid and after every repeat, so a killed run keeps them.
+
 1. the **full grid** (``--grid`` points per axis, every point trained for the full epochs,
    one seed): its best val accuracy is the reference, its epochs the grid's budget;
 2. each search (:mod:`prunescope.hparams.search`) runs until it has spent ``--fraction`` of
@@ -35,6 +38,7 @@ import optuna
 import torch
 
 from prunescope.data import load_dataset
+from prunescope.device import resolve_device
 from prunescope.hparams.grid import Grid, run_grid
 from prunescope.hparams.search import SEARCHES, STARTUP_TRIALS, TrainObjective, sampler_for
 from prunescope.hparams.space import parse_space
@@ -57,9 +61,10 @@ def _grid(space, points: int) -> Grid:
     return Grid(("lr", "momentum"), (lr, momentum), ())
 
 
-def _search(space, recipe: Recipe, method: str, seed: int, budget_epochs: int, startup: int) -> list[dict]:
-    """Run ``method`` until it has spent ``budget_epochs``; the trials in order."""
-    sampler, pruner = sampler_for(method, seed, startup)
+def _search(space, recipe: Recipe, method: str, seed: int, budget_epochs: int, startup: int,
+            epochs: int) -> list[dict]:
+    """Run ``method`` until it has spent ``budget_epochs``; the trials in order (Hyperband's top rung: ``epochs``)."""
+    sampler, pruner = sampler_for(method, seed, startup, max_resource=epochs)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
 
     def stop_when_spent(study_: optuna.Study, _trial) -> None:
@@ -94,13 +99,25 @@ def main() -> None:
     parser.add_argument("--searches", default=",".join(SEARCHES))
     parser.add_argument("--startup", type=int, default=STARTUP_TRIALS,
                         help="random trials before TPE / GP model the results")
+    parser.add_argument("--val-fraction", type=float, default=1 / 60)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    data = load_dataset("fashion-mnist", data_dir=args.data_dir, val_fraction=1 / 60, limit_train=args.limit_train)
+    device = str(resolve_device(args.device))
+    data = load_dataset("fashion-mnist", data_dir=args.data_dir, val_fraction=args.val_fraction,
+                        limit_train=args.limit_train)
     spec = model_spec("lenet5", data.input_shape, data.num_classes)
-    recipe = Recipe(spec, data.spec, device="cpu", data=data)
+    recipe = Recipe(spec, data.spec, device=device, data=data)
+    head = {"command": " ".join(sys.argv), "device": device, "torch": torch.__version__, "optuna": optuna.__version__,
+            "settings": {**{k: str(v) for k, v in vars(args).items()}, "train": len(data.train),
+                         "val": len(data.val)}}
+
+    def save(**parts) -> None:  # raw results so far: a killed run keeps every finished repeat
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**head, **parts}, indent=1))
+
     space = _space(args.epochs)
     grid = _grid(space, args.grid)
     with quiet_optuna():
@@ -112,13 +129,16 @@ def main() -> None:
     where = {axis: grid.values[i][j] for i, (axis, j) in enumerate(zip(grid.axes, best, strict=True))}
     print(f"full grid {grid.shape}: best val {optimum:.2%} at {where}, {grid_epochs} epochs; "
           f"search budget {budget} epochs ({args.fraction:.0%})", flush=True)
+    raw_grid = {**grid.to_dict(), "values": values.tolist(), "optimum": optimum, "epochs": grid_epochs}
     runs: dict[str, list[list[dict]]] = {}
+    save(grid=raw_grid, budget_epochs=budget, runs=runs, partial=True)
     for method in args.searches.split(","):
         runs[method] = []
         for repeat in range(args.repeats):
             with quiet_optuna():
                 runs[method].append(_search(space, recipe, method, seed=repeat, budget_epochs=budget,
-                                            startup=args.startup))
+                                            startup=args.startup, epochs=args.epochs))
+            save(grid=raw_grid, budget_epochs=budget, runs=runs, partial=True)
             print(f"{method} repeat {repeat}: best {_best_by(runs[method][-1], budget, args.epochs)}", flush=True)
     checkpoints = sorted({max(args.epochs, budget // 4), budget // 2, budget})
     table = {}
@@ -148,15 +168,9 @@ def main() -> None:
     seconds = time.perf_counter() - started
     print(f"{seconds / 60:.1f} min on a 2-core CPU shared with other jobs, torch {torch.__version__}, 1 thread; "
           f"LeNet-5 on {len(data.train)} Fashion-MNIST train examples (a stratified subset), val {len(data.val)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": " ".join(sys.argv), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {platform.node()}, 2 cores shared, 1 thread",
-        "torch": torch.__version__, "optuna": optuna.__version__, "seconds": seconds,
-        "settings": {**{k: str(v) for k, v in vars(args).items()}, "train": len(data.train), "val": len(data.val)},
-        "grid": {**grid.to_dict(), "values": values.tolist(), "optimum": optimum, "epochs": grid_epochs},
-        "budget_epochs": budget, "table": table, "gap_points": goal, "goal_met": met, "runs": runs,
-    }, indent=1))
+    save(date=datetime.now(UTC).isoformat(timespec="seconds"),
+         machine=f"{platform.machine()} {platform.processor() or ''} {platform.node()}, 2 cores shared, 1 thread",
+         seconds=seconds, grid=raw_grid, budget_epochs=budget, table=table, gap_points=goal, goal_met=met, runs=runs)
     print(f"wrote {args.out}")
 
 

@@ -15,7 +15,7 @@ import pytest
 from prunescope.errors import UsageError
 from prunescope.hparams.grid import Grid, axis_values, run_grid
 from prunescope.hparams.search import best_params, epochs_spent, search
-from prunescope.hparams.shift import Axes, distance, judge, measure, pairs, regret, shift, temperature
+from prunescope.hparams.shift import Axes, Judged, Shift, distance, judge, measure, pairs, regret, shift, temperature
 from prunescope.hparams.space import load_space, parse_space
 from prunescope.hparams.studies import finished
 from prunescope.hparams.trials import Outcome, Recipe
@@ -270,6 +270,17 @@ def test_bohb_stops_trials_early():
     assert best_params(study)["lr"] == pytest.approx(0.03, rel=3)
 
 
+def test_bohb_stops_only_at_hyperband_rungs_of_a_full_trial():
+    # 9-epoch trials, reduction factor 3: rungs at epochs 1 and 3 (9 is the full trial); a trial stops nowhere else,
+    # and stopping starts before any trial has finished (with max_resource "auto" it could not)
+    study = search(parse_space(SPACE), _recipe(), method="bohb", budget=30, seed=0)
+    trials = sorted(finished(study), key=lambda t: t.number)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert {t.user_attrs["epochs"] for t in pruned} <= {1, 3}
+    assert all(t.user_attrs["epochs"] == 9 for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert epochs_spent(study) == sum(t.user_attrs["epochs"] for t in trials) <= 30 * 9
+
+
 @pytest.mark.parametrize("method", ["tpe", "gp", "random"])
 def test_every_search_runs_its_budget(method):
     study = search(parse_space(SPACE), _recipe(), method=method, budget=6, seed=0)
@@ -325,3 +336,40 @@ def test_flat_search_ranks_knobs_equally():
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: t.suggest_float("a", 0, 1) * 0 + t.suggest_float("b", 0, 1) * 0 + 0.5, n_trials=4)
     assert importances(study) == {"a": 0.5, "b": 0.5}
+
+
+def _judged(mean: float, significant: bool) -> Judged:
+    return Judged(mean, 0.0, 0.0, significant)
+
+
+def _synthetic(regret_significant: bool, lr_move: float | None) -> Shift:
+    """A shift table written by hand: regret beyond its floor or not, lr's optimum moved by ``lr_move`` decades."""
+    moved = lr_move is not None
+    return Shift(_judged(0.1, False), _judged(0.02, regret_significant), _judged(0.9, False),
+                 {"lr": _judged(lr_move or 0.0, moved), "momentum": _judged(0.05, False)},
+                 {"lr": _judged(0.0, False), "momentum": _judged(0.0, False)})
+
+
+def test_the_answer_up_to_x_fewer_macs_follows_from_a_synthetic_shift_table():
+    units = {"lr": "decades", "momentum": "momentum"}
+    degrees = [Degree("1x MACs", 0.0, _synthetic(False, None)), Degree("0.7x MACs", 0.3, _synthetic(False, None)),
+               Degree("0.5x MACs", 0.5, _synthetic(False, None)), Degree("0.25x MACs", 0.75, _synthetic(True, -1.0)),
+               Degree("0.35x MACs", 0.65, _synthetic(True, -0.5))]
+    result = verdict(degrees, units)
+    assert result.holds_until == "0.5x MACs" and result.first_failure == "0.35x MACs"
+    assert result.reduction == pytest.approx(2.0)  # 1 / (1 - 0.5)
+    assert [(m.axis, m.by, m.degree) for m in result.advice] == [("lr", -0.5, "0.35x MACs")]
+    assert result.answer.startswith("up to 2x fewer MACs the dense hyperparameters hold")
+    assert "move lr by x0.32 (-0.5 decades)" in result.answer and "2.9x fewer" in result.answer
+    assert "momentum" not in result.answer  # its optimum stayed within noise
+
+
+def test_the_answer_when_every_degree_holds_or_nothing_moves():
+    units = {"lr": "decades", "momentum": "momentum"}
+    held = verdict([Degree("1x MACs", 0.0, _synthetic(False, None)), Degree("0.25x MACs", 0.75,
+                                                                             _synthetic(False, None))], units)
+    assert held.reduction == pytest.approx(4.0) and held.first_failure is None and held.advice == ()
+    assert held.answer.startswith("up to 4x fewer MACs (every degree tested)")
+    unmoved = verdict([Degree("1x MACs", 0.0, _synthetic(False, None)), Degree("0.5x MACs", 0.5,
+                                                                                _synthetic(True, None))], units)
+    assert unmoved.reduction == pytest.approx(1.0) and "no optimum moved beyond noise: re-tune" in unmoved.answer

@@ -92,5 +92,6 @@ def hparams_command(
     write_result(out, result, prunable)
     console.print(shift_table(result.to_dict()))
     console.print(f"• {result.verdict['sentence']}", highlight=False)
+    console.print(f"• {result.verdict['answer']}", highlight=False)
     console.print(f"wrote {out / 'report.html'}, {out / 'result.json'}, landscapes.csv, shift.csv; studies in "
                   f"{result.settings['storage']}")

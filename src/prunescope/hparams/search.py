@@ -46,8 +46,14 @@ STARTUP_TRIALS = 5  # random proposals before the model-based samplers take over
 SLOT = "slot"  # the one fixed param of a search's queued trial: its place in the budget
 
 
-def sampler_for(search: str, seed: int, startup: int = STARTUP_TRIALS) -> tuple[BaseSampler, optuna.pruners.BasePruner]:
-    """The sampler and pruner of ``search`` (one of :data:`SEARCHES`)."""
+def sampler_for(search: str, seed: int, startup: int = STARTUP_TRIALS,
+                max_resource: int | None = None) -> tuple[BaseSampler, optuna.pruners.BasePruner]:
+    """The sampler and pruner of ``search`` (one of :data:`SEARCHES`).
+
+    ``max_resource``: the epochs of a full trial, Hyperband's largest rung. None leaves Optuna's
+    ``"auto"``, which prunes nothing until a first trial has finished every epoch and then
+    takes its last step + 1 (one more epoch than a trial trains: rungs are placed for it).
+    """
     if search not in SEARCHES:
         raise UsageError(f"unknown search {search!r}: use one of {', '.join(SEARCHES)}")
     never = optuna.pruners.NopPruner()
@@ -57,7 +63,8 @@ def sampler_for(search: str, seed: int, startup: int = STARTUP_TRIALS) -> tuple[
         return GPSampler(seed=seed, n_startup_trials=startup), never
     tpe = TPESampler(multivariate=True, seed=seed, n_startup_trials=startup)
     if search == "bohb":
-        return tpe, optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto", reduction_factor=3)
+        return tpe, optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_resource or "auto",
+                                                   reduction_factor=3)
     return tpe, never
 
 
@@ -113,14 +120,17 @@ class TrainObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = self.space.suggest(trial)
+        config = self.space.config(values, self.seed)
 
         def report(record: EpochRecord) -> None:
             trial.report(record.val_accuracy, record.epoch)
-            if trial.should_prune():
+            # never at the last epoch: the trial is already paid for in full, and Optuna's successive halving
+            # has a rung there too (it would discard a finished trial)
+            if record.epoch < config.epochs and trial.should_prune():
                 trial.set_user_attr("epochs", record.epoch)
                 raise optuna.TrialPruned(f"stopped after epoch {record.epoch}")
 
-        outcome = self.recipe.run(self.space.config(values, self.seed), report)
+        outcome = self.recipe.run(config, report)
         trial.set_user_attr("epochs", outcome.epochs)
         trial.set_user_attr("diverged", outcome.diverged)
         return outcome.value
@@ -146,7 +156,8 @@ def search(
     """
     if budget < 1:
         raise UsageError(f"--budget must be at least 1 trial, got {budget}")
-    _, pruner = sampler_for(method, seed)
+    epochs = dict(space.fixed).get("epochs")  # a full trial's epochs, when the space fixes them
+    _, pruner = sampler_for(method, seed, max_resource=epochs if isinstance(epochs, int) else None)
     identity = {"role": "search", "space": space.to_dict(), "search": method, "seed": seed,
                 "model": recipe.model_spec, "dataset": recipe.dataset_spec}
     return run_study(storage, name, identity, TrainObjective(space, recipe, seed), [{SLOT: i} for i in range(budget)],

@@ -44,6 +44,7 @@ from prunescope.trials.points import Execution
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, open_storage
 from prunescope.trust import Trust
 
+RESOURCE = {"channel": "MACs", "weight": "weights"}  # what each granularity removes, for the verdict's "X× fewer"
 GRID_LIMIT = 1000  # trainings of all grids together (points × seeds × degrees) allowed without force
 
 Progress = Callable[[str, int, int | None], None]
@@ -280,7 +281,7 @@ def study(
         temperature=tau,
         units=units,
         landscapes=landscapes,
-        verdict=verdict(judged, units).to_dict(),
+        verdict=verdict(judged, units, RESOURCE[config.granularity]).to_dict(),
     )
     return result
 

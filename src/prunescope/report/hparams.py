@@ -12,7 +12,7 @@ dataset specs and an ``hparams`` section, :meth:`HparamsResult.to_dict`::
                      "shift": {"distance" | "regret" | "rank": {"mean", "std", "floor", "significant", "values"},
                                "displacement" | "importance": {axis: {…same…}}}}],
      "verdict": {"holds_until", "first_failure", "moves_first": {"axis", "degree", "direction", "by", "unit"},
-                 "sentence"}}
+                 "sentence", "reduction", "advice": [{…as moves_first…}], "answer"}}
 
 Accuracies, regrets and distances are fractions (regret 0.01 = one point); displacements are
 in the axis' unit (decades on a log axis).
