@@ -198,7 +198,8 @@ def test_a_language_model_is_scanned_picked_compared_and_pruned_on_perplexity(la
     picked = _cli("pick", "--scan", str(tmp_path / "scan"), "--picker", "budget", "--target-sparsity", "0.5", *common)
     assert "% perplexity" in picked
     compared = _cli("compare", "--checkpoint", str(language_model), "--scan", str(tmp_path / "scan"),
-                    "--sparsities", "0.5", "--allocations", "ours,uniform,owl,alpha,alpha-tuned", "--criterion", "wanda",
+                    "--sparsities", "0.5", "--allocations", "ours,uniform,owl,alpha,alpha-tuned",
+                    "--criterion", "wanda",
                     "--out", str(tmp_path / "compare"), *common)
     assert "one-shot perplexity" in compared
     rows = json.loads((tmp_path / "compare" / "result.json").read_text())["comparison"]["rows"]

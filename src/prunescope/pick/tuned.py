@@ -3,7 +3,8 @@
 Each grid point is the allocation at the same global sparsity (every one removes exactly
 round(s · N) weights), measured jointly on val through the problem's ``validation`` (each
 allocation once); the best val metric wins (the curves' metric, accuracy without a scan;
-the lowest perplexity for a language model: compared as scores, higher is better), ties to the earlier point, and the grid lists the paper's default first. The test split is
+the lowest perplexity for a language model: compared as scores, higher is better), ties to
+the earlier point, and the grid lists the paper's default first. The test split is
 never read. The chosen settings and every point's val metric are in the pick's details.
 """
 
