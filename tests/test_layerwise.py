@@ -10,6 +10,7 @@ from torch import nn
 
 from prunescope.data.types import Split
 from prunescope.errors import UsageError
+from prunescope.evaluate import Metrics
 from prunescope.masks import removed_count
 from prunescope.models import build_model
 from prunescope.pick import Problem, make_allocator
@@ -193,7 +194,8 @@ class _Validation:
 
     def __call__(self, allocation):
         self.evaluations += 1
-        return {"accuracy": 1 - allocation.get(self.first, 0.0)}
+        accuracy = 1 - allocation.get(self.first, 0.0)
+        return Metrics(accuracy=accuracy, macro_f1=None, loss=1.0, n=1, accuracy_ci=(accuracy, accuracy))
 
 
 def test_the_tuned_rows_select_their_grid_on_val_and_say_what_they_chose():
