@@ -72,7 +72,8 @@ def analyse(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     for cell in cells:
         cell["regime"] = classify(cell["mc"], cell["cka_outputs"], eps, delta)
     return {"boundaries": chosen, "cells": cells, "effect": cases.temperature_effect(cells),
-            "direction": cases.direction(cells, eps, delta), "direction_val": cases.direction(cells, eps, delta, "error"),
+            "direction": cases.direction(cells, eps, delta),
+            "direction_val": cases.direction(cells, eps, delta, "error"),
             "walks": cases.walks(cells, eps, delta), "selection": cases.selection(summaries, eps, delta)}
 
 
@@ -101,7 +102,8 @@ def print_tables(record: dict[str, Any]) -> None:
     print("\nraising the temperature (test error change, +: hurts, -: helps; * beyond the spread):")
     for e in analysis["effect"]:
         mark = "*" if e["effect"] else " "
-        print(f"  d={e['density']:g}: {e['from']:g} -> {e['to']:g}: {e['change']:+.2%} (spread {e['spread']:.2%}){mark}")
+        print(f"  d={e['density']:g}: {e['from']:g} -> {e['to']:g}: {e['change']:+.2%} "
+              f"(spread {e['spread']:.2%}){mark}")
     d, w = analysis["direction"], analysis["walks"]
     print(f"\ncase 1, direction (test): right {d['right']}, wrong {d['wrong']}, tie {d['tie']} of {d['total']} steps; "
           f"walks within the spread of the best {w['within_spread']} / {w['total']}, staying put "
