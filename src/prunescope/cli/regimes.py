@@ -121,6 +121,11 @@ def regimes_command(
     = "sgd",
     finetune_epochs: Annotated[int, typer.Option(help="Recovery epochs of every pruned model.")] = 10,
     finetune_lr: Annotated[float, typer.Option(help="Recovery peak learning rate (SGD, cosine).")] = 0.1,
+    recovery_temperature: Annotated[bool, typer.Option(help="The temperature also sets the recovery (its epochs, "
+                                                            "lr, batch size or SAM radius), as the paper's code.")]
+    = False,
+    dense_seed: Annotated[int, typer.Option(help="Seed of the dense models (one-mask pairing); another value "
+                                                  "replicates the diagram.")] = 0,
     allocation: Annotated[str, typer.Option(help="How the sparsity is split over layers.")] = "global",
     pairing: Annotated[str, typer.Option(help=f"{' or '.join(PAIRINGS)}: one dense model and mask recovered with "
                                                "several seeds (the paper's), or dense models of several seeds.")]
@@ -152,6 +157,7 @@ def regimes_command(
         values=numbers("--values", values), densities=numbers("--densities", densities), seeds=seeds,
         epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr, allocation=allocation, pairing=pairing, scratch=scratch, seed=seed, device=device,
+        recovery_temperature=recovery_temperature, dense_seed=dense_seed,
     )
     with console.status("regime study") as status:
         summary = study(settings, out, workers=workers, epsilon=epsilon, delta=delta, start=start,

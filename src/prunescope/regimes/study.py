@@ -110,6 +110,8 @@ class RegimeSettings:
     bn_batches: int = 20
     scratch: bool = False
     seed: int = 0
+    dense_seed: int = 0  # one-mask pairing: the dense model's seed (another value replicates the whole diagram)
+    recovery_temperature: bool = False  # the temperature also sets the recovery (see recovery_config)
     device: str = "auto"  # resolved by each worker where it runs
 
     def __post_init__(self) -> None:
@@ -124,8 +126,8 @@ class RegimeSettings:
         return sorted(self.values, reverse=self.temperature == "batch-size")
 
     def dense_seeds(self) -> range:
-        """Seeds of the dense models: one per pruned model, or only seed 0 when they share one mask."""
-        return range(self.seeds) if self.pairing == "seeds" else range(1)
+        """Seeds of the dense models: one per pruned model, or only ``dense_seed`` when they share one mask."""
+        return range(self.seeds) if self.pairing == "seeds" else range(self.dense_seed, self.dense_seed + 1)
 
     def dense_config(self, value: float, seed: int) -> TrainConfig:
         """Training settings of the dense model at temperature ``value``."""
@@ -139,9 +141,23 @@ class RegimeSettings:
             return replace(config, lr=float(value))
         return replace(config, sam_rho=float(value))
 
-    def recovery_config(self, seed: int) -> TrainConfig:
-        """The fine-tuning that recovers a pruned model (``finetune_epochs``, ``finetune_lr``) with ``seed``."""
-        return TrainConfig(epochs=self.finetune_epochs, lr=self.finetune_lr, batch_size=self.batch_size, seed=seed)
+    def recovery_config(self, seed: int, value: float | None = None) -> TrainConfig:
+        """The fine-tuning that recovers a pruned model (``finetune_epochs``, ``finetune_lr``) with ``seed``.
+
+        With ``recovery_temperature`` the swept setting of the cell's temperature ``value`` also
+        sets the recovery (as the paper's code retrains at the dense model's settings): its
+        epochs, learning rate, batch size or SAM radius.
+        """
+        config = TrainConfig(epochs=self.finetune_epochs, lr=self.finetune_lr, batch_size=self.batch_size, seed=seed)
+        if not self.recovery_temperature or value is None:
+            return config
+        if self.temperature == "epochs":
+            return replace(config, epochs=int(value))
+        if self.temperature == "batch-size":
+            return replace(config, batch_size=int(value))
+        if self.temperature == "lr":
+            return replace(config, lr=float(value))
+        return replace(config, optimizer="sam", sam_rho=float(value))
 
 
 def check(settings: RegimeSettings) -> None:
@@ -170,13 +186,15 @@ def check(settings: RegimeSettings) -> None:
     if s.temperature in ("lr", "sam-rho") and any(not v >= 0 or (s.temperature == "lr" and v == 0)
                                                   for v in s.values):
         raise UsageError(f"--values of {s.temperature} must be positive numbers, got {list(s.values)}")
+    if s.dense_seed < 0:
+        raise UsageError(f"--dense-seed {s.dense_seed}: a seed is a whole number of at least 0")
     if s.bn_batches < 1:
         raise UsageError(f"--bn-batches {s.bn_batches}: BatchNorm recomputation needs at least one batch")
     if s.points < MIN_POINTS:
         raise UsageError(f"--points {s.points}: the line needs at least {MIN_POINTS} points")
     for value in s.values:  # every TrainConfig the study will build, checked before any work
         s.dense_config(value, 0)
-    s.recovery_config(0)
+        s.recovery_config(0, value)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -207,8 +225,10 @@ def model_spec_of(settings: RegimeSettings, data: Dataset) -> dict[str, Any]:
 
 
 def _error(model: torch.nn.Module, data: Dataset, device: str) -> dict[str, float]:
+    """Val error and loss (what the study decides on) and test error (what judges the decisions)."""
     metrics = Evaluator(model, data.val, device=device).evaluate()
-    return {"error": 1.0 - metrics.accuracy, "loss": metrics.loss}
+    test = Evaluator(model, data.test, device=device).evaluate()
+    return {"error": 1.0 - metrics.accuracy, "loss": metrics.loss, "test_error": 1.0 - test.accuracy}
 
 
 def _train_dense(settings: RegimeSettings, out: Path, value: float, seed: int) -> dict[str, Any]:
@@ -253,11 +273,12 @@ def _measure_cell(settings: RegimeSettings, out: Path, value: float, density: fl
     device = resolve_device(settings.device)
     models, scratch = [], []
     for seed in range(settings.seeds):
-        source = seed if settings.pairing == "seeds" else 0
+        source = seed if settings.pairing == "seeds" else settings.dense_seed
         trust = Trust.of_specs(spec, data.spec)  # the study's own models: only their factories are imported
         dense = load_checkpoint(_dense_path(out, value, source), trust_factory=trust).model.to(device)
-        model, masks = recover(dense, data, density, settings.recovery_config(seed), allocation=settings.allocation,
-                               criterion=settings.criterion, spec=spec, device=device, mask_seed=source,
+        model, masks = recover(dense, data, density, settings.recovery_config(seed, value),
+                               allocation=settings.allocation, criterion=settings.criterion, spec=spec,
+                               device=device, mask_seed=source,
                                checkpoint=out / "cells" / f"T={value:g}" / f"d={density:g}" / f"seed{seed}.pt")
         models.append(model)
         if settings.scratch:
@@ -266,7 +287,8 @@ def _measure_cell(settings: RegimeSettings, out: Path, value: float, density: fl
             scratch.append(_error(trained.model, data, device)["error"])
     measured = [_error(m, data, device) for m in models]
     return {"temperature": value, "density": density, "errors": [m["error"] for m in measured],
-            "losses": [m["loss"] for m in measured], "scratch_errors": scratch,
+            "losses": [m["loss"] for m in measured], "test_errors": [m["test_error"] for m in measured],
+            "scratch_errors": scratch,
             "pairs": compare(models, data, points=settings.points, device=device, seed=settings.seed,
                              bn_batches=settings.bn_batches)}
 
@@ -312,15 +334,19 @@ def summarise(settings: RegimeSettings, dense: dict[str, dict], cells: dict[str,
             mc, mc_std = _mean_std([p["mc"] for p in cell["pairs"]])
             cka, cka_std = _mean_std([p["cka_outputs"] for p in cell["pairs"]])
             features, _ = _mean_std([p["cka_features"] for p in cell["pairs"]])
+            test_error, test_error_std = _mean_std(cell.get("test_errors", []))  # absent from older journals
             scratch, scratch_std = _mean_std(cell["scratch_errors"])
-            dense_error, _ = _mean_std([dense[_key(value, seed=s)]["error"] for s in settings.dense_seeds()])
+            dense_runs = [dense[_key(value, seed=s)] for s in settings.dense_seeds()]
+            dense_error, _ = _mean_std([d["error"] for d in dense_runs])
+            dense_test_error, _ = _mean_std([d.get("test_error") for d in dense_runs])
             rows.append({
                 "temperature": value, "density": density, "error": error, "error_std": error_std, "loss": loss,
                 "mc": mc, "mc_std": mc_std, "cka_outputs": cka, "cka_outputs_std": cka_std,
                 "cka_features": features, "regime": classify(mc, cka, epsilon, delta), "dense_error": dense_error,
+                "dense_test_error": dense_test_error, "test_error": test_error, "test_error_std": test_error_std,
                 "scratch_error": scratch if cell["scratch_errors"] else None,
                 "scratch_error_std": scratch_std if cell["scratch_errors"] else None,
-                "errors": cell["errors"], "pairs": cell["pairs"],
+                "errors": cell["errors"], "test_errors": cell.get("test_errors", []), "pairs": cell["pairs"],
             })
     advice = []
     for density in settings.densities:
