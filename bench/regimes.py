@@ -72,6 +72,7 @@ def analyse(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     for cell in cells:
         cell["regime"] = classify(cell["mc"], cell["cka_outputs"], eps, delta)
     return {"boundaries": chosen, "cells": cells, "effect": cases.temperature_effect(cells),
+            "transitions": cases.transitions(cells),
             "direction": cases.direction(cells, eps, delta),
             "direction_val": cases.direction(cells, eps, delta, "error"),
             "walks": cases.walks(cells, eps, delta), "selection": cases.selection(summaries, eps, delta)}
@@ -104,6 +105,13 @@ def print_tables(record: dict[str, Any]) -> None:
         mark = "*" if e["effect"] else " "
         print(f"  d={e['density']:g}: {e['from']:g} -> {e['to']:g}: {e['change']:+.2%} "
               f"(spread {e['spread']:.2%}){mark}")
+    print("\nthe transition: raising the temperature helps beyond the spread at one density and hurts at another:")
+    for t in analysis["transitions"]:
+        steps = ", ".join(f"d={s['density']:g} {s['change']:+.2%} (spread {s['spread']:.2%})"
+                          for s in t["helps"] + t["hurts"])
+        print(f"  {t['from']:g} -> {t['to']:g}: {steps}")
+    if not analysis["transitions"]:
+        print("  none: every raise helps at every density, hurts at every density, or ties")
     d, w = analysis["direction"], analysis["walks"]
     print(f"\ncase 1, direction (test): right {d['right']}, wrong {d['wrong']}, tie {d['tie']} of {d['total']} steps; "
           f"walks within the spread of the best {w['within_spread']} / {w['total']}, staying put "

@@ -115,3 +115,14 @@ def test_temperature_effect_marks_help_and_harm_beyond_the_spread():
     effects = cases.temperature_effect(COLUMN)
     assert [e["effect"] for e in effects] == [-1, 0, 1]  # helps, tie (1 point = the spread), hurts
     assert effects[0]["change"] == pytest.approx(-0.10)
+
+
+def test_a_transition_is_a_raise_that_helps_at_one_load_and_hurts_at_another():
+    # 1 -> 3 helps at d = 0.02 (30% -> 20%), hurts at d = 0.5 (10% -> 15%); 1 -> 2 helps at both.
+    grid = [cell(1, 0.02, error=0.30, std=0.01), cell(2, 0.02, error=0.25, std=0.01), cell(3, 0.02, error=0.20, std=0.01),
+            cell(1, 0.5, error=0.10, std=0.01), cell(2, 0.5, error=0.08, std=0.01), cell(3, 0.5, error=0.15, std=0.01)]
+    found = cases.transitions(grid)
+    assert {(t["from"], t["to"]) for t in found} == {(1, 3), (2, 3)}
+    one_three = next(t for t in found if (t["from"], t["to"]) == (1, 3))
+    assert [s["density"] for s in one_three["helps"]] == [0.02] and [s["density"] for s in one_three["hurts"]] == [0.5]
+    assert cases.transitions(grid[:3]) == []  # one density: no load to differ at

@@ -219,18 +219,35 @@ def tuning(cells: Sequence[Cell], epsilon: float, delta: float, metric: str = "t
     return rows
 
 
+def _step(low: Cell, high: Cell, metric: str) -> dict[str, Any]:
+    """The change in ``metric`` from ``low`` to ``high`` (one density) and whether it is beyond the spread."""
+    return {"density": low["density"], "from": low["temperature"], "to": high["temperature"],
+            "change": high[metric] - low[metric],
+            "spread": max(low[f"{metric}_std"] or 0.0, high[f"{metric}_std"] or 0.0),
+            "effect": differs(high[metric], high[f"{metric}_std"] or 0.0, low[metric], low[f"{metric}_std"] or 0.0)}
+
+
 def temperature_effect(cells: Sequence[Cell], metric: str = "test_error") -> list[dict[str, Any]]:
     """Per density and step up the temperature grid: the change in ``metric`` and whether it is beyond the spread.
 
     The paper's transition: raising the temperature lowers the error at one load (``-1``)
     and raises it at another (``+1``).
     """
-    rows = []
-    for density, column in columns(cells).items():
-        for low, high in itertools.pairwise(column):
-            change = high[metric] - low[metric]
-            rows.append({"density": density, "from": low["temperature"], "to": high["temperature"], "change": change,
-                         "spread": max(low[f"{metric}_std"] or 0.0, high[f"{metric}_std"] or 0.0),
-                         "effect": differs(high[metric], high[f"{metric}_std"] or 0.0, low[metric],
-                                           low[f"{metric}_std"] or 0.0)})
-    return rows
+    return [_step(low, high, metric) for column in columns(cells).values() for low, high in itertools.pairwise(column)]
+
+
+def transitions(cells: Sequence[Cell], metric: str = "test_error") -> list[dict[str, Any]]:
+    """Every raise of the temperature (any two grid values, not only neighbours) that helps beyond the spread
+    at some density and hurts beyond it at another: the paper's sharp transition, with those densities.
+    """
+    by_pair: dict[tuple[float, float], list[dict[str, Any]]] = {}
+    for column in columns(cells).values():
+        for low, high in itertools.combinations(column, 2):
+            by_pair.setdefault((low["temperature"], high["temperature"]), []).append(_step(low, high, metric))
+    found = []
+    for (low, high), steps in by_pair.items():
+        helps = [s for s in steps if s["effect"] < 0]
+        hurts = [s for s in steps if s["effect"] > 0]
+        if helps and hurts:
+            found.append({"from": low, "to": high, "helps": helps, "hurts": hurts})
+    return found
