@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=8)
     parser.add_argument("--grid", default="3x3")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--axes", default="", help="the grid's knobs, e.g. lr,momentum (default: the two most "
+                        "important by fANOVA on the dense search)")
     parser.add_argument("--target-macs", default="1,0.7,0.5,0.35,0.25")
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist or mnist (IDX files in --data-dir)")
     parser.add_argument("--val-fraction", type=float, default=1 / 60)
@@ -61,7 +63,8 @@ def main() -> None:
     device = str(resolve_device(args.device))
     config = HparamsConfig(model=args.model, data=args.data, data_dir=args.data_dir,
                            limit_train=args.limit_train, val_fraction=args.val_fraction, space=space, search="tpe",
-                           budget=args.budget, grid=args.grid, seeds=args.seeds, granularity="channel",
+                           budget=args.budget, grid=args.grid, axes=tuple(a for a in args.axes.split(",") if a),
+                           seeds=args.seeds, granularity="channel",
                            levels=tuple(float(v) for v in args.target_macs.split(",")), recover=args.recover,
                            device=device)
     result = study(config, args.work, progress=lambda stage, done, total: print(f"{stage} {done}/{total}",

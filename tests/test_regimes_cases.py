@@ -119,7 +119,8 @@ def test_temperature_effect_marks_help_and_harm_beyond_the_spread():
 
 def test_a_transition_is_a_raise_that_helps_at_one_load_and_hurts_at_another():
     # 1 -> 3 helps at d = 0.02 (30% -> 20%), hurts at d = 0.5 (10% -> 15%); 1 -> 2 helps at both.
-    grid = [cell(1, 0.02, error=0.30, std=0.01), cell(2, 0.02, error=0.25, std=0.01), cell(3, 0.02, error=0.20, std=0.01),
+    grid = [cell(1, 0.02, error=0.30, std=0.01), cell(2, 0.02, error=0.25, std=0.01),
+            cell(3, 0.02, error=0.20, std=0.01),
             cell(1, 0.5, error=0.10, std=0.01), cell(2, 0.5, error=0.08, std=0.01), cell(3, 0.5, error=0.15, std=0.01)]
     found = cases.transitions(grid)
     assert {(t["from"], t["to"]) for t in found} == {(1, 3), (2, 3)}
