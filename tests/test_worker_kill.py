@@ -98,7 +98,9 @@ def kill_a_worker(scan: subprocess.Popen, journal: Path, rng: random.Random, poi
         wait_until(lambda: len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= after, scan,
                    f"{after} complete trials")
     time.sleep(rng.uniform(0, 0.05))
-    victim = rng.choice(workers(scan.pid))
+    alive = workers(scan.pid)
+    assert alive, "no worker left to kill: the scan finished its points first"
+    victim = rng.choice(alive)
     os.kill(victim, signal.SIGKILL)
     return victim
 
