@@ -33,7 +33,7 @@ from prunescope.data import load_dataset
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
-from prunescope.io import write_csv, write_json
+from prunescope.io import read_json, write_csv, write_json
 from prunescope.masks import compute_masks
 from prunescope.models import build_model, load_weights, model_spec
 from prunescope.pick.choose import choose
@@ -102,8 +102,8 @@ class Stages:
         path = self.directory / f"{name}.json"
         if path.is_file():
             try:
-                saved = json.loads(path.read_text())
-            except (ValueError, OSError):
+                saved = read_json(path, str(path))
+            except UsageError:
                 saved = {}  # a damaged cache entry is recomputed, never trusted
             if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("result"), dict):
                 return saved["result"]

@@ -65,7 +65,7 @@ from torch.export.passes import move_to_device_pass
 from prunescope.checkpoint import load_checkpoint
 from prunescope.device import resolve_device
 from prunescope.errors import PrunescopeError, UsageError
-from prunescope.io import atomic_write
+from prunescope.io import atomic_write, parse_json
 from prunescope.models import build_from_spec
 from prunescope.trust import Trust, check_spec
 
@@ -365,8 +365,8 @@ def _metadata(path: Path, text: str) -> dict[str, Any]:
             f"{path} is a torch.export archive but not a prunescope export (no {METADATA_FILE}): {_HOW_TO_WRITE}"
         )
     try:
-        metadata = json.loads(text)
-    except json.JSONDecodeError:
+        metadata = parse_json(text, METADATA_FILE)
+    except UsageError:
         raise UsageError(f"{path} has a damaged {METADATA_FILE}: re-export it; {_HOW_TO_WRITE}") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise UsageError(f"{path} is a torch.export archive but not a prunescope export: {_HOW_TO_WRITE}")
