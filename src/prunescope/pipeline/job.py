@@ -193,7 +193,7 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     # val (which chooses its per-layer threshold), verified jointly on val
     # Key later stages on what the curves say, not on the scan's bookkeeping (a scan reloaded from
     # its journal reports other ``reused`` / ``examples`` counts for the same points).
-    bookkeeping = ("evaluations", "reused", "examples")
+    bookkeeping = ("evaluations", "reused", "evaluated_here", "examples")
     scan_key = {"curves": {k: v for k, v in curves.to_dict().items() if k not in bookkeeping}}
     pick_inputs = {**scan_key, "max_drop": config.max_drop, "recalibrate_bn": config.recalibrate_bn,
                    "folds": config.folds, "cv": config.cv}
