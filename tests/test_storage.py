@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from prunescope.errors import UsageError
-from prunescope.trials.storage import open_storage
+from prunescope.trials.storage import JOURNAL_OPS, open_storage
 
 RECORD = {"op_code": 0, "worker_id": "w-1", "study_name": "scan", "directions": [2]}
 
@@ -73,3 +73,9 @@ def test_an_empty_file_or_a_new_path_is_a_fresh_journal(tmp_path: Path):
     fresh = tmp_path / "sub" / "new.journal"
     optuna.create_study(storage=open_storage(fresh), study_name="s")
     assert fresh.is_file()
+
+
+def test_the_op_codes_accepted_are_optunas():
+    from optuna.storages.journal._storage import JournalOperation  # private: checked here, not imported by prunescope
+
+    assert set(JOURNAL_OPS) == {op.value for op in JournalOperation}
