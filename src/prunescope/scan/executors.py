@@ -65,8 +65,7 @@ def executor(
     # Each worker loads the study from its place (the drain is pickled without it).
     pool = make_executor(
         kind, Drain(study.spec.place, ScanObjective(study.spec, evaluate), run=study.run), workers,
-        ray_address=ray_address,
-        gpus_per_worker=gpus_per_worker,
+        ray_address=ray_address, gpus_per_worker=gpus_per_worker,
     )
     try:
         yield Pooled(pool)
