@@ -10,7 +10,6 @@ an explicit setting that the run would not use.
 from __future__ import annotations
 
 import math
-import tomllib
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prunescope.errors import UsageError
+from prunescope.io import read_toml
 
 
 @dataclass(frozen=True)
@@ -156,10 +156,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> RunConfig
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"config file {path} not found")
-        try:
-            loaded = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise UsageError(f"{path} is not valid TOML: {error}") from None
+        loaded = read_toml(path, str(path))
         for key, value in loaded.items():
             if key not in known:
                 raise UsageError(f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(known))}")

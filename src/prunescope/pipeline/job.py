@@ -33,7 +33,7 @@ from prunescope.data import load_dataset
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
-from prunescope.io import write_csv, write_json
+from prunescope.io import read_json, write_csv, write_json
 from prunescope.masks import compute_masks
 from prunescope.models import build_model, load_weights, model_spec
 from prunescope.pick.choose import choose
@@ -103,8 +103,8 @@ class Stages:
         path = self.directory / f"{name}.json"
         if path.is_file():
             try:
-                saved = json.loads(path.read_text())
-            except (ValueError, OSError):
+                saved = read_json(path, str(path))
+            except UsageError:
                 saved = {}  # a damaged cache entry is recomputed, never trusted
             if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("result"), dict):
                 return saved["result"]
@@ -230,7 +230,7 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     # val (which chooses its per-layer threshold), verified jointly on val
     # Key later stages on what the curves say, not on the scan's bookkeeping (a scan reloaded from
     # its journal reports other ``reused`` / ``examples`` counts for the same points).
-    bookkeeping = ("evaluations", "reused", "examples")
+    bookkeeping = ("evaluations", "reused", "evaluated_here", "examples")
     scan_key = {"curves": {k: v for k, v in curves.to_dict().items() if k not in bookkeeping}}
     pick_inputs = {**scan_key, "max_drop": max_drop, "recalibrate_bn": config.recalibrate_bn,
                    "folds": config.folds, "cv": config.cv}
