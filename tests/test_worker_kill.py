@@ -126,6 +126,8 @@ def test_a_scan_whose_worker_is_killed_at_a_random_moment_finishes_every_point_o
     try:
         kill_a_worker(scan, journal, random.Random(seed), points)
         _, err = scan.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the scan hung: still running {TIMEOUT} s after a worker was killed")
     finally:
         if scan.poll() is None:  # hung: stop it and its workers before failing
             os.killpg(scan.pid, signal.SIGKILL)
