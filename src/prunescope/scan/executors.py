@@ -4,7 +4,8 @@ The runner hands a round's points to ``run(study, points, on_done)``: the points
 holds are queued (by this process or any other sharing the study), the workers evaluate
 queued trials, and ``run`` returns once every one of ``points`` is finished, wherever it
 ran, calling ``on_done(point, measurement)`` for each as it finishes. A point whose worker
-died is queued again while we wait (see :func:`prunescope.trials.queue.plan`).
+died is queued again while we wait (see :func:`prunescope.trials.queue.plan`). A private
+(in-memory) study has no queue: :class:`InProcess` evaluates its points one by one.
 """
 
 from __future__ import annotations
@@ -28,14 +29,26 @@ class Executor(Protocol):
 
 
 class InProcess:
-    """Evaluate in this process (any storage, in memory included)."""
+    """Evaluate in this process (any storage, in memory included).
+
+    A private (in-memory) study is evaluated point by point, each recorded as one trial at
+    once: no other process can hold its points, so the queue, which costs as much as a small
+    model's evaluation per point, has nothing to share.
+    """
 
     def __init__(self, evaluate: Evaluate) -> None:
         self.evaluate = evaluate
 
     def run(self, study: ScanStudy, points: Sequence[Point], on_done: OnDone) -> None:
-        drain = Drain(study.spec.place, ScanObjective(study.spec, self.evaluate), study.study)
-        settle_points(Local(drain), points, study.finished, study.enqueue, on_done)
+        objective = ScanObjective(study.spec, self.evaluate)
+        if study.spec.private:
+            for point in points:
+                measured, attrs = objective.measure(point)
+                study.add(point, measured, attrs)
+                on_done(point, measured)
+            return
+        settle_points(Local(Drain(study.spec.place, objective, study.study)), points, study.finished, study.enqueue,
+                      on_done)
 
 
 class Pooled:
