@@ -51,15 +51,15 @@ def trained() -> tuple[TinyNet, Dataset]:
 
 @pytest.fixture
 def forward_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts evaluations that really run the model (in this process)."""
+    """Counts evaluations that really run the model (in this process): the logits of its inputs."""
     count = [0]
-    original = Evaluator.evaluate
+    original = Evaluator.logits
 
     def counting(self: Evaluator):
         count[0] += 1
         return original(self)
 
-    monkeypatch.setattr(Evaluator, "evaluate", counting)
+    monkeypatch.setattr(Evaluator, "logits", counting)
     return count
 
 

@@ -114,8 +114,8 @@ class WeightPruning:
     Masks are those of :func:`prunescope.masks.compute_masks`, computed faster for one
     target: the mask is ``score > k-th lowest`` (one selection, :func:`prunescope.masks.lowest_cut`),
     which is exactly the ``k`` lowest when it removes exactly ``k`` (no tie at the ``k``-th); on
-    a tie ``compute_masks`` itself decides. Nothing is cached per target, so that a scan holds
-    no copy of the scores beyond ``scores`` itself.
+    a tie ``compute_masks`` itself decides. Only the cuts are kept (one number per target and
+    count), so that a scan holds no copy of the scores beyond ``scores`` itself.
 
     As :class:`Units` (``granularity="weight"``), built by :func:`find_units` with the
     model's input shape: each target's unit carries its weights and their dense MACs.
@@ -139,12 +139,16 @@ class WeightPruning:
         self._dense_macs = macs.dense if macs is not None else 0
         self._macs = {t.name: macs.per_weight.get(t.name, (0, 0))[0] if macs else 0 for t in self.targets}
         self.units = [Unit(t.name, t.kind, t.numel, t.numel, self._macs[t.name]) for t in self.targets]
+        # (target, k) -> its cut (None: compute_masks decides); a scan measures one point on several subsets.
+        self._cuts: dict[tuple[str, int], torch.Tensor | None] = {}
 
     def masks(self, target: str, sparsity: float) -> Masks:
         """``compute_masks(scores, {target: sparsity})``, by selecting the ``k``-th lowest score where exact."""
         score = self.scores[target]
         k = removed_count(sparsity, score.numel())
-        cut = lowest_cut(score, k) if 0 < k <= score.numel() else None
+        if (target, k) not in self._cuts:
+            self._cuts[target, k] = lowest_cut(score, k) if 0 < k <= score.numel() else None
+        cut = self._cuts[target, k]
         if cut is not None:
             return {target: above(score, cut)}
         return compute_masks(self.scores, {target: sparsity})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 
@@ -11,7 +12,7 @@ from prunescope.curves import ExampleResults
 from prunescope.data.types import Split
 from prunescope.device import resolve_device
 from prunescope.errors import PrunescopeError
-from prunescope.evaluate import Evaluator, pack_bits, subset_indices, unpack_bits
+from prunescope.evaluate import Evaluator, Metrics, pack_bits, subset_indices, unpack_bits
 from prunescope.measure import fastest_batch_size
 from prunescope.scan.runner import ScanOutcome
 from prunescope.scan.study import DENSE, Measurement, Point
@@ -90,28 +91,28 @@ class ModelEvaluation:
     def __call__(self, target: str, sparsity: float, n: int) -> Measurement:
         evaluator = self._evaluator(n)
         paired = self.metric == "accuracy"
-        if target == DENSE:
-            metrics = evaluator.evaluate()
-        else:
-            if paired and n not in self._dense_correct:
-                evaluator.evaluate()  # the dense model's answers on these examples, for the paired counts
-                self._dense_correct[n] = evaluator.correct
-            with self.pruning.applied({target: sparsity}):
-                metrics = evaluator.evaluate()
-        value = metrics.score(self.metric)
-        if not math.isfinite(value):
-            what = "the dense model" if target == DENSE else f"pruning {target} to {sparsity:.1%}"
-            raise PrunescopeError(f"{what} made the val {self.metric} {metrics.get(self.metric)} (loss "
-                                  f"{metrics.loss}): exclude that layer (--exclude) or scan lower levels")
-        if not paired:
-            return Measurement(value, value, value)
-        low, high = metrics.accuracy_ci
+        if paired and target != DENSE and n not in self._dense_correct:
+            evaluator.accuracy()  # the dense model's answers on these examples, for the paired counts
+            self._dense_correct[n] = evaluator.correct
+        with contextlib.nullcontext() if target == DENSE else self.pruning.applied({target: sparsity}):
+            if not paired:
+                return self._unpaired(evaluator.evaluate(), target, sparsity)
+            value, (low, high) = evaluator.accuracy()  # accuracy alone: the loss and macro-F1 are not read
         pruned = evaluator.correct
         if target == DENSE:
             self._dense_correct[n] = pruned
         dense = self._dense_correct[n]
         lost, gained = int((dense & ~pruned).sum()), int((~dense & pruned).sum())
         return Measurement(value, low, high, lost=lost, gained=gained, correct=pack_bits(pruned))
+
+    def _unpaired(self, metrics: Metrics, target: str, sparsity: float) -> Measurement:
+        """The measurement of a metric other than accuracy (no interval); refused where it is not finite."""
+        value = metrics.score(self.metric)
+        if not math.isfinite(value):
+            what = "the dense model" if target == DENSE else f"pruning {target} to {sparsity:.1%}"
+            raise PrunescopeError(f"{what} made the val {self.metric} {metrics.get(self.metric)} (loss "
+                                  f"{metrics.loss}): exclude that layer (--exclude) or scan lower levels")
+        return Measurement(value, value, value)
 
 
 def example_results(outcome: ScanOutcome, size: int, seed: int) -> ExampleResults:

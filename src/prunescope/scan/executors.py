@@ -5,7 +5,7 @@ holds are queued (by this process or any other sharing the study), the workers e
 queued trials, and ``run`` returns once every one of ``points`` is finished, wherever it
 ran, calling ``on_done(point, measurement)`` for each as it finishes. A point whose worker
 died is queued again while we wait (see :func:`prunescope.trials.queue.plan`). A private
-(in-memory) study has no queue: :class:`InProcess` evaluates its points one by one.
+(in-memory) study has no queue nor trials: :class:`InProcess` evaluates its points one by one.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ class Executor(Protocol):
 class InProcess:
     """Evaluate in this process (any storage, in memory included).
 
-    A private (in-memory) study is evaluated point by point, each recorded as one trial at
-    once: no other process can hold its points, so the queue, which costs as much as a small
-    model's evaluation per point, has nothing to share.
+    A private (in-memory) study is evaluated point by point without trials: no other process
+    can hold or read its points, so the queue and the trials, which cost as much as a small
+    model's evaluation per point, would serve nobody.
     """
 
     def __init__(self, evaluate: Evaluate) -> None:
@@ -43,9 +43,7 @@ class InProcess:
         objective = ScanObjective(study.spec, self.evaluate)
         if study.spec.private:
             for point in points:
-                measured, attrs = objective.measure(point)
-                study.add(point, measured, attrs)
-                on_done(point, measured)
+                on_done(point, objective.measure(point))
             return
         settle_points(Local(Drain(study.spec.place, objective, study.study)), points, study.finished, study.enqueue,
                       on_done)

@@ -8,7 +8,9 @@ subset, ``lost`` / ``gained`` (examples the dense model got right and this one w
 the reverse, on the same examples) and ``correct``: which of the ``n`` examples it got right
 (:func:`prunescope.evaluate.pack_bits`, in the order of
 :func:`prunescope.evaluate.subset_indices`). Any number of processes (on any number of
-machines) can share one study: Optuna hands each queued trial to exactly one of them.
+machines) can share one study: Optuna hands each queued trial to exactly one of them. A
+private study (in memory, :attr:`StudySpec.private`) is not written: nobody could read it,
+and its points are evaluated without trials (:class:`prunescope.scan.executors.InProcess`).
 
 The study's user attributes hold the scan's identity (model and data fingerprints,
 criterion, metric, seed); a study with another identity is refused, untouched.
@@ -27,10 +29,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from prunescope.curves import CurvePoint
@@ -119,11 +119,6 @@ class StudySpec:
         """Whether the study lives in memory: opened afresh by this process, nobody else can reach it."""
         return self.place.location is None
 
-    def distributions(self) -> dict[str, BaseDistribution]:
-        """The distributions of a trial's params, as :class:`ScanObjective`'s suggestions make them."""
-        return {"target": CategoricalDistribution(self.targets), "sparsity": FloatDistribution(0.0, 1.0),
-                "n": IntDistribution(1, self.full)}
-
     def where(self) -> str:
         """How a message names this study: its directory for a journal file, else its name and URL."""
         if is_url(self.place.location):
@@ -182,14 +177,6 @@ class ScanStudy:
         params = [{"target": p.target, "sparsity": p.sparsity, "n": p.n} for p in points]
         return plan(self.study, self.spec.place, params, user_attrs={"metric": self.spec.metric})
 
-    def add(self, point: Point, measured: Measurement, attrs: Mapping[str, Any]) -> None:
-        """Record an evaluation made without the queue as one COMPLETE trial (for a private study)."""
-        self.study.add_trial(optuna.trial.create_trial(
-            params={"target": point.target, "sparsity": point.sparsity, "n": point.n},
-            distributions=self.spec.distributions(), value=measured.value,
-            user_attrs={"metric": self.spec.metric, **attrs},
-        ))
-
 
 @dataclass(frozen=True)
 class ScanObjective:
@@ -207,21 +194,19 @@ class ScanObjective:
             trial.suggest_float("sparsity", 0.0, 1.0),
             trial.suggest_int("n", 1, self.spec.full),
         )
-        measured, attrs = self.measure(point)
-        for name, value in attrs.items():
-            trial.set_user_attr(name, value)
+        start = time.perf_counter()
+        measured = self.measure(point)
+        trial.set_user_attr("low", measured.low)
+        trial.set_user_attr("high", measured.high)
+        if measured.lost is not None and measured.gained is not None:
+            trial.set_user_attr("lost", measured.lost)
+            trial.set_user_attr("gained", measured.gained)
+        if measured.correct is not None:
+            trial.set_user_attr("correct", measured.correct)
+        trial.set_user_attr("seconds", time.perf_counter() - start)
         return measured.value
 
-    def measure(self, point: Point) -> tuple[Measurement, dict[str, Any]]:
-        """Evaluate ``point``: its measurement, and the user attributes its trial records."""
-        start = time.perf_counter()
+    def measure(self, point: Point) -> Measurement:
+        """Evaluate ``point``."""
         measured = self.evaluate(point.target, point.sparsity, point.n)
-        if not isinstance(measured, Measurement):
-            measured = Measurement(*measured)
-        attrs: dict[str, Any] = {"low": measured.low, "high": measured.high}
-        if measured.lost is not None and measured.gained is not None:
-            attrs |= {"lost": measured.lost, "gained": measured.gained}
-        if measured.correct is not None:
-            attrs["correct"] = measured.correct
-        attrs["seconds"] = time.perf_counter() - start
-        return measured, attrs
+        return measured if isinstance(measured, Measurement) else Measurement(*measured)
