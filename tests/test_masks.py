@@ -169,3 +169,6 @@ def test_zero_dropped_writes_positive_zeros_and_leaves_kept_values_bit_identical
     zero_dropped(zeroed, keep)
     width = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[values.element_size()]
     assert torch.equal(zeroed.view(width), expected.view(width))  # bits: -0.0 kept, +0.0 written, NaN kept
+    strided = values.clone().view(2, 8).t()  # a transposed weight: not contiguous
+    zero_dropped(strided, keep.view(2, 8).t())
+    assert torch.equal(strided.t().reshape(-1).view(width), expected.view(width))

@@ -120,6 +120,9 @@ def zero_dropped(tensor: torch.Tensor, keep: torch.Tensor) -> None:
     width = _SAME_WIDTH.get(tensor.dtype)
     if width is None:
         tensor.masked_fill_(~keep, 0)
+    elif _on_numpy(tensor) and keep.device.type == "cpu":
+        bits = tensor.detach().numpy().view(f"i{tensor.element_size()}")
+        np.multiply(bits, keep.numpy(), out=bits)  # numpy's is twice as fast as torch's on CPU
     else:
         tensor.view(width).mul_(keep)
 
