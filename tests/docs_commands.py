@@ -211,12 +211,11 @@ class Run:
 
     options: values that replace the command's own (or are added where it has none), so that it
     takes seconds: {"--epochs": "1"}; a value of None adds a flag. before: prepares the workspace
-    first (placeholder files the docs assume exist). slow: only under ``-m slow``.
+    first (placeholder files the docs assume exist).
     """
 
     options: dict[str, str | None] = field(default_factory=dict)
     before: Callable[[Path], None] | None = None
-    slow: bool = False
 
 
 @dataclass(frozen=True)
