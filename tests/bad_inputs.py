@@ -177,6 +177,38 @@ def _other_model_in_out(world: Path) -> Path:
     return folder
 
 
+DEEP = "[" * 100_000 + "]" * 100_000  # JSON nested deeper than the parser's recursion limit
+
+
+def _bytes(world: Path, name: str, data: bytes) -> Path:
+    path = world / name
+    path.write_bytes(data)
+    return path
+
+
+def _deep_result(world: Path) -> Path:
+    folder = world / "deep-out"
+    folder.mkdir()
+    _file(folder, "result.json", DEEP)
+    return folder
+
+
+def _deep_scan(world: Path) -> Path:
+    folder = world / "deep-scan"
+    shutil.copytree(world / "scan", folder)
+    (folder / "scan.json").write_text(DEEP)
+    return folder
+
+
+def _other_architecture(world: Path) -> Path:
+    """A checkpoint of the world's MLP with other hidden widths (another --model-arg)."""
+    from prunescope.checkpoint import save_checkpoint
+
+    spec = model_spec("mlp", SHAPE, 10, hidden=[32])
+    save_checkpoint(world / "other.pt", build_from_spec(spec).eval(), spec, load_dataset("digits").spec)
+    return world / "other.pt"
+
+
 CKPT = ["--checkpoint"]
 CPU = ["--device", "cpu"]
 
@@ -742,6 +774,43 @@ CASES: list[Case] = [
         "--sparsity must be a finite number",
     ),
     Case("run --epochs 0", lambda w: ["run", "--epochs", "0", "--out", w / "r"], "epochs must be at least 1"),
+    # files that fail to parse (issue 25): nested too deeply, not a journal
+    Case("prune allocation nested 100,000 deep",
+         lambda w: ["prune", *CKPT, w / "model.pt", "--allocation", _file(w, "a.json", DEEP), "--out", w / "out", *CPU],
+         "is not valid JSON (nested too deeply)"),
+    Case("pick scan.json nested 100,000 deep", lambda w: ["pick", "--scan", _deep_scan(w), *CPU],
+         "is not valid JSON"),
+    Case("report result.json nested 100,000 deep", lambda w: ["report", _deep_result(w)],
+         "is not valid JSON (nested too deeply)"),
+    Case("run config nested 100,000 deep",
+         lambda w: ["run", "--config", _config(w, f"sparsities = {DEEP}\n"), "--out", w / "r"],
+         "is not valid TOML (nested too deeply)"),
+    *[
+        Case(f"scan --storage {what}",
+             lambda w, make=make: ["scan", *CKPT, w / "model.pt", "--storage", make(w), "--out", w / "scan", *CPU],
+             message)
+        for what, make, message in [
+            ("a text file", lambda w: _file(w, "afile", "hi\n"), "afile is not an Optuna journal (line 1 is not JSON)"),
+            ("a directory", lambda w: w / "out", "is not an Optuna journal (not a regular file)"),
+            ("a binary file", lambda w: _bytes(w, "blob", bytes(range(256)) * 4), "blob is not an Optuna journal"),
+            ("a JSON line without op_code", lambda w: _file(w, "j.log", '{"worker_id": "w", "study_id": 0}\n'),
+             "j.log is not an Optuna journal (line 1 is not a journal record)"),
+        ]
+    ],
+    # empty target sets, another architecture (issue 25)
+    Case("scan --exclude '*'", lambda w: ["scan", *CKPT, w / "model.pt", "--exclude", "*", "--out", w / "scan", *CPU],
+         "--exclude '*' leaves no layer to prune"),
+    Case("compare --exclude '*'",
+         lambda w: ["compare", *CKPT, w / "model.pt", "--exclude", "*", "--out", w / "out", *CPU],
+         "--exclude '*' leaves no layer to prune"),
+    Case("measure --dense of another architecture",
+         lambda w: ["measure", *CKPT, w / "model.pt", "--dense", _other_architecture(w), *CPU],
+         "another architecture than the model's (hidden=[32], not hidden at its default)"),
+    Case(
+        "train another --model-arg into an --out",
+        lambda w: ["train", "--model-arg", "hidden=32", "--epochs", "1", "--out", _other_model_in_out(w), *CPU],
+        "another model (hidden at its default, not hidden=32)",
+    ),
     # datasets
     Case("datasets --data-dir missing", lambda w: ["datasets", "--data-dir", w / "nowhere"], "is not a directory"),
 ]

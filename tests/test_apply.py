@@ -85,7 +85,7 @@ def test_load_allocation_refuses_another_models_pick(tiny_model, tmp_path):
     expected = r"pick\.json does not fit .*unknown targets conv1\.conv\.weight.*missing targets conv\.weight"
     with pytest.raises(UsageError, match=expected):
         load_allocation(path, find_targets(tiny_model))
-    for text, message in [("{not json", "not readable JSON"), ("[0.5]", "neither a pick"),
+    for text, message in [("{not json", "not valid JSON"), ("[0.5]", "neither a pick"),
                           ('{"allocation": [1]}', "neither a pick")]:
         path.write_text(text)
         with pytest.raises(UsageError, match=message):

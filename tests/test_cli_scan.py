@@ -41,7 +41,21 @@ def test_scan_writes_curves_and_resumes_without_evaluating(cli, checkpoints, sca
                         "--device", "cpu")
     assert code == 0
     evaluations = doc["curves"]["evaluations"]
-    assert f"{evaluations} evaluations ({evaluations} reused from the study)" in " ".join(out.split())
+    assert doc["curves"]["evaluated_here"] == evaluations  # the first scan evaluated everything itself
+    # The second scan evaluated nothing itself: every evaluation is the first process's (issue 25).
+    assert (f"{evaluations} evaluations ({evaluations} reused from the study): 0 evaluated by this scan, "
+            f"{evaluations} by other processes") in " ".join(out.split())
+
+
+def test_scan_accepts_an_earlier_scans_journal_as_storage(cli, checkpoints, scanned, tmp_path):
+    """A real journal given with --storage is read, not refused, and left a journal (issue 25)."""
+    journal = tmp_path / "shared.journal"
+    shutil.copy(scanned / "study.journal", journal)
+    code, out, err = cli("scan", "--checkpoint", checkpoints[0], "--storage", journal, "--out", tmp_path / "scan",
+                         "--tolerance", "1", "--device", "cpu")
+    assert code == 0, err
+    assert "0 evaluated by this scan" in " ".join(out.split())
+    assert journal.read_bytes() == (scanned / "study.journal").read_bytes()  # nothing new to record
 
 
 def test_pick_threshold_and_budget(cli, scanned, tmp_path):

@@ -244,8 +244,9 @@ def test_with_threshold_and_bad_folds(trained):
 def test_run_cross_validates_the_pick_on_val_folds_by_default(tmp_path):
     config = RunConfig(epochs=3, finetune_epochs=1, sparsity=0.8, sparsities=(0.8,), methods=("ours",), scratch=(),
                        device="cpu")
-    assert (config.folds, config.cv) == (3, "val")
+    assert (config.folds, config.cv) == (None, "val")  # settled by the data: 3 for a classifier
     doc = pipeline.run(config, tmp_path)
+    assert doc["settings"]["folds"] == 3
     crossval = doc["pick"]["crossval"]
     assert crossval["mode"] == "val" and crossval["k"] == 3 and doc["pick"]["bound"] == crossval["threshold"]
     assert any("cross-validated on 3 val folds: held-out drop" in sentence for sentence in doc["verdict"])

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from prunescope.errors import UsageError
-from prunescope.models import ModelInfo, available_models, build_from_spec, build_model, model_spec
+from prunescope.models import ModelInfo, available_models, build_from_spec, build_model, model_spec, spec_difference
 
 SEQUENCE_MODELS = ["gpt"]  # token ids (N, T) → next-token logits (N, T, vocabulary)
 ZOO = [info.name for info in available_models() if info.name not in SEQUENCE_MODELS]
@@ -221,3 +221,13 @@ def test_a_pruned_spec_is_rebuilt_by_the_channel_groups_not_the_zoo():
     pruned = {**spec, "removed_channels": {"0": [0, 1, 2]}}
     with pytest.raises(UsageError, match=r"structured\.groups\.rebuild"):
         build_from_spec(pruned)
+
+
+def test_spec_difference_names_what_differs() -> None:
+    mlp = model_spec("mlp", (1, 8, 8), 10)
+    narrow = model_spec("mlp", (1, 8, 8), 10, hidden=[32])
+    assert spec_difference(mlp, mlp) is None
+    assert spec_difference(narrow, mlp) == "hidden=[32], not hidden at its default"
+    assert spec_difference(narrow, model_spec("mlp", (1, 8, 8), 10, hidden=[64])) == "hidden=[32], not hidden=[64]"
+    assert spec_difference(model_spec("cnn", (1, 8, 8), 10), mlp) == "'cnn', not 'mlp'"
+    assert spec_difference(model_spec("mlp", (1, 8, 8), 3), mlp) == "num_classes 3, not 10"

@@ -34,8 +34,8 @@ def test_run_answers_how_far_after_fine_tuning_and_reads_test_once_there(tmp_pat
     bound = recovered["dense_val"] - RECOVERED.max_drop
     answer = recovered["answer"]
     # The answer is an evaluated point within the bound, below every evaluated point outside it.
-    assert answer in swept and next(p["accuracy"] for p in reach["points"] if p["sparsity"] == answer) >= bound
-    assert all(p["sparsity"] > answer for p in reach["points"] if p["accuracy"] < bound)
+    assert answer in swept and next(p["score"] for p in reach["points"] if p["sparsity"] == answer) >= bound
+    assert all(p["sparsity"] > answer for p in reach["points"] if p["score"] < bound)
     # ours and the baseline are fine-tuned at the same sparsities, each model at exactly its sparsity.
     swept_by = {method: [p["sparsity"] for p in points] for method, points in recovered["curves"].items()}
     assert swept_by["ours"] == swept_by["uniform"]
@@ -68,7 +68,7 @@ def test_run_answers_how_many_times_fewer_macs_after_removing_channels(tmp_path,
     bound = structured["dense_val"] - CHANNELS.max_drop
     assert {0.3, 0.6} <= {p["sparsity"] for p in reach["points"]}
     answer = structured["answer"]
-    assert all(p["sparsity"] > answer for p in reach["points"] if p["accuracy"] < bound)
+    assert all(p["sparsity"] > answer for p in reach["points"] if p["score"] < bound)
     for point in structured["points"]:  # each model trained is physically smaller, by at least the MACs asked
         if point["macs"] is not None:
             saved = load_checkpoint(tmp_path / "recovered" / f"channel@{point['removed_macs']:g}" / "model.pt",

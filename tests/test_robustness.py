@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
+from prunescope.cli.options import assignments
 from prunescope.errors import PrunescopeError, UsageError
-from prunescope.io import atomic_write, check_output_dir, check_output_file, write_json
+from prunescope.hparams.space import load_space
+from prunescope.io import atomic_write, check_output_dir, check_output_file, read_json, read_toml, write_json
 from prunescope.pipeline.compare import compare
+from prunescope.pipeline.config import load_config
 from prunescope.pipeline.job import Stages
 from prunescope.pipeline.sweep import sweep
 from prunescope.scan import scan
@@ -114,7 +118,51 @@ def test_a_read_only_directory_is_refused(tmp_path: Path) -> None:
         folder.chmod(0o755)
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", '"text"', "{bad json", '{"key": "k"}', '{"key": "k", "result": 3}'])
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than the JSON and TOML parsers' recursion
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        (b"\xff\xfe", "is not UTF-8 text"),
+        (b'{"a": 1,}', "is not valid JSON (line 1, column 9"),
+        (DEEP.encode(), "is not valid JSON (nested too deeply)"),
+        (b'{"a": NaN}', "is not valid JSON (NaN is not a finite number)"),
+    ],
+)
+def test_a_json_file_that_cannot_be_read_is_one_line_naming_it(tmp_path: Path, content, message) -> None:
+    path = tmp_path / "f.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UsageError) as error:
+        read_json(path, f"the file {path}", finite=True, hint="write it again")
+    text = str(error.value)
+    assert message in text and str(path) in text and text.endswith("; write it again") and "\n" not in text
+    with pytest.raises(UsageError, match="is a directory"):
+        read_json(tmp_path, "the folder")
+
+
+@pytest.mark.parametrize(("text", "message"), [("a = [\n", "is not valid TOML: "),
+                                               (f"a = {DEEP}\n", "is not valid TOML (nested too deeply)")])
+def test_a_toml_file_that_cannot_be_parsed_is_one_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "f.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        read_toml(path, "the file")
+    with pytest.raises(UsageError, match=re.escape(message)):  # every TOML reader of user files goes through it
+        load_space(path)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        load_config(path, {})
+
+
+def test_a_model_arg_nested_too_deeply_is_a_string_not_a_traceback() -> None:
+    assert assignments("--model-arg", [f"hidden={DEEP}"]) == {"hidden": DEEP}
+
+
+@pytest.mark.parametrize(
+    "content", ["[1, 2]", '"text"', "{bad json", '{"key": "k"}', '{"key": "k", "result": 3}', DEEP]
+)
 def test_a_damaged_stage_cache_is_recomputed(tmp_path: Path, content: str) -> None:
     stages = Stages(tmp_path)
     stages.directory.mkdir()

@@ -53,7 +53,8 @@ def assert_each_point_once(study: optuna.Study, evaluations: int) -> dict:
 def assert_same_result(result_file, reference) -> None:
     """The same curves (measured here or by another process: ``reused`` differs) and the same pick."""
     result = json.loads(result_file.read_text())
-    assert {**result["curves"], "reused": 0} == {**reference["curves"], "reused": 0}
+    bookkeeping = {"reused": 0, "evaluated_here": 0}
+    assert {**result["curves"], **bookkeeping} == {**reference["curves"], **bookkeeping}
     assert result["pick"] == reference["pick"]
 
 
@@ -106,6 +107,8 @@ def test_four_processes_on_one_journal_evaluate_every_point_once(tmp_path, refer
     assert not any(count[TrialState.FAIL] for count in states.values())
     for result in results:
         assert_same_result(result, reference)
+    # Each process counts what it evaluated itself, not the whole study (issue 25): together, each point once.
+    assert sum(json.loads(r.read_text())["curves"]["evaluated_here"] for r in results) == reference["evaluations"]
 
 
 @pytest.mark.slow
@@ -132,6 +135,8 @@ def test_a_scan_killed_at_a_random_moment_resumes_without_repeating_or_losing_wo
     states = assert_each_point_once(study, reference["evaluations"])  # none repeated, none lost
     assert done_before <= {p for p, c in states.items() if c[TrialState.COMPLETE]}
     assert_same_result(tmp_path / "rerun.json", reference)
+    rerun = json.loads((tmp_path / "rerun.json").read_text())["curves"]
+    assert rerun["evaluated_here"] == reference["evaluations"] - len(done_before)  # the rest: the killed process's
 
 
 @pytest.mark.slow
@@ -155,6 +160,8 @@ def test_processes_executor_replaces_a_killed_worker_and_retries_its_trial(tmp_p
     pids = {t.user_attrs["worker"]["pid"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert worker not in pids
     assert_same_result(tmp_path / "result.json", reference)
+    # The scan's own workers count as the scan: everything was evaluated here.
+    assert json.loads((tmp_path / "result.json").read_text())["curves"]["evaluated_here"] == reference["evaluations"]
 
 
 @pytest.mark.slow

@@ -641,7 +641,7 @@ def test_a_glob_matching_no_group_is_a_usage_error(include, exclude, bad):
 
 
 def test_excluding_every_group_is_a_usage_error():
-    with pytest.raises(UsageError, match="no removable channel groups"):
+    with pytest.raises(UsageError, match=r"--exclude 'fc\*' leaves no channel group to prune; groups: fc1, fc2"):
         find_groups(make_model("mlp"), SHAPE, exclude=["fc*"])
 
 
@@ -698,3 +698,4 @@ def test_parameters_outside_layers_are_members_or_refuse_their_group(recwarn) ->
     assert pruned.gamma.shape == (13,)
     assert groups.footprint(removal).params == sum(p.numel() for p in pruned.parameters())  # gamma counted
     assert not [w for w in recwarn if "Torch-Pruning" in str(w.message) or "Unwrapped" in str(w.message)]
+

@@ -3,7 +3,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from prunescope.errors import UsageError
-from prunescope.targets import find_targets, parameter
+from prunescope.targets import chosen_targets, find_targets, parameter
 
 
 def test_finds_weights_of_linear_and_conv_but_not_biases_or_norms(tiny_model):
@@ -41,6 +41,23 @@ def test_glob_matching_nothing_is_a_one_line_error(tiny_model, option):
     with pytest.raises(UsageError, match="matches no prunable layer") as error:
         find_targets(tiny_model, **{option: ["conv9*"]})
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("include", [[], ["fc*"]])
+def test_patterns_that_leave_no_layer_are_a_one_line_error(tiny_model, include):
+    """A scan or pick of no layer would run and report on nothing (issue 25)."""
+    with pytest.raises(UsageError, match=r"--exclude '\*' leaves no layer to prune") as error:
+        find_targets(tiny_model, include=include, exclude=["*"])
+    assert "\n" not in str(error.value) and "fc1.weight" in str(error.value)
+    with pytest.raises(UsageError, match="leaves no layer"):
+        find_targets(tiny_model, exclude=["conv*", "fc*"])
+
+
+def test_a_language_model_with_only_default_dense_layers_is_refused():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10))
+    with pytest.raises(UsageError, match=r"no layer to prune.*--include"):
+        chosen_targets(model, vocabulary=10)
+    assert [t.name for t in chosen_targets(model, 10, include=["1*"])[0]] == ["1.weight"]
 
 
 def test_model_without_prunable_layers():

@@ -21,7 +21,6 @@ removed first (so the new mask is a subset of the old one).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from prunescope.checkpoint import save_checkpoint
 from prunescope.criteria import compute_scores
 from prunescope.data.types import Dataset, Split
 from prunescope.errors import UsageError
+from prunescope.io import read_json
 from prunescope.masks import Masks, apply_permanently, check_sparsity, compute_masks, measured_sparsity
 from prunescope.patterns import Pattern, check_pattern, check_widths, pattern_masks
 from prunescope.reconstruct import Reconstruction
@@ -243,14 +243,15 @@ def read_pick(path: str | os.PathLike[str], *, model_spec: dict[str, Any] | None
     {...}, ...}``) or a bare ``{target: sparsity}`` object. Given ``model_spec``, a pick file
     that records another model spec is refused. Errors are one-line UsageErrors.
     """
-    path = Path(path)
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"allocation file {path} does not exist: write one with prunescope pick") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"allocation file {path} is not readable JSON ({reason})") from e
+    return _pick_parts(Path(path), _read_allocation(path), model_spec)
+
+
+def _read_allocation(path: str | os.PathLike[str]) -> Any:
+    return read_json(path, f"allocation file {Path(path)}", hint="write one with prunescope pick")
+
+
+def _pick_parts(path: Path, document: Any, model_spec: dict[str, Any] | None) -> tuple[dict, dict]:
+    """The allocation and settings of ``document``, read from ``path`` (see :func:`read_pick`)."""
     if isinstance(document, dict) and isinstance(document.get("allocation"), dict):
         made_for = document.get("model")
         if model_spec is not None and isinstance(made_for, dict) and made_for != model_spec:
@@ -285,10 +286,11 @@ def load_allocation(
     another model spec is refused too. A bare object may name only some targets: the others
     stay dense (0.0); a name that is no target is an error listing the known ones.
     """
-    allocation, _ = read_pick(path, model_spec=model_spec)
+    document = _read_allocation(path)
+    allocation, _ = _pick_parts(Path(path), document, model_spec)
     source = f"allocation file {Path(path)}"
     # A bare {layer: sparsity} file may name only some layers: the others stay dense.
-    partial = dense_if_missing or "allocation" not in json.loads(Path(path).read_text())
+    partial = dense_if_missing or "allocation" not in document
     return check_allocation(allocation, targets, source=source, dense_if_missing=partial)
 
 

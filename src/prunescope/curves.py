@@ -166,6 +166,8 @@ class Curves:
     fallback: dict[str, str] = field(default_factory=dict)  # reconstructed scans: layers masked alone, with the reason
     units: str = "matrix"  # weight scans: one curve per weight tensor ("matrix") or per block of the network ("block")
     members: dict[str, list[str]] = field(default_factory=dict)  # block scans: each curve's weight tensors
+    # Of the evaluations, those this scan's workers ran (the rest: other processes sharing the study, now or before).
+    evaluated_here: int = 0
 
     def targets_of(self, allocation: Mapping[str, float]) -> dict[str, float]:
         """``allocation`` over these curves' units as per-unit sparsities of the targets they hold: a block
@@ -262,4 +264,5 @@ class Curves:
             fallback=data.get("fallback", {}),
             units=data.get("units", "group" if data.get("granularity") == "channel" else "matrix"),
             members=data.get("members", {}),
+            evaluated_here=data.get("evaluated_here", 0),
         )

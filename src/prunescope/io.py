@@ -1,7 +1,12 @@
-"""Atomic file output: a crash or Ctrl-C never leaves a half-written result behind.
+"""Atomic file output, and reading the JSON and TOML files users give.
 
-Output paths are checked before any work (:func:`check_output_dir`, :func:`check_output_file`)
-and a path that still cannot be written is a one-line error, never an ``OSError`` traceback.
+Output: a crash or Ctrl-C never leaves a half-written result behind. Output paths are checked
+before any work (:func:`check_output_dir`, :func:`check_output_file`) and a path that still
+cannot be written is a one-line error, never an ``OSError`` traceback.
+
+Input: :func:`read_json` and :func:`read_toml` turn every way a file can fail to parse (missing,
+unreadable, not UTF-8, bad syntax, nested too deeply for the parser's recursion) into one
+UsageError line naming the file.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import io
 import json
 import os
 import tempfile
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -99,6 +105,55 @@ def _refuse_constant(name: str) -> Any:
 def loads_finite(text: str) -> Any:
     """``json.loads`` that refuses ``NaN`` and ``Infinity`` (ValueError): for files whose numbers are measurements."""
     return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _line(message: str, hint: str) -> UsageError:
+    return UsageError(f"{message}; {hint}" if hint else message)
+
+
+def read_text(path: str | os.PathLike[str], source: str, *, hint: str = "") -> str:
+    """The UTF-8 text of file ``path``; a one-line UsageError naming ``source`` (e.g. "allocation
+    file a.json") when it is missing, a directory, unreadable or not UTF-8, ending in ``hint``."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _line(f"{source} does not exist", hint) from None
+    except IsADirectoryError:
+        raise _line(f"{source} is a directory, not a file", hint) from None
+    except OSError as error:
+        raise _line(f"cannot read {source}: {_reason(error)}", hint) from None
+    except UnicodeDecodeError:
+        raise _line(f"{source} is not UTF-8 text", hint) from None
+
+
+def parse_json(text: str, source: str, *, finite: bool = False, hint: str = "") -> Any:
+    """``json.loads(text)``, whose failures are one UsageError line naming ``source``; ``finite``
+    also refuses ``NaN`` and ``Infinity`` (see :func:`loads_finite`)."""
+    try:
+        return loads_finite(text) if finite else json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno}, column {error.colno}"
+        raise _line(f"{source} is not valid JSON ({where}: {error.msg})", hint) from None
+    except ValueError as error:  # a refused constant
+        raise _line(f"{source} is not valid JSON ({error})", hint) from None
+    except RecursionError:  # "[" * 100000: the decoder recurses once per level
+        raise _line(f"{source} is not valid JSON (nested too deeply)", hint) from None
+
+
+def read_json(path: str | os.PathLike[str], source: str, *, finite: bool = False, hint: str = "") -> Any:
+    """The JSON document in file ``path`` (see :func:`read_text` and :func:`parse_json`)."""
+    return parse_json(read_text(path, source, hint=hint), source, finite=finite, hint=hint)
+
+
+def read_toml(path: str | os.PathLike[str], source: str, *, hint: str = "") -> dict[str, Any]:
+    """The TOML document in file ``path``; any failure is one UsageError line naming ``source``."""
+    text = read_text(path, source, hint=hint)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise _line(f"{source} is not valid TOML: {error}", hint) from None
+    except RecursionError:
+        raise _line(f"{source} is not valid TOML (nested too deeply)", hint) from None
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

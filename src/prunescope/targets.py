@@ -207,7 +207,8 @@ def find_targets(
     ``include`` / ``exclude`` are shell-style globs matched against the target name and
     its module path (``"conv*"``, ``"layer1.*"``, ``"fc3.weight"``), and those of its aliases.
     With ``include`` only matching targets are kept; ``exclude`` then drops matches. A glob
-    that matches no target is an error, since it is almost always a typo.
+    that matches no target is an error, since it is almost always a typo, and so are patterns
+    that leave no target: a command would run and report on nothing.
     """
     found = _all_targets(model)
     if not found:
@@ -220,7 +221,12 @@ def find_targets(
                 raise UsageError(f"{option} {pattern!r} matches no prunable layer; available: {available}")
     if include:
         found = [t for t in found if any(matches(t, p) for p in include)]
-    return [t for t in found if not any(matches(t, p) for p in exclude)]
+    chosen = [t for t in found if not any(matches(t, p) for p in exclude)]
+    if not chosen:  # only --exclude can empty the set: every --include pattern matched a target above
+        patterns = " ".join(f"--exclude {p!r}" for p in exclude)
+        among = " of those --include chose" if include else ""
+        raise UsageError(f"{patterns} leaves no layer to prune{among}; available: {available}")
+    return chosen
 
 
 def by_name(targets: Sequence[Target]) -> dict[str, Target]:
@@ -307,4 +313,8 @@ def chosen_targets(
     if vocabulary is None or include:
         return targets, {}
     left = language_model_defaults(targets, vocabulary)
-    return [t for t in targets if t.name not in left], left
+    kept = [t for t in targets if t.name not in left]
+    if not kept:
+        raise UsageError(f"no layer to prune: a language model's {', '.join(left)} stay dense by default; "
+                         "name the layers to prune with --include")
+    return kept, left

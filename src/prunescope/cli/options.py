@@ -10,7 +10,6 @@ and output (``--out``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from prunescope.criteria import CRITERIA
 from prunescope.data import load_from_spec
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
+from prunescope.io import parse_json
 from prunescope.masks import check_sparsity
 from prunescope.pick.registry import WEIGHT_METHODS
 from prunescope.reconstruct import SELECTIONS, reconstruction_plan
@@ -79,8 +79,8 @@ ReconstructFallback = Annotated[bool, typer.Option(
 
 def _value(text: str) -> Any:
     try:
-        return json.loads(text)
-    except ValueError:
+        return parse_json(text, "the value")
+    except UsageError:  # not JSON: a list or a string
         pass
     if "," in text:
         return [_value(part.strip()) for part in text.split(",") if part.strip()]

@@ -62,9 +62,13 @@ def run_command(
     sparsity: Annotated[float | None, typer.Option(help="Global sparsity every method is compared at [0.9].")]
     = None,
     sparsities: Annotated[str | None, typer.Option(help="One-shot sparsities for the curves per method.")] = None,
-    methods: Annotated[str | None, typer.Option(help=f"Comma-separated: {', '.join(METHODS)}.")] = None,
-    criterion: Annotated[str | None, typer.Option(help=f"{', '.join(CRITERIA)} [magnitude].")] = None,
-    folds: Annotated[int | None, typer.Option(help="Cross-validate the pick on this many folds (0: off) [3].")]
+    methods: Annotated[str | None, typer.Option(help=f"Comma-separated: {', '.join(METHODS)} [ours, uniform, "
+                                                     "global, erk, lamp; and owl, alpha for a language model].")]
+    = None,
+    criterion: Annotated[str | None, typer.Option(help=f"{', '.join(CRITERIA)} [magnitude; wanda for a language "
+                                                       "model].")] = None,
+    folds: Annotated[int | None, typer.Option(help="Cross-validate the pick on this many folds (0: off) [3; 0 for a "
+                                                   "language model].")]
     = None,
     cv: Annotated[str | None, typer.Option(help="val (folds of val, from the one scan) or retrain (a model trained "
                                                 "and scanned per fold of train: training variance too) [val].")]
@@ -102,12 +106,15 @@ def run_command(
         check_spec({"name": settings.model}, "model", f"config file {config}", trust)
         check_spec({"name": settings.data}, "dataset", f"config file {config}", trust)
     check_sparsity(settings.sparsity, "--sparsity")
-    check_choice("--criterion", settings.criterion, list(CRITERIA))
+    if settings.criterion is not None:
+        check_choice("--criterion", settings.criterion, list(CRITERIA))
     with stage_progress() as progress:
         doc = run(settings, out, progress=progress)
     console.print(run_table(doc))
     print_prunable(PrunableShare.from_dict(doc["prunable"]))
-    warn_if_val_is_small(doc["dense"]["val"]["n"], min(settings.tolerance, settings.max_drop) or settings.tolerance)
+    settled = doc["settings"]
+    warn_if_val_is_small(doc["dense"]["val"]["n"], min(settled["tolerance"], settled["max_drop"]) or
+                         settled["tolerance"], doc.get("metric", "accuracy"))
     for sentence in doc["verdict"]:
         console.print(f"• {sentence}", highlight=False)
     console.print(f"wrote {out / 'report.html'}, {out / 'result.json'}, CSVs and checkpoints in {out}")

@@ -157,7 +157,9 @@ def scan_command(
     console.print(scan_table(curves, allowed))
     print_units(curves.units, curves.curves)
     print_fallback(curves.fallback)
-    console.print(f"{curves.evaluations} evaluations ({curves.reused} reused from the study), "
+    others = curves.evaluations - curves.evaluated_here
+    console.print(f"{curves.evaluations} evaluations ({curves.reused} reused from the study): "
+                  f"{curves.evaluated_here} evaluated by this scan, {others} by other processes; "
                   f"{curves.examples / len(dataset.val):.1f} full-split equivalents; wrote {out / SCAN_FILE}, "
                   f"{out / 'scan.csv'}, {out / 'plots' / 'curves.png'}")
 

@@ -25,7 +25,6 @@ name or key) is a one-line :class:`~prunescope.errors.UsageError`.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from prunescope.errors import UsageError
+from prunescope.io import read_toml
 from prunescope.train import TrainConfig
 
 KNOBS = ("lr", "momentum", "weight_decay", "batch_size", "epochs", "label_smoothing", "optimizer", "schedule")
@@ -199,8 +199,5 @@ def load_space(path: str | Path | None) -> Space:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"search space file {path} not found")
-    try:
-        declared = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"search space file {path} is not valid TOML: {error}") from None
+    declared = read_toml(path, f"search space file {path}")
     return parse_space(declared, f"search space file {path}")

@@ -8,9 +8,9 @@ A model name is a zoo name (:func:`available_models`), a user factory
 """
 
 from prunescope.models.adapters import as_logits
-from prunescope.models.build import build_from_spec, build_model, factory_arguments, model_spec
+from prunescope.models.build import build_from_spec, build_model, factory_arguments, model_spec, spec_difference
 from prunescope.models.weights import load_weights
 from prunescope.models.zoo import MLP, ModelInfo, available_models
 
 __all__ = ["MLP", "ModelInfo", "as_logits", "available_models", "build_from_spec", "build_model",
-           "factory_arguments", "load_weights", "model_spec"]
+           "factory_arguments", "load_weights", "model_spec", "spec_difference"]

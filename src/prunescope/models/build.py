@@ -185,6 +185,27 @@ def model_spec(name: str, input_shape: Sequence[int], num_classes: int, **kwargs
     }
 
 
+def spec_difference(have: dict[str, Any], want: dict[str, Any]) -> str | None:
+    """How model spec ``have`` differs from ``want``, for a message: ``"'cnn', not 'mlp'"`` for
+    another model name, else each differing model argument (``"width=64, not width=32"``,
+    ``"width at its default, not width=32"``) and other entry; None when they are the same spec."""
+    if have.get("name") != want.get("name"):
+        return f"{have.get('name')!r}, not {want.get('name')!r}"
+    parts = []
+    args, wanted = have.get("kwargs") or {}, want.get("kwargs") or {}
+    for key in sorted(set(args) | set(wanted), key=str):
+        if args.get(key) != wanted.get(key) or (key in args) != (key in wanted):
+            parts.append(f"{_argument(args, key)}, not {_argument(wanted, key)}")
+    for key in sorted((set(have) | set(want)) - {"name", "kwargs"}):
+        if have.get(key) != want.get(key):
+            parts.append(f"{key} {have.get(key)!r}, not {want.get(key)!r}")
+    return "; ".join(parts) or None
+
+
+def _argument(kwargs: dict[str, Any], key: str) -> str:
+    return f"{key}={kwargs[key]!r}" if key in kwargs else f"{key} at its default"
+
+
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Build the dense model a :func:`model_spec` dict describes.
 

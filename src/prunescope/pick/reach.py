@@ -1,10 +1,11 @@
 """How far the whole model can be pruned within a bound: a sweep, then bisection, on val.
 
 ``reach`` takes a function that prunes the model to a global sparsity (one-shot, or with
-fine-tuning: whatever the caller recovers with) and returns its val accuracy. It
+fine-tuning: whatever the caller recovers with) and returns its val score (accuracy, or minus a
+language model's log-perplexity: :mod:`prunescope.scores`). It
 evaluates the given sparsities, widens the list while it does not bracket the bound (all
 within: towards 1; none within: towards 0), then bisects between the highest sparsity
-within the bound and the lowest one above it that is outside. Accuracy after pruning is not
+within the bound and the lowest one above it that is outside. A score after pruning is not
 guaranteed monotone in sparsity, so the answer is the highest *evaluated* sparsity within
 the bound that lies below every evaluated failure — never one interpolated between points.
 """
@@ -22,7 +23,7 @@ _MAX_WIDENINGS = 6
 
 @dataclass
 class Reach:
-    """Every evaluated (sparsity, val accuracy), the bound, and the answer.
+    """Every evaluated (sparsity, val score), the bound, and the answer.
 
     answer: the highest evaluated sparsity within ``dense − max_drop`` below every failure
         (0.0 when none is within).
@@ -53,7 +54,7 @@ class Reach:
         return {
             "dense": self.dense,
             "max_drop": self.max_drop,
-            "points": [{"sparsity": s, "accuracy": a} for s, a in sorted(self.points.items())],
+            "points": [{"sparsity": s, "score": a} for s, a in sorted(self.points.items())],
             "widened": self.widened,
             "bisected": self.bisected,
             "answer": self.answer,
@@ -62,7 +63,7 @@ class Reach:
 
 
 def reach(
-    accuracy_at: Callable[[float], float],
+    score_at: Callable[[float], float],
     dense: float,
     sparsities: Sequence[float],
     max_drop: float,
@@ -70,9 +71,9 @@ def reach(
     resolution: float = 0.01,
     max_bisections: int = 4,
 ) -> Reach:
-    """Sweep ``sparsities`` with ``accuracy_at``, widen until the bound is bracketed, then bisect.
+    """Sweep ``sparsities`` with ``score_at``, widen until the bound is bracketed, then bisect.
 
-    dense: the dense model's val accuracy (a fraction); max_drop: allowed drop (a fraction).
+    dense: the dense model's val score; max_drop: the allowed drop of it.
     Bisection stops after ``max_bisections`` evaluations or when the bracket is narrower
     than ``resolution`` (in sparsity).
     """
@@ -84,7 +85,7 @@ def reach(
 
     def evaluate(sparsity: float) -> None:
         if sparsity not in result.points:
-            result.points[sparsity] = float(accuracy_at(sparsity))
+            result.points[sparsity] = float(score_at(sparsity))
 
     for s in sorted({check_sparsity(s) for s in sparsities}):
         evaluate(s)

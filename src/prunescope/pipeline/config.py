@@ -10,7 +10,6 @@ an explicit setting that the run would not use.
 from __future__ import annotations
 
 import math
-import tomllib
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -19,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from prunescope.errors import UsageError
+from prunescope.io import read_toml
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything ``prunescope run`` does. Sparsities and drops are fractions (0.005 = 0.5 pts)."""
+    """Everything ``prunescope run`` does. Sparsities and drops are fractions (0.005 = 0.5 pts; for a language
+    model a relative increase of perplexity, 0.05 = 5% higher). None: chosen by the data (:func:`settled`)."""
 
     # what
     model: str = "mlp"
@@ -44,17 +45,17 @@ class RunConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     # sensitivity scan
-    criterion: str = "magnitude"
+    criterion: str | None = None  # magnitude; wanda for a language model
     strategy: str = "adaptive"
-    tolerance: float = 0.005
+    tolerance: float | None = None  # 0.005 (half a point); 0.05 (5% more perplexity) for a language model
     subset: int | None = None
-    folds: int = 3  # the pick is cross-validated on this many folds (0: off)
+    folds: int | None = None  # the pick is cross-validated on this many folds (0: off); 3, 0 for a language model
     cv: str = "val"  # "val": folds of val, from the one scan; "retrain": one model per fold of train, each scanned
     # pick and compare
-    max_drop: float = 0.005
+    max_drop: float | None = None  # as tolerance
     sparsity: float = 0.9
     sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)
-    methods: tuple[str, ...] = ("ours", "uniform", "global", "erk", "lamp")
+    methods: tuple[str, ...] | None = None  # METHODS; LANGUAGE_MODEL_METHODS for a language model
     # recovery
     finetune_epochs: int = 10
     finetune_lr: float = 0.01
@@ -90,7 +91,7 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule(("cv",), lambda c: c.folds > 0, "cross-validation is off (folds = 0)"),
+    Rule(("cv",), lambda c: c.folds != 0, "cross-validation is off (folds = 0)"),
     Rule(("finetune_lr", "patience"), lambda c: c.finetune_epochs > 0,
          "fine-tuning is off (finetune_epochs = 0)"),
     Rule(("scratch_max_factor",), lambda c: "B" in c.scratch, "it caps scratch-B, which scratch does not list"),
@@ -155,10 +156,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> RunConfig
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"config file {path} not found")
-        try:
-            loaded = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise UsageError(f"{path} is not valid TOML: {error}") from None
+        loaded = read_toml(path, str(path))
         for key, value in loaded.items():
             if key not in known:
                 raise UsageError(f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(known))}")
@@ -188,7 +186,7 @@ def validate(config: RunConfig) -> RunConfig:
             raise UsageError(f"setting {key!r} {what}, got {getattr(config, key)!r}")
 
     for key in ("lr", "weight_decay", "label_smoothing", "tolerance", "max_drop", "sparsity", "finetune_lr"):
-        need(math.isfinite(getattr(config, key)), key, "must be a finite number")
+        need(getattr(config, key) is None or math.isfinite(getattr(config, key)), key, "must be a finite number")
     need(config.seed >= 0, "seed", "must be at least 0")
     need(config.weights is None or Path(config.weights).is_file(), "weights",
          "must name an existing state dict or .safetensors file")
@@ -199,19 +197,20 @@ def validate(config: RunConfig) -> RunConfig:
     if config.finetune_epochs > 0:
         TrainConfig(epochs=config.finetune_epochs, optimizer=config.optimizer, lr=config.finetune_lr,
                     batch_size=config.batch_size, label_smoothing=config.label_smoothing)
-    need(config.criterion in CRITERIA, "criterion", f"must be one of {', '.join(CRITERIA)}")
+    need(config.criterion is None or config.criterion in CRITERIA, "criterion", f"must be one of {', '.join(CRITERIA)}")
     need(config.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
-    need(config.tolerance > 0, "tolerance", "must be a positive fraction (0.005 = half a point)")
+    need(config.tolerance is None or config.tolerance > 0, "tolerance",
+         "must be a positive fraction (0.005 = half a point; 0.05 = 5% more perplexity)")
     need(config.subset is None or config.subset >= 1, "subset", "must be a positive number of examples")
-    need(config.folds == 0 or config.folds >= 2, "folds", "must be 0 (off) or at least 2")
-    need(config.max_drop >= 0, "max_drop", "must be at least 0")
+    need(config.folds is None or config.folds == 0 or config.folds >= 2, "folds", "must be 0 (off) or at least 2")
+    need(config.max_drop is None or config.max_drop >= 0, "max_drop", "must be at least 0")
     check_sparsity(config.sparsity, "setting 'sparsity'")
     need(len(config.sparsities) > 0, "sparsities", "must list at least one sparsity")
     for sparsity in config.sparsities:
         need(math.isfinite(sparsity), "sparsities", "must be finite numbers")
         check_sparsity(sparsity, "setting 'sparsities':")
-    need(len(config.methods) > 0, "methods", f"must list some of {', '.join(METHODS)}")
-    for method in config.methods:
+    need(config.methods is None or len(config.methods) > 0, "methods", f"must list some of {', '.join(METHODS)}")
+    for method in config.methods or ():
         if method not in METHODS:
             raise UsageError(f"setting 'methods' has unknown method {method!r}: use {', '.join(METHODS)}")
     need(config.patience is None or config.patience >= 1, "patience", "must be at least 1 epoch")

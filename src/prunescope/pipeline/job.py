@@ -33,18 +33,18 @@ from prunescope.data import load_dataset
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
 from prunescope.evaluate import Evaluator
-from prunescope.io import write_csv, write_json
+from prunescope.io import read_json, write_csv, write_json
 from prunescope.masks import compute_masks
 from prunescope.models import build_model, load_weights, model_spec
 from prunescope.pick.choose import choose
-from prunescope.pick.crossval import val_folds, with_threshold
+from prunescope.pick.crossval import DEFAULT_FOLDS, val_folds, with_threshold
 from prunescope.pick.ours import DEFAULT_REFINER
 from prunescope.pick.registry import make_allocator
 from prunescope.pick.retrain import retrain_cross_validate
 from prunescope.pipeline.compare import compare
 from prunescope.pipeline.config import RunConfig, check_settings, validate
 from prunescope.pipeline.recovered import recovered_channels, recovered_sweep
-from prunescope.prunable import prunable_share
+from prunescope.prunable import unit_share
 from prunescope.report.html import write_html
 from prunescope.report.schema import document
 from prunescope.report.tables import comparison_rows, save_scan
@@ -60,7 +60,8 @@ from prunescope.report.verdict import (
 )
 from prunescope.scan import scan
 from prunescope.scan.files import JOURNAL_FILE
-from prunescope.targets import find_targets
+from prunescope.scores import Score, default_metric
+from prunescope.targets import chosen_targets
 from prunescope.train import EpochRecord, TrainConfig, TrainResult, finetune, train
 from prunescope.train.scratch import scratch_epochs, train_scratch
 from prunescope.trust import Trust
@@ -102,8 +103,8 @@ class Stages:
         path = self.directory / f"{name}.json"
         if path.is_file():
             try:
-                saved = json.loads(path.read_text())
-            except (ValueError, OSError):
+                saved = read_json(path, str(path))
+            except UsageError:
                 saved = {}  # a damaged cache entry is recomputed, never trusted
             if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("result"), dict):
                 return saved["result"]
@@ -123,12 +124,12 @@ def _history(result: TrainResult) -> list[dict[str, Any]]:
 
 
 def _scan(config: RunConfig, model: torch.nn.Module, data: Dataset, out: Path, progress: Progress,
-          granularity: str = "weight") -> Curves:
+          tolerance: float, granularity: str = "weight") -> Curves:
     # The weight scan ranks by the run's criterion; the channel scan by the default channel importance.
     criterion = config.criterion if granularity == "weight" else DEFAULT_CRITERION[granularity]
     stage = "scan" if granularity == "weight" else f"{granularity} scan"
     storage = out / stage.replace(" ", "-") / JOURNAL_FILE
-    return scan(model, data, criterion=criterion, strategy=config.strategy, tolerance=config.tolerance,
+    return scan(model, data, criterion=criterion, strategy=config.strategy, tolerance=tolerance,
                 subset=config.subset, device=config.device, storage=storage, seed=config.seed, granularity=granularity,
                 on_trial=lambda done, total: progress(stage, done, total))
 
@@ -137,11 +138,12 @@ CV_MODES = ("val", "retrain")
 
 
 def _pick(config: RunConfig, curves: Curves, model: torch.nn.Module, data: Dataset, dense_config: TrainConfig,
-          out: Path, progress: Progress) -> dict[str, Any]:
-    """The ensemble pick within ``max_drop``, cross-validated as ``config.cv`` says, verified jointly on val."""
-    picker = make_allocator("ensemble", max_drop=config.max_drop)
+          out: Path, progress: Progress, tolerance: float, max_drop: float) -> dict[str, Any]:
+    """The ensemble pick within ``max_drop`` (a score drop), cross-validated as ``config.cv`` says, verified
+    jointly on val."""
+    picker = make_allocator("ensemble", max_drop=max_drop)
     if config.cv != "retrain" or not config.folds:
-        return choose(curves, picker, model, data, max_drop=config.max_drop, device=config.device,
+        return choose(curves, picker, model, data, max_drop=max_drop, device=config.device,
                       recalibrate_bn=config.recalibrate_bn, folds=config.folds, seed=config.seed).to_dict()
 
     def fit(fold_data: Dataset, directory: Path) -> torch.nn.Module:
@@ -151,8 +153,8 @@ def _pick(config: RunConfig, curves: Curves, model: torch.nn.Module, data: Datas
                                                        config.epochs)).model.eval()
 
     crossval = retrain_cross_validate(
-        data, fit, lambda m, fold_data, directory: _scan(config, m, fold_data, directory, progress), out / "cv",
-        max_drop=config.max_drop, k=config.folds, seed=config.seed, device=config.device,
+        data, fit, lambda m, fold_data, directory: _scan(config, m, fold_data, directory, progress, tolerance),
+        out / "cv", max_drop=max_drop, k=config.folds, seed=config.seed, device=config.device,
         recalibrate_bn=config.recalibrate_bn)
     allowed = crossval.chosen.threshold
     choice = choose(curves, with_threshold(picker, allowed), model, data, max_drop=allowed, device=config.device,
@@ -160,8 +162,39 @@ def _pick(config: RunConfig, curves: Curves, model: torch.nn.Module, data: Datas
     return replace(choice, crossval=crossval).to_dict()
 
 
+RUN_METHODS = ("ours", "uniform", "global", "erk", "lamp")  # compared unless told
+LANGUAGE_MODEL_METHODS = (*RUN_METHODS, "owl", "alpha")  # LLM allocations beside them, for a language model
+
+
+def settled(config: RunConfig, data: Dataset) -> RunConfig:
+    """``config`` with the settings it leaves to the data filled in, in the user's units.
+
+    A classifier: magnitude masks, ``RUN_METHODS``, tolerances of half an accuracy point, the pick
+    cross-validated on 3 val folds. A language model (LLM practice): Wanda masks,
+    ``LANGUAGE_MODEL_METHODS`` (OWL and AlphaPruning too), tolerances of 5% more perplexity, no
+    cross-validation (it reads per-example accuracy). Settings given explicitly are kept.
+    """
+    score = Score(default_metric(data.val))
+    language = score.lower_is_better
+    if language and config.folds:
+        raise UsageError("cross-validating the pick reads per-example accuracy, and a language model is scored by "
+                         "perplexity: use --folds 0 (the default for a language model)")
+    return replace(
+        config,
+        folds=(0 if language else DEFAULT_FOLDS) if config.folds is None else config.folds,
+        criterion=config.criterion or ("wanda" if language else DEFAULT_CRITERION["weight"]),
+        methods=config.methods or (LANGUAGE_MODEL_METHODS if language else RUN_METHODS),
+        tolerance=score.default_tolerance if config.tolerance is None else config.tolerance,
+        max_drop=score.default_tolerance if config.max_drop is None else config.max_drop,
+    )
+
+
 def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the whole pipeline into ``out``; return the result document (also ``out/result.json``)."""
+    """Run the whole pipeline into ``out``; return the result document (also ``out/result.json``).
+
+    Settings left None are :func:`settled` by the data; the document's ``settings`` are the settled ones and
+    ``metric`` says what every drop is measured in (accuracy, or a language model's perplexity).
+    """
     out = Path(out)
     progress = progress or (lambda stage, done, total: None)
     validate(check_settings(config))  # every setting, before minutes of training
@@ -171,6 +204,10 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     limits = {"limit_train": config.limit_train, "limit_val": config.limit_val}
     data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, **config.data_args,
                         **{k: v for k, v in limits.items() if v is not None})
+    config = settled(config, data)
+    score = Score(default_metric(data.val))
+    # What the scan and the pick bound: score drops (accuracy; log-perplexity), from the user's tolerances.
+    tolerance, max_drop = score.allowed(config.tolerance), score.allowed(config.max_drop)
     if config.folds:  # refuse impossible folds before training
         val_folds((data.train if config.cv == "retrain" else data.val).y.numpy(), config.folds, config.seed)
     spec = model_spec(config.model, data.input_shape, data.num_classes, **config.model_args)
@@ -181,23 +218,24 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
                             weights=config.weights, device=config.device,
                             on_epoch=lambda r: progress("dense training", r.epoch, config.epochs))
     model = dense_run.model.eval()
-    targets = find_targets(model)
-    prunable = prunable_share(model, targets, data.input_shape).to_dict()
+    targets, left_dense = chosen_targets(model, data.vocabulary)
+    prunable = unit_share(model, "weight", data.input_shape, vocabulary=data.vocabulary).to_dict()
 
     # 2. sensitivity scan (resumes from the journal)
-    curves = _scan(config, model, data, out, progress)
+    curves = _scan(config, model, data, out, progress, tolerance)
     save_scan(out / "scan", curves, model=model, checkpoint=str(out / "model.pt"), model_spec=spec,
-              dataset_spec=data.spec, settings={"tolerance": config.tolerance})
+              dataset_spec=data.spec, settings={"tolerance": tolerance}, prunable=prunable)
 
     # 3. how far can the whole model go within max_drop: ensemble pick, cross-validated on folds of
     # val (which chooses its per-layer threshold), verified jointly on val
     # Key later stages on what the curves say, not on the scan's bookkeeping (a scan reloaded from
     # its journal reports other ``reused`` / ``examples`` counts for the same points).
-    bookkeeping = ("evaluations", "reused", "examples")
+    bookkeeping = ("evaluations", "reused", "evaluated_here", "examples")
     scan_key = {"curves": {k: v for k, v in curves.to_dict().items() if k not in bookkeeping}}
-    pick_inputs = {**scan_key, "max_drop": config.max_drop, "recalibrate_bn": config.recalibrate_bn,
+    pick_inputs = {**scan_key, "max_drop": max_drop, "recalibrate_bn": config.recalibrate_bn,
                    "folds": config.folds, "cv": config.cv}
-    pick = stages.get("pick", pick_inputs, lambda: _pick(config, curves, model, data, dense_config, out, progress))
+    pick = stages.get("pick", pick_inputs,
+                      lambda: _pick(config, curves, model, data, dense_config, out, progress, tolerance, max_drop))
     progress("pick", 1, 1)
 
     # 4. one-shot comparison of every method over the sparsities (val only)
@@ -279,46 +317,48 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
     recovered = None
     tuned_baselines = [m for m in methods if m["method"] != "ours" and m.get("val")]
     if config.recovered and config.finetune_epochs > 0 and tuned_baselines:
-        baseline = max(tuned_baselines, key=lambda m: m["val"]["accuracy"])["method"]
+        baseline = max(tuned_baselines, key=lambda m: score.of(m["val"]))["method"]
         recovered = stages.get(
             "recovered",
-            {**scan_key, "sparsities": config.recovered_sparsities, "max_drop": config.max_drop, "baseline": baseline,
+            {**scan_key, "sparsities": config.recovered_sparsities, "max_drop": max_drop, "baseline": baseline,
              "tune": tune.to_dict(), "recalibrate_bn": config.recalibrate_bn},
             lambda: recovered_sweep(model, data, curves, sparsities=config.recovered_sparsities,
-                                    max_drop=config.max_drop, baseline=baseline, tune=tune, out=out / "recovered",
+                                    max_drop=max_drop, baseline=baseline, tune=tune, out=out / "recovered",
                                     model_spec=spec, criterion=config.criterion, device=config.device,
                                     recalibrate_bn=config.recalibrate_bn,
                                     progress=lambda message: progress(message, 1, None)))
 
     verdict = [
-        *layer_sentences(curves, config.tolerance),
-        f"within {config.max_drop * 100:g} pts the whole model can be pruned to {pick['global_sparsity']:.0%} "
-        f"(verified jointly on val: drop {pick['verified']['measured_drop'] * 100:+.2f} pts in-sample"
-        f"{crossval_clause(pick['crossval'])})",
-        method_sentence(config.sparsity, dense["test"], methods),
+        *([f"left dense as LLM pruning does: {', '.join(left_dense)} (prune them with --include)"] if left_dense
+          else []),
+        *layer_sentences(curves, tolerance, score),
+        f"within {score.drop_text(max_drop, sign=False)} the whole model can be pruned to "
+        f"{pick['global_sparsity']:.0%} (verified jointly on val: drop "
+        f"{score.drop_text(pick['verified']['measured_drop'])} in-sample{crossval_clause(pick['crossval'], score)})",
+        method_sentence(config.sparsity, dense["test"], methods, score),
     ]
     if (effort := selection_sentence([r for r in one_shot["rows"] if r["sparsity"] == config.sparsity])):
         verdict.append(effort)
-    if (sentence := scratch_sentence(next((m for m in methods if m["method"] == "ours"), None), scratch)):
+    if (sentence := scratch_sentence(next((m for m in methods if m["method"] == "ours"), None), scratch, score)):
         verdict.append(sentence)
     if reconstructed is not None:
-        verdict.append(reconstruction_sentence(config.sparsity, one_shot, reconstructed))
+        verdict.append(reconstruction_sentence(config.sparsity, one_shot, reconstructed, score))
     if recovered is not None:
-        verdict.append(recovered_sentence(recovered, config.max_drop))
+        verdict.append(recovered_sentence(recovered, max_drop, score))
     # 9. the same in whole channels: how many times fewer MACs after fine-tuning, and the speed-up measured there
     structured = None
     if config.granularity == "channel" and config.recovered and config.finetune_epochs > 0:
-        channel_curves = _scan(config, model, data, out, progress, granularity="channel")
+        channel_curves = _scan(config, model, data, out, progress, tolerance, granularity="channel")
         channel_key = {"curves": {k: v for k, v in channel_curves.to_dict().items() if k not in bookkeeping}}
         structured = stages.get(
             "recovered_channels",
-            {**channel_key, "removed_macs": config.removed_macs, "max_drop": config.max_drop, "tune": tune.to_dict(),
+            {**channel_key, "removed_macs": config.removed_macs, "max_drop": max_drop, "tune": tune.to_dict(),
              "recalibrate_bn": config.recalibrate_bn},
             lambda: recovered_channels(model, data, channel_curves, removed_macs=config.removed_macs,
-                                       max_drop=config.max_drop, tune=tune, out=out / "recovered",
+                                       max_drop=max_drop, tune=tune, out=out / "recovered",
                                        model_spec=spec, device=config.device, recalibrate_bn=config.recalibrate_bn,
                                        progress=lambda message: progress(message, 1, None)))
-        verdict.append(channel_recovered_sentence(structured, config.max_drop))
+        verdict.append(channel_recovered_sentence(structured, max_drop, score))
     studies = {}
     if config.hparams:  # resumable in out/hparams, like every stage
         studies["hparams"] = hparams.study(hparams.HparamsConfig(
@@ -326,12 +366,12 @@ def run(config: RunConfig, out: str | Path = "prunescope-out", *, progress: Prog
             out / "hparams", progress=progress).to_dict()
         verdict.append(f"hyperparameters: {studies['hparams']['verdict']['sentence']}")
     doc = document("run", config.to_dict(), model=spec, dataset=data.spec, prunable=prunable, dense=dense,
-                   scan={"tolerance": config.tolerance, "curves": curves.to_dict(per_example=False)},
+                   metric=score.metric, scan={"tolerance": tolerance, "curves": curves.to_dict(per_example=False)},
                    pick=pick, sparsity=config.sparsity, one_shot=one_shot, methods=methods, scratch=scratch,
                    one_shot_reconstructed=reconstructed, recovered=recovered,
                    recovered_channels=structured, verdict=verdict, **studies)
     write_json(out / "result.json", doc)
-    write_csv(out / "methods.csv", [_method_row(m) for m in methods])
+    write_csv(out / "methods.csv", [_method_row(m, score) for m in methods])
     write_csv(out / "one_shot.csv", comparison_rows(one_shot))
     write_html(out, doc)
     return doc
@@ -345,11 +385,14 @@ def _fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _method_row(m: dict[str, Any]) -> dict[str, Any]:
+def _method_row(m: dict[str, Any], score: Score) -> dict[str, Any]:
+    """A row of methods.csv: the metric one-shot, on val and test after fine-tuning, and the model's size."""
     row = {"method": m["method"], "sparsity": m["sparsity"], "error": m["error"]}
     if m["error"] is None:
-        row |= {"one_shot_val_accuracy": m["one_shot"]["val"]["accuracy"], "val_accuracy": m["val"]["accuracy"],
-                "test_accuracy": m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"],
+        metric = score.label
+        row |= {f"one_shot_val_{metric}": score.shown(score.of(m["one_shot"]["val"])),
+                f"val_{metric}": score.shown(score.of(m["val"])), f"test_{metric}": score.shown(score.of(m["test"])),
+                **({} if score.lower_is_better else {"test_macro_f1": m["test"]["macro_f1"]}),
                 "params_nonzero": m["measure"]["params_nonzero"], "bytes_sparse": m["measure"]["bytes_sparse"],
                 "macs_effective": m["measure"]["macs_effective"]}
     return row | {f"sparsity[{k}]": v for k, v in m["allocation"].items()}

@@ -38,11 +38,18 @@ from prunescope.pick.baselines import allocate
 from prunescope.pick.choose import choose
 from prunescope.pick.reach import reach
 from prunescope.pipeline.compare import compare
-from prunescope.targets import find_targets
+from prunescope.scores import Score, default_metric
+from prunescope.targets import chosen_targets
 from prunescope.train import TrainConfig, finetune, train
 from prunescope.train.gradual import gradual_prune, polynomial_schedule
 
 Progress = Callable[[str], None]
+
+
+def failed(metric: str, dense: float, max_drop: float) -> float:
+    """The score a sparsity that could not be reached counts as: accuracy 0, or a perplexity e times beyond the
+    bound (finite, so that the result stays JSON)."""
+    return dense - max_drop - 1 if Score(metric).lower_is_better else 0.0
 
 
 def recovered_sweep(
@@ -61,16 +68,20 @@ def recovered_sweep(
     recalibrate_bn: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Fine-tuned val accuracy of ``ours`` and ``baseline`` per sparsity, ours' bisected answer, test once there.
+    """Fine-tuned val score of ``ours`` and ``baseline`` per sparsity, ours' bisected answer, test once there.
+
+    Scores are those of :mod:`prunescope.scores` (accuracy; minus a language model's log-perplexity), and
+    ``max_drop`` is a drop of it.
 
     Returns a JSON-ready dict: ``curves`` {method: [{sparsity, val}]}, ``reach`` (the sweep,
     widening and bisection of ``ours``), ``answer``, ``test`` at the answer, ``gradual`` at the
     answer (val and test), and ``epochs`` (the fine-tuning budget of every point).
     """
     progress = progress or (lambda _message: None)
-    targets = find_targets(model)
+    targets = chosen_targets(model, data.vocabulary)[0]
     scores = compute_scores(model, targets, criterion, data=data.train)
-    dense_val = Evaluator(model, data.val, device=device).evaluate().accuracy
+    metric = default_metric(data.val)
+    dense_val = Evaluator(model, data.val, device=device).evaluate().score(metric)
     recovered: dict[tuple[str, float], tuple[float, nn.Module] | None] = {}
 
     def fine_tuned(method: str, sparsity: float) -> tuple[float, nn.Module] | None:
@@ -101,14 +112,14 @@ def recovered_sweep(
                     device=device,
                 )
                 recovered[method, sparsity] = (
-                    Evaluator(result.model, data.val, device=device).evaluate().accuracy,
+                    Evaluator(result.model, data.val, device=device).evaluate().score(metric),
                     result.model,
                 )
         return recovered[method, sparsity]
 
     def ours_at(sparsity: float) -> float:
         result = fine_tuned("ours", sparsity)
-        return 0.0 if result is None else result[0]
+        return failed(metric, dense_val, max_drop) if result is None else result[0]
 
     found = reach(ours_at, dense_val, sparsities, max_drop)
     for sparsity in sorted(found.points):
@@ -117,6 +128,7 @@ def recovered_sweep(
     document: dict[str, Any] = {
         "epochs": tune.epochs,
         "baseline": baseline,
+        "metric": metric,
         "dense_val": dense_val,
         "curves": {
             method: [
@@ -162,17 +174,19 @@ def gradual_at(
     document: dict[str, Any] = {"sparsity": sparsity, "steps": steps, "epochs": steps * per_step.epochs,
                                 "error": None, "val": None, "test": None}
     pruned = copy.deepcopy(model)
+    targets = chosen_targets(pruned, data.vocabulary)[0]
     try:
         result = gradual_prune(
             pruned,
             data,
-            lambda s: allocate("global", pruned, find_targets(pruned), s),
+            lambda s: allocate("global", pruned, targets, s),
             polynomial_schedule(0.0, sparsity, steps),
             per_step,
             criterion=criterion,
             device=device,
             checkpoint_dir=out,
             model_spec=model_spec,
+            targets=targets,
         )
     except UsageError as error:  # an allocation that empties a layer: a result of the baseline, not bad input
         return document | {"error": str(error)}
@@ -208,35 +222,37 @@ def recovered_channels(
     (:func:`prunescope.measure.measure_speedup`).
 
     Returns a JSON-ready dict: ``reach`` (r as "sparsity": the fraction of MACs removed),
-    ``answer``, ``dense_macs`` (per sample), ``points`` (per r: val accuracy, parameters and MACs of the model trained),
+    ``answer``, ``dense_macs`` (per sample), ``points`` (per r: val score, parameters and MACs of the model trained),
     ``mac_reduction`` and ``test`` at the answer, ``measure`` (params, MACs, latency, speed-up
     per batch size), ``epochs``.
     """
     progress = progress or (lambda _message: None)
-    dense_val = Evaluator(model, data.val, device=device).evaluate().accuracy
+    metric = default_metric(data.val)
+    dense_val = Evaluator(model, data.val, device=device).evaluate().score(metric)
     trained: dict[float, tuple[float, nn.Module, ChannelPruned] | None] = {}
 
-    def accuracy_at(fraction: float) -> float:
+    def score_at(fraction: float) -> float:
         if fraction not in trained:
             try:
                 choice = choose(curves, BudgetPicker(target_macs=1 - fraction), model, data, device=device,
                                 recalibrate_bn=recalibrate_bn)
             except UsageError:  # below what one channel per group leaves: a failure of this fraction
                 trained[fraction] = None
-                return 0.0
+                return failed(metric, dense_val, max_drop)
             progress(f"fine-tuning channels at {fraction:.0%} fewer MACs")
             pruned = prune_channels(copy.deepcopy(model), model_spec, choice.verified.allocation,
                                     importance=curves.criterion, data=data.train)
             result = train(pruned.model, data, tune, checkpoint=out / f"channel@{fraction:g}" / "model.pt",
                            model_spec=pruned.model_spec, device=device)
-            trained[fraction] = (Evaluator(result.model, data.val, device=device).evaluate().accuracy,
+            trained[fraction] = (Evaluator(result.model, data.val, device=device).evaluate().score(metric),
                                  result.model, pruned)
         entry = trained[fraction]
-        return 0.0 if entry is None else entry[0]
+        return failed(metric, dense_val, max_drop) if entry is None else entry[0]
 
-    found = reach(accuracy_at, dense_val, removed_macs, max_drop)
+    found = reach(score_at, dense_val, removed_macs, max_drop)
     document: dict[str, Any] = {
         "granularity": "channel",
+        "metric": metric,
         "epochs": tune.epochs,
         "dense_val": dense_val,
         "dense_macs": count_macs(model, data.input_shape).dense,

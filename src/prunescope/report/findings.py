@@ -8,13 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from prunescope.curves import Curves
-from prunescope.report.blocks import Cell, Columns, Error, Items, Section, accuracy_cell, figure_of, note_of, table_of
+from prunescope.report.blocks import Cell, Columns, Error, Items, Section, figure_of, note_of, table_of
 from prunescope.report.formats import (
-    acc_of,
     bytes_text,
-    ci_of,
     count_text,
-    diff,
     finished,
     fixed,
     latency_at,
@@ -22,7 +19,6 @@ from prunescope.report.formats import (
     ms_text,
     num,
     pct,
-    pts_text,
     setting,
     si,
 )
@@ -32,6 +28,7 @@ from prunescope.report.plots import (
     interval_panels_figure,
     training_figure,
 )
+from prunescope.report.quality import Quality
 from prunescope.report.verdict import crossval_clause, predicted_drop_text
 
 
@@ -79,12 +76,13 @@ def _dense(doc: Mapping[str, Any]) -> Section | None:
     dense = doc.get("dense")
     if not isinstance(dense, Mapping):
         return None
-    parts = []
+    parts, quality = [], Quality.of(doc)
     splits = [(split, dense[split]) for split in ("val", "test") if isinstance(dense.get(split), Mapping)]
     if splits:
         parts.append(table_of(
-            ("split", "accuracy (95% CI)", "macro-F1", "loss (nats)", "examples"),
-            [(split, accuracy_cell(m), fixed(m.get("macro_f1")), fixed(m.get("loss")), count_text(m.get("n")))
+            ("split", quality.name if quality.perplexity else "accuracy (95% CI)", "macro-F1", "loss (nats)",
+             "examples"),
+            [(split, quality.cell(m), fixed(m.get("macro_f1")), fixed(m.get("loss")), count_text(m.get("n")))
              for split, m in splits],
             caption="metrics of the dense model",
         ))
@@ -109,13 +107,12 @@ def _sensitivity(doc: Mapping[str, Any]) -> Section | None:
     if not isinstance(scan, Mapping) or not isinstance(scan.get("curves"), Mapping):
         return None
     curves = Curves.from_dict(scan["curves"])
-    tolerance = num(scan.get("tolerance"))
+    tolerance, quality = num(scan.get("tolerance")), Quality.of(doc)
     parts = [note_of("Each curve is measured once on the validation split; the band is the 95% interval "
                    "of each evaluation.")]
     explanation = "Each line prunes one layer alone, every other layer dense."
     if tolerance is not None:
-        explanation += (f" The green band is the tolerance: {tolerance * 100:g} accuracy points below the dense "
-                        "model.")
+        explanation += f" The green band is the tolerance: val {quality.drop(tolerance)} worse than the dense model."
     parts.append(note_of(explanation))
     parts.append(figure_of(lambda: curves_figure(curves, tolerance), "sensitivity curves of each layer"))
     rows = []
@@ -130,12 +127,13 @@ def _sensitivity(doc: Mapping[str, Any]) -> Section | None:
         rows.append((
             name, si(curve.numel), si(curve.macs), str(len(points)),
             ("none" if best is None else pct(best.sparsity, 1)) if tolerance is not None else "–",
-            f"{pts_text(curves.dense_at(last.n).value - last.value)} at {pct(last.sparsity, 0)}",
+            f"{quality.score.drop_text(curves.dense_at(last.n).value - last.value)} at {pct(last.sparsity, 0)}",
         ))
     if rows:
         parts.append(table_of(("layer", "weights", "MACs", "points", "highest sparsity within tolerance",
-                             "drop at the highest level (pts)"), rows,
-                            caption=f"val {curves.metric} of the dense model: {pct(curves.dense.value)}; "
+                             "drop at the highest level"), rows,
+                            caption=f"val {curves.metric} of the dense model: "
+                                    f"{quality.text(quality.of_score(curves.dense.value))}; "
                                     f"{curves.evaluations} evaluations ({curves.criterion} criterion)"))
     return Section("sensitivity", "Sensitivity of each layer", parts)
 
@@ -151,7 +149,7 @@ def _allocation(doc: Mapping[str, Any]) -> Section | None:
                    for name, m in zip(names, methods, strict=True)}
     sparsity = num(doc.get("sparsity"))
     title = f"per-layer sparsity at {sparsity:.0%} overall" if sparsity is not None else "per-layer sparsity"
-    parts = []
+    parts, quality = [], Quality.of(doc)
     pick = doc.get("pick")
     if isinstance(pick, Mapping):
         verified = pick.get("verified") if isinstance(pick.get("verified"), Mapping) else {}
@@ -159,12 +157,15 @@ def _allocation(doc: Mapping[str, Any]) -> Section | None:
         predicted, measured = num(verified.get("predicted_drop")), num(verified.get("measured_drop"))
         reference = num(verified.get("reference"))
         if predicted is not None and measured is not None:
-            shown = predicted_drop_text(predicted, reference) if reference is not None else pts_text(predicted)
-            text += f"; joint drop on val predicted {shown} pts, measured {pts_text(measured)} pts before fine-tuning"
+            shown = (f"{predicted_drop_text(predicted, reference)} pts"
+                     if reference is not None and not quality.perplexity else quality.score.drop_text(predicted))
+            text += (f"; joint drop on val predicted {shown}, measured {quality.score.drop_text(measured)} before "
+                     "fine-tuning")
         if num(pick.get("bound")) is not None:
-            text += f" (bound {pick['bound'] * 100:g} pts)"
+            text += f" (bound {quality.drop(pick['bound'])})"
         crossval = pick.get("crossval")
-        parts.append(note_of(text + crossval_clause(crossval if isinstance(crossval, Mapping) else None) + "."))
+        parts.append(note_of(text + crossval_clause(crossval if isinstance(crossval, Mapping) else None,
+                                                    quality.score) + "."))
     parts.append(figure_of(lambda: allocation_figure(allocations, title), "per-layer sparsity of each method"))
     rows = [(t, *(pct(allocations[n][t], 1) for n in names)) for t in targets]
     rows.append((Cell("overall", em=True), *(pct(m.get("sparsity"), 1) for m in methods)))
@@ -177,17 +178,19 @@ def _before_after(doc: Mapping[str, Any]) -> Section | None:
     dense = doc.get("dense") if isinstance(doc.get("dense"), Mapping) else {}
     if not methods:
         return None
-    dense_test = acc_of(dense.get("test"))
-    dense_val = acc_of(dense.get("val"))
-    headers = ("model", "sparsity", "one-shot val acc.", "val acc.", "test acc. (95% CI)", "Δ test vs dense (pts)",
-               "test macro-F1", "non-zero params", "size", "MACs (effective)", "latency b=1", "throughput b=256")
+    quality = Quality.of(doc)
+    dense_test, dense_val, short = quality.value(dense.get("test")), quality.value(dense.get("val")), quality.short
+    headers = ("model", "sparsity", f"one-shot val {short}", f"val {short}",
+               f"test {short}" + ("" if quality.perplexity else " (95% CI)"),
+               f"Δ test vs dense ({quality.change_unit})", "test macro-F1", "non-zero params", "size",
+               "MACs (effective)", "latency b=1", "throughput b=256")
 
     def row(name: Any, sparsity: Any, one_shot: Any, entry: Mapping[str, Any], dense_row: bool) -> tuple:
         test = entry.get("test") if isinstance(entry.get("test"), Mapping) else {}
         measure = entry.get("measure") if isinstance(entry.get("measure"), Mapping) else {}
         return (
-            name, pct(sparsity, 1), one_shot, accuracy_cell(entry.get("val")), accuracy_cell(test),
-            "–" if dense_row else pts_text(diff(acc_of(test), dense_test)),
+            name, pct(sparsity, 1), one_shot, quality.cell(entry.get("val")), quality.cell(test),
+            "–" if dense_row else quality.change(quality.value(test), dense_test),
             fixed(test.get("macro_f1")),
             si(measure.get("params_nonzero")),
             bytes_text(measure.get("bytes_dense" if dense_row else "bytes_sparse")),
@@ -205,35 +208,24 @@ def _before_after(doc: Mapping[str, Any]) -> Section | None:
             failed.append(m)
             continue
         one_shot = m.get("one_shot") if isinstance(m.get("one_shot"), Mapping) else {}
-        rows.append(row(m.get("method", "?"), m.get("sparsity"), accuracy_cell(one_shot.get("val")), m, False))
-    parts = [note_of("Every method is pruned to the same overall sparsity, then fine-tuned. One-shot: val accuracy "
-                   "right after pruning, before fine-tuning. The other metrics are after fine-tuning; test is read "
-                   "once, at the end. Size: dense storage for the dense model, sparse storage (non-zero values and "
-                   "their indices) for the pruned ones; MACs counted only for non-zero weights.")]
+        rows.append(row(m.get("method", "?"), m.get("sparsity"), quality.cell(one_shot.get("val")), m, False))
+    parts = [note_of("Every method is pruned to the same overall sparsity, then fine-tuned. One-shot: val "
+                     f"{quality.name} right after pruning, before fine-tuning. The other metrics are after "
+                     "fine-tuning; test is read once, at the end. Size: dense storage for the dense model, sparse "
+                     "storage (non-zero values and their indices) for the pruned ones; MACs counted only for "
+                     "non-zero weights.")]
     if dense_val is not None:
-        parts.append(note_of(f"Dense val accuracy {pct(dense_val)}"
-                           + (f", test {pct(dense_test)}." if dense_test is not None else ".")))
+        parts.append(note_of(f"Dense val {quality.name} {quality.text(dense_val)}"
+                           + (f", test {quality.text(dense_test)}." if dense_test is not None else ".")))
     parts.append(table_of(headers, rows, caption="before (dense) and after pruning and fine-tuning", css="wide"))
     for m in failed:
         parts.append(Error(f'{m.get("method", "?")} did not reach {pct(m.get("sparsity"), 1)}: {m.get("error")}'))
     return Section("before-after", "Before and after, per method", parts)
 
 
-def _points(metrics: Any, sparsity: float) -> tuple[float, float, float, float] | None:
-    accuracy, ci = acc_of(metrics), ci_of(metrics)
-    if accuracy is None:
-        return None
-    low, high = ci if ci is not None else (accuracy, accuracy)
-    return (sparsity, accuracy, low, high)
-
-
-def _reference(metrics: Any) -> tuple[float, float, float] | None:
-    point = _points(metrics, 0.0)
-    return None if point is None else point[1:]
-
-
 def _accuracy_vs_sparsity(doc: Mapping[str, Any]) -> Section | None:
     dense = doc.get("dense") if isinstance(doc.get("dense"), Mapping) else {}
+    quality = Quality.of(doc)
     panels: list[tuple[str, dict[str, list], tuple[float, float, float] | None]] = []
     for title, split, stage in (("one-shot, val", "val", "one_shot"), ("fine-tuned, val", "val", None),
                                 ("fine-tuned, test", "test", None)):
@@ -243,17 +235,19 @@ def _accuracy_vs_sparsity(doc: Mapping[str, Any]) -> Section | None:
             if not finished(m) or sparsity is None:
                 continue
             source = m.get(stage) if stage else m
-            point = _points(source.get(split), sparsity) if isinstance(source, Mapping) else None
+            point = quality.interval(source.get(split)) if isinstance(source, Mapping) else None
             if point is not None:
-                series.setdefault(str(m.get("method", "?")), []).append(point)
+                series.setdefault(str(m.get("method", "?")), []).append((sparsity, *point))
         if series:
-            panels.append((title, series, _reference(dense.get(split))))
+            panels.append((title, series, quality.interval(dense.get(split))))
     if not panels:
         return None
-    body = [note_of("Error bars: the 95% interval of each accuracy. Black line and grey band: the dense model and "
-                  "its interval. Methods at the same sparsity are drawn slightly apart."),
-            figure_of(lambda: interval_panels_figure(panels, "accuracy"), "accuracy versus sparsity per method")]
-    return Section("accuracy", "Accuracy vs sparsity", body)
+    bars = ("Error bars: the 95% interval of each accuracy. Black line and grey band: the dense model and its "
+            "interval." if not quality.perplexity else "Black line: the dense model.")
+    body = [note_of(f"{bars} Methods at the same sparsity are drawn slightly apart."),
+            figure_of(lambda: interval_panels_figure(panels, quality.name),
+                      f"{quality.name} versus sparsity per method")]
+    return Section("accuracy", f"{quality.name.capitalize()} vs sparsity", body)
 
 
 SECTIONS = (_verdict, _settings, _dense, _sensitivity, _allocation, _before_after, _accuracy_vs_sparsity)

@@ -124,14 +124,17 @@ def recovered_figure(
     bound: float,
     answer: float | None,
     marks: Mapping[str, tuple[float, float]] | None = None,
+    metric: str = "accuracy",
 ) -> Figure:
-    """Accuracy after fine-tuning vs global sparsity, one line per method, with the bound and the answer marked.
+    """The metric after fine-tuning vs global sparsity, one line per method, with the bound and the answer marked.
 
-    ``series``: ``{method: [(sparsity, val accuracy)]}``; ``dense``: the dense val accuracy
-    (black line); ``bound``: the lowest accuracy within the allowed drop (dashed red line, the
-    region below it shaded); ``answer``: the sparsity answered (a dotted vertical line; None or
-    0: none); ``marks``: single points labelled by their key, e.g. the test accuracy at the answer.
+    ``series``: ``{method: [(sparsity, val metric)]}``; ``dense``: the dense val metric
+    (black line); ``bound``: the worst value within the allowed drop (dashed red line, the
+    region beyond it shaded); ``answer``: the sparsity answered (a dotted vertical line; None or
+    0: none); ``marks``: single points labelled by their key, e.g. the test metric at the answer.
+    ``metric``: ``accuracy`` (a fraction, higher is better) or ``perplexity`` (lower is better).
     """
+    shown = "{:.3f}" if metric == "perplexity" else "{:.2%}"
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
     for method, points in series.items():
@@ -139,15 +142,15 @@ def recovered_figure(
         axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
     for i, (label, (x, y)) in enumerate((marks or {}).items()):
         axes.plot([x], [y], marker="*^Dsv"[i % 5], markersize=10, linestyle="none", label=label)
-    axes.axhline(dense, color="black", linewidth=0.9, label=f"dense ({dense:.2%})")
-    axes.axhline(bound, color="C3", linestyle="--", linewidth=1.1, label=f"bound ({bound:.2%})")
+    axes.axhline(dense, color="black", linewidth=0.9, label=f"dense ({shown.format(dense)})")
+    axes.axhline(bound, color="C3", linestyle="--", linewidth=1.1, label=f"bound ({shown.format(bound)})")
     if answer:
         axes.axvline(answer, color="C2", linestyle=":", linewidth=1.5, label=f"answer ({answer:.1%})")
     low, high = axes.get_ylim()
-    axes.axhspan(low, bound, color="C3", alpha=0.06)  # outside the bound
+    axes.axhspan(*((bound, high) if metric == "perplexity" else (low, bound)), color="C3", alpha=0.06)  # outside
     axes.set_ylim(low, high)
     axes.set_xlabel("global sparsity")
-    axes.set_ylabel("val accuracy after fine-tuning")
+    axes.set_ylabel(f"val {metric} after fine-tuning")
     axes.set_title("how far after fine-tuning")
     axes.legend(fontsize="small")
     return figure

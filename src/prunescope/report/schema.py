@@ -6,13 +6,13 @@ Its sections are described in ``docs/result-schema.md`` and :mod:`prunescope.rep
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prunescope import __version__
 from prunescope.errors import UsageError
+from prunescope.io import read_json
 
 SCHEMA = "prunescope.result"
 SCHEMA_VERSION = 2
@@ -58,16 +58,6 @@ def load_result(out_dir: str | Path) -> dict[str, Any]:
     path = out_dir if out_dir.is_file() else out_dir / RESULT_FILE
     if not path.is_file():
         raise UsageError(f"no {RESULT_FILE} in {out_dir}: give the --out directory of a finished prunescope run")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text, so not a prunescope run result; re-run prunescope run") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
-                         "re-run prunescope run") from None
+    doc = read_json(path, str(path), hint="re-run prunescope run")
     check_result(doc, str(path))
     return doc

@@ -284,21 +284,24 @@ def write_comparison(out: Path, doc: dict[str, Any], comparison: Comparison) -> 
 
 
 def run_table(doc: dict[str, Any]) -> Table:
-    """The final table of ``prunescope run``: dense, every method after fine-tuning, scratch runs."""
-    dense = doc["dense"]
+    """The final table of ``prunescope run``: dense, every method after fine-tuning, scratch runs (accuracy with its
+    95% interval, or a language model's perplexity and its change from dense)."""
+    dense, score = doc["dense"], Score(doc.get("metric", "accuracy"))
     table = Table(title=f"{doc['model']['name']} on {doc['dataset']['name']}: every method at "
                   f"{doc['sparsity']:.0%} sparsity, fine-tuned; val on all {dense['val']['n']} val examples, "
                   f"test on all {dense['test']['n']} test examples, read once")
-    for column in ("model", "one-shot val", "val", "test (95% CI)", "Δ test pts", "non-zero", "KiB", "MACs",
-                   "ms b=1"):
+    quality = (("one-shot val ppl", "val ppl", "test ppl", score.change_unit) if score.lower_is_better
+               else ("one-shot val", "val", "test (95% CI)", "Δ test pts"))
+    for column in ("model", *quality, "non-zero", "KiB", "MACs", "ms b=1"):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
 
     def add(name: str, entry: dict[str, Any], one_shot: str = "-") -> None:
         test, size = entry["test"], entry["measure"]
+        shown = score.measured_text(test)
+        if not score.lower_is_better:
+            shown += f" ({test['accuracy_ci'][0]:.1%}–{test['accuracy_ci'][1]:.1%})"
         table.add_row(
-            name, one_shot, f"{entry['val']['accuracy']:.2%}",
-            f"{test['accuracy']:.2%} ({test['accuracy_ci'][0]:.1%}–{test['accuracy_ci'][1]:.1%})",
-            f"{(test['accuracy'] - dense['test']['accuracy']) * 100:+.2f}",
+            name, one_shot, score.measured_text(entry["val"]), shown, score.change_text(test, dense["test"]),
             f"{_si(size['params_nonzero'])}/{_si(size['params_total'])}", f"{size['bytes_sparse'] / 1024:.1f}",
             _si(size["macs_effective"]), f"{size['latency']['1']['median_ms']:.3f}",
         )
@@ -308,7 +311,7 @@ def run_table(doc: dict[str, Any]) -> Table:
         if m["error"] is not None:
             table.add_row(m["method"], "infeasible", *["-"] * 7)
         else:
-            add(m["method"], m, f"{m['one_shot']['val']['accuracy']:.2%}")
+            add(m["method"], m, score.measured_text(m["one_shot"]["val"]))
     for s in doc["scratch"]:
         add(f"scratch-{s['mode']} ({s['epochs']} ep)", s)
     return table

@@ -235,7 +235,7 @@ def scan(
         study = spec.open(identity, absent=IDENTITY_ABSENT)
         evaluate.remember(study.finished())  # the dense answers of a resumed scan, for the paired counts
         with executor(
-            evaluate, spec, executor_kind, workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker
+            evaluate, study, executor_kind, workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker
         ) as chosen:
             outcome = Runner(
                 study,
@@ -253,6 +253,7 @@ def scan(
         curves={unit.target: replace(unit, points=outcome.points[unit.target]) for unit in empty},
         evaluations=outcome.evaluations,
         reused=outcome.reused,
+        evaluated_here=outcome.evaluated_here,
         examples=outcome.examples,
         dense_by_n=outcome.dense,
         granularity=granularity,

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-from prunescope.scan.study import Evaluate, Measurement, Point, ScanObjective, ScanStudy, StudySpec
+from prunescope.scan.study import Evaluate, Measurement, Point, ScanObjective, ScanStudy
 from prunescope.trials.executors import Executor as Workers
 from prunescope.trials.executors import Local, make_executor, settle_points
 from prunescope.trials.queue import Drain
@@ -34,7 +34,7 @@ class InProcess:
         self.evaluate = evaluate
 
     def run(self, study: ScanStudy, points: Sequence[Point], on_done: OnDone) -> None:
-        drain = Drain(study.spec.place, ScanObjective(study.spec, self.evaluate), study.study)
+        drain = Drain(study.spec.place, ScanObjective(study.spec, self.evaluate), study.study, study.run)
         settle_points(Local(drain), points, study.finished, study.enqueue, on_done)
 
 
@@ -51,21 +51,21 @@ class Pooled:
 @contextlib.contextmanager
 def executor(
     evaluate: Evaluate,
-    spec: StudySpec,
+    study: ScanStudy,
     kind: str,
     workers: int,
     *,
     ray_address: str | None = None,
     gpus_per_worker: float = 0.0,
 ) -> Iterator[Executor]:
-    """The scan's executor of ``kind`` (``local``, ``processes``, ``ray``), its workers stopped on exit."""
+    """The executor of ``kind`` (``local``, ``processes``, ``ray``) for ``study``, its workers stopped on exit."""
     if kind == "local" and workers == 1:
         yield InProcess(evaluate)
         return
     # Each worker loads the study from its place (the drain is pickled without it).
     pool = make_executor(
-        kind, Drain(spec.place, ScanObjective(spec, evaluate)), workers, ray_address=ray_address,
-        gpus_per_worker=gpus_per_worker,
+        kind, Drain(study.spec.place, ScanObjective(study.spec, evaluate), run=study.run), workers,
+        ray_address=ray_address, gpus_per_worker=gpus_per_worker,
     )
     try:
         yield Pooled(pool)

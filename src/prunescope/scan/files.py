@@ -13,7 +13,7 @@ from torch import nn
 
 from prunescope.curves import Curves
 from prunescope.errors import UsageError
-from prunescope.io import loads_finite
+from prunescope.io import read_json
 from prunescope.scan.identity import model_fingerprint
 from prunescope.targets import find_targets
 
@@ -41,8 +41,9 @@ def load_scan(directory: str | Path) -> ScanFile:
     path = Path(directory) / SCAN_FILE
     if not path.is_file():
         raise UsageError(f"no scan in {directory}: run prunescope scan --out {directory} first")
+    # A NaN in measured curves is damage, not data.
+    doc = read_json(path, str(path), finite=True, hint="run the scan again")
     try:
-        doc = loads_finite(path.read_text())  # a NaN in measured curves is damage, not data
         return ScanFile(Curves.from_dict(doc["curves"]), doc.get("checkpoint"), doc["fingerprint"], doc["settings"])
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise UsageError(f"{path} is damaged ({type(error).__name__}: {error}); run the scan again") from None

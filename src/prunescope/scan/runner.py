@@ -88,6 +88,7 @@ class ScanOutcome:
     """Settled points per target (sorted by sparsity), the dense reference per subset size, and costs.
 
     evaluations: evaluations the curves rest on (run now + reused); examples: sum of their n.
+    evaluated_here: of those, how many this scan's workers evaluated (the others: other processes).
     unresolved: per target, the sparsities whose decision stayed within noise on the top rung.
     measured: every evaluation the curves rest on, with its per-example results where kept.
     """
@@ -96,6 +97,7 @@ class ScanOutcome:
     dense: dict[int, CurvePoint]
     evaluations: int
     reused: int
+    evaluated_here: int
     examples: int
     unresolved: dict[str, list[float]]
     measured: dict[Point, Measurement]
@@ -167,6 +169,7 @@ class Runner:
             dense=dict(sorted(dense.items())),
             evaluations=len(self.used),
             reused=self.reused,
+            evaluated_here=self.study.evaluated_here(self.used),
             examples=sum(p.n for p in self.used),
             unresolved={name: sorted(self.unresolved[name]) for name in self.targets},
             measured={p: self.results[p] for p in self.used},

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 
 from prunescope.curves import CurvePoint
 from prunescope.errors import UsageError
-from prunescope.trials.queue import Place, optuna_verbosity, plan
+from prunescope.trials.queue import RUN_ATTR, Place, optuna_verbosity, plan, run_tag
 from prunescope.trials.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, is_url
 
 DENSE = "(dense)"  # the ``target`` of the dense reference (sparsity 0)
@@ -149,11 +149,16 @@ def _point(params: dict) -> Point:
 
 
 class ScanStudy:
-    """One scan's trials: queue points, read finished ones back (:class:`ScanObjective` evaluates them)."""
+    """One scan's trials: queue points, read finished ones back (:class:`ScanObjective` evaluates them).
+
+    ``run``: this scan's :func:`~prunescope.trials.queue.run_tag`, which its workers record in
+    the trials they evaluate.
+    """
 
     def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
         self.study = study
         self.spec = spec
+        self.run = run_tag()
 
     def finished(self) -> dict[Point, Measurement]:
         """Every COMPLETE trial as ``{point: measurement}``."""
@@ -164,6 +169,16 @@ class ScanStudy:
             )
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         }
+
+    def evaluated_here(self, points: Iterable[Point]) -> int:
+        """How many of ``points`` this scan's workers evaluated (the others: processes sharing the
+        study, now or in earlier runs)."""
+        wanted = set(points)
+        return len({
+            point
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if (point := _point(t.params)) in wanted and t.user_attrs.get(RUN_ATTR) == self.run
+        })
 
     def enqueue(self, points: Iterable[Point]) -> int:
         """Queue the ``points`` that no trial holds anywhere (see :func:`~prunescope.trials.queue.plan`)."""

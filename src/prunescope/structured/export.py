@@ -65,8 +65,8 @@ from torch.export.passes import move_to_device_pass
 from prunescope.checkpoint import load_checkpoint
 from prunescope.device import resolve_device
 from prunescope.errors import PrunescopeError, UsageError
-from prunescope.io import atomic_write
-from prunescope.models import build_from_spec
+from prunescope.io import atomic_write, parse_json
+from prunescope.models import build_from_spec, spec_difference
 from prunescope.trust import Trust, check_spec
 
 FORMAT = "prunescope-export"
@@ -94,6 +94,8 @@ class ModelFile:
     model was pruned from (an export's ``model_spec``; a channel-pruned checkpoint's spec
     without ``removed_channels``), None when the file does not say or the model is itself
     dense. ``exported``: the module is a torch.export graph, else an eager module.
+    ``architecture``: the spec of the dense architecture the model is (or was pruned from),
+    None when the file does not say.
     """
 
     module: nn.Module
@@ -101,6 +103,7 @@ class ModelFile:
     dense_spec: dict[str, Any] | None
     exported: bool
     static_batch: int | None = None  # an export captured for this batch size only
+    architecture: dict[str, Any] | None = None
 
 
 def export_program(model: nn.Module, input_shape: Sequence[int]) -> ExportedProgram:
@@ -285,11 +288,12 @@ def load_model_file(
             check_spec(dense_spec, "model", f"exported model {path}", Trust(everything=trust_factory))
         batch = loaded.metadata.get("batch")
         return ModelFile(loaded.module, shape, dense_spec, exported=True,
-                         static_batch=batch if isinstance(batch, int) else None)
+                         static_batch=batch if isinstance(batch, int) else None, architecture=dense_spec)
     saved = load_checkpoint(path, trust_factory=trust_factory, model_args=model_args)
     spec = saved.model_spec
-    dense_spec = {k: v for k, v in spec.items() if k != "removed_channels"} if spec.get("removed_channels") else None
-    return ModelFile(saved.model, tuple(spec["input_shape"]), dense_spec, exported=False)
+    architecture = {k: v for k, v in spec.items() if k != "removed_channels"}
+    dense_spec = architecture if spec.get("removed_channels") else None
+    return ModelFile(saved.model, tuple(spec["input_shape"]), dense_spec, exported=False, architecture=architecture)
 
 
 def dense_reference(
@@ -303,7 +307,9 @@ def dense_reference(
     """The dense model to time ``model`` against: file ``dense``, else ``model.dense_spec`` rebuilt, else None.
 
     The rebuilt model has freshly initialised weights, which do not change its latency.
-    Raises UsageError if ``dense`` takes another input shape or the spec cannot be rebuilt here.
+    Raises UsageError if ``dense`` takes another input shape, is another architecture (another
+    model name or model argument: a speed-up over it says nothing about pruning) or the spec
+    cannot be rebuilt here.
     """
     if dense is not None:
         reference = load_model_file(dense, device, trust_export=trust_export, trust_factory=trust_factory)
@@ -312,6 +318,11 @@ def dense_reference(
                 f"dense model {dense} takes inputs of shape {reference.input_shape} but the model "
                 f"takes {model.input_shape}: compare models of the same input"
             )
+        if model.architecture is not None and reference.architecture is not None and (
+            difference := spec_difference(reference.architecture, model.architecture)
+        ):
+            raise UsageError(f"dense model {dense} is another architecture than the model's ({difference}): "
+                             "compare with the dense model it was pruned from")
         return reference
     if model.dense_spec is None:
         return None
@@ -365,8 +376,8 @@ def _metadata(path: Path, text: str) -> dict[str, Any]:
             f"{path} is a torch.export archive but not a prunescope export (no {METADATA_FILE}): {_HOW_TO_WRITE}"
         )
     try:
-        metadata = json.loads(text)
-    except json.JSONDecodeError:
+        metadata = parse_json(text, METADATA_FILE)
+    except UsageError:
         raise UsageError(f"{path} has a damaged {METADATA_FILE}: re-export it; {_HOW_TO_WRITE}") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise UsageError(f"{path} is a torch.export archive but not a prunescope export: {_HOW_TO_WRITE}")

@@ -209,12 +209,16 @@ def _select(roots: dict[str, nn.Module], include: Sequence[str], exclude: Sequen
         for pattern in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in roots):
                 raise UsageError(f"{option} {pattern!r} matches no channel group; groups: {available}")
-    return {
+    chosen = {
         name: root
         for name, root in roots.items()
         if (not include or any(fnmatch.fnmatchcase(name, p) for p in include))
         and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
     }
+    if roots and not chosen:  # as for weight targets (prunescope.targets.find_targets): a scan of nothing
+        patterns = " ".join(f"--exclude {p!r}" for p in exclude)
+        raise UsageError(f"{patterns} leaves no channel group to prune; groups: {available}")
+    return chosen
 
 
 def pruned_copy(model: nn.Module, input_shape: Sequence[int], removal: Removal) -> nn.Module:

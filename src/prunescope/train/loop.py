@@ -32,6 +32,7 @@ from prunescope.device import resolve_device
 from prunescope.errors import PrunescopeError, UsageError
 from prunescope.evaluate import Evaluator, prediction_loss
 from prunescope.masks import Masks, apply_permanently
+from prunescope.models import spec_difference
 from prunescope.scores import default_metric
 from prunescope.targets import Target, by_name, find_targets
 from prunescope.train.sam import SAM
@@ -359,11 +360,8 @@ def _read_saved(path: Path, config: TrainConfig, data: Dataset, patience: int | 
     Only the factories of this run's own specs are imported: the file's may name others.
     """
     saved = load_checkpoint(path, trust_factory=Trust.of_specs(model_spec, data.spec))
-    if saved.model_spec != model_spec:
-        raise UsageError(
-            f"{path} holds a run of another model ({saved.model_spec.get('name')!r}, not "
-            f"{model_spec.get('name')!r}); use another --out to start afresh"
-        )
+    if (difference := spec_difference(saved.model_spec, model_spec)) is not None:
+        raise UsageError(f"{path} holds a run of another model ({difference}); use another --out to start afresh")
     previous = saved.meta.get("train_config", {})
     differing = [k for k, v in config.to_dict().items() if k != "epochs" and previous.get(k) != v]
     if saved.meta.get("patience") != patience:

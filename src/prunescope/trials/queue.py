@@ -11,6 +11,7 @@ is COMPLETE, or PRUNED (stopped early by the study's pruner).
 from __future__ import annotations
 
 import contextlib
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -37,6 +38,7 @@ from prunescope.trials.storage import (
 
 MAX_RETRIES = 3  # a point whose trials failed more often than this is an error, not retried again
 PLANNED_ATTR = "planned_by"  # user attribute of every queued trial: the process that queued it
+RUN_ATTR = "run"  # user attribute of an evaluated trial: the run (see run_tag) whose worker evaluated it
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -157,6 +159,16 @@ def plan(study: optuna.Study, place: Place, points: Iterable[Params], user_attrs
     return queued
 
 
+def run_tag() -> dict[str, str | int]:
+    """A new run's tag: this process and a random id, so that two runs in one process differ too.
+
+    A run (one scan, say) hands its tag to all of its workers (this process, spawned processes,
+    Ray actors), which record it in each trial they evaluate (:data:`RUN_ATTR`): the run then
+    tells what it evaluated itself from what other processes sharing the study did.
+    """
+    return {**worker_tag(), "id": uuid.uuid4().hex}
+
+
 @contextlib.contextmanager
 def optuna_verbosity(level: int) -> Iterator[None]:
     """Optuna's log level set to ``level`` (``optuna.logging.WARNING``…) for a ``with`` block, then restored."""
@@ -176,33 +188,37 @@ class _Queued:
     """``objective`` for queued trials only: a fresh trial (the queue emptied between our look
     and Optuna's ask) is failed at once, with no params (failed, not pruned: samplers learn from
     pruned trials, and one without params would empty their search space); a queued one is
-    tagged with this worker, then evaluated."""
+    tagged with this worker and the run it works for (``run``: a :func:`run_tag`), then evaluated."""
 
-    def __init__(self, objective: Objective) -> None:
+    def __init__(self, objective: Objective, run: Params | None = None) -> None:
         self.objective = objective
+        self.run = run
         self.ran = False
 
     def __call__(self, trial: optuna.Trial) -> float:
         if PLANNED_ATTR not in trial.user_attrs:
             raise _Empty("the queue was empty")
         trial.set_user_attr(WORKER_ATTR, worker_tag())
+        if self.run is not None:
+            trial.set_user_attr(RUN_ATTR, dict(self.run))
         self.ran = True
         return self.objective(trial)
 
 
-def run_queued(study: optuna.Study, objective: Objective, limit: int | None = None) -> int:
+def run_queued(study: optuna.Study, objective: Objective, limit: int | None = None, run: Params | None = None) -> int:
     """Evaluate queued trials of ``study`` with ``objective`` until none waits (or ``limit`` ran).
 
     Through ``study.optimize``: each trial runs with its heartbeat, and one whose objective
     raises is marked FAIL before the error is re-raised here. A trial declared dead while it
     ran (its heartbeat was late) has been failed and queued again by another process: our
-    result is dropped. Returns how many trials were evaluated.
+    result is dropped. ``run``: the :func:`run_tag` recorded in each trial. Returns how many
+    trials were evaluated.
     """
     ran = 0
     # A failing trial is logged by Optuna with its traceback; the error itself reaches the caller.
     with optuna_verbosity(optuna.logging.ERROR):
         while (limit is None or ran < limit) and study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            queued = _Queued(objective)
+            queued = _Queued(objective, run)
             with contextlib.suppress(UpdateFinishedTrialError):
                 study.optimize(queued, n_trials=1, catch=(_Empty,))
             ran += queued.ran
@@ -215,12 +231,16 @@ class Drain:
     ``drain(limit)`` evaluates up to ``limit`` queued trials with ``objective`` (None: until
     none waits). ``study``: the study as opened in this process, used as it is (an
     in-memory one too) by the ``local`` executor; a pickled copy (a worker's) drops it and
-    loads the study from ``place`` once, with the same sampler and pruner.
+    loads the study from ``place`` once, with the same sampler and pruner. ``run``: the
+    :func:`run_tag` of the run these workers evaluate for, recorded in each trial.
     """
 
-    def __init__(self, place: Place, objective: Objective, study: optuna.Study | None = None) -> None:
+    def __init__(
+        self, place: Place, objective: Objective, study: optuna.Study | None = None, run: Params | None = None
+    ) -> None:
         self.place = place
         self.objective = objective
+        self.run = run
         self.study = study
         self.sampler = None if study is None else study.sampler
         self.pruner = None if study is None else study.pruner
@@ -233,4 +253,4 @@ class Drain:
             self.study = optuna.load_study(
                 study_name=self.place.name, storage=self.place.storage(), sampler=self.sampler, pruner=self.pruner
             )
-        return run_queued(self.study, self.objective, limit)
+        return run_queued(self.study, self.objective, limit, self.run)

@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import os
 import socket
+import stat
 import time
 import warnings
 from collections.abc import Iterator
@@ -41,12 +42,14 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.pool import NullPool
 
 from prunescope.errors import UsageError
+from prunescope.io import parse_json
 
 HEARTBEAT_INTERVAL = 10  # seconds between heartbeats of a running trial
 GRACE_PERIOD = 60  # seconds without a heartbeat after which a running trial's worker counts as dead
 WORKER_ATTR = "worker"  # user attribute of a trial: {"host": …, "pid": …} of the process running it
 SCHEMA_LOCK = "prunescope:schema"  # lock name guarding table creation in a fresh database
 LOCK_SUFFIX = ".plan.lock"  # next to a journal or SQLite file: the planning lock
+JOURNAL_OPS = range(11)  # optuna.storages.journal._storage.JournalOperation: CREATE_STUDY (0) … DISCARD_TRIALS (10)
 
 
 def is_url(location: str | None) -> bool:
@@ -154,6 +157,7 @@ def open_storage(
                     location, heartbeat_interval=heartbeat_interval, grace_period=grace_period
                 )
         Path(location).parent.mkdir(parents=True, exist_ok=True)
+        check_journal(location)
         return HeartbeatJournalStorage(location, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     except UsageError:
         raise
@@ -161,6 +165,48 @@ def open_storage(
     # path); a journal file with OSError or a corrupt log. All are the user's to fix.
     except Exception as error:
         raise UsageError(f"cannot open storage {location}: {_first_line(error)}") from None
+
+
+def _journal_fault(line: bytes) -> str | None:
+    """Why ``line`` (one complete line of a journal file) is not an Optuna journal record, or None."""
+    try:
+        record = parse_json(line.decode("utf-8"), "the line")
+    except (UsageError, UnicodeDecodeError):
+        return "is not JSON"
+    if not isinstance(record, dict) or not isinstance(record.get("worker_id"), str):
+        return "is not a journal record"
+    op_code = record.get("op_code")
+    if type(op_code) is not int or op_code not in JOURNAL_OPS:  # type(): True is an int to isinstance
+        return "is not a journal record"
+    return None
+
+
+def check_journal(path: str) -> None:
+    """Refuse (one-line UsageError) an existing ``path`` that is not an Optuna journal file.
+
+    Optuna appends to any file it is given, so a mistyped ``--storage`` would grow a file of
+    the user's (a system file, run as root) before failing on it. The file is only read here,
+    before Optuna opens it. An empty file is a fresh journal; an unterminated last line is
+    what a writer killed mid-append leaves (Optuna skips it), so it is not judged. A path
+    that does not exist is fine: Optuna creates it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise UsageError(f"cannot open storage {path}: {(error.strerror or str(error)).lower()}") from None
+    hint = "give a new path or the journal of an earlier scan or study"
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"storage {path} is not an Optuna journal (not a regular file): {hint}")
+    try:
+        with open(path, "rb") as journal:
+            for number, line in enumerate(journal, start=1):
+                fault = _journal_fault(line) if line.endswith(b"\n") else None
+                if fault is not None:
+                    raise UsageError(f"storage {path} is not an Optuna journal (line {number} {fault}): {hint}")
+    except OSError as error:
+        raise UsageError(f"cannot read storage {path}: {(error.strerror or str(error)).lower()}") from None
 
 
 @contextlib.contextmanager
