@@ -210,11 +210,12 @@ class Run:
     """How the test runs one documented command.
 
     options: values that replace the command's own (or are added where it has none), so that it
-    takes seconds: {"--epochs": "1"}; a value of None adds a flag. before: prepares the workspace
-    first (placeholder files the docs assume exist).
+    takes seconds: {"--epochs": "1"}; a value of None adds a flag, a tuple adds the option once per
+    value (repeatable options: --data-arg). before: prepares the workspace first (placeholder files
+    the docs assume exist).
     """
 
-    options: dict[str, str | None] = field(default_factory=dict)
+    options: dict[str, str | tuple[str, ...] | None] = field(default_factory=dict)
     before: Callable[[Path], None] | None = None
 
 
@@ -238,12 +239,14 @@ class Outcome:
         return None
 
 
-def with_options(argv: tuple[str, ...], options: dict[str, str | None]) -> list[str]:
+def with_options(argv: tuple[str, ...], options: dict[str, str | tuple[str, ...] | None]) -> list[str]:
     """``argv`` with each option of ``options`` given that value: replaced where argv has the option,
-    appended where it has not (a None value: a flag)."""
+    appended where it has not (a None value: a flag; a tuple: the option appended once per value)."""
     words = list(argv)
     for option, value in options.items():
-        if option in words:
+        if isinstance(value, tuple):
+            words += [w for v in value for w in (option, v)]
+        elif option in words:
             at = words.index(option)
             if value is not None:
                 words[at + 1] = value

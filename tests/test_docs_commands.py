@@ -64,6 +64,9 @@ ONE_EPOCH = {"--epochs": "1"}
 MEASURE = {"--repeats": "3"}
 HPARAMS = {"--space": "space.toml", "--budget": "2", "--grid": "2x2", "--seeds": "2", "--limit-train": "500"}
 REGIMES = {"--values": "1,2", "--densities": "0.1", "--seeds": "2", "--finetune-epochs": "1", "--epochs": "1"}
+# A language model on a few documents of short blocks (the checkpoint keeps them for compare and prune).
+LM_RUN = {"--epochs": "1", "--sparsities": "0.5", "--data-arg": ("max_documents=12", "block=32"),
+          "--limit-train": "400", "--limit-val": "48", "--config": "small-run.toml"}
 RUN = {"--epochs": "2", "--finetune-epochs": "1", "--sparsities": "0.5,0.9", "--config": "small-run.toml"}
 
 # How each command the docs show runs here, by its text (tests/docs_commands.py: Command.text).
@@ -82,6 +85,9 @@ RUNS: dict[str, Run] = {
     "--epochs 3 --out runs/mine": Run(ONE_EPOCH),
     "PYTHONPATH=examples prunescope scan --checkpoint runs/mine/model.pt --trust-factory --out scans/mine": Run(),
     "prunescope scan --checkpoint wrapped/model.pt --trust-factory --out scans/wrapped": Run(),
+    "prunescope run --data python-source --model gpt --model-arg width=64 --model-arg layers=2 --epochs 3 "
+    "--optimizer adamw --lr 0.003 --sparsity 0.5 --sparsities 0.5,0.7 --finetune-epochs 1 --out lm-run":
+        Run(LM_RUN, before=_run_config),
     # docs/commands
     "prunescope sweep --checkpoint runs/lenet5/model.pt --sparsities 0.5,0.7,0.9,0.95 --criterion magnitude "
     "--allocation uniform --data-dir DIR --out sweep/lenet5": Run(),
@@ -127,6 +133,11 @@ RUNS: dict[str, Run] = {
     "--densities 0.05,0.1,0.2,0.4 --seeds 2 --out regimes-out --scratch": Run(REGIMES),
     "prunescope regimes select --checkpoints 'runs/family/*.pt' --density 0.1":
         Run({"--finetune-epochs": "1", "--data-dir": "DIR"}, before=_family),
+    # docs/language-models.md
+    "prunescope compare --checkpoint lm-run/model.pt --scan lm-run/scan --sparsities 0.5,0.7 "
+    "--allocations ours,uniform,owl,alpha --criterion wanda --out lm-compare": Run(),
+    "prunescope prune --checkpoint lm-run/model.pt --pattern 2:4 --criterion wanda --finetune-epochs 0 "
+    "--out lm-24": Run(),
     # docs/scale-out.md, structured.md
     "prunescope scan --checkpoint runs/lenet5/model.pt --out scans/lenet5 --executor processes --workers 2 "
     "--data-dir DIR": Run(),
