@@ -130,7 +130,7 @@ RUNS: dict[str, Run] = {
     "--data-dir DIR --out sweep/lenet5-wanda": Run(),
     "prunescope regimes": Run(REGIMES),
     "prunescope regimes --model cnn --data fashion-mnist --data-dir DIR --temperature epochs --values 1,2,4,8 "
-    "--densities 0.05,0.1,0.2,0.4 --seeds 2 --out regimes-out --scratch": Run(REGIMES),
+    "--densities 0.05,0.1,0.2,0.4 --seeds 2 --out regimes-cnn --scratch": Run(REGIMES),
     "prunescope regimes select --checkpoints 'runs/family/*.pt' --density 0.1":
         Run({"--finetune-epochs": "1", "--data-dir": "DIR"}, before=_family),
     # docs/language-models.md
