@@ -141,7 +141,8 @@ RUNS: dict[str, Run] = {
     # docs/scale-out.md, structured.md
     "prunescope scan --checkpoint runs/lenet5/model.pt --out scans/lenet5 --executor processes --workers 2 "
     "--data-dir DIR": Run(),
-    "prunescope train --model resnet20 --data cifar10 --data-dir DIR --epochs 30 --out runs/resnet20": Run(ONE_EPOCH),
+    "prunescope train --model resnet20 --data cifar10 --data-dir DIR --epochs 30 --out runs/resnet20":
+        Run(ONE_EPOCH | {"--limit-train": "500", "--limit-val": "100"}),
     "prunescope scan --checkpoint runs/resnet20/model.pt --out scans/r20 --granularity channel --criterion l2 "
     "--data-dir DIR": Run(),
     "prunescope pick --scan scans/r20 --picker budget --target-macs 0.5 --round-to 8 --data-dir DIR": Run(),
