@@ -66,7 +66,8 @@ HPARAMS = {"--space": "space.toml", "--budget": "2", "--grid": "2x2", "--seeds":
 REGIMES = {"--values": "1,2", "--densities": "0.1", "--seeds": "2", "--finetune-epochs": "1", "--epochs": "1"}
 # A language model on a few documents of short blocks (the checkpoint keeps them for compare and prune).
 LM_RUN = {"--epochs": "1", "--sparsities": "0.5", "--data-arg": ("max_documents=12", "block=32"),
-          "--limit-train": "400", "--limit-val": "48", "--config": "small-run.toml"}
+          "--limit-train": "400", "--limit-val": "48", "--methods": "ours,uniform,owl,alpha",
+          "--config": "small-run.toml"}
 RUN = {"--epochs": "2", "--finetune-epochs": "1", "--sparsities": "0.5,0.9", "--config": "small-run.toml"}
 
 # How each command the docs show runs here, by its text (tests/docs_commands.py: Command.text).
