@@ -12,6 +12,11 @@ each strategy into a fresh in-memory study, and print
 3. throughput: examples evaluated per second during the scan (setup included) vs plain
    inference (:class:`~prunescope.evaluate.Evaluator`) on the whole val split, measured
    right before and right after each scan (their mean), so that machine load hits both alike.
+   With ``--scan-repeats R`` each scan runs R times (its curves are the same every time),
+   raw inference measured before the first and after each; a repeat's ratio is its scan
+   throughput over the mean of the raw throughputs on either side, and a run reports the
+   medians (wall time, raw throughput, ratio): on a shared machine one scan of LeNet-300-100
+   lasts a fraction of a second, and a burst of other work during it would decide its ratio.
 
 With several seeds every number is a mean ± standard deviation over seeds (each seed
 trains its own model; the data split is the same). Each scan's curves are written to
@@ -56,9 +61,11 @@ class Run:
     """One scan of one model (one seed) and the picks made on its curves."""
 
     curves: Curves
-    seconds: float
+    seconds: float  # median over the repeats
     val: int
-    raw: float = 0.0  # plain inference on the whole val split, examples/s, measured around the scan
+    each: list[float] = field(default_factory=list)  # wall seconds of every repeat
+    raw: float = 0.0  # plain inference on the whole val split, examples/s, measured around the scan (median)
+    ratio: float = 0.0  # scan throughput / raw throughput around it (median over the repeats)
     choices: dict[str, Choice | str] = field(default_factory=dict)  # a str: why there is no pick
 
     @property
@@ -100,15 +107,23 @@ def _raw_throughput(model: torch.nn.Module, data: Dataset, repeats: int, subset:
     return statistics.median(rates)
 
 
-def _scan(model: torch.nn.Module, data: Dataset, variant: str, tolerance: float, seed: int) -> Run:
+def _scan(
+    model: torch.nn.Module, data: Dataset, variant: str, tolerance: float, seed: int, repeats: int, raw_repeats: int,
+) -> Run:
     if variant == "grid":
         kwargs: dict = {"strategy": "grid"}
     else:
         subset = None if variant == "none" else variant if variant == "auto" else int(variant)
         kwargs = {"strategy": "adaptive", "subset": subset}
-    start = time.perf_counter()
-    curves = scan(model, data, tolerance=tolerance, device="cpu", seed=seed, **kwargs)
-    return Run(curves, time.perf_counter() - start, len(data.val))
+    each, raws, ratios = [], [_raw_throughput(model, data, raw_repeats)], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        curves = scan(model, data, tolerance=tolerance, device="cpu", seed=seed, **kwargs)
+        each.append(time.perf_counter() - start)
+        raws.append(_raw_throughput(model, data, raw_repeats))
+        ratios.append(curves.examples / each[-1] / ((raws[-2] + raws[-1]) / 2))
+    return Run(curves, statistics.median(each), len(data.val), raw=statistics.median(raws),
+               ratio=statistics.median(ratios), each=each)
 
 
 def _pick(run: Run, model: torch.nn.Module, data: Dataset, tolerance: float) -> None:
@@ -147,7 +162,7 @@ def _cost_table(model: str, runs: dict[str, list[Run]]) -> Table:
             _mean([s / g.seconds for s, g in zip(seconds, grid, strict=True)], ".1%"),
             _mean(rates, ",.0f"),
             _mean([r.raw for r in group], ",.0f"),
-            _mean([rate / r.raw for rate, r in zip(rates, group, strict=True)], ".2f"),
+            _mean([r.ratio for r in group], ".2f"),
         )
     return table
 
@@ -210,6 +225,7 @@ def main() -> None:
                         help="adaptive variants: none (whole split), a number of examples, or auto")
     parser.add_argument("--work", type=Path, default=Path("bench-work/scan_cost"), help="trained checkpoints")
     parser.add_argument("--repeats", type=int, default=10, help="runs of the raw inference throughput")
+    parser.add_argument("--scan-repeats", type=int, default=1, help="runs of each scan (its wall time: the median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--width", type=int, default=None, help="console width (default: the terminal's)")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's raw numbers here")
@@ -227,17 +243,16 @@ def main() -> None:
         for seed in args.seeds:
             model = _trained(model_name, data, seed, args.epochs, args.work, console)
             for variant in ("grid", *args.subsets):
-                before = _raw_throughput(model, data, args.repeats)
-                run = _scan(model, data, variant, tolerance, seed)
-                run.raw = (before + _raw_throughput(model, data, args.repeats)) / 2
+                run = _scan(model, data, variant, tolerance, seed, args.scan_repeats, args.repeats)
                 write_json(args.work / f"{model_name}-seed{seed}" / f"curves-{variant}.json", run.curves.to_dict())
                 _pick(run, model, data, tolerance)
                 runs[variant].append(run)
                 raw.append({"model": model_name, "seed": seed, "variant": variant,
                             "evaluations": run.curves.evaluations, "examples": run.curves.examples,
-                            "seconds": run.seconds, "scan_examples_per_s": run.curves.examples / run.seconds,
+                            "seconds": run.seconds, "seconds_each": run.each,
+                            "scan_examples_per_s": run.curves.examples / run.seconds,
                             "raw_examples_per_s": run.raw,
-                            "throughput_ratio": run.curves.examples / run.seconds / run.raw})
+                            "throughput_ratio": run.ratio})
                 console.print(f"  {_label(variant)}: {run.curves.evaluations} evaluations, "
                               f"{run.full_equivalents:.2f} full-split eq., {run.seconds:.1f} s")
         console.print(_cost_table(model_name, runs))
@@ -246,6 +261,7 @@ def main() -> None:
     if args.json is not None:
         write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                                "threads": torch.get_num_threads(), "data": args.data, "epochs": args.epochs,
+                               "scan_repeats": args.scan_repeats,
                                "tolerance_points": args.tolerance, "runs": raw})
 
 

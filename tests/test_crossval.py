@@ -100,8 +100,8 @@ def test_rerun_reads_the_results_back_and_evaluates_nothing(trained, scanned, mo
     original = ModelEvaluation.__call__
     monkeypatch.setattr(ModelEvaluation, "__call__", lambda self, *a: calls.append(a) or original(self, *a))
     forwards = []
-    evaluate = Evaluator.evaluate
-    monkeypatch.setattr(Evaluator, "evaluate", lambda self: forwards.append(1) or evaluate(self))
+    logits = Evaluator.logits
+    monkeypatch.setattr(Evaluator, "logits", lambda self: forwards.append(1) or logits(self))
     again = scan(model, data, strategy="grid", levels=(0.3, 0.6, 0.8, 0.9, 0.95), subset=150, max_subset=600,
                  tolerance=TOLERANCE, storage=journal, device="cpu", seed=3)
     assert calls == [] and forwards == []

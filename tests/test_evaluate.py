@@ -92,3 +92,22 @@ def test_unknown_metric_name():
     model, split, _, _ = _case()
     with pytest.raises(UsageError, match="unknown metric 'auc'"):
         Evaluator(model, split, device="cpu").evaluate().get("auc")
+
+
+@pytest.mark.parametrize("interval", ["wilson", "bootstrap"])
+def test_accuracy_alone_is_what_evaluate_gives(interval):
+    model, split, _, _ = _case(n=300)
+    evaluator = Evaluator(model, split, device="cpu", subset=120, seed=4, interval=interval, batch_size=50)
+    metrics = evaluator.evaluate()
+    correct = evaluator.correct.clone()
+    evaluator.correct = None
+    assert evaluator.accuracy() == (metrics.accuracy, metrics.accuracy_ci)
+    assert torch.equal(evaluator.correct, correct)
+
+
+def test_a_model_partly_in_training_mode_is_evaluated_in_eval_mode_and_left_as_before():
+    fixed, split, logits, _ = _case()
+    model = nn.Sequential(fixed, nn.Dropout(0.5)).eval()
+    model[1].train()  # one submodule in training mode, the root not: its dropout must be off while evaluated
+    assert torch.equal(Evaluator(model, split, device="cpu").logits(), logits)
+    assert not any(module.training for module in model.modules())  # as eval() then train(False) leave it

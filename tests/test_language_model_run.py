@@ -2,7 +2,7 @@
 
 The run is the command a user types: a small GPT trained here on the standard library's own sources
 (bytes, blocks of 32), then scan, pick, one-shot comparison (with OWL and AlphaPruning, Wanda masks,
-reconstruction), fine-tuning, scratch baseline, recovered sweep, test once, report.
+reconstruction), fine-tuning, test once, report; the scratch baseline and the recovered sweep in a slow test.
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ DATA = ["--data", "python-source", "--data-arg", "max_documents=12", "--data-arg
         "--limit-train", "400", "--limit-val", "48"]
 MODEL = ["--model", "gpt", "--model-arg", "width=32", "--model-arg", "layers=2"]
 # A short run: three methods (the defaults a language model settles on are checked without training, below),
-# scratch-E, 16 calibration sequences, a recovered sweep of two sparsities that bracket the bound (fine-tuning at
-# a learning rate too small to move far, so that 99% stays outside it), bisected at most four times.
+# 16 calibration sequences, no scratch baseline and no recovered sweep; those run in the slow test at the end.
 METHODS = ("ours", "uniform", "owl")
-SETTINGS = ('scratch = ["E"]\nrecovered_sparsities = [0.5, 0.99]\nfinetune_lr = 1e-5\ncalibration = 16\n'
+SETTINGS = ('calibration = 16\nscratch = []\nrecovered = false\n'
             f"methods = {list(METHODS)!r}\n".replace("'", '"'))
+# The slow run adds scratch-E and a recovered sweep of two sparsities that bracket the bound (fine-tuning at a
+# learning rate too small to move far, so that 99% stays outside it), bisected at most four times.
+FULL_SETTINGS = ('calibration = 16\nscratch = ["E"]\nrecovered_sparsities = [0.5, 0.99]\nfinetune_lr = 1e-5\n'
+                 f"methods = {list(METHODS)!r}\n".replace("'", '"'))
 
 
 def _run(out: Path, config: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -38,18 +41,21 @@ def _run(out: Path, config: Path, *extra: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "prunescope", "run", *DATA, *MODEL, "--epochs", "4", "--optimizer", "adamw",
          "--lr", "0.01", "--sparsity", "0.5", "--sparsities", "0.5", "--finetune-epochs", "1",
          "--config", str(config), "--out", str(out), *extra],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+        capture_output=True, text=True, timeout=1200, env={**os.environ, "COLUMNS": "200"})
 
 
-@pytest.fixture(scope="module")
-def language_model_run(tmp_path_factory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("lm-run")
+def _finished_run(root: Path, settings: str) -> tuple[Path, str]:
     config = root / "run.toml"
-    config.write_text(SETTINGS)
+    config.write_text(settings)
     done = _run(root / "out", config)
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "Traceback" not in output, output[-3000:]
     return root / "out", output
+
+
+@pytest.fixture(scope="module")
+def language_model_run(tmp_path_factory) -> tuple[Path, str]:
+    return _finished_run(tmp_path_factory.mktemp("lm-run"), SETTINGS)
 
 
 def test_a_language_model_run_settles_on_llm_practice_and_perplexity(language_model_run):
@@ -67,7 +73,7 @@ def test_a_language_model_run_settles_on_llm_practice_and_perplexity(language_mo
         assert method["error"] is None and not {"embed.weight", "head.weight"} & set(method["allocation"])
     assert set(doc["scan"]["curves"]["curves"]).isdisjoint({"embed.weight", "head.weight"})
     # Perplexity is exp of the mean token loss wherever a model is evaluated.
-    for entry in (doc["dense"], *doc["methods"], *doc["scratch"]):
+    for entry in (doc["dense"], *doc["methods"]):
         for split in ("val", "test"):
             assert entry[split]["extra"]["perplexity"] == pytest.approx(math.exp(entry[split]["loss"]), rel=1e-9)
     assert "left dense as LLM pruning does: embed.weight, head.weight" in output
@@ -101,8 +107,9 @@ def test_the_verdict_and_the_files_speak_of_perplexity(language_model_run):
     assert "val ppl" in page and "accuracy points" not in page and "plot not drawn" not in page
 
 
-def test_the_recovered_sweep_bounds_log_perplexity_and_picks_the_lowest_perplexity_baseline(language_model_run):
-    out, _ = language_model_run
+@pytest.mark.slow
+def test_the_recovered_sweep_bounds_log_perplexity_and_picks_the_lowest_perplexity_baseline(tmp_path):
+    out, _ = _finished_run(tmp_path, FULL_SETTINGS)
     doc = json.loads((out / "result.json").read_text())
     recovered = doc["recovered"]
     assert recovered["metric"] == "perplexity"
@@ -112,11 +119,15 @@ def test_the_recovered_sweep_bounds_log_perplexity_and_picks_the_lowest_perplexi
     # Scores are minus log-perplexity; within the bound means at most 5% above the dense val perplexity.
     reach = recovered["reach"]
     dense_ppl = math.exp(-recovered["dense_val"])
+    assert dense_ppl == pytest.approx(doc["dense"]["val"]["extra"]["perplexity"], rel=1e-9)
     for point in reach["points"]:
         within = math.exp(-point["score"]) <= dense_ppl * 1.05 * (1 + 1e-12)
         assert within == (point["score"] >= reach["dense"] - reach["max_drop"])
-    if recovered["answer"] > 0:
-        assert recovered["test"]["extra"]["perplexity"] > 1
+    assert 0.5 <= recovered["answer"] < 0.99  # bracketed by the two sparsities given
+    assert recovered["test"]["extra"]["perplexity"] > 1 and recovered["gradual"]["error"] is None
+    (scratch,) = doc["scratch"]
+    assert scratch["mode"] == "E" and scratch["test"]["extra"]["perplexity"] > 1
+    assert any(sentence.startswith("fine-tuning ours") and "test perplexity" in sentence for sentence in doc["verdict"])
 
 
 def _text(tmp_path: Path) -> Path:

@@ -5,13 +5,16 @@ from torch.nn.utils import prune
 from prunescope.criteria import compute_scores
 from prunescope.errors import UsageError
 from prunescope.masks import (
+    above,
     applied,
     apply_permanently,
     check_sparsity,
     compute_masks,
+    lowest_cut,
     make_permanent,
     measured_sparsity,
     removed_count,
+    zero_dropped,
 )
 from prunescope.targets import find_targets
 
@@ -131,3 +134,41 @@ def test_temporary_masks_on_an_already_pruned_model_restore_exactly(tiny_model, 
         assert measured_sparsity(tiny_model, targets)["fc1.weight"] >= 0.9
     _assert_bit_identical(tiny_model, before)
     assert torch.equal(tiny_model(tiny_data.val.x), output)
+
+
+def _scores_with(kind: str) -> torch.Tensor:
+    """Scores of 1000 weights: distinct, with runs of ties at every cut, or with a NaN."""
+    score = torch.rand(1000, generator=torch.Generator().manual_seed(0))
+    if kind == "ties":
+        return (score * 20).round()
+    if kind == "nan":
+        score[17] = float("nan")
+    return score
+
+
+@pytest.mark.parametrize("kind", ["distinct", "ties", "nan"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.bfloat16])
+def test_lowest_cut_is_the_kth_lowest_exactly_where_it_removes_the_k_lowest(kind, dtype):
+    score = _scores_with(kind).to(dtype)  # bfloat16 takes torch's selection, the others numpy's
+    for k in (1, 10, 333, 500, 999, 1000):
+        cut = lowest_cut(score, k)
+        kth = torch.kthvalue(score.float(), k).values
+        unique = not bool(score.isnan().any()) and int((score.float() <= kth).sum()) == k
+        assert (cut is not None) == unique, (k, cut)
+        if cut is not None:
+            assert float(cut) == float(kth)
+            assert torch.equal(above(score, cut), compute_masks({"w": score}, {"w": k / 1000})["w"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_zero_dropped_writes_positive_zeros_and_leaves_kept_values_bit_identical(dtype):
+    values = torch.tensor([-1.5, -0.0, 0.0, float("inf"), float("-inf"), float("nan"), 2.0, -3.0] * 2, dtype=dtype)
+    keep = torch.tensor([True] * 8 + [False] * 8)
+    expected = values.clone().masked_fill_(~keep, 0)
+    zeroed = values.clone()
+    zero_dropped(zeroed, keep)
+    width = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[values.element_size()]
+    assert torch.equal(zeroed.view(width), expected.view(width))  # bits: -0.0 kept, +0.0 written, NaN kept
+    strided = values.clone().view(2, 8).t()  # a transposed weight: not contiguous
+    zero_dropped(strided, keep.view(2, 8).t())
+    assert torch.equal(strided.t().reshape(-1).view(width), expected.view(width))

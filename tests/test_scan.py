@@ -51,15 +51,15 @@ def trained() -> tuple[TinyNet, Dataset]:
 
 @pytest.fixture
 def forward_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts evaluations that really run the model (in this process)."""
+    """Counts evaluations that really run the model (in this process): the logits of its inputs."""
     count = [0]
-    original = Evaluator.evaluate
+    original = Evaluator.logits
 
     def counting(self: Evaluator):
         count[0] += 1
         return original(self)
 
-    monkeypatch.setattr(Evaluator, "evaluate", counting)
+    monkeypatch.setattr(Evaluator, "logits", counting)
     return count
 
 
@@ -364,6 +364,9 @@ def test_subset_scan_records_n_and_a_dense_reference_per_size(trained, tmp_path)
     assert curves.evaluations == len(trials) and curves.examples == sum(t.params["n"] for t in trials)
     again = Curves.from_dict(json.loads(json.dumps(curves.to_dict())))
     assert again == curves and again.dense_at(600) == curves.dense_by_n.get(600, curves.dense)
+    # In memory the points are evaluated without the queue and its trials: the same curves, per example too.
+    private = scan(model, data, subset=75, tolerance=TOLERANCE)
+    assert private.to_dict() == curves.to_dict()
 
     to_whole = scan(model, data, subset=75, max_subset=600, tolerance=TOLERANCE)
     assert set(to_whole.dense_by_n) <= {75, 150, 300, 600}

@@ -288,13 +288,17 @@ class Evaluator:
     def logits(self) -> torch.Tensor:
         """Logits (N, C) of the model on the cached inputs."""
         was_training = self.model.training
-        self.model.eval()
+        # eval() and train() each walk every module: nothing to switch where none is training (a scan's model).
+        switch = any(module.training for module in self.model.modules())
+        if switch:
+            self.model.eval()
         try:
             with torch.inference_mode():
                 batches = range(0, len(self.x), self.batch_size)
                 return torch.cat([self.model(self.x[i : i + self.batch_size]) for i in batches])
         finally:
-            self.model.train(was_training)
+            if switch:
+                self.model.train(was_training)
 
     def __call__(self) -> Metrics:
         return self.evaluate()
@@ -314,24 +318,40 @@ class Evaluator:
         if self.token_level:
             return self._evaluate_tokens()
         logits = self.logits()
-        predictions = logits.argmax(dim=1)
-        correct = predictions == self.y
-        self.correct = correct
-        successes = int(correct.sum())
+        predictions = self._judge(logits)
         n = len(self.y)
         num_classes = max(self.num_classes, logits.shape[1])
-        if self.interval == "wilson":
-            interval = wilson_interval(successes, n, self.confidence)
-        else:
-            interval = bootstrap_interval(correct.cpu().numpy().astype(float), self.confidence, seed=self.seed)
+        successes = int(self.correct.sum())
         return Metrics(
             accuracy=successes / n if n else 0.0,
             macro_f1=macro_f1(predictions, self.y, num_classes) if n else 0.0,
             loss=float(F.cross_entropy(logits.float(), self.y)) if n else 0.0,
             n=n,
-            accuracy_ci=interval,
+            accuracy_ci=self._interval(successes),
             extra={name: float(metric(logits, self.y)) for name, metric in self.metrics.items()},
         )
+
+    def accuracy(self) -> tuple[float, tuple[float, float]]:
+        """The accuracy of the model now and its interval, as :meth:`evaluate` gives them, nothing else
+        computed (on a small model the loss and macro-F1 cost a sizeable share of a forward pass);
+        :attr:`correct` keeps which examples it got right. Labels per example, not per token."""
+        if self.token_level:
+            raise UsageError("accuracy() scores labels per example; a language model's tokens: use evaluate()")
+        self._judge(self.logits())
+        successes, n = int(self.correct.sum()), len(self.y)
+        return (successes / n if n else 0.0), self._interval(successes)
+
+    def _judge(self, logits: torch.Tensor) -> torch.Tensor:
+        """The predictions of ``logits``; keeps which were right in :attr:`correct`."""
+        predictions = logits.argmax(dim=1)
+        self.correct = predictions == self.y
+        return predictions
+
+    def _interval(self, successes: int) -> tuple[float, float]:
+        """The accuracy's confidence interval, from the last evaluation's :attr:`correct`."""
+        if self.interval == "wilson":
+            return wilson_interval(successes, len(self.y), self.confidence)
+        return bootstrap_interval(self.correct.cpu().numpy().astype(float), self.confidence, seed=self.seed)
 
     def _evaluate_tokens(self) -> Metrics:
         """Token-level metrics of a language model, reduced batch by batch (logits never held for the split)."""

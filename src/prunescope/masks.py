@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -75,6 +76,57 @@ def compute_masks(scores: Scores, allocation: Allocation) -> Masks:
     return masks
 
 
+# On CPU numpy does the scan's per-evaluation selection and comparison: its SIMD partition finds
+# the k-th value ~10x faster than torch.kthvalue, and its float > scalar ~10x faster than torch's.
+_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
+# Zeroing as integers (multiplied by the mask, 1 or 0) gives exactly +0.0, leaves kept weights
+# bit-identical, and is ~10x faster on CPU than masked_fill_'s scattered writes.
+_SAME_WIDTH = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+               torch.float64: torch.int64}
+
+
+def _on_numpy(tensor: torch.Tensor) -> bool:
+    return tensor.device.type == "cpu" and tensor.dtype in _NUMPY_DTYPES
+
+
+def lowest_cut(score: torch.Tensor, k: int) -> torch.Tensor | None:
+    """The ``k``-th lowest of ``score`` (0 < k <= numel) where it cuts off exactly the ``k`` lowest, else None.
+
+    ``above(score, cut)`` is then the keep-mask :func:`compute_masks` gives for ``k`` removed:
+    the ``k`` lowest are one set, so how ties are broken cannot matter. None where they are
+    not (a tie at the ``k``-th lowest, or a NaN score): the caller lets :func:`compute_masks` choose.
+    """
+    flat = score.detach().flatten()
+    if _on_numpy(flat):
+        part = np.partition(flat.numpy(), k - 1)  # a copy: positions >= k hold the scores >= the cut
+        cut = part[k - 1]
+        # Comparisons with NaN are false, and NaNs sort last: a NaN anywhere fails one of these.
+        unique = bool(cut < part[k:].min()) if k < len(part) else not np.isnan(cut)
+        return torch.as_tensor(cut) if unique else None
+    value = torch.kthvalue(flat, k).values
+    unique = not bool(torch.isnan(flat).any()) and int((flat <= value).sum()) == k
+    return value if unique else None
+
+
+def above(score: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """``score > cut`` (bool, the shape of ``score``)."""
+    if _on_numpy(score):
+        return torch.from_numpy(score.detach().numpy() > cut.numpy())
+    return score > cut
+
+
+def zero_dropped(tensor: torch.Tensor, keep: torch.Tensor) -> None:
+    """Set ``tensor`` to +0.0 in place where ``keep`` is False; kept values stay bit-identical."""
+    width = _SAME_WIDTH.get(tensor.dtype)
+    if width is None:
+        tensor.masked_fill_(~keep, 0)
+    elif _on_numpy(tensor) and keep.device.type == "cpu":
+        bits = tensor.detach().numpy().view(f"i{tensor.element_size()}")
+        np.multiply(bits, keep.numpy(), out=bits)  # numpy's is twice as fast as torch's on CPU
+    else:
+        tensor.view(width).mul_(keep)
+
+
 def _resolve(
     model: nn.Module, targets: Sequence[Target], masks: Masks
 ) -> list[tuple[Target, torch.Tensor, torch.Tensor]]:
@@ -99,7 +151,7 @@ def applied(model: nn.Module, targets: Sequence[Target], masks: Masks) -> Iterat
         with torch.no_grad():
             for _, tensor, mask in resolved:
                 saved.append((tensor, tensor.detach().clone()))
-                tensor.masked_fill_(~mask, 0)
+                zero_dropped(tensor, mask)
         yield model
     finally:
         with torch.no_grad():
@@ -130,7 +182,7 @@ def apply_permanently(
                 prune.custom_from_mask(model.get_submodule(module), param, mask)
         else:
             with torch.no_grad():
-                tensor.masked_fill_(~mask, 0)
+                zero_dropped(tensor, mask)
     if reparametrize and _refresh_pruned not in model._forward_pre_hooks.values():
         model.register_forward_pre_hook(_refresh_pruned)
     return model

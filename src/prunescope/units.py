@@ -33,7 +33,7 @@ from prunescope.blocks import block_units, spread
 from prunescope.criteria import CRITERIA, Scores, compute_scores
 from prunescope.data.types import Dataset
 from prunescope.errors import UsageError
-from prunescope.masks import Masks, applied, compute_masks, global_sparsity, removed_count
+from prunescope.masks import Masks, above, applied, compute_masks, global_sparsity, lowest_cut, removed_count
 from prunescope.measure import count_macs
 from prunescope.structured.allocation import check_round_to
 from prunescope.structured.find import find_groups
@@ -112,10 +112,10 @@ class WeightPruning:
     """Unstructured pruning: per target the ``round(sparsity · numel)`` lowest-scored weights are zeroed.
 
     Masks are those of :func:`prunescope.masks.compute_masks`, computed faster for one
-    target: the mask is ``score > k-th lowest`` (one selection), which is exactly the ``k``
-    lowest when it removes exactly ``k`` (no tie at the ``k``-th); on a tie ``compute_masks``
-    itself decides. Nothing is cached per target, so that a
-    scan holds no copy of the scores beyond ``scores`` itself.
+    target: the mask is ``score > k-th lowest`` (one selection, :func:`prunescope.masks.lowest_cut`),
+    which is exactly the ``k`` lowest when it removes exactly ``k`` (no tie at the ``k``-th); on
+    a tie ``compute_masks`` itself decides. Only the cuts are kept (one number per target and
+    count), so that a scan holds no copy of the scores beyond ``scores`` itself.
 
     As :class:`Units` (``granularity="weight"``), built by :func:`find_units` with the
     model's input shape: each target's unit carries its weights and their dense MACs.
@@ -139,16 +139,18 @@ class WeightPruning:
         self._dense_macs = macs.dense if macs is not None else 0
         self._macs = {t.name: macs.per_weight.get(t.name, (0, 0))[0] if macs else 0 for t in self.targets}
         self.units = [Unit(t.name, t.kind, t.numel, t.numel, self._macs[t.name]) for t in self.targets]
+        # (target, k) -> its cut (None: compute_masks decides); a scan measures one point on several subsets.
+        self._cuts: dict[tuple[str, int], torch.Tensor | None] = {}
 
     def masks(self, target: str, sparsity: float) -> Masks:
         """``compute_masks(scores, {target: sparsity})``, by selecting the ``k``-th lowest score where exact."""
         score = self.scores[target]
-        flat = score.flatten()
-        k = removed_count(sparsity, flat.numel())
-        if 0 < k <= flat.numel() and not bool(torch.isnan(flat).any()):
-            keep = score > torch.kthvalue(flat, k).values
-            if int(keep.sum()) == flat.numel() - k:  # no tie at the k-th lowest: the k lowest are a unique set
-                return {target: keep}
+        k = removed_count(sparsity, score.numel())
+        if (target, k) not in self._cuts:
+            self._cuts[target, k] = lowest_cut(score, k) if 0 < k <= score.numel() else None
+        cut = self._cuts[target, k]
+        if cut is not None:
+            return {target: above(score, cut)}
         return compute_masks(self.scores, {target: sparsity})
 
     @contextlib.contextmanager

@@ -24,6 +24,7 @@ from prunescope.io import write_text
 from prunescope.report import findings, recovery, studies
 from prunescope.report.blocks import Error, Section
 from prunescope.report.formats import num
+from prunescope.report.quality import Quality
 from prunescope.report.schema import RESULT_FILE, SCHEMA, SCHEMA_VERSION, check_result
 
 REPORT_FILE = "report.html"
@@ -71,7 +72,10 @@ def render_html(doc: dict[str, Any]) -> str:
     meta = [f"pruned to {sparsity:.0%} of the weights" if sparsity is not None else None,
             f"created {doc['created']}" if doc.get("created") else None,
             f"prunescope {doc['prunescope_version']}" if doc.get("prunescope_version") else None]
+    units = ("Perplexity is the exponential of the mean token loss (lower is better); a change of it is in percent."
+             if Quality.of(doc).perplexity else "Accuracies are fractions of the examples classified correctly, "
+             "shown in percent; intervals are 95%; pts are accuracy points.")
     return _templates().get_template("report.html.j2").render(
         title=title, meta=" · ".join(m for m in meta if m), sections=sections, result_file=RESULT_FILE, schema=SCHEMA,
-        version=SCHEMA_VERSION,
+        version=SCHEMA_VERSION, units=units,
     )

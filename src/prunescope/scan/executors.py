@@ -4,7 +4,8 @@ The runner hands a round's points to ``run(study, points, on_done)``: the points
 holds are queued (by this process or any other sharing the study), the workers evaluate
 queued trials, and ``run`` returns once every one of ``points`` is finished, wherever it
 ran, calling ``on_done(point, measurement)`` for each as it finishes. A point whose worker
-died is queued again while we wait (see :func:`prunescope.trials.queue.plan`).
+died is queued again while we wait (see :func:`prunescope.trials.queue.plan`). A private
+(in-memory) study has no queue nor trials: :class:`InProcess` evaluates its points one by one.
 """
 
 from __future__ import annotations
@@ -28,13 +29,23 @@ class Executor(Protocol):
 
 
 class InProcess:
-    """Evaluate in this process (any storage, in memory included)."""
+    """Evaluate in this process (any storage, in memory included).
+
+    A private (in-memory) study is evaluated point by point without trials: no other process
+    can hold or read its points, so the queue and the trials, which cost as much as a small
+    model's evaluation per point, would serve nobody.
+    """
 
     def __init__(self, evaluate: Evaluate) -> None:
         self.evaluate = evaluate
 
     def run(self, study: ScanStudy, points: Sequence[Point], on_done: OnDone) -> None:
-        drain = Drain(study.spec.place, ScanObjective(study.spec, self.evaluate), study.study, study.run)
+        objective = ScanObjective(study.spec, self.evaluate)
+        if study.spec.private:
+            for point in points:
+                on_done(point, objective.measure(point))
+            return
+        drain = Drain(study.spec.place, objective, study.study, study.run)
         settle_points(Local(drain), points, study.finished, study.enqueue, on_done)
 
 

@@ -153,6 +153,7 @@ class Runner:
         self.asked: dict[str, list[float]] = {name: [] for name in self.targets}
         self.settled: dict[str, dict[float, CurvePoint]] = {name: {} for name in self.targets}
         self.unresolved: dict[str, set[float]] = {name: set() for name in self.targets}
+        self.final: set[tuple[str, float]] = set()  # points settled on their last rung: results never change
         self.reused = 0
         self.done = 0
 
@@ -199,6 +200,8 @@ class Runner:
 
     def _settle(self, name: str, sparsity: float) -> set[Point]:
         """Evaluations still needed to settle ``name`` at ``sparsity``; records the point once settled."""
+        if (name, sparsity) in self.final:
+            return set()
         n: int | None = self.ladder.first
         while n is not None:
             point, dense = Point(name, sparsity, n), Point(DENSE, 0.0, n)
@@ -210,6 +213,7 @@ class Runner:
             n = self._climb(measured, self.results[dense], n)
             if n is None and self._undecided(measured, self.results[dense], point.n):
                 self.unresolved[name].add(sparsity)
+        self.final.add((name, sparsity))
         return set()
 
     def _undecided(self, measured: Measurement, dense: Measurement, n: int, at: int | None = None) -> bool:

@@ -8,7 +8,9 @@ subset, ``lost`` / ``gained`` (examples the dense model got right and this one w
 the reverse, on the same examples) and ``correct``: which of the ``n`` examples it got right
 (:func:`prunescope.evaluate.pack_bits`, in the order of
 :func:`prunescope.evaluate.subset_indices`). Any number of processes (on any number of
-machines) can share one study: Optuna hands each queued trial to exactly one of them.
+machines) can share one study: Optuna hands each queued trial to exactly one of them. A
+private study (in memory, :attr:`StudySpec.private`) is not written: nobody could read it,
+and its points are evaluated without trials (:class:`prunescope.scan.executors.InProcess`).
 
 The study's user attributes hold the scan's identity (model and data fingerprints,
 criterion, metric, seed); a study with another identity is refused, untouched.
@@ -112,6 +114,11 @@ class StudySpec:
         location = None if storage is None else os.fspath(storage)
         return cls(Place(location, name, heartbeat_interval, grace_period), targets, full, metric)
 
+    @property
+    def private(self) -> bool:
+        """Whether the study lives in memory: opened afresh by this process, nobody else can reach it."""
+        return self.place.location is None
+
     def where(self) -> str:
         """How a message names this study: its directory for a journal file, else its name and URL."""
         if is_url(self.place.location):
@@ -174,6 +181,8 @@ class ScanStudy:
         """How many of ``points`` this scan's workers evaluated (the others: processes sharing the
         study, now or in earlier runs)."""
         wanted = set(points)
+        if self.spec.private:  # opened empty by this scan, which evaluated every point without trials
+            return len(wanted)
         return len({
             point
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -203,9 +212,7 @@ class ScanObjective:
             trial.suggest_int("n", 1, self.spec.full),
         )
         start = time.perf_counter()
-        measured = self.evaluate(point.target, point.sparsity, point.n)
-        if not isinstance(measured, Measurement):
-            measured = Measurement(*measured)
+        measured = self.measure(point)
         trial.set_user_attr("low", measured.low)
         trial.set_user_attr("high", measured.high)
         if measured.lost is not None and measured.gained is not None:
@@ -215,3 +222,8 @@ class ScanObjective:
             trial.set_user_attr("correct", measured.correct)
         trial.set_user_attr("seconds", time.perf_counter() - start)
         return measured.value
+
+    def measure(self, point: Point) -> Measurement:
+        """Evaluate ``point``."""
+        measured = self.evaluate(point.target, point.sparsity, point.n)
+        return measured if isinstance(measured, Measurement) else Measurement(*measured)

@@ -25,14 +25,15 @@ collect them as they finish.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import pickle
-import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -92,74 +93,106 @@ def _exit_with_parent() -> None:
         os._exit(1)
 
 
-def _work(drain: bytes, threads: int, stop: Any, errors: Any) -> None:
-    """A worker process: evaluate queued trials until ``stop`` is set; an error goes to ``errors``."""
+def _work(threads: int, control: Connection) -> None:
+    """A worker process: read the pickled drain from ``control``, then evaluate queued trials until
+    ``control`` has a message (stop) or ends (parent gone).
+
+    An error is sent back on ``control`` as ``(is_usage_error, message)`` before the worker exits.
+    """
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     torch.set_num_threads(threads)
     try:
-        evaluate = pickle.loads(drain)
-        while not stop.is_set():
-            if not evaluate(1):
-                stop.wait(POLL_SECONDS)
+        evaluate = pickle.loads(control.recv_bytes())
+        ran = 1
+        while not control.poll(0 if ran else POLL_SECONDS):  # nothing queued: look again in a moment
+            ran = evaluate(1)
     except BaseException as error:
-        errors.put((isinstance(error, UsageError), str(error) or type(error).__name__))
+        with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+            control.send((isinstance(error, UsageError), str(error) or type(error).__name__))
         raise SystemExit(1) from None
+
+
+def _report(control: Connection) -> tuple[bool, str] | None:
+    """The error a worker sent on ``control``; None when it sent none (killed: its end just closed)."""
+    try:
+        return control.recv() if control.poll() else None
+    except (EOFError, OSError):  # ended, or cut off mid-message by the kill
+        return None
 
 
 class Processes:
     """``workers`` spawned processes evaluating queued trials; a dead one is replaced.
 
-    The drain is sent with plain pickle, not multiprocessing's: torch's reducer would move
-    the model's tensors into memory shared by every worker, and each worker masks them in place.
+    Each worker has a pipe of its own to this process, and nothing else shared with it: a
+    worker killed at any moment can leave no lock held here (a shared queue or event can),
+    its death is seen at once (its process sentinel and its pipe end), and its trial is
+    failed and queued again by ``settle``.
+
+    The drain goes down that pipe once the process runs, not with the process's start: a
+    spawned child killed before it read its start data leaves ``Process.start`` writing
+    to it forever (this process holds the other end of that pipe), whereas ours ends with
+    the child. It is sent with plain pickle, not multiprocessing's: torch's reducer would
+    move the model's tensors into memory shared by every worker, and each worker masks
+    them in place.
     """
 
     def __init__(self, drain: Drain, workers: int) -> None:
         self.workers = workers
         self.context = multiprocessing.get_context("spawn")
-        self.stop = self.context.Event()
-        self.errors = self.context.Queue()
-        self.args = (pickle.dumps(drain), _threads(workers), self.stop, self.errors)
+        self.drain = pickle.dumps(drain)
+        self.threads = _threads(workers)
         self.replaced = 0
-        self.processes = [self._start() for _ in range(workers)]
+        started = [self._start() for _ in range(workers)]
+        self.processes = [process for process, _ in started]
+        self.controls = [control for _, control in started]
+        for control in self.controls:  # after every start: the workers boot meanwhile, side by side
+            self._send_drain(control)
 
-    def _start(self) -> multiprocessing.process.BaseProcess:
-        process = self.context.Process(target=_work, args=self.args, daemon=True)
+    def _start(self) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+        control, remote = self.context.Pipe()
+        process = self.context.Process(target=_work, args=(self.threads, remote), daemon=True)
         process.start()
-        return process
+        remote.close()  # the worker holds the only other end: its death ends the pipe
+        return process, control
 
-    def _supervise(self) -> None:
-        """Raise a worker's error; replace a worker that died without one (killed, out of memory)."""
-        for i, process in enumerate(self.processes):
-            if process.is_alive():  # also reaps a dead one, so that its trial is seen as dead
+    def _send_drain(self, control: Connection) -> None:
+        """Send the drain to a started worker (returns once it has read it, or died: :meth:`_watch` sees to that)."""
+        with contextlib.suppress(OSError):
+            control.send_bytes(self.drain)
+
+    def _watch(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a worker to report an error or die: raise its error, or replace it."""
+        handles = [*self.controls, *(process.sentinel for process in self.processes)]
+        ready = set(wait(handles, timeout))
+        for i, (process, control) in enumerate(zip(self.processes, self.controls, strict=True)):
+            if control not in ready and process.sentinel not in ready:
                 continue
-            with_error = self._error()
-            if with_error is not None:
-                usage, message = with_error
+            report = _report(control)
+            if report is not None:
+                usage, message = report
                 raise (UsageError if usage else PrunescopeError)(message)
+            process.join()  # its pipe ended: it has exited (reaped now, so that its trial is seen as dead)
+            control.close()
             self.replaced += 1
             if self.replaced > REPLACEMENTS_PER_WORKER * self.workers:
                 raise PrunescopeError(f"{self.replaced} worker processes died (exit codes like {process.exitcode})")
             log.warning("worker %d (pid %d) died with exit code %s; starting another", i, process.pid, process.exitcode)
-            self.processes[i] = self._start()
-
-    def _error(self) -> tuple[bool, str] | None:
-        try:
-            return self.errors.get(timeout=1.0)  # a dying worker's message may still be in flight
-        except queue.Empty:
-            return None
+            self.processes[i], self.controls[i] = self._start()
+            self._send_drain(self.controls[i])
 
     def run(self, settle: Settle) -> None:
-        """Wait until ``settle()`` returns True, replacing every worker process that died meanwhile."""
-        self._supervise()
+        """Wait until ``settle()`` returns True, replacing every worker process that dies meanwhile."""
         while not settle():
-            time.sleep(POLL_SECONDS)
-            self._supervise()
+            self._watch(POLL_SECONDS)
 
     def close(self) -> None:
         """Stop the workers: each finishes the trial it is evaluating, then exits."""
-        self.stop.set()
-        for process in self.processes:
+        for control in self.controls:
+            with contextlib.suppress(OSError):  # a worker that died meanwhile
+                control.send(None)
+        for process, control in zip(self.processes, self.controls, strict=True):
             process.join()
+            control.close()
 
 
 class _RayWorker:

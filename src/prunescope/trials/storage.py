@@ -9,8 +9,11 @@ attribute ``worker``) and a heartbeat every ``heartbeat_interval`` seconds: Optu
 heartbeat on a database, the same mechanism written into the journal for a journal file. A
 RUNNING trial is *stale* when its heartbeat is older than ``grace_period`` seconds (its
 worker died or lost the storage, on any machine) or, at once, when its worker ran on this
-host and that process no longer exists. ``optuna.storages.fail_stale_trials`` marks stale
-trials FAIL; :func:`prunescope.trials.queue.plan` then queues their points again.
+host and that process no longer exists, or when it has run a heartbeat interval without
+naming its worker (the worker died between taking the trial and tagging it: nothing else
+would ever tell, on a database no heartbeat may have been written either).
+``optuna.storages.fail_stale_trials`` marks stale trials FAIL;
+:func:`prunescope.trials.queue.plan` then queues their points again.
 
 Locks. Planning (look at the trials, queue the missing points) must not interleave
 between processes, or two of them queue one point. :func:`planning_lock` serialises it per
@@ -18,6 +21,8 @@ study: a PostgreSQL advisory lock (or MySQL ``GET_LOCK``) held by a transaction,
 ``flock`` on a file next to a journal or SQLite file. Both are released by the operating
 system or the server when their holder dies. The same lock guards the creation of the
 tables in a fresh database, where concurrent ``CREATE TABLE`` fails (``UniqueViolation``).
+A journal's writes are serialised by an ``flock`` too (:class:`FlockJournalLock`), not by
+Optuna's symlink, which outlives a killed writer and stalls every other one for 30 s.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import hashlib
 import os
 import socket
 import stat
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -38,6 +44,7 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.pool import NullPool
 
@@ -49,6 +56,7 @@ GRACE_PERIOD = 60  # seconds without a heartbeat after which a running trial's w
 WORKER_ATTR = "worker"  # user attribute of a trial: {"host": …, "pid": …} of the process running it
 SCHEMA_LOCK = "prunescope:schema"  # lock name guarding table creation in a fresh database
 LOCK_SUFFIX = ".plan.lock"  # next to a journal or SQLite file: the planning lock
+WRITE_LOCK_SUFFIX = ".write.lock"  # next to a journal file: the lock of its appends
 JOURNAL_OPS = range(11)  # optuna.storages.journal._storage.JournalOperation: CREATE_STUDY (0) … DISCARD_TRIALS (10)
 
 
@@ -89,12 +97,44 @@ def died_here(trial: FrozenTrial) -> bool:
     return isinstance(worker, dict) and worker.get("host") == socket.gethostname() and not _alive(worker["pid"])
 
 
+def gone(trial: FrozenTrial, heartbeat_interval: int, now: float) -> bool:
+    """Whether RUNNING ``trial``'s worker is known dead without waiting for the grace period: it ran
+    on this host and is gone, or it has not named itself ``heartbeat_interval`` seconds after the
+    start (a live worker names itself at once, right after taking the trial)."""
+    start = trial.datetime_start
+    unnamed = WORKER_ATTR not in trial.user_attrs and start is not None
+    return died_here(trial) or (unnamed and now - start.timestamp() > heartbeat_interval)
+
+
+class FlockJournalLock(BaseJournalFileLock):
+    """The lock of a journal's appends: an ``flock`` on ``path``, released by the kernel when its holder dies.
+
+    Held per thread (a worker's heartbeat thread appends too): each acquire opens the file anew,
+    and two open files of one process exclude each other like two processes.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.held: dict[int, contextlib.ExitStack] = {}
+
+    def acquire(self) -> bool:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_file_lock(self.path))
+            self.held[threading.get_ident()] = stack.pop_all()
+        return True
+
+    def release(self) -> None:
+        self.held.pop(threading.get_ident()).close()
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """Optuna's journal storage with heartbeats, as its RDB storage has: a trial's ``heartbeat``
-    system attribute (Unix time) is renewed every ``heartbeat_interval`` seconds while it runs."""
+    system attribute (Unix time) is renewed every ``heartbeat_interval`` seconds while it runs.
+    Appends are serialised by :class:`FlockJournalLock` (every prunescope process writing the
+    journal uses it; a process using Optuna's own lock would not be excluded)."""
 
     def __init__(self, path: str, *, heartbeat_interval: int, grace_period: int) -> None:
-        super().__init__(JournalFileBackend(path))
+        super().__init__(JournalFileBackend(path, lock_obj=FlockJournalLock(path + WRITE_LOCK_SUFFIX)))
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
 
@@ -108,7 +148,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return [
             t._trial_id
             for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-            if died_here(t) or now - t.system_attrs.get("heartbeat", t.datetime_start.timestamp()) > self.grace_period
+            if gone(t, self.heartbeat_interval, now)
+            or now - t.system_attrs.get("heartbeat", t.datetime_start.timestamp()) > self.grace_period
         ]
 
     def get_heartbeat_interval(self) -> int:
@@ -119,12 +160,13 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
 
 class HeartbeatRDBStorage(RDBStorage):
-    """Optuna's RDB storage with heartbeats; a trial whose worker died on this host is stale at once."""
+    """Optuna's RDB storage with heartbeats; a trial whose worker is known gone (see :func:`gone`) is stale at once."""
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = set(super()._get_stale_trial_ids(study_id))
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return sorted(stale | {t._trial_id for t in running if died_here(t)})
+        now = time.time()
+        return sorted(stale | {t._trial_id for t in running if gone(t, self.heartbeat_interval, now)})
 
 
 def check_heartbeat(heartbeat_interval: int, grace_period: int) -> None:
