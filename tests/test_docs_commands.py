@@ -64,7 +64,8 @@ ONE_EPOCH = {"--epochs": "1"}
 MEASURE = {"--repeats": "3"}
 HPARAMS = {"--space": "space.toml", "--budget": "2", "--grid": "2x2", "--seeds": "2", "--limit-train": "500"}
 REGIMES = {"--values": "1,2", "--densities": "0.1", "--seeds": "2", "--finetune-epochs": "1", "--epochs": "1"}
-# A language model on a few documents of short blocks (the checkpoint keeps them for compare and prune).
+# A language model on a few documents of short blocks (the checkpoint keeps them for compare and prune; the
+# last --data-arg of a key is the one that counts).
 LM_RUN = {"--epochs": "1", "--sparsities": "0.5", "--data-arg": ("max_documents=12", "block=32"),
           "--limit-train": "400", "--limit-val": "48", "--methods": "ours,uniform,owl,alpha",
           "--config": "small-run.toml"}
@@ -86,8 +87,9 @@ RUNS: dict[str, Run] = {
     "--epochs 3 --out runs/mine": Run(ONE_EPOCH),
     "PYTHONPATH=examples prunescope scan --checkpoint runs/mine/model.pt --trust-factory --out scans/mine": Run(),
     "prunescope scan --checkpoint wrapped/model.pt --trust-factory --out scans/wrapped": Run(),
-    "prunescope run --data python-source --model gpt --model-arg width=64 --model-arg layers=2 --epochs 3 "
-    "--optimizer adamw --lr 0.003 --sparsity 0.5 --sparsities 0.5,0.7 --finetune-epochs 1 --out lm-run":
+    "prunescope run --data python-source --data-arg max_documents=200 --limit-train 2000 --limit-val 200 "
+    "--model gpt --model-arg width=64 --model-arg layers=2 --epochs 3 --optimizer adamw --lr 0.003 --sparsity 0.5 "
+    "--sparsities 0.5,0.7 --finetune-epochs 1 --out lm-run":
         Run(LM_RUN, before=_run_config),
     # docs/commands
     "prunescope sweep --checkpoint runs/lenet5/model.pt --sparsities 0.5,0.7,0.9,0.95 --criterion magnitude "
