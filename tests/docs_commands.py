@@ -212,11 +212,12 @@ class Run:
     options: values that replace the command's own (or are added where it has none), so that it
     takes seconds: {"--epochs": "1"}; a value of None adds a flag, a tuple adds the option once per
     value (repeatable options: --data-arg). before: prepares the workspace first (placeholder files
-    the docs assume exist).
+    the docs assume exist). slow: a README step of minutes, run under ``-m slow`` with docs/'s.
     """
 
     options: dict[str, str | tuple[str, ...] | None] = field(default_factory=dict)
     before: Callable[[Path], None] | None = None
+    slow: bool = False
 
 
 @dataclass(frozen=True)
