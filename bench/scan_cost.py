@@ -109,6 +109,7 @@ def _raw_throughput(model: torch.nn.Module, data: Dataset, repeats: int, subset:
 
 def _scan(
     model: torch.nn.Module, data: Dataset, variant: str, tolerance: float, seed: int, repeats: int, raw_repeats: int,
+    journal: Path | None = None,
 ) -> Run:
     if variant == "grid":
         kwargs: dict = {"strategy": "grid"}
@@ -116,9 +117,13 @@ def _scan(
         subset = None if variant == "none" else variant if variant == "auto" else int(variant)
         kwargs = {"strategy": "adaptive", "subset": subset}
     each, raws, ratios = [], [_raw_throughput(model, data, raw_repeats)], []
-    for _ in range(repeats):
+    for repeat in range(repeats):
+        storage = None if journal is None else journal / f"{variant}-seed{seed}-{repeat}.journal"
+        if storage is not None:
+            storage.parent.mkdir(parents=True, exist_ok=True)
+            storage.unlink(missing_ok=True)  # a fresh study: every point evaluated, none reused
         start = time.perf_counter()
-        curves = scan(model, data, tolerance=tolerance, device="cpu", seed=seed, **kwargs)
+        curves = scan(model, data, tolerance=tolerance, device="cpu", seed=seed, storage=storage, **kwargs)
         each.append(time.perf_counter() - start)
         raws.append(_raw_throughput(model, data, raw_repeats))
         ratios.append(curves.examples / each[-1] / ((raws[-2] + raws[-1]) / 2))
@@ -229,6 +234,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--width", type=int, default=None, help="console width (default: the terminal's)")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's raw numbers here")
+    parser.add_argument("--storage", choices=("memory", "journal"), default="memory",
+                        help="where each scan keeps its study: in memory, or a journal file under --work as "
+                             "prunescope scan does")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -243,7 +251,8 @@ def main() -> None:
         for seed in args.seeds:
             model = _trained(model_name, data, seed, args.epochs, args.work, console)
             for variant in ("grid", *args.subsets):
-                run = _scan(model, data, variant, tolerance, seed, args.scan_repeats, args.repeats)
+                journal = args.work / "journals" if args.storage == "journal" else None
+                run = _scan(model, data, variant, tolerance, seed, args.scan_repeats, args.repeats, journal)
                 write_json(args.work / f"{model_name}-seed{seed}" / f"curves-{variant}.json", run.curves.to_dict())
                 _pick(run, model, data, tolerance)
                 runs[variant].append(run)
@@ -261,7 +270,7 @@ def main() -> None:
     if args.json is not None:
         write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                                "threads": torch.get_num_threads(), "data": args.data, "epochs": args.epochs,
-                               "scan_repeats": args.scan_repeats,
+                               "scan_repeats": args.scan_repeats, "storage": args.storage,
                                "tolerance_points": args.tolerance, "runs": raw})
 
 

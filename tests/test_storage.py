@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from prunescope.errors import UsageError
-from prunescope.trials.storage import JOURNAL_OPS, open_storage
+from prunescope.trials.storage import JOURNAL_OPS, HeartbeatJournalStorage, open_storage
 
 RECORD = {"op_code": 0, "worker_id": "w-1", "study_name": "scan", "directions": [2]}
 
@@ -79,3 +82,21 @@ def test_the_op_codes_accepted_are_optunas():
     from optuna.storages.journal._storage import JournalOperation  # private: checked here, not imported by prunescope
 
     assert set(JOURNAL_OPS) == {op.value for op in JournalOperation}
+
+
+def test_a_journal_is_synced_to_disk_when_a_trial_finishes_not_after_every_record(tmp_path: Path, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    storage = HeartbeatJournalStorage(str(tmp_path / "study.journal"), heartbeat_interval=10, grace_period=60)
+    study = optuna.create_study(storage=storage, study_name="scan")
+    assert len(synced) == 1  # the study's creation
+    trial = study.ask()
+    trial.set_user_attr("worker", {"host": "h", "pid": 1})
+    storage.record_heartbeat(trial._trial_id)
+    assert len(synced) == 1  # claiming a trial and tagging it are written, not synced
+    plain = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
+    reread = optuna.load_study(study_name="scan", storage=plain)
+    assert reread.trials[0].user_attrs["worker"] == {"host": "h", "pid": 1}  # and read by others at once
+    study.tell(trial, 0.5)
+    assert len(synced) == 2  # the finished trial, with every record before it

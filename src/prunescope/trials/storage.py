@@ -1,8 +1,8 @@
 """Where a shared study lives, a lock for planning in it, and how a dead worker's trial is found.
 
-A location is a journal file path (the default, Optuna's ``JournalFileBackend``), a
-database URL (``postgresql://…``, ``mysql://…``, ``sqlite:///…``: Optuna's RDB storage) or
-None (in memory, private to this process).
+A location is a journal file path (the default: Optuna's journal file, synced once per finished
+trial, :class:`JournalFile`), a database URL (``postgresql://…``, ``mysql://…``, ``sqlite:///…``:
+Optuna's RDB storage) or None (in memory, private to this process).
 
 Dead workers. A worker records, in its running trial, its host and process id (user
 attribute ``worker``) and a heartbeat every ``heartbeat_interval`` seconds: Optuna's own
@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import socket
 import stat
@@ -38,13 +39,14 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import BaseJournalFileLock
+from optuna.storages.journal._file import BaseJournalFileLock, get_lock_file
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.pool import NullPool
 
@@ -127,6 +129,35 @@ class FlockJournalLock(BaseJournalFileLock):
         self.held.pop(threading.get_ident()).close()
 
 
+# Journal records after which the file is synced to disk: a study created, a trial finished (its state COMPLETE,
+# PRUNED or FAIL). Everything written before is synced with them.
+_CREATE_STUDY, _SET_TRIAL_STATE = 0, 6
+_FINISHED = frozenset({TrialState.COMPLETE.value, TrialState.PRUNED.value, TrialState.FAIL.value})
+
+
+def _durable(log: dict[str, Any]) -> bool:
+    return log["op_code"] == _CREATE_STUDY or (log["op_code"] == _SET_TRIAL_STATE and log.get("state") in _FINISHED)
+
+
+class JournalFile(JournalFileBackend):
+    """Optuna's journal file, synced to disk (``fsync``) once per finished trial instead of after every record.
+
+    Every record is written, and read by other processes, at once, as before: a killed process loses
+    nothing it wrote. Only a crash of the machine could lose records of a trial still running (it is then
+    queued again); a finished trial is on disk before the call that finishes it returns. A trial makes
+    about 14 records (claim, attributes, heartbeats, result), each ``fsync`` about 5 ms on a disk: syncing
+    all of them was most of a small scan's time.
+    """
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        if any(_durable(log) for log in logs):
+            super().append_logs(logs)
+            return
+        lines = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        with get_lock_file(self._lock), open(self._file_path, "ab") as journal:
+            journal.write(lines.encode("utf-8"))
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """Optuna's journal storage with heartbeats, as its RDB storage has: a trial's ``heartbeat``
     system attribute (Unix time) is renewed every ``heartbeat_interval`` seconds while it runs.
@@ -134,7 +165,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     journal uses it; a process using Optuna's own lock would not be excluded)."""
 
     def __init__(self, path: str, *, heartbeat_interval: int, grace_period: int) -> None:
-        super().__init__(JournalFileBackend(path, lock_obj=FlockJournalLock(path + WRITE_LOCK_SUFFIX)))
+        super().__init__(JournalFile(path, lock_obj=FlockJournalLock(path + WRITE_LOCK_SUFFIX)))
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
 
