@@ -60,9 +60,9 @@ class Quality:
     def interval(self, metrics: Any) -> tuple[float, float, float] | None:
         """``(value, low, high)``: accuracy and its 95% interval; a perplexity, which has none recorded, as a point."""
         value = self.value(metrics)
-        if value is None:
-            return None
-        low, high = (ci_of(metrics) or (value, value)) if not self.perplexity else (value, value)
+        if value is None or self.perplexity:
+            return None if value is None else (value, value, value)
+        low, high = ci_of(metrics) or (value, value)
         return value, low, high
 
     def cell(self, metrics: Any) -> Cell:
